@@ -1,0 +1,31 @@
+# Set-up and everyday targets. `make demo` and `make test` install what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.mmcli-installed
+# torch/torchvision are pinned here (not in pyproject.toml) so that users keep their own
+# build; these two versions are the ones the CI machines have as local files.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e '.[dev]' $(TORCH_PINS)
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/mmcli compare unimodal multimodal --out runs/demo --overwrite
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf runs build dist src/*.egg-info

@@ -1,0 +1,43 @@
+"""`mmcli cache`: show and free the preprocessing cache."""
+
+from __future__ import annotations
+
+import typer
+
+from mmcli.cli.common import CacheDirOpt, handles_errors
+
+app = typer.Typer(help="The preprocessing cache: list entries, free the space.", no_args_is_help=True)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@app.command("list")
+@handles_errors
+def list_cache(cache_dir: CacheDirOpt = None) -> None:
+    """List the preprocessed data sets in the cache, with their size."""
+    from mmcli.data.cache import cache_root, list_entries
+    from mmcli.reporting.console import log
+    from mmcli.reporting.tables import show_table
+
+    root = cache_root(cache_dir)
+    entries = list_entries(root)
+    log(f"cache folder: {root}")
+    show_table("cache", ["key", "source", "examples", "size"],
+               [(e.path.name, e.source, e.examples, _size(e.size_bytes)) for e in entries])
+
+
+@app.command("clean")
+@handles_errors
+def clean_cache(cache_dir: CacheDirOpt = None) -> None:
+    """Delete every preprocessed entry (the built-in data sets are kept)."""
+    from mmcli.data.cache import cache_root, clean
+    from mmcli.reporting.console import log
+
+    count, freed = clean(cache_root(cache_dir))
+    log(f"removed {count} cache entries, {_size(freed)}")

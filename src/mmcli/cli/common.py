@@ -1,0 +1,74 @@
+"""Shared pieces of the commands: error handling, config resolution, option types.
+
+This module must stay cheap to import: no torch here, nor in any command module's top.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from typing_extensions import Annotated
+
+STATE = {"debug": False}
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config with sections data, model, train, eval.", show_default=False)]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one config value: section.key=value (repeatable); the value is read as YAML.", show_default=False)]
+CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Folder for the preprocessing cache (default: $MMCLI_CACHE_DIR or the user cache folder).", show_default=False)]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Threads that decode files while preprocessing.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results: no progress or log lines.")]
+
+
+def fail(message: str, code: int) -> None:
+    from mmcli.reporting.console import err
+
+    err().print(f"[bold red]error:[/bold red] {message}", markup=True, highlight=False) if err().is_terminal else \
+        print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn mmcli's errors into a message and an exit code; --debug keeps the traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from mmcli.errors import MmcliError
+
+        try:
+            return fn(*args, **kwargs)
+        except MmcliError as exc:
+            if STATE["debug"]:
+                raise
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            if STATE["debug"]:
+                raise
+            fail("interrupted; finished files are kept, unfinished ones were not written", 130)
+
+    return wrapper
+
+
+def set_quiet(quiet: bool) -> None:
+    from mmcli.reporting import console
+
+    console.QUIET["on"] = quiet
+
+
+def resolve_config(config: Optional[Path], flags: dict[str, Any], sets: Optional[list[str]], base: dict | None = None):
+    from mmcli.config import resolve
+
+    return resolve(config, flags, sets or [], base)
+
+
+def split_list(value: Optional[str]) -> Optional[list[str]]:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items or None
+
+
+def cache_arg(cache_dir: Optional[Path]) -> Optional[str]:
+    return str(cache_dir) if cache_dir is not None else None

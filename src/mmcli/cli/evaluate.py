@@ -1,0 +1,58 @@
+"""`mmcli evaluate`: score a run on a split of its data, or on other data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from mmcli.cli.common import CacheDirOpt, QuietOpt, cache_arg, handles_errors, set_quiet
+
+
+@handles_errors
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder written by mmcli train.")],
+    data: Annotated[Optional[str], typer.Option("--data", help="Other data to score (default: the run's training data, same split).", show_default=False)] = None,
+    split: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
+    weights: Annotated[str, typer.Option("--weights", help="best or last.")] = "best",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout instead of tables.")] = False,
+    cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Accuracy, macro-F1, per-class precision and recall and the confusion matrix; saves eval-<split>.json."""
+    from mmcli.errors import UsageError
+    from mmcli.evaluation.api import evaluate_run
+    from mmcli.reporting.console import log, task_bar
+
+    set_quiet(quiet)
+    if split not in ("train", "val", "test"):
+        raise UsageError(f"--split must be train, val or test, not '{split}'")
+    if weights not in ("best", "last"):
+        raise UsageError(f"--weights must be best or last, not '{weights}'")
+    with task_bar("preprocessing") as update:
+        scores = evaluate_run(run, data, split, cache_arg(cache_dir), weights, update)
+    log(f"wrote {run / f'eval-{split}.json'}")
+    if as_json or not sys.stdout.isatty():
+        sys.stdout.write(json.dumps(scores) + "\n")
+        return
+    _show(scores)
+
+
+def _show(scores: dict) -> None:
+    from mmcli.reporting.tables import show_table
+
+    headline = [(k, f"{scores[k]:.4f}" if isinstance(scores[k], float) else scores[k])
+                for k in ("n_examples", "accuracy", "macro_f1", "loss") if k in scores]
+    show_table(f"{scores['split']} split", ["metric", "value"], headline, "table")
+    per_class = scores.get("per_class", {})
+    show_table("per class", ["label", "precision", "recall", "f1", "support"],
+               [(k, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]) for k, v in per_class.items()], "table")
+    cm = scores.get("confusion_matrix")
+    if cm:
+        short = [str(i) for i in range(len(cm["labels"]))]
+        rows = [(f"{i} {label}", *row) for i, (label, row) in enumerate(zip(cm["labels"], cm["matrix"]))]
+        show_table("confusion matrix (rows: true, columns: predicted)", ["true \\ pred", *short], rows, "table")

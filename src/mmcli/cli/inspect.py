@@ -1,0 +1,46 @@
+"""`mmcli inspect`: one screen about a run folder."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from typing_extensions import Annotated
+
+from mmcli.cli.common import handles_errors
+
+
+@handles_errors
+def inspect(run: Annotated[Path, typer.Argument(help="Run folder written by mmcli train.")]) -> None:
+    """Summarise a run: variant, data, model, best epoch, metrics and size on disk."""
+    from mmcli import runs
+    from mmcli.config import from_dict, load_yaml
+    from mmcli.reporting.tables import show_table
+
+    runs.check_run_dir(run)
+    cfg = from_dict(load_yaml(run / "config.yaml"))
+    data = runs.read_json(run / "data.json")
+    prov = json.loads((run / "provenance.json").read_text(encoding="utf-8")) if (run / "provenance.json").is_file() else {}
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()] \
+        if (run / "metrics.jsonl").is_file() else []
+    evals = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(run.glob("eval-*.json"))}
+    size = sum(p.stat().st_size for p in run.rglob("*") if p.is_file())
+    rows = [
+        ("variant", prov.get("variant", "?")),
+        ("data", f"{data.get('source')} (cache {data.get('data_key')})"),
+        ("modalities", ", ".join(f"{n} ({m['kind']})" for n, m in data["modalities"].items())),
+        ("splits", ", ".join(f"{k} {v}" for k, v in data.get("splits", {}).items())),
+        ("fusion / task", f"{cfg.model.fusion if len(data['modalities']) > 1 else 'identity'} / {cfg.model.task}"),
+        ("parameters", prov.get("parameters", "?")),
+        ("epochs run", f"{len(history)} of {cfg.train.epochs}; best {prov.get('best_epoch', '?')}"),
+    ]
+    if history:
+        last = history[-1]
+        rows.append(("last epoch", ", ".join(f"{k} {v:.4f}" for k, v in last.items() if isinstance(v, float))))
+    for name, scores in evals.items():
+        rows.append((name, f"accuracy {scores.get('accuracy', float('nan')):.4f}, macro_f1 {scores.get('macro_f1', float('nan')):.4f}, n {scores.get('n_examples')}"))
+    rows += [("size on disk", f"{size / 1e6:.1f} MB"), ("trained with", prov.get("command", "?")),
+             ("versions", f"mmcli {prov.get('mmcli')}, torch {prov.get('torch')}, python {prov.get('python')}")]
+    show_table(str(run), ["", ""], rows, "table" if sys.stdout.isatty() else "csv")

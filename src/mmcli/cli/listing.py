@@ -1,0 +1,53 @@
+"""`mmcli list`: what is registered (encoders, fusions, tasks, variants)."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+
+import typer
+from typing_extensions import Annotated
+
+from mmcli.cli.common import handles_errors
+
+
+class What(str, Enum):
+    encoders = "encoders"
+    fusions = "fusions"
+    tasks = "tasks"
+    variants = "variants"
+
+
+@handles_errors
+def list_cmd(what: Annotated[What, typer.Argument(help="encoders, fusions, tasks or variants.")]) -> None:
+    """Print the registered names: a table on a terminal; in a pipe, one line each, name first."""
+    rows = _rows(what)
+    if sys.stdout.isatty():
+        from mmcli.reporting.tables import show_table
+
+        show_table(what.value, ["name", "description"], rows, "table")
+    else:
+        for name, description in rows:
+            sys.stdout.write(f"{name}\t{description}\n")
+
+
+def _rows(what: What) -> list[tuple[str, str]]:
+    if what is What.encoders:
+        from mmcli.encoders import ENCODERS
+
+        return [(e.name, e.description) for e in ENCODERS.entries()]
+    if what is What.fusions:
+        from mmcli.fusion import FUSIONS
+
+        return [(e.name, e.description) for e in FUSIONS.entries()]
+    if what is What.tasks:
+        from mmcli.heads import TASKS
+
+        return [(e.name, e.description) for e in TASKS.entries()]
+    from mmcli.fusion import DEFAULT_FUSIONS, FUSIONS
+
+    rows = [("unimodal", "family: one variant per modality of the data"),
+            ("multimodal", f"family: {', '.join(DEFAULT_FUSIONS)} over all modalities"),
+            ("unimodal:<modality>", "one modality alone, e.g. unimodal:image")]
+    rows += [(f"multimodal:{name}", f"all modalities fused with {name}") for name in FUSIONS.names() if name != "identity"]
+    return rows

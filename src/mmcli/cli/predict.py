@@ -1,0 +1,84 @@
+"""`mmcli predict`: apply a run to a manifest, to JSON lines on stdin, or to one example."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from mmcli.cli.common import handles_errors
+
+
+@handles_errors
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder written by mmcli train (it may have been copied elsewhere).")],
+    input: Annotated[Optional[str], typer.Argument(help="Manifest (CSV, TSV, JSONL) or '-' for JSON lines on stdin.", show_default=False)] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="One example: path of its image.", show_default=False)] = None,
+    text: Annotated[Optional[str], typer.Option("--text", help="One example: its text.", show_default=False)] = None,
+    audio: Annotated[Optional[Path], typer.Option("--audio", help="One example: path of its audio file.", show_default=False)] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many labels to list with their probabilities.")] = 5,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl (one JSON object per example) or csv.")] = "jsonl",
+    weights: Annotated[str, typer.Option("--weights", help="best or last.")] = "best",
+) -> None:
+    """Predict labels; prints one JSON object per example with id, label and probabilities."""
+    from mmcli.errors import UsageError
+    from mmcli.inference import predict_records
+    from mmcli.pipeline import load_run
+
+    if fmt not in ("jsonl", "csv"):
+        raise UsageError(f"--format must be jsonl or csv, not '{fmt}'")
+    single = {"image": image, "text": text, "audio": audio}
+    if input is not None and any(v is not None for v in single.values()):
+        raise UsageError("give either INPUT or --image/--text/--audio, not both")
+    loaded = load_run(run, weights)
+    records = _records(loaded, input, single)
+    _write(predict_records(loaded, records, top_k), fmt)
+
+
+def _records(loaded, input: Optional[str], single: dict):
+    from mmcli.errors import BadRow, DataError, UsageError
+    from mmcli.inference import records_from_dicts, records_from_manifest
+
+    if input == "-":
+        items = []
+        for number, line in enumerate(sys.stdin, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError("stdin: not JSON lines", [BadRow("stdin", None, None, f"line {number}: {exc.msg}")]) from None
+            if not isinstance(obj, dict):
+                raise DataError("stdin: not JSON lines", [BadRow("stdin", None, None, f"line {number}: not a JSON object")])
+            items.append(obj)
+        return records_from_dicts(loaded, items, Path.cwd(), "stdin")
+    if input is not None:
+        return records_from_manifest(loaded, Path(input))
+    given = {}
+    for kind, value in single.items():
+        if value is None:
+            continue
+        names = [n for n, s in loaded.specs.items() if s.kind == kind]
+        if not names:
+            raise UsageError(f"--{kind}: this run has no {kind} modality (it reads: {', '.join(loaded.specs)})")
+        given[names[0]] = str(value)
+    if not given:
+        raise UsageError("nothing to predict: give INPUT, '-' for stdin, or --image/--text/--audio")
+    return records_from_dicts(loaded, [{"id": "1", **given}], Path.cwd(), "command line")
+
+
+def _write(predictions: list[dict], fmt: str) -> None:
+    if fmt == "jsonl":
+        for p in predictions:
+            sys.stdout.write(json.dumps(p, ensure_ascii=False) + "\n")
+        return
+    import csv
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["id", "label", "score", "modalities_used"])
+    for p in predictions:
+        writer.writerow([p["id"], p["label"], f"{p['score']:.6f}", "|".join(p["modalities_used"])])

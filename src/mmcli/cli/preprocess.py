@@ -1,0 +1,52 @@
+"""`mmcli preprocess`: decode a data set once into the cache, and summarise it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from mmcli.cli.common import CacheDirOpt, ConfigOpt, QuietOpt, SetOpt, WorkersOpt, cache_arg, handles_errors, resolve_config, set_quiet
+
+
+@handles_errors
+def preprocess(
+    data: Annotated[Optional[str], typer.Argument(help="Manifest (CSV, TSV, JSONL) or folder holding manifest.csv; default: the built-in toy set.", show_default=False)] = None,
+    config: ConfigOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Cache folder to use (same as --cache-dir).", show_default=False)] = None,
+    cache_dir: CacheDirOpt = None,
+    workers: WorkersOpt = 1,
+    on_error: Annotated[str, typer.Option("--on-error", help="fail: stop on bad rows; skip: leave them out and list them in bad_rows.csv.")] = "fail",
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the split shown in the summary.", show_default=False)] = None,
+    sets: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Validate every row, decode images and audio into tensors, and cache them."""
+    from mmcli.data.preprocess import preprocess as run
+    from mmcli.data.splits import assign_splits
+    from mmcli.errors import UsageError
+    from mmcli.reporting.console import log, task_bar
+    from mmcli.reporting.tables import show_table
+
+    set_quiet(quiet)
+    if on_error not in ("fail", "skip"):
+        raise UsageError(f"--on-error must be fail or skip, not '{on_error}'")
+    cfg = resolve_config(config, {"data.manifest": data, "data.on_error": on_error, "train.seed": seed}, sets)
+    with task_bar("preprocessing") as update:
+        table = run(cfg.data.manifest, cfg.data, cache_arg(out or cache_dir), workers, update)
+    log(f"{len(table)} examples in cache {table.key}; modalities: "
+        + ", ".join(f"{n} ({m.kind}, column {m.column})" for n, m in table.modalities.items()))
+    if table.bad_rows:
+        log(f"skipped {len({r.row for r in table.bad_rows})} bad rows (listed in bad_rows.csv in the cache entry)")
+    if table.labels is None:
+        return
+    seed_value = cfg.train.seed if cfg.data.split_seed is None else cfg.data.split_seed
+    splits = assign_splits(table.labels, table.given_splits, seed_value, cfg.data.val_fraction, cfg.data.test_fraction, table.source)
+    counts = Counter(zip(table.labels, splits))
+    rows = [(label, *(counts[(label, s)] for s in ("train", "val", "test")), sum(counts[(label, s)] for s in ("train", "val", "test")))
+            for label in sorted(set(table.labels))]
+    rows.append(("all", *(splits.count(s) for s in ("train", "val", "test")), len(splits)))
+    show_table("examples per split and class", ["label", "train", "val", "test", "total"], rows)

@@ -1,0 +1,60 @@
+"""`mmcli train`: train one variant and write its run folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from mmcli.cli.common import (CacheDirOpt, ConfigOpt, QuietOpt, SetOpt, WorkersOpt, cache_arg, handles_errors,
+                              resolve_config, set_quiet, split_list)
+
+
+@handles_errors
+def train(
+    data: Annotated[Optional[str], typer.Argument(help="Manifest, folder holding manifest.csv, or cache folder; default: the built-in toy set.", show_default=False)] = None,
+    config: ConfigOpt = None,
+    modalities: Annotated[Optional[str], typer.Option("--modalities", "-m", help="Comma-separated modalities to use, e.g. image,text (default: all).", show_default=False)] = None,
+    fusion: Annotated[Optional[str], typer.Option("--fusion", help="Fusion for two or more modalities (see mmcli list fusions).", show_default=False)] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="Task (see mmcli list tasks).", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Most epochs to train (early stopping may end sooner).", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Examples per batch.", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate of AdamW.", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the initialisation, the shuffling and (unless data.split_seed is set) the split.", show_default=False)] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or mps.", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: runs/<variant>-<timestamp>).", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder at --out.")] = False,
+    sets: SetOpt = None,
+    cache_dir: CacheDirOpt = None,
+    workers: WorkersOpt = 1,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train one model (unimodal with one modality, fused with several) and save its run folder."""
+    from mmcli.reporting.console import FitBar, log, task_bar
+    from mmcli.reporting.tables import print_jsonl, show_table
+    from mmcli.training.api import train as run_train
+
+    set_quiet(quiet)
+    flags = {"data.manifest": data, "model.modalities": split_list(modalities), "model.fusion": fusion,
+             "model.task": task, "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
+             "train.seed": seed, "train.device": device}
+    cfg = resolve_config(config, flags, sets)
+    with task_bar("preprocessing") as update, FitBar(metric=cfg.eval.metric, logger=log) as bar:
+        outcome = run_train(cfg, out, overwrite, cache_arg(cache_dir), workers, bar,
+                            preprocess_progress=update, argv=["mmcli", *sys.argv[1:]])
+    result, scores = outcome.result, outcome.test_scores or {}
+    summary = {"run": str(outcome.run_dir), "best_epoch": result.best_epoch,
+               f"val_{result.metric}": result.best_metric, f"test_{result.metric}": scores.get(result.metric),
+               "parameters": outcome.parameters, "seconds": round(result.seconds, 1)}
+    log(f"run folder: {outcome.run_dir}")
+    if sys.stdout.isatty():
+        show_table("training finished", list(summary), [[_fmt(v) for v in summary.values()]], "table")
+    else:
+        print_jsonl(summary)
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,242 @@
+"""Typed, validated configuration: one dataclass per section, YAML in and out.
+
+A config comes from defaults, then a YAML file, then command-line flags, then
+`--set section.key=value` expressions, in that order. Unknown keys and wrong types are
+a `ConfigError` that names the key. The resolved config is saved in every run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from mmcli.errors import ConfigError
+
+MODALITY_KINDS = ("image", "text", "audio")
+
+
+@dataclass
+class ModalityConfig:
+    column: str
+    kind: str
+
+
+@dataclass
+class DataConfig:
+    manifest: Optional[str] = None  # a path, a folder, or "builtin:toy"
+    label: str = "label"
+    id_column: str = "id"
+    split_column: str = "split"
+    modalities: dict[str, ModalityConfig] = field(default_factory=dict)
+    split_seed: Optional[int] = None  # None: the training seed
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    image_size: int = 64
+    image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    image_std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+    text_max_len: int = 32
+    vocab_size: int = 2000
+    sample_rate: int = 16000
+    n_mels: int = 64
+    n_fft: int = 512
+    hop_length: int = 256
+    max_seconds: float = 2.0
+    on_error: str = "fail"
+
+
+@dataclass
+class ModelConfig:
+    modalities: Optional[list[str]] = None  # None: every modality of the data
+    encoders: dict[str, str] = field(default_factory=dict)  # modality or kind -> encoder
+    encoder_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fusion: str = "concat"
+    fusion_options: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"
+    feature_dim: int = 128
+    hidden_dim: int = 128
+    dropout: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_epochs: float = 1.0
+    patience: int = 5
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    deterministic: bool = False
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    metric: str = "accuracy"
+    batch_size: int = 256
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def copy(self) -> "Config":
+        return from_dict(self.to_dict())
+
+
+def _check(value: Any, hint: Any, key: str) -> Any:
+    """Check `value` against the type hint `hint`; convert dicts to dataclasses."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check(value, inner[0], key)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return _build(hint, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return [_check(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return {str(k): _check(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+    if hint in (str, float, bool) and not isinstance(value, hint):
+        raise ConfigError(f"config key '{key}' must be of type {hint.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"unknown config key '{where}' (known: {', '.join(sorted(names))})")
+    kwargs = {k: _check(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ConfigError(f"config section '{prefix}': {exc}") from None
+
+
+def from_dict(values: dict[str, Any] | None) -> Config:
+    config = _build(Config, values or {}, "")
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Checks that span keys; types were checked while building."""
+    for name, mod in config.data.modalities.items():
+        if mod.kind not in MODALITY_KINDS:
+            raise ConfigError(
+                f"config key 'data.modalities.{name}.kind': unknown kind '{mod.kind}' "
+                f"(known: {', '.join(MODALITY_KINDS)})"
+            )
+    if config.data.on_error not in ("fail", "skip"):
+        raise ConfigError("config key 'data.on_error' must be 'fail' or 'skip'")
+    for key in ("val_fraction", "test_fraction"):
+        value = getattr(config.data, key)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"config key 'data.{key}' must be in [0, 1), got {value}")
+    if config.train.epochs < 1 or config.train.batch_size < 1:
+        raise ConfigError("config keys 'train.epochs' and 'train.batch_size' must be at least 1")
+    if config.train.lr <= 0:
+        raise ConfigError(f"config key 'train.lr' must be positive, got {config.train.lr}")
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return values
+
+
+def parse_set(expr: str) -> tuple[list[str], Any]:
+    """Parse `section.key=value`; the value is read as YAML (numbers, lists, booleans)."""
+    if "=" not in expr:
+        raise ConfigError(f"--set expects section.key=value, got '{expr}'")
+    key, raw = expr.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"--set key must look like section.key, got '{key}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key}: cannot read value '{raw}'") from None
+    return parts, value
+
+
+def apply_set(values: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = values
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(parts)}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def resolve(
+    path: Path | None = None,
+    flags: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults < base < YAML file < flags (`section.key` -> value, None skipped) < --set."""
+    values: dict[str, Any] = _deep_copy(base or {})
+    if path is not None:
+        _merge(values, load_yaml(path))
+    for key, value in (flags or {}).items():
+        if value is not None:
+            apply_set(values, key.split("."), value)
+    for expr in sets or []:
+        apply_set(values, *parse_set(expr))
+    return from_dict(values)
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _deep_copy(values: dict[str, Any]) -> dict[str, Any]:
+    return yaml.safe_load(yaml.safe_dump(values))

@@ -1,0 +1,1 @@
+"""Data: manifests, validation, splits, per-modality preprocessing, the cache, built-in sets."""

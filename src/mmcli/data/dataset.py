@@ -1,0 +1,84 @@
+"""Tensors ready for a model, and the batch dict every model reads.
+
+A batch is `{modality: tensor, "lengths": {modality: tensor}, "mask": {modality: bool},
+"label": tensor, "index": tensor}`. `mask[m][i]` is False where example i lacks modality
+m; its input is then zeros and the fusion leaves it out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from mmcli.config import DataConfig
+from mmcli.data import decode, text
+from mmcli.data.table import Table
+
+
+@dataclass
+class Encoded:
+    """Model-ready inputs for some rows of a table (still uint8/float16 to save memory)."""
+
+    ids: list[str]
+    inputs: dict[str, torch.Tensor]
+    lengths: dict[str, torch.Tensor]
+    present: dict[str, torch.Tensor]
+    labels: torch.Tensor | None = None
+    kinds: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode_table(table: Table, modalities: list[str], tokenizers: dict, label_index: dict[str, int] | None) -> Encoded:
+    inputs, lengths, present = {}, {}, {}
+    for name in modalities:
+        kind = table.modalities[name].kind
+        if kind == "text":
+            ids = text.encode(tokenizers[name], table.texts[name])
+            inputs[name] = ids
+            lengths[name] = (ids != 0).sum(dim=1).clamp(min=1)
+        else:
+            inputs[name] = table.tensors[name]
+            if f"{name}.lengths" in table.tensors:
+                lengths[name] = table.tensors[f"{name}.lengths"]
+        present[name] = table.present[name]
+    labels = None
+    if label_index is not None and table.labels is not None:
+        labels = torch.tensor([label_index.get(label, -1) for label in table.labels], dtype=torch.long)
+    kinds = {name: table.modalities[name].kind for name in modalities}
+    return Encoded(list(table.ids), inputs, lengths, present, labels, kinds)
+
+
+def make_batch(data: Encoded, index: torch.Tensor, config: DataConfig) -> dict:
+    batch: dict = {"lengths": {}, "mask": {}, "index": index}
+    for name, tensor in data.inputs.items():
+        kind = data.kinds[name]
+        x = tensor[index]
+        if kind == "image":
+            x = decode.normalize_image(x, config)
+        elif kind == "audio":
+            x = decode.normalize_audio(x)
+        mask = data.present[name][index]
+        if kind != "text":
+            x = x * mask.view(-1, *([1] * (x.dim() - 1)))
+        batch[name] = x
+        batch["mask"][name] = mask
+        if name in data.lengths:
+            batch["lengths"][name] = data.lengths[name][index]
+    if data.labels is not None:
+        batch["label"] = data.labels[index]
+    return batch
+
+
+def iterate(data: Encoded, config: DataConfig, batch_size: int, shuffle: bool = False,
+            generator: torch.Generator | None = None) -> Iterator[dict]:
+    order = torch.randperm(len(data), generator=generator) if shuffle else torch.arange(len(data))
+    for start in range(0, len(data), batch_size):
+        yield make_batch(data, order[start:start + batch_size], config)
+
+
+def n_batches(data: Encoded, batch_size: int) -> int:
+    return (len(data) + batch_size - 1) // batch_size

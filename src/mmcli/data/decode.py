@@ -1,0 +1,103 @@
+"""Per-modality decoding into fixed-size tensors, with maintained libraries.
+
+Images: Pillow decodes (any mode: palette, alpha, CMYK, 16-bit are converted to RGB),
+torchvision resizes; stored as uint8. Audio: soundfile decodes, librosa resamples and
+computes the log-mel spectrogram; stored as float16 dB values, padded to a fixed number
+of frames with the true length kept beside. Text stays a string until a tokenizer, which
+is fitted on the training split, turns it into ids.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmcli.config import DataConfig
+
+SILENCE_DB = -100.0
+
+
+class DecodeError(Exception):
+    """A file cannot be turned into a tensor; the message says why."""
+
+
+def decode_image(path: Path, config: DataConfig) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.v2 import functional as F
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = _to_rgb(img)
+    except UnidentifiedImageError:
+        raise DecodeError("not an image that Pillow can read") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DecodeError(f"cannot decode image ({exc})") from None
+    tensor = F.pil_to_tensor(img)
+    size = config.image_size
+    return F.resize(tensor, [size, size], antialias=True).contiguous()
+
+
+def _to_rgb(img):
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16- and 32-bit greys: scale to 8 bits instead of clipping at 255
+        arr = np.asarray(img, dtype=np.float64)
+        top = max(float(arr.max()), 1.0)
+        img = Image.fromarray((arr * (255.0 / top)).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def audio_frames(config: DataConfig) -> int:
+    return int(math.ceil(config.max_seconds * config.sample_rate / config.hop_length)) + 1
+
+
+def decode_audio(path: Path, config: DataConfig) -> tuple[torch.Tensor, int]:
+    """Log-mel spectrogram [n_mels, frames] in dB (padded), and the true frame count."""
+    import soundfile
+
+    try:
+        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError, ValueError) as exc:
+        raise DecodeError(f"cannot decode audio ({exc})") from None
+    if samples.shape[0] == 0:
+        raise DecodeError("audio has no samples")
+    return log_mel(samples.mean(axis=1), rate, config)
+
+
+def log_mel(samples: np.ndarray, rate: int, config: DataConfig) -> tuple[torch.Tensor, int]:
+    import librosa
+
+    if rate != config.sample_rate:
+        samples = librosa.resample(samples, orig_sr=rate, target_sr=config.sample_rate)
+    samples = samples[: int(config.max_seconds * config.sample_rate)]
+    power = librosa.feature.melspectrogram(
+        y=samples, sr=config.sample_rate, n_fft=config.n_fft,
+        hop_length=config.hop_length, n_mels=config.n_mels, center=True,
+    )
+    db = librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=None)
+    db = np.clip(db, SILENCE_DB, 40.0)
+    frames = audio_frames(config)
+    out = np.full((config.n_mels, frames), SILENCE_DB, dtype=np.float32)
+    length = min(db.shape[1], frames)
+    out[:, :length] = db[:, :length]
+    return torch.from_numpy(out).to(torch.float16), length
+
+
+def normalize_audio(db: torch.Tensor) -> torch.Tensor:
+    """dB values to roughly unit scale; silence (-100 dB) maps to -1.5."""
+    return (db.float() + 40.0) / 40.0
+
+
+def normalize_image(pixels: torch.Tensor, config: DataConfig) -> torch.Tensor:
+    mean = torch.tensor(config.image_mean).view(1, -1, 1, 1)
+    std = torch.tensor(config.image_std).view(1, -1, 1, 1)
+    return (pixels.float() / 255.0 - mean) / std

@@ -1,0 +1,160 @@
+"""Reading manifests (CSV, TSV, JSONL) and finding their modalities.
+
+A manifest has one row per example; columns hold an image path, an audio path or text.
+Paths are relative to the manifest's folder. Modalities are detected from the columns
+(file extensions, strings) unless the config declares them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmcli.config import DataConfig, ModalityConfig
+from mmcli.errors import BadRow, DataError, UsageError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
+
+
+@dataclass
+class Manifest:
+    path: Path
+    columns: list[str]
+    rows: list[dict[str, str]]
+    lines: list[int]  # the line in the file where each row starts
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def bad(self, index: int, column: str | None, reason: str) -> BadRow:
+        return BadRow(self.path.name, index + 1, column, reason, self.lines[index])
+
+
+def find_manifest(data: str | Path) -> Path:
+    path = Path(data)
+    if path.is_dir():
+        for name in ("manifest.csv", "manifest.tsv", "manifest.jsonl"):
+            if (path / name).is_file():
+                return path / name
+        raise UsageError(f"{path}: folder holds no manifest.csv, manifest.tsv or manifest.jsonl")
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file or folder")
+    return path
+
+
+def read_manifest(data: str | Path) -> Manifest:
+    path = find_manifest(data)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: not UTF-8 text", [BadRow(path.name, None, None, f"line {line}: byte {raw[exc.start]:#x} is not UTF-8")]) from None
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        manifest = _read_jsonl(path, text)
+    else:
+        manifest = _read_delimited(path, text, "\t" if path.suffix.lower() == ".tsv" else ",")
+    if not manifest.rows:
+        raise DataError(f"{path}: the manifest has no rows")
+    return manifest
+
+
+def _read_delimited(path: Path, text: str, delimiter: str) -> Manifest:
+    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(f"{path}: the manifest is empty") from None
+    header = [h.strip() for h in header]
+    if len(header) == 1 and delimiter == "," and ("\t" in header[0] or ";" in header[0]):
+        raise DataError(f"{path}: header has one column '{header[0]}': is the delimiter a comma?")
+    bad = [BadRow(path.name, None, name or f"#{i + 1}", "empty or repeated column name")
+           for i, name in enumerate(header) if not name or header.count(name) > 1]
+    if bad:
+        raise DataError(f"{path}: bad header", bad)
+    rows, lines, problems = [], [], []
+    for values in reader:
+        line = reader.line_num
+        if not any(v.strip() for v in values):
+            continue
+        if len(values) != len(header):
+            problems.append(BadRow(path.name, len(rows) + 1, None, f"has {len(values)} fields, the header has {len(header)}", line))
+        rows.append(dict(zip(header, (v.strip() for v in values))))
+        lines.append(line)
+    if problems:
+        raise DataError(f"{path}: rows with the wrong number of fields", problems)
+    return Manifest(path, header, rows, lines)
+
+
+def _read_jsonl(path: Path, text: str) -> Manifest:
+    rows, lines, problems, columns = [], [], [], {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(BadRow(path.name, len(rows) + 1, None, f"not JSON: {exc.msg}", number))
+            continue
+        if not isinstance(obj, dict):
+            problems.append(BadRow(path.name, len(rows) + 1, None, "not a JSON object", number))
+            continue
+        row = {str(k): "" if v is None else (v if isinstance(v, str) else json.dumps(v)) for k, v in obj.items()}
+        columns.update(dict.fromkeys(row))
+        rows.append(row)
+        lines.append(number)
+    if problems:
+        raise DataError(f"{path}: lines that are not JSON objects", problems)
+    return Manifest(path, list(columns), [{c: r.get(c, "") for c in columns} for r in rows], lines)
+
+
+def detect_modalities(manifest: Manifest, config: DataConfig) -> dict[str, ModalityConfig]:
+    """Declared modalities, checked against the columns; else detected from the values."""
+    if config.modalities:
+        missing = [BadRow(manifest.path.name, None, m.column, f"modality '{name}' is declared on this column, which the manifest lacks")
+                   for name, m in config.modalities.items() if m.column not in manifest.columns]
+        if missing:
+            raise DataError(f"{manifest.path}: declared columns are missing", missing)
+        return dict(config.modalities)
+    reserved = {config.label, config.id_column, config.split_column}
+    found: dict[str, ModalityConfig] = {}
+    for column in manifest.columns:
+        if column in reserved:
+            continue
+        kind = _column_kind([row[column] for row in manifest.rows if row[column]])
+        if kind is not None:
+            found[column] = ModalityConfig(column=column, kind=kind)
+    if not found:
+        raise DataError(
+            f"{manifest.path}: no image, audio or text column found among {manifest.columns}; "
+            "declare them under data.modalities in the config"
+        )
+    return found
+
+
+def _column_kind(values: list[str]) -> str | None:
+    if not values:
+        return None
+    suffixes = [Path(v).suffix.lower() for v in values[:200]]
+    if sum(s in IMAGE_EXTENSIONS for s in suffixes) > len(suffixes) / 2:
+        return "image"
+    if sum(s in AUDIO_EXTENSIONS for s in suffixes) > len(suffixes) / 2:
+        return "audio"
+    if all(_is_number(v) for v in values[:200]):
+        return None  # numeric columns are not a modality of this version
+    return "text"
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True

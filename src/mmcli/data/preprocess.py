@@ -1,0 +1,189 @@
+"""manifest -> validated rows -> decoded tensors -> cached `Table`.
+
+Every row is checked before any decoding, and every problem is reported at once (file,
+row, column, reason). Decoding failures are collected the same way. With
+`on_error: skip` bad rows are left out and written to `bad_rows.csv` in the cache entry.
+"""
+
+from __future__ import annotations
+
+import csv
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mmcli.config import DataConfig, ModalityConfig
+from mmcli.data import cache, decode
+from mmcli.data.manifest import Manifest, detect_modalities, read_manifest
+from mmcli.data.table import Table, is_table, load_table, save_table
+from mmcli.errors import BadRow, DataError
+
+Progress = Callable[[int, int], None]
+BUILTIN_PREFIX = "builtin:"
+
+
+def resolve_source(data: str | Path | None, cache_root: Path) -> Path:
+    """A path to a manifest or a cache folder; `None` or `builtin:toy` is the toy set."""
+    if data is None or str(data) == f"{BUILTIN_PREFIX}toy":
+        from mmcli.data.builtin import toy_manifest
+
+        return toy_manifest(cache_root)
+    return Path(data)
+
+
+def preprocess(data: str | Path | None, config: DataConfig, cache_dir: str | Path | None = None,
+               workers: int = 1, progress: Progress | None = None,
+               require_label: bool = True) -> Table:
+    """Load `data` (manifest, folder or cache) as a Table, through the cache."""
+    root = cache.cache_root(cache_dir)
+    source = resolve_source(data, root)
+    if source.is_dir() and is_table(source):
+        return load_table(source)
+    manifest = read_manifest(source)
+    modalities = detect_modalities(manifest, config)
+    files = _referenced_files(manifest, modalities)
+    key = cache.data_key(manifest.path, [f for f in files if f is not None], modalities, config, require_label)
+    folder = cache.tensor_dir(root) / key
+    if is_table(folder):
+        return load_table(folder)
+    table = build_table(manifest, modalities, config, workers, progress, require_label)
+    table.key = key
+    table.source = str(data) if data is not None else f"{BUILTIN_PREFIX}toy"
+    save_table(table, folder)
+    if table.bad_rows:
+        write_bad_rows(table.bad_rows, folder / "bad_rows.csv")
+    return table
+
+
+def _referenced_files(manifest: Manifest, modalities: dict[str, ModalityConfig]) -> list[Path | None]:
+    out: list[Path | None] = []
+    for row in manifest.rows:
+        for m in modalities.values():
+            if m.kind != "text" and row.get(m.column):
+                out.append(manifest.root / row[m.column])
+    return out
+
+
+def check_rows(manifest: Manifest, modalities: dict[str, ModalityConfig], config: DataConfig,
+               require_label: bool) -> dict[int, list[BadRow]]:
+    """Cheap checks on every row, before any decoding."""
+    bad: dict[int, list[BadRow]] = {}
+    if require_label and config.label not in manifest.columns:
+        raise DataError(
+            f"{manifest.path}: no label column '{config.label}' (columns: {', '.join(manifest.columns)}); "
+            "name it with --set data.label=COLUMN",
+            [BadRow(manifest.path.name, None, config.label, "column missing")],
+        )
+    seen: dict[str, int] = {}
+    root = manifest.root.resolve()
+    for i, row in enumerate(manifest.rows):
+        problems = []
+        if require_label and not row.get(config.label, ""):
+            problems.append(manifest.bad(i, config.label, "label is empty"))
+        ident = row.get(config.id_column)
+        if ident:
+            if ident in seen:
+                problems.append(manifest.bad(i, config.id_column, f"id '{ident}' repeats row {seen[ident] + 1}"))
+            seen.setdefault(ident, i)
+        for name, m in modalities.items():
+            problems.extend(_check_cell(manifest, i, m, root))
+        if problems:
+            bad[i] = problems
+    return bad
+
+
+def _check_cell(manifest: Manifest, i: int, m: ModalityConfig, root: Path) -> list[BadRow]:
+    value = manifest.rows[i].get(m.column, "")
+    if not value.strip():
+        return [manifest.bad(i, m.column, f"{m.kind} is empty")]
+    if m.kind == "text":
+        return []
+    path = Path(value)
+    if path.is_absolute():
+        return [manifest.bad(i, m.column, f"path '{value}' is absolute; paths are relative to the manifest's folder")]
+    full = (manifest.root / path).resolve()
+    if root not in full.parents:
+        return [manifest.bad(i, m.column, f"path '{value}' leads outside the manifest's folder")]
+    if not full.is_file():
+        return [manifest.bad(i, m.column, f"file not found: {value}")]
+    return []
+
+
+def build_table(manifest: Manifest, modalities: dict[str, ModalityConfig], config: DataConfig,
+                workers: int, progress: Progress | None, require_label: bool) -> Table:
+    bad = check_rows(manifest, modalities, config, require_label)
+    _raise_or_keep(bad, manifest, config, "bad rows")
+    good = [i for i in range(len(manifest.rows)) if i not in bad]
+    decoded, decode_bad = _decode_rows(manifest, good, modalities, config, workers, progress)
+    _raise_or_keep(decode_bad, manifest, config, "files that cannot be decoded")
+    keep = [i for i in good if i not in decode_bad]
+    if not keep:
+        raise DataError(f"{manifest.path}: no usable rows", [r for rs in {**bad, **decode_bad}.values() for r in rs])
+    table = _assemble(manifest, keep, decoded, modalities, config)
+    table.bad_rows = [r for i in sorted({**bad, **decode_bad}) for r in {**bad, **decode_bad}[i]]
+    return table
+
+
+def _raise_or_keep(bad: dict[int, list[BadRow]], manifest: Manifest, config: DataConfig, what: str) -> None:
+    if bad and config.on_error == "fail":
+        rows = [r for i in sorted(bad) for r in bad[i]]
+        raise DataError(f"{manifest.path}: {len(bad)} {what} (use --on-error skip to leave them out)", rows)
+
+
+def _decode_rows(manifest: Manifest, rows: list[int], modalities: dict[str, ModalityConfig],
+                 config: DataConfig, workers: int, progress: Progress | None):
+    def work(i: int):
+        out, problems = {}, []
+        for name, m in modalities.items():
+            if m.kind == "text":
+                continue
+            path = manifest.root / manifest.rows[i][m.column]
+            try:
+                out[name] = decode.decode_image(path, config) if m.kind == "image" else decode.decode_audio(path, config)
+            except decode.DecodeError as exc:
+                problems.append(manifest.bad(i, m.column, f"{manifest.rows[i][m.column]}: {exc}"))
+        return i, out, problems
+
+    decoded, bad = {}, {}
+    total = len(rows)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for done, (i, out, problems) in enumerate(pool.map(work, rows), start=1):
+            decoded[i] = out
+            if problems:
+                bad[i] = problems
+            if progress is not None and (done % 25 == 0 or done == total):
+                progress(done, total)
+    return decoded, bad
+
+
+def _assemble(manifest: Manifest, keep: list[int], decoded: dict, modalities: dict[str, ModalityConfig],
+              config: DataConfig) -> Table:
+    rows = [manifest.rows[i] for i in keep]
+    has_label = config.label in manifest.columns
+    has_split = config.split_column in manifest.columns
+    table = Table(
+        ids=[r.get(config.id_column) or str(i + 1) for i, r in zip(keep, rows)],
+        labels=[r.get(config.label, "") for r in rows] if has_label else None,
+        given_splits=[r.get(config.split_column, "") for r in rows] if has_split else None,
+        modalities=dict(modalities),
+    )
+    for name, m in modalities.items():
+        table.present[name] = torch.ones(len(rows), dtype=torch.bool)
+        if m.kind == "text":
+            table.texts[name] = [r[m.column] for r in rows]
+        elif m.kind == "image":
+            table.tensors[name] = torch.stack([decoded[i][name] for i in keep])
+        else:
+            table.tensors[name] = torch.stack([decoded[i][name][0] for i in keep])
+            table.tensors[f"{name}.lengths"] = torch.tensor([decoded[i][name][1] for i in keep])
+    return table
+
+
+def write_bad_rows(rows: list[BadRow], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "row", "line", "column", "reason"])
+        for r in rows:
+            writer.writerow([r.file, r.row, r.line, r.column, r.reason])

@@ -1,0 +1,1 @@
+"""Evaluation: scoring a saved run on a split or on other data."""

@@ -1,0 +1,124 @@
+"""`predict`: a saved run applied to new examples (a manifest, JSON lines, or one example).
+
+An example may lack some of the run's modalities (an empty field or a missing key);
+the model then sees that modality as absent through its mask, and the output says which
+modalities were used. An example with none of the run's modalities is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from mmcli.data import decode
+from mmcli.data import text as text_mod
+from mmcli.data.dataset import Encoded
+from mmcli.errors import BadRow, DataError
+from mmcli.heads import TASKS
+from mmcli.pipeline import LoadedRun
+from mmcli.training.loop import predict_logits
+from mmcli.training.setup import pick_device
+
+
+@dataclass
+class Record:
+    """One example to predict: its fields by modality name, and where it came from."""
+
+    id: str
+    fields: dict[str, str]
+    base: Path  # folder that relative paths start from
+    source: str
+    row: int
+    line: int | None = None
+
+
+def records_from_manifest(run: LoadedRun, path: Path) -> list[Record]:
+    from mmcli.data.manifest import read_manifest
+
+    manifest = read_manifest(path)
+    id_col = run.config.data.id_column
+    out = []
+    for i, row in enumerate(manifest.rows):
+        fields = {name: row.get(col, "") for name, col in run.columns.items()}
+        out.append(Record(row.get(id_col) or str(i + 1), fields, manifest.root, manifest.path.name, i + 1, manifest.lines[i]))
+    return out
+
+
+def records_from_dicts(run: LoadedRun, items: Iterable[dict[str, Any]], base: Path, source: str) -> list[Record]:
+    """JSON objects keyed by modality name (or by the training column name)."""
+    out = []
+    for i, item in enumerate(items):
+        fields = {}
+        for name, col in run.columns.items():
+            value = item.get(name, item.get(col))
+            fields[name] = "" if value is None else str(value)
+        out.append(Record(str(item.get("id", i + 1)), fields, base, source, i + 1))
+    return out
+
+
+def _decode_record(run: LoadedRun, rec: Record) -> tuple[dict[str, Any], list[BadRow]]:
+    values, problems = {}, []
+    for name, spec in run.specs.items():
+        raw = rec.fields.get(name, "").strip()
+        if not raw:
+            continue
+        if spec.kind == "text":
+            values[name] = raw
+            continue
+        path = Path(raw) if Path(raw).is_absolute() else rec.base / raw
+        try:
+            if not path.is_file():
+                raise decode.DecodeError(f"file not found: {raw}")
+            values[name] = decode.decode_image(path, run.config.data) if spec.kind == "image" else decode.decode_audio(path, run.config.data)
+        except decode.DecodeError as exc:
+            problems.append(BadRow(rec.source, rec.row, run.columns[name], str(exc), rec.line))
+    if not values and not problems:
+        wanted = ", ".join(run.specs)
+        problems.append(BadRow(rec.source, rec.row, None, f"has none of the modalities this model reads ({wanted})", rec.line))
+    return values, problems
+
+
+def encode_records(run: LoadedRun, records: list[Record]) -> tuple[Encoded, list[list[str]]]:
+    decoded, bad = [], []
+    for rec in records:
+        values, problems = _decode_record(run, rec)
+        decoded.append(values)
+        bad.extend(problems)
+    if bad:
+        raise DataError(f"{len(bad)} problem(s) in the examples to predict", bad)
+    inputs, lengths, present = {}, {}, {}
+    n = len(records)
+    for name, spec in run.specs.items():
+        present[name] = torch.tensor([name in v for v in decoded], dtype=torch.bool)
+        if spec.kind == "text":
+            ids = text_mod.encode(run.tokenizers[name], [v.get(name, "") for v in decoded])
+            inputs[name] = ids
+            lengths[name] = (ids != 0).sum(dim=1).clamp(min=1)
+        elif spec.kind == "image":
+            blank = torch.zeros(3, spec.image_size, spec.image_size, dtype=torch.uint8)
+            inputs[name] = torch.stack([v.get(name, blank) for v in decoded]) if n else blank[None][:0]
+        else:
+            blank = (torch.full((spec.n_mels, spec.frames), decode.SILENCE_DB, dtype=torch.float16), 1)
+            pairs = [v.get(name, blank) for v in decoded]
+            inputs[name] = torch.stack([p[0] for p in pairs])
+            lengths[name] = torch.tensor([p[1] for p in pairs])
+    kinds = {n: s.kind for n, s in run.specs.items()}
+    used = [[m for m in run.specs if m in v] for v in decoded]
+    return Encoded([r.id for r in records], inputs, lengths, present, None, kinds), used
+
+
+def predict_records(run: LoadedRun, records: list[Record], top_k: int = 5) -> list[dict[str, Any]]:
+    if not records:
+        return []
+    encoded, used = encode_records(run, records)
+    device = pick_device(run.config.train.device)
+    run.model.to(device)
+    logits = predict_logits(run.model, encoded, run.config, device)
+    task = TASKS.get(run.config.model.task)()
+    out = []
+    for rec, pred, mods in zip(records, task.predict(logits, run.labels, top_k), used):
+        out.append({"id": rec.id, **pred, "modalities_used": mods})
+    return out

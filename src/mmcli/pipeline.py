@@ -1,0 +1,174 @@
+"""The shared road from data to a model's inputs, for training and for a saved run.
+
+Training: preprocess (through the cache) -> split -> label map and tokenizers fitted on
+the training split -> `Encoded` tensors per split. A saved run: the same steps with the
+run's own label map and tokenizers, so evaluate and predict see what training saw.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmcli import runs
+from mmcli.config import Config, from_dict, load_yaml
+from mmcli.data import text as text_mod
+from mmcli.data.dataset import Encoded, encode_table
+from mmcli.data.decode import audio_frames
+from mmcli.data.preprocess import BUILTIN_PREFIX, Progress, preprocess
+from mmcli.data.splits import assign_splits
+from mmcli.data.table import Table
+from mmcli.encoders import ModalitySpec
+from mmcli.errors import BadRow, DataError
+from mmcli.models import Model, build, chosen_modalities
+
+
+@dataclass
+class RunData:
+    config: Config
+    table: Table
+    splits: list[str]
+    modalities: list[str]
+    labels: list[str]
+    tokenizers: dict = field(default_factory=dict)
+    specs: dict[str, ModalitySpec] = field(default_factory=dict)
+
+    def part(self, split: str | None) -> Encoded:
+        """The rows of one split (all rows for None), encoded for the model."""
+        rows = [i for i, s in enumerate(self.splits) if split is None or s == split]
+        index = {label: i for i, label in enumerate(self.labels)}
+        return encode_table(self.table.subset(rows), self.modalities, self.tokenizers, index)
+
+    def counts(self) -> dict[str, int]:
+        return {s: self.splits.count(s) for s in ("train", "val", "test")}
+
+
+def split_seed(config: Config) -> int:
+    return config.train.seed if config.data.split_seed is None else config.data.split_seed
+
+
+def make_specs(config: Config, table: Table, modalities: list[str], tokenizers: dict) -> dict[str, ModalitySpec]:
+    d = config.data
+    specs = {}
+    for name in modalities:
+        kind = table.modalities[name].kind
+        vocab = tokenizers[name].get_vocab_size() if name in tokenizers else d.vocab_size
+        specs[name] = ModalitySpec(name=name, kind=kind, image_size=d.image_size, vocab_size=vocab,
+                                   max_len=d.text_max_len, n_mels=d.n_mels, frames=audio_frames(d))
+    return specs
+
+
+def prepare_training(config: Config, cache_dir: str | None = None, workers: int = 1,
+                     progress: Progress | None = None) -> RunData:
+    table = preprocess(config.data.manifest, config.data, cache_dir, workers, progress)
+    if table.labels is None:
+        raise DataError(f"{table.source}: no label column '{config.data.label}'")
+    splits = assign_splits(table.labels, table.given_splits, split_seed(config),
+                           config.data.val_fraction, config.data.test_fraction, table.source)
+    modalities = chosen_modalities(config, list(table.modalities))
+    train_rows = [i for i, s in enumerate(splits) if s == "train"]
+    if not train_rows:
+        raise DataError(f"{table.source}: the training split is empty")
+    labels = sorted({table.labels[i] for i in train_rows})
+    _check_unseen(table, splits, set(labels))
+    tokenizers = {
+        name: text_mod.fit_tokenizer([table.texts[name][i] for i in train_rows], config.data.vocab_size, config.data.text_max_len)
+        for name in modalities if table.modalities[name].kind == "text"
+    }
+    specs = make_specs(config, table, modalities, tokenizers)
+    return RunData(config, table, splits, modalities, labels, tokenizers, specs)
+
+
+def _check_unseen(table: Table, splits: list[str], known: set[str]) -> None:
+    bad = [BadRow(table.source, i + 1, "label", f"label '{table.labels[i]}' ({splits[i]}) never occurs in the training split")
+           for i in range(len(splits)) if table.labels[i] not in known]
+    if bad:
+        raise DataError(f"{table.source}: labels unseen in training", bad)
+
+
+def save_run_inputs(run_dir: Path, rd: RunData) -> None:
+    """Everything but the weights: config, labels, tokenizers, data description."""
+    config = rd.config.copy()
+    manifest = config.data.manifest
+    if manifest and not manifest.startswith(BUILTIN_PREFIX):
+        config.data.manifest = os.path.relpath(Path(manifest).resolve(), run_dir.resolve())
+    runs.write_atomic(run_dir / "config.yaml", config.to_yaml())
+    runs.write_json(run_dir / "labels.json", rd.labels)
+    for name, tok in rd.tokenizers.items():
+        runs.write_atomic(run_dir / f"tokenizer-{name}.json", tok.to_str())
+    runs.write_json(run_dir / "data.json", {
+        "source": rd.table.source,
+        "data_key": rd.table.key,
+        "modalities": {n: runs.spec_dict(rd.specs[n]) | {"column": rd.table.modalities[n].column} for n in rd.modalities},
+        "splits": rd.counts(),
+        "n_classes": len(rd.labels),
+    })
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    config: Config
+    labels: list[str]
+    specs: dict[str, ModalitySpec]
+    columns: dict[str, str]
+    tokenizers: dict
+    model: Model
+    weights_meta: dict[str, str]
+
+
+def load_run(run_dir: Path, weights: str = "best") -> LoadedRun:
+    runs.check_run_dir(run_dir)
+    config = from_dict(load_yaml(run_dir / "config.yaml"))
+    labels = runs.read_json(run_dir / "labels.json")
+    data = runs.read_json(run_dir / "data.json")
+    specs, columns = {}, {}
+    for name, spec in data["modalities"].items():
+        columns[name] = spec.pop("column")
+        specs[name] = ModalitySpec(**spec)
+    tokenizers = {n: text_mod.load_tokenizer(run_dir / f"tokenizer-{n}.json", config.data.text_max_len)
+                  for n, s in specs.items() if s.kind == "text"}
+    model = build(config, specs, len(labels))
+    meta = runs.load_weights(model, run_dir / f"{weights}.safetensors")
+    model.eval()
+    return LoadedRun(run_dir, config, labels, specs, columns, tokenizers, model, meta)
+
+
+def run_manifest(run: LoadedRun) -> str:
+    """The training data of a run, resolved from the run folder."""
+    manifest = run.config.data.manifest
+    if manifest is None or manifest.startswith(BUILTIN_PREFIX):
+        return manifest or f"{BUILTIN_PREFIX}toy"
+    return str((run.path / manifest).resolve())
+
+
+def data_for_run(run: LoadedRun, data: str | None, split: str | None, cache_dir: str | None = None,
+                 progress: Progress | None = None, require_label: bool = True) -> tuple[Encoded, Table]:
+    """Rows of `data` (default: the run's training data) encoded as the run expects.
+
+    On the run's own data the split is recomputed exactly as in training; on other data,
+    the split column is used when present, else every row is taken.
+    """
+    same = data is None
+    source = run_manifest(run) if same else data
+    config = run.config.copy()
+    if not same:
+        from mmcli.config import ModalityConfig
+
+        config.data.modalities = {n: ModalityConfig(column=c, kind=run.specs[n].kind) for n, c in run.columns.items()}
+    table = preprocess(source, config.data, cache_dir, 1, progress, require_label)
+    missing = [n for n in run.specs if n not in table.modalities]
+    if missing:
+        raise DataError(f"{source}: lacks the modalities this run uses: {', '.join(missing)}")
+    if same or (table.given_splits is not None and any(table.given_splits)):
+        splits = assign_splits(table.labels, table.given_splits, split_seed(config),
+                               config.data.val_fraction, config.data.test_fraction, table.source)
+        rows = [i for i, s in enumerate(splits) if split is None or s == split]
+        if not rows:
+            raise DataError(f"{source}: the {split} split is empty")
+        table = table.subset(rows)
+    if require_label and table.labels is not None:
+        _check_unseen(table, ["given"] * len(table), set(run.labels))
+    index = {label: i for i, label in enumerate(run.labels)} if table.labels is not None else None
+    return encode_table(table, list(run.specs), run.tokenizers, index), table

@@ -1,0 +1,98 @@
+"""The consoles and progress bars of mmcli.
+
+Progress and logs go to stderr; results go to stdout. Progress bars are shown only when
+stderr is a terminal; rich honours NO_COLOR and plain non-terminals by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+_err: Console | None = None
+_out: Console | None = None
+QUIET = {"on": False}
+
+
+def err() -> Console:
+    global _err
+    if _err is None:
+        _err = Console(stderr=True, highlight=False, soft_wrap=True)
+    return _err
+
+
+def out() -> Console:
+    global _out
+    if _out is None:
+        _out = Console(highlight=False, soft_wrap=True)
+    return _out
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def log(message: str) -> None:
+    if not QUIET["on"]:
+        err().print(message)
+
+
+def progress_enabled() -> bool:
+    return err().is_terminal and not QUIET["on"] and os.environ.get("MMCLI_NO_PROGRESS") is None
+
+
+def _progress(transient: bool = True) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=err(), transient=transient, disable=not progress_enabled())
+
+
+@contextmanager
+def task_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A bar for work counted in items; yields `update(done, total)`."""
+    with _progress() as bar:
+        task = bar.add_task(description, total=None, info="")
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+class FitBar:
+    """Epoch-by-epoch progress of training, with the loss and the validation metric."""
+
+    def __init__(self, label: str = "train", metric: str = "accuracy", logger: Callable[[str], None] | None = None):
+        self.label, self.metric, self.logger = label, metric, logger
+        self._bar: Progress | None = None
+        self._task: Any = None
+
+    def __enter__(self) -> "FitBar":
+        self._bar = _progress(transient=True)
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
+        description = f"{self.label} epoch {epoch}/{epochs}"
+        if self._task is None:
+            self._task = self._bar.add_task(description, total=batches, info="")
+        else:
+            self._bar.reset(self._task, total=batches, description=description, info="")
+
+    def batch_end(self, loss: float) -> None:
+        self._bar.update(self._task, advance=1, info=f"loss {loss:.3f}")
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        value = record.get(f"val_{self.metric}")
+        shown = f"  val {self.metric} {value:.4f}" if isinstance(value, float) else ""
+        if self.logger:
+            self.logger(f"{self.label} epoch {record['epoch']}: train loss {record['train_loss']:.4f}{shown}")

@@ -1,0 +1,129 @@
+"""The run folder: everything evaluate and predict need, and nothing absolute.
+
+    config.yaml          the resolved config (data.manifest relative to the run folder)
+    labels.json          the label names, in the order of the model's outputs
+    tokenizer-<m>.json   the tokenizer of each text modality
+    data.json            modality kinds and shapes, split sizes, the data's cache key
+    provenance.json      command line, versions, timings
+    best.safetensors     weights of the best epoch on validation (metadata: epoch, metric)
+    last.safetensors     weights of the last epoch
+    metrics.jsonl        one line per epoch
+    eval-<split>.json    what `mmcli evaluate` measured
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mmcli import __version__
+from mmcli.errors import UsageError
+
+WEIGHTS_FORMAT = "1"
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write to a temporary file in the same folder, then `os.replace` it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path.parent}: not a run folder ({path.name} is missing)") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: cannot read ({exc})") from None
+
+
+def prepare_run_dir(out: Path | None, variant: str, overwrite: bool) -> Path:
+    """`out`, or runs/<variant>-<timestamp>; a non-empty `out` needs `overwrite`."""
+    if out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{variant.replace(':', '-')}-{stamp}"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{out}: folder exists and is not empty; pass --overwrite to replace it")
+        if not is_run_dir(out):
+            raise UsageError(f"{out}: not a run folder; refusing to overwrite it (choose another --out)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file() and (path / "data.json").is_file()
+
+
+def check_run_dir(path: Path) -> Path:
+    if not path.is_dir():
+        raise UsageError(f"{path}: no such run folder")
+    if not is_run_dir(path):
+        raise UsageError(f"{path}: not a run folder (no config.yaml and data.json)")
+    return path
+
+
+def provenance(argv: list[str] | None = None) -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    return {
+        "command": " ".join(argv if argv is not None else sys.argv),
+        "mmcli": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def save_weights(model, path: Path, meta: dict[str, Any]) -> None:
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format_version": WEIGHTS_FORMAT, "mmcli": __version__}
+    metadata.update({k: str(v) for k, v in meta.items()})
+    write_atomic(path, save(state, metadata=metadata))
+
+
+def load_weights(model, path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise UsageError(f"{path.parent}: run folder has no {path.name} (did training finish?)")
+    try:
+        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as exc:  # safetensors raises several types for a broken file
+        raise UsageError(f"{path}: cannot read weights ({exc})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UsageError(f"{path}: weights do not fit the model in config.yaml (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return metadata
+
+
+def spec_dict(spec) -> dict[str, Any]:
+    return asdict(spec)

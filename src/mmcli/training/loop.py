@@ -1,0 +1,131 @@
+"""The training loop, split as `train_one_epoch`, `predict_logits` and `fit`.
+
+Early stopping watches the validation metric; the best and the last weights are saved
+as `.safetensors` (atomically) with `metrics.jsonl` one line per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from mmcli import runs
+from mmcli.config import Config
+from mmcli.data.dataset import Encoded, iterate, n_batches
+from mmcli.errors import RunFailed
+from mmcli.training.setup import make_optimizer, pick_device
+
+
+class FitProgress(Protocol):
+    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None: ...
+    def batch_end(self, loss: float) -> None: ...
+    def epoch_end(self, record: dict[str, Any]) -> None: ...
+
+
+class NoProgress:
+    def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
+        pass
+
+    def batch_end(self, loss: float) -> None:
+        pass
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_metric: float | None
+    metric: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    if device.type == "cpu":
+        return batch
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, dict):
+            out[key] = {k: v.to(device, non_blocking=True) for k, v in value.items()}
+        else:
+            out[key] = value.to(device, non_blocking=True)
+    return out
+
+
+def train_one_epoch(model, task, data: Encoded, config: Config, optimizer, scheduler, device,
+                    generator: torch.Generator, progress: FitProgress) -> float:
+    model.train()
+    total, count = 0.0, 0
+    for batch in iterate(data, config.data, config.train.batch_size, shuffle=True, generator=generator):
+        batch = to_device(batch, device)
+        loss = task.loss(model(batch), batch)
+        if not torch.isfinite(loss):
+            raise RunFailed(f"the training loss became {loss.item()}; lower --lr (now {config.train.lr})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        n = len(batch["index"])
+        total += loss.item() * n
+        count += n
+        progress.batch_end(loss.item())
+    return total / max(1, count)
+
+
+@torch.no_grad()
+def predict_logits(model, data: Encoded, config: Config, device: torch.device) -> torch.Tensor:
+    model.eval()
+    outs = [model(to_device(b, device)).float().cpu() for b in iterate(data, config.data, config.eval.batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def _better(task, metric: str, new: float, old: float | None) -> bool:
+    if old is None or math.isnan(old):
+        return True
+    return new < old if metric in task.lower_is_better else new > old
+
+
+def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path, labels: list[str],
+        generator: torch.Generator, progress: FitProgress | None = None) -> FitResult:
+    progress = progress or NoProgress()
+    device = pick_device(config.train.device)
+    model.to(device)
+    steps = n_batches(train, config.train.batch_size)
+    optimizer, scheduler = make_optimizer(model, config.train, steps)
+    metric = config.eval.metric
+    result = FitResult(best_epoch=0, best_metric=None, metric=metric)
+    start, stale = time.monotonic(), 0
+    for epoch in range(1, config.train.epochs + 1):
+        progress.epoch_start(epoch, config.train.epochs, steps)
+        train_loss = train_one_epoch(model, task, train, config, optimizer, scheduler, device, generator, progress)
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0]}
+        if len(val):
+            scores = task.evaluate(predict_logits(model, val, config, device), val.labels, labels)
+            record.update({f"val_{k}": v for k, v in scores.items() if isinstance(v, (int, float))})
+        record["seconds"] = round(time.monotonic() - start, 3)
+        value = record.get(f"val_{metric}", -train_loss)
+        meta = {"epoch": epoch, "metric": metric, "value": value}
+        if _better(task, metric, value, result.best_metric) if f"val_{metric}" in record else True:
+            result.best_epoch, result.best_metric, stale = epoch, value, 0
+            runs.save_weights(model, run_dir / "best.safetensors", meta)
+        else:
+            stale += 1
+        runs.save_weights(model, run_dir / "last.safetensors", meta)
+        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        result.history.append(record)
+        progress.epoch_end(record)
+        if config.train.patience > 0 and stale >= config.train.patience:
+            break
+    result.seconds = time.monotonic() - start
+    return result

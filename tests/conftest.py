@@ -1,0 +1,88 @@
+"""Shared fixtures: an isolated cache folder, small toy data, a user's own manifest, a CLI runner."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory) -> Path:
+    """Every test writes its cache into a temporary folder, never the user's."""
+    root = tmp_path_factory.mktemp("mmcli-cache")
+    old = os.environ.get("MMCLI_CACHE_DIR")
+    os.environ["MMCLI_CACHE_DIR"] = str(root)
+    os.environ["MMCLI_NO_PROGRESS"] = "1"
+    yield root
+    if old is None:
+        os.environ.pop("MMCLI_CACHE_DIR", None)
+    else:
+        os.environ["MMCLI_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def toy_small(tmp_path_factory) -> Path:
+    """A 240-example toy set (20 per class): files plus manifest.csv."""
+    from mmcli.data.toy import make_toy
+
+    out = tmp_path_factory.mktemp("toy") / "toy"
+    return make_toy(out, n=240, seed=3)
+
+
+def write_own_manifest(folder: Path, n: int = 36, fmt: str = "csv") -> Path:
+    """A user's own data: PNG photos, WAV clips at 8 kHz and captions; label from colour."""
+    import soundfile
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    (folder / "pics").mkdir(parents=True, exist_ok=True)
+    (folder / "clips").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        label = ["cat", "dog", "bird"][i % 3]
+        colour = {"cat": (220, 40, 40), "dog": (40, 200, 40), "bird": (40, 40, 220)}[label]
+        pixels = np.clip(rng.normal(colour, 30, size=(40, 48, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / "pics" / f"p{i}.png")
+        t = np.arange(4000) / 8000.0
+        tone = 0.3 * np.sin(2 * np.pi * {"cat": 300, "dog": 600, "bird": 1200}[label] * t)
+        soundfile.write(folder / "clips" / f"c{i}.wav", tone.astype(np.float32), 8000)
+        caption = f"a photo of a {label} number {i}" if i % 2 else f"my {label} in the garden"
+        rows.append({"id": f"ex{i}", "photo": f"pics/p{i}.png", "sound": f"clips/c{i}.wav", "caption": caption, "label": label})
+    if fmt == "jsonl":
+        import json
+
+        path = folder / "data.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return path
+    path = folder / ("data.tsv" if fmt == "tsv" else "data.csv")
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="\t" if fmt == "tsv" else ",")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def own_manifest(tmp_path) -> Path:
+    return write_own_manifest(tmp_path / "own")
+
+
+@pytest.fixture
+def cli():
+    """Run the real CLI in-process: cli(args, input=None) -> click Result."""
+    from typer.testing import CliRunner
+
+    from mmcli.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None):
+        return runner.invoke(app, [str(a) for a in args], input=input)
+
+    return invoke

@@ -1,0 +1,206 @@
+"""The real CLI through the whole flow: datasets make, preprocess, train, evaluate,
+predict, compare, on the toy data and on a manifest with the test's own files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mmcli.cli import app
+
+RUNNER = CliRunner()
+
+
+def run(*args, input=None):
+    return RUNNER.invoke(app, [str(a) for a in args], input=input)
+
+
+def ok(result):
+    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def toy_run(toy_small, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "toy-run"
+    ok(run("train", toy_small, "--epochs", "2", "--out", out, "--seed", "1"))
+    return out
+
+
+def jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_datasets_make_toy_refuses_a_non_empty_folder(tmp_path):
+    result = ok(run("datasets", "make", "toy", tmp_path / "t", "--n", "24"))
+    manifest = Path(result.stdout.strip())
+    assert manifest.is_file()
+    with open(manifest, newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 24
+    again = run("datasets", "make", "toy", tmp_path / "t", "--n", "24")
+    assert again.exit_code == 2
+    assert "not empty" in again.output
+    assert "toy" in ok(run("datasets", "list")).stdout
+
+
+def test_preprocess_summarises_splits_and_classes(toy_small):
+    result = ok(run("preprocess", toy_small))
+    rows = list(csv.reader(result.stdout.splitlines()))
+    assert rows[0] == ["label", "train", "val", "test", "total"]
+    total = [r for r in rows if r[0] == "all"][0]
+    assert int(total[4]) == 240 and int(total[1]) + int(total[2]) + int(total[3]) == 240
+    assert len(rows) == 1 + 12 + 1  # header, 12 classes, all
+    assert "image (image" in result.stderr and "audio (audio" in result.stderr
+
+
+def test_train_writes_a_complete_relocatable_run_folder(toy_run):
+    names = {p.name for p in toy_run.iterdir()}
+    for name in ("config.yaml", "labels.json", "tokenizer-text.json", "data.json", "provenance.json",
+                 "best.safetensors", "last.safetensors", "metrics.jsonl", "eval-test.json"):
+        assert name in names
+    epochs = jsonl((toy_run / "metrics.jsonl").read_text())
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert all(0.0 <= e["val_accuracy"] <= 1.0 for e in epochs)
+    config = (toy_run / "config.yaml").read_text()
+    assert "manifest: " in config and str(toy_run.parent.parent) not in config
+    prov = json.loads((toy_run / "provenance.json").read_text())
+    assert prov["variant"] == "multimodal:concat" and prov["torch"] and prov["python"]
+
+
+def test_existing_out_needs_overwrite(toy_small, toy_run):
+    result = run("train", toy_small, "--epochs", "1", "--out", toy_run)
+    assert result.exit_code == 2 and "--overwrite" in result.output
+
+
+def test_evaluate_json_rates_are_fractions(toy_run):
+    scores = json.loads(ok(run("evaluate", toy_run, "--json")).stdout)
+    data = json.loads((toy_run / "data.json").read_text())
+    assert scores["n_examples"] == data["splits"]["test"]
+    assert 0.0 <= scores["accuracy"] <= 1.0 and 0.0 <= scores["macro_f1"] <= 1.0
+    matrix = scores["confusion_matrix"]["matrix"]
+    assert sum(map(sum, matrix)) == scores["n_examples"]
+    correct = sum(matrix[i][i] for i in range(len(matrix)))
+    assert correct / scores["n_examples"] == pytest.approx(scores["accuracy"])
+    assert set(scores["per_class"]) == set(json.loads((toy_run / "labels.json").read_text()))
+    assert (toy_run / "eval-test.json").is_file()
+    val = json.loads(ok(run("evaluate", toy_run, "--split", "val", "--json")).stdout)
+    assert val["n_examples"] == data["splits"]["val"]
+
+
+def test_predict_from_manifest_stdin_and_one_example(toy_small, toy_run):
+    preds = jsonl(ok(run("predict", toy_run, toy_small, "--top-k", "3")).stdout)
+    assert len(preds) == 240
+    labels = json.loads((toy_run / "labels.json").read_text())
+    for p in preds[:10]:
+        assert p["label"] in labels and len(p["probabilities"]) == 3
+        assert p["probabilities"][p["label"]] == max(p["probabilities"].values())
+        assert sum(p["probabilities"].values()) <= 1.0 + 1e-6
+        assert p["modalities_used"] == ["image", "audio", "text"]
+    root = toy_small.parent
+    lines = json.dumps({"id": "a", "image": str(root / "images/00001.png"), "text": "a crimson roundish thing"}) + "\n"
+    stdin = jsonl(ok(run("predict", toy_run, "-", input=lines)).stdout)
+    assert stdin[0]["id"] == "a" and stdin[0]["modalities_used"] == ["image", "text"]
+    single = jsonl(ok(run("predict", toy_run, "--text", "a big navy object with straight edges")).stdout)
+    assert len(single) == 1 and single[0]["modalities_used"] == ["text"]
+
+
+def test_predict_from_a_copied_run_folder(toy_small, toy_run, tmp_path, monkeypatch):
+    copy = tmp_path / "elsewhere" / "model"
+    shutil.copytree(toy_run, copy)
+    before = jsonl(ok(run("predict", toy_run, toy_small)).stdout)
+    monkeypatch.chdir(tmp_path)
+    after = jsonl(ok(run("predict", copy, toy_small)).stdout)
+    assert [p["label"] for p in before] == [p["label"] for p in after]
+    assert before[0]["probabilities"] == after[0]["probabilities"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_own_manifest_end_to_end(tmp_path, fmt):
+    from conftest import write_own_manifest
+
+    manifest = write_own_manifest(tmp_path / "own", n=36, fmt=fmt)
+    out = tmp_path / "run"
+    ok(run("train", manifest, "--epochs", "2", "--batch-size", "8", "--out", out, "--fusion", "attention"))
+    data = json.loads((out / "data.json").read_text())
+    assert {n: m["kind"] for n, m in data["modalities"].items()} == {"photo": "image", "sound": "audio", "caption": "text"}
+    scores = json.loads(ok(run("evaluate", out, "--json")).stdout)
+    assert scores["n_examples"] == data["splits"]["test"] > 0
+    preds = jsonl(ok(run("predict", out, manifest, "--format", "jsonl")).stdout)
+    assert [p["id"] for p in preds] == [f"ex{i}" for i in range(36)]
+    assert all(p["label"] in ("cat", "dog", "bird") for p in preds)
+
+
+def test_compare_writes_results_and_summary(toy_small, tmp_path):
+    out = tmp_path / "cmp"
+    result = ok(run("compare", "unimodal:audio", "multimodal:sum", "--data", toy_small, "--epochs", "1",
+                    "--seeds", "2", "--out", out))
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted((r["variant"], r["seed"]) for r in rows) == [
+        ("multimodal:sum", "0"), ("multimodal:sum", "1"), ("unimodal:audio", "0"), ("unimodal:audio", "1")]
+    summary = json.loads((out / "summary.json").read_text())
+    by = {s["variant"]: s for s in summary}
+    for s in summary:
+        for key in ("variant", "family", "metric", "mean", "std", "n", "delta_vs_best_unimodal"):
+            assert key in s
+        values = [float(r["value"]) for r in rows if r["variant"] == s["variant"]]
+        assert s["n"] == 2 and s["mean"] == pytest.approx(sum(values) / 2)
+    assert by["unimodal:audio"]["delta_vs_best_unimodal"] == 0.0
+    assert by["multimodal:sum"]["delta_vs_best_unimodal"] == pytest.approx(by["multimodal:sum"]["mean"] - by["unimodal:audio"]["mean"])
+    assert "multimodal:sum" in result.stdout and (out / "report.md").is_file()
+    # the same seed gives the same split for every variant: test sizes agree
+    sizes = {json.loads((out / r["run"] / "eval-test.json").read_text())["n_examples"] for r in rows}
+    assert len(sizes) == 1
+    # rerunning into the folder reuses the finished runs
+    again = ok(run("compare", "unimodal:audio", "multimodal:sum", "--data", toy_small, "--epochs", "1",
+                   "--seeds", "2", "--out", out))
+    with open(out / "results.csv", newline="") as handle:
+        assert all(r["reused"] == "True" for r in csv.DictReader(handle))
+    assert again.exit_code == 0
+
+
+def test_compare_rejects_unknown_variants(toy_small, tmp_path):
+    result = run("compare", "multimodal:nonsense", "--data", toy_small, "--out", tmp_path / "c")
+    assert result.exit_code == 2 and "unknown fusion 'nonsense'" in result.output
+    result = run("compare", "unimodal:smell", "--data", toy_small, "--out", tmp_path / "c")
+    assert result.exit_code == 2 and "no modality 'smell'" in result.output
+
+
+def test_list_piped_gives_names_first(toy_small):
+    from mmcli.encoders import ENCODERS
+    from mmcli.fusion import FUSIONS
+
+    enc = [line.split()[0] for line in ok(run("list", "encoders")).stdout.splitlines()]
+    assert enc == ENCODERS.names()
+    fus = [line.split()[0] for line in ok(run("list", "fusions")).stdout.splitlines()]
+    assert fus == FUSIONS.names() and {"concat", "sum", "weighted", "attention"} <= set(fus)
+    assert ok(run("list", "tasks")).stdout.split()[0] == "classification"
+    assert "multimodal:concat" in ok(run("list", "variants")).stdout
+
+
+def test_inspect_and_cache(toy_run):
+    text = ok(run("inspect", toy_run)).stdout
+    assert "multimodal:concat" in text and "best.safetensors" not in text
+    listing = ok(run("cache", "list")).stdout
+    assert len(listing.splitlines()) >= 2  # header and at least one entry
+    cleaned = ok(run("cache", "clean"))
+    assert "removed" in cleaned.stderr
+    assert len(ok(run("cache", "list")).stdout.splitlines()) <= 1
+
+
+def test_config_errors_exit_2_and_name_the_key(toy_small, tmp_path):
+    result = run("train", toy_small, "--set", "train.epoch=3", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "train.epoch" in result.output and "Traceback" not in result.output
+    result = run("train", toy_small, "--set", "nodot", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "section.key" in result.output
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  fusion: 3\n")
+    result = run("train", toy_small, "--config", config, "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "model.fusion" in result.output
+    assert not (tmp_path / "r").exists()
