@@ -244,8 +244,6 @@ def test_parse_set_unreadable_yaml_raises():
         parse_set("train.epochs=[1, 2")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG config.py:186/166: values are read with PyYAML (YAML 1.1), which reads "
-                                       "'1e-3' (no dot) as a string, so --set train.lr=1e-3 is refused as not a float")
 def test_scientific_notation_is_a_float(tmp_path):
     assert resolve(sets=["train.lr=1e-3"]).train.lr == pytest.approx(1e-3)
     assert resolve(_write(tmp_path, "train:\n  lr: 5e-4\n")).train.lr == pytest.approx(5e-4)

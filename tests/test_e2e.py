@@ -204,3 +204,18 @@ def test_config_errors_exit_2_and_name_the_key(toy_small, tmp_path):
     result = run("train", toy_small, "--config", config, "--out", tmp_path / "r")
     assert result.exit_code == 2 and "model.fusion" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_train_without_data_uses_the_builtin_toy_set(tmp_path, monkeypatch):
+    import mmcli.data.builtin as builtin
+
+    monkeypatch.setattr(builtin, "TOY_SIZE", 48)  # the real default is 2,000; tests stay small
+    monkeypatch.setenv("MMCLI_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    ok(run("train", "--epochs", "1", "--modalities", "audio", "--out", out))
+    data = json.loads((out / "data.json").read_text())
+    assert data["source"] == "builtin:toy" and sum(data["splits"].values()) == 48
+    assert (tmp_path / "cache" / "datasets" / "toy-v1-n48-seed0" / "manifest.csv").is_file()
+    assert json.loads((out / "provenance.json").read_text())["variant"] == "unimodal:audio"
+    scores = json.loads(ok(run("evaluate", out, "--json")).stdout)
+    assert scores["modalities"] == ["audio"]

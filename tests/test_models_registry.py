@@ -87,16 +87,8 @@ def test_text_mask_is_false_exactly_at_padding(name):
     assert out.token_mask[0].all() and out.token_mask[3].sum() == MAX_LEN - 6
 
 
-_BIGRU_PADDING = pytest.mark.xfail(
-    strict=True,
-    reason="BUG encoders/text.py:27: the bidirectional GRU runs over the padding (no packing), so "
-           "the backward direction reads the trailing [PAD] tokens before the real ones and the "
-           "amount of padding changes the features of the real tokens",
-)
-
-
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=_BIGRU_PADDING) if n == "text.bigru" else n
+    n
     for n in ENCODER_NAMES if n.startswith("text.")
 ])
 def test_text_features_do_not_depend_on_padding(name):
@@ -276,8 +268,6 @@ def test_weighted_bad_weights_raise_value_error(weights):
         FUSIONS.get("weighted")(dict(IN_DIMS), 16, weights=weights)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG fusion/basic.py:82: a weights dict that lacks a modality raises "
-                                       "KeyError, not ValueError (and models._construct lets KeyError through)")
 def test_weighted_dict_missing_a_modality_raises_value_error():
     with pytest.raises(ValueError):
         FUSIONS.get("weighted")(dict(IN_DIMS), 16, weights={"a": 1, "b": 0})

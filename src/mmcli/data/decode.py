@@ -9,7 +9,6 @@ is fitted on the training split, turns it into ids.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +56,8 @@ def _to_rgb(img):
 
 
 def audio_frames(config: DataConfig) -> int:
-    return int(math.ceil(config.max_seconds * config.sample_rate / config.hop_length)) + 1
+    # librosa's centred STFT gives 1 + samples // hop frames
+    return int(config.max_seconds * config.sample_rate) // config.hop_length + 1
 
 
 def decode_audio(path: Path, config: DataConfig) -> tuple[torch.Tensor, int]:

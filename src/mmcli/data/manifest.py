@@ -80,8 +80,12 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Manifest:
     if bad:
         raise DataError(f"{path}: bad header", bad)
     rows, lines, problems = [], [], []
-    for values in reader:
-        line = reader.line_num
+    while True:
+        line = reader.line_num + 1  # where the next record starts (a quoted field may span lines)
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
         if not any(v.strip() for v in values):
             continue
         if len(values) != len(header):

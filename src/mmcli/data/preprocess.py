@@ -114,22 +114,21 @@ def _check_cell(manifest: Manifest, i: int, m: ModalityConfig, root: Path) -> li
 def build_table(manifest: Manifest, modalities: dict[str, ModalityConfig], config: DataConfig,
                 workers: int, progress: Progress | None, require_label: bool) -> Table:
     bad = check_rows(manifest, modalities, config, require_label)
-    _raise_or_keep(bad, manifest, config, "bad rows")
     good = [i for i in range(len(manifest.rows)) if i not in bad]
+    # decode the rows that passed the checks before failing, so that one message lists
+    # every problem (a corrupt image beside a missing file) instead of one per attempt
     decoded, decode_bad = _decode_rows(manifest, good, modalities, config, workers, progress)
-    _raise_or_keep(decode_bad, manifest, config, "files that cannot be decoded")
+    for i, problems in decode_bad.items():
+        bad.setdefault(i, []).extend(problems)
+    rows = [r for i in sorted(bad) for r in bad[i]]
+    if bad and config.on_error == "fail":
+        raise DataError(f"{manifest.path}: {len(bad)} bad rows (use --on-error skip to leave them out)", rows)
     keep = [i for i in good if i not in decode_bad]
     if not keep:
-        raise DataError(f"{manifest.path}: no usable rows", [r for rs in {**bad, **decode_bad}.values() for r in rs])
+        raise DataError(f"{manifest.path}: no usable rows", rows)
     table = _assemble(manifest, keep, decoded, modalities, config)
-    table.bad_rows = [r for i in sorted({**bad, **decode_bad}) for r in {**bad, **decode_bad}[i]]
+    table.bad_rows = rows
     return table
-
-
-def _raise_or_keep(bad: dict[int, list[BadRow]], manifest: Manifest, config: DataConfig, what: str) -> None:
-    if bad and config.on_error == "fail":
-        rows = [r for i in sorted(bad) for r in bad[i]]
-        raise DataError(f"{manifest.path}: {len(bad)} {what} (use --on-error skip to leave them out)", rows)
 
 
 def _decode_rows(manifest: Manifest, rows: list[int], modalities: dict[str, ModalityConfig],

@@ -25,7 +25,11 @@ class BiGRU(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
         mask = x != 0
-        states, _ = self.rnn(self.embed(x))
+        # packed, so the backward direction starts at the last real token, not at padding
+        counts = mask.sum(dim=1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(self.embed(x), counts, batch_first=True, enforce_sorted=False)
+        states, _ = self.rnn(packed)
+        states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=x.shape[1])
         tokens = self.proj(states)
         return EncoderOutput(_masked_mean(tokens, mask), tokens, mask)
 

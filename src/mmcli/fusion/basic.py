@@ -78,9 +78,11 @@ class Weighted(Sum):
             self.logits = nn.Parameter(torch.zeros(len(self.names)))
             self.register_buffer("fixed", torch.empty(0), persistent=False)
         else:
+            if isinstance(weights, dict) and set(weights) != set(self.names):
+                raise ValueError(f"weighted fusion needs one weight per modality {self.names}, got keys {sorted(weights)}")
             values = [weights[n] for n in self.names] if isinstance(weights, dict) else list(weights)
-            if len(values) != len(self.names) or any(v < 0 for v in values):
-                raise ValueError(f"weighted fusion needs {len(self.names)} non-negative weights, got {weights}")
+            if len(values) != len(self.names) or any(v < 0 for v in values) or sum(values) <= 0:
+                raise ValueError(f"weighted fusion needs {len(self.names)} non-negative weights with a positive sum, got {weights}")
             self.logits = None
             self.register_buffer("fixed", torch.tensor(values, dtype=torch.float), persistent=False)
 
