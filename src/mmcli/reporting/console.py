@@ -71,6 +71,7 @@ class FitBar:
         self.label, self.metric, self.logger = label, metric, logger
         self._bar: Progress | None = None
         self._task: Any = None
+        self.last_shown = ""
 
     def __enter__(self) -> "FitBar":
         self._bar = _progress(transient=True)
@@ -89,10 +90,11 @@ class FitBar:
             self._bar.reset(self._task, total=batches, description=description, info="")
 
     def batch_end(self, loss: float) -> None:
-        self._bar.update(self._task, advance=1, info=f"loss {loss:.3f}")
+        self._bar.update(self._task, advance=1, info=f"loss {loss:.3f} {self.last_shown}")
 
     def epoch_end(self, record: dict[str, Any]) -> None:
         value = record.get(f"val_{self.metric}")
         shown = f"  val {self.metric} {value:.4f}" if isinstance(value, float) else ""
+        self.last_shown = shown.strip()
         if self.logger:
             self.logger(f"{self.label} epoch {record['epoch']}: train loss {record['train_loss']:.4f}{shown}")

@@ -46,6 +46,7 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     run_dir = runs.prepare_run_dir(out, variant_of(config, data.modalities), overwrite)
     info = runs.provenance(argv)
     info["variant"] = variant_of(config, data.modalities)
+    info["data_key"] = data.table.key
     save_run_inputs(run_dir, data)
     generator = seed_everything(config.train.seed, config.train.deterministic)
     task = TASKS.get(config.model.task)()
