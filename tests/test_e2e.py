@@ -68,7 +68,12 @@ def test_train_writes_a_complete_relocatable_run_folder(toy_run):
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert all(0.0 <= e["val_accuracy"] <= 1.0 for e in epochs)
     config = (toy_run / "config.yaml").read_text()
-    assert "manifest: " in config and str(toy_run.parent.parent) not in config
+    assert "manifest: ../" in config
+    # nothing absolute: no file of the run folder names the temporary folders it lives in
+    base = str(toy_run.parent.parent.parent)
+    for path in toy_run.iterdir():
+        if path.suffix in (".json", ".yaml", ".jsonl"):
+            assert base not in path.read_text(), path.name
     prov = json.loads((toy_run / "provenance.json").read_text())
     assert prov["variant"] == "multimodal:concat" and prov["torch"] and prov["python"]
 
@@ -110,14 +115,24 @@ def test_predict_from_manifest_stdin_and_one_example(toy_small, toy_run):
     assert len(single) == 1 and single[0]["modalities_used"] == ["text"]
 
 
-def test_predict_from_a_copied_run_folder(toy_small, toy_run, tmp_path, monkeypatch):
-    copy = tmp_path / "elsewhere" / "model"
-    shutil.copytree(toy_run, copy)
-    before = jsonl(ok(run("predict", toy_run, toy_small)).stdout)
-    monkeypatch.chdir(tmp_path)
-    after = jsonl(ok(run("predict", copy, toy_small)).stdout)
+def test_predict_from_a_moved_run_folder_without_its_data(toy_small, toy_run, tmp_path, monkeypatch):
+    """Copy the data and the run elsewhere, then remove both originals: predict still works."""
+    data = tmp_path / "data"
+    shutil.copytree(toy_small.parent, data)
+    before = jsonl(ok(run("predict", toy_run, data / "manifest.csv")).stdout)
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.copytree(toy_run, tmp_path / "keep")
+    shutil.move(str(toy_run), moved)
+    try:
+        monkeypatch.chdir(tmp_path)
+        after = jsonl(ok(run("predict", moved, data / "manifest.csv")).stdout)
+        shutil.rmtree(data)
+        single = jsonl(ok(run("predict", moved, "--text", "a big navy object")).stdout)
+    finally:
+        shutil.move(str(tmp_path / "keep"), toy_run)
     assert [p["label"] for p in before] == [p["label"] for p in after]
     assert before[0]["probabilities"] == after[0]["probabilities"]
+    assert single[0]["modalities_used"] == ["text"]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
@@ -186,7 +201,7 @@ def test_list_piped_gives_names_first(toy_small):
 
 def test_inspect_and_cache(toy_run):
     text = ok(run("inspect", toy_run)).stdout
-    assert "multimodal:concat" in text and "best.safetensors" not in text
+    assert "multimodal:concat" in text and "epochs run,2 of 2" in text
     listing = ok(run("cache", "list")).stdout
     assert len(listing.splitlines()) >= 2  # header and at least one entry
     cleaned = ok(run("cache", "clean"))
@@ -219,3 +234,74 @@ def test_train_without_data_uses_the_builtin_toy_set(tmp_path, monkeypatch):
     assert json.loads((out / "provenance.json").read_text())["variant"] == "unimodal:audio"
     scores = json.loads(ok(run("evaluate", out, "--json")).stdout)
     assert scores["modalities"] == ["audio"]
+
+
+def test_small_data_and_no_validation_split_still_train(tmp_path):
+    small = ok(run("datasets", "make", "toy", tmp_path / "t36", "--n", "36")).stdout.strip()
+    ok(run("train", small, "--epochs", "1", "--out", tmp_path / "a"))  # 3 per class: val rounds to 0
+    ok(run("train", small, "--epochs", "2", "--set", "data.val_fraction=0", "--out", tmp_path / "b"))
+    epochs = jsonl((tmp_path / "b" / "metrics.jsonl").read_text())
+    assert len(epochs) == 2 and not any(k.startswith("val_") for e in epochs for k in e)
+    assert (tmp_path / "b" / "best.safetensors").is_file()
+    result = run("train", small, "--epochs", "1", "--set", "eval.metric=f1", "--out", tmp_path / "c")
+    assert result.exit_code == 2 and "eval.metric" in result.output
+
+
+def test_a_failed_overwrite_keeps_the_old_run(toy_small, tmp_path):
+    out = tmp_path / "run"
+    ok(run("train", toy_small, "--epochs", "1", "--modalities", "audio", "--out", out))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    result = run("train", toy_small, "--epochs", "1", "--out", out, "--overwrite", "--set", "model.fusion=nope")
+    assert result.exit_code == 2 and "unknown fusion 'nope'" in result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "a staging folder was left behind"
+    ok(run("train", toy_small, "--epochs", "1", "--modalities", "image", "--out", out, "--overwrite"))
+    assert json.loads((out / "provenance.json").read_text())["variant"] == "unimodal:image"
+
+
+def test_evaluate_on_other_data_keeps_the_test_score(toy_small, tmp_path):
+    out = tmp_path / "run"
+    ok(run("train", toy_small, "--epochs", "1", "--modalities", "text", "--out", out))
+    test_score = (out / "eval-test.json").read_text()
+    scores = json.loads(ok(run("evaluate", out, "--data", toy_small, "--json")).stdout)
+    assert scores["split"] == "all" and scores["n_examples"] == 240
+    assert (out / "eval-test.json").read_text() == test_score
+    assert (out / "eval-manifest-all.json").is_file()
+
+
+def test_compare_retrains_a_run_whose_config_changed(toy_small, tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", "unimodal:text", "--data", toy_small, "--out", out]
+    ok(run(*args, "--epochs", "1"))
+    ok(run(*args, "--epochs", "2"))
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["reused"] for r in rows] == ["False"]
+    assert "epochs: 2" in (out / rows[0]["run"] / "config.yaml").read_text()
+    ok(run(*args, "--epochs", "2"))
+    with open(out / "results.csv", newline="") as handle:
+        assert [r["reused"] for r in csv.DictReader(handle)] == ["True"]
+
+
+def test_compare_on_one_modality_runs_the_unimodal_family(tmp_path):
+    from conftest import write_own_manifest
+
+    manifest = write_own_manifest(tmp_path / "own", n=36)
+    lines = manifest.read_text().splitlines()
+    keep = [0, 2, 4]  # id, sound, label
+    text = "\n".join(",".join(line.split(",")[i] for i in keep) for line in lines) + "\n"
+    manifest.write_text(text)
+    out = tmp_path / "cmp"
+    ok(run("compare", "--data", manifest, "--epochs", "1", "--out", out))
+    assert [s["variant"] for s in json.loads((out / "summary.json").read_text())] == ["unimodal:sound"]
+
+
+def test_the_tokenizer_is_the_same_in_every_process(toy_small):
+    import subprocess
+    import sys
+
+    code = ("import csv,sys,hashlib; from mmcli.data.text import fit_tokenizer; "
+            f"texts=[r['text'] for r in csv.DictReader(open({str(toy_small)!r}))]; "
+            "print(hashlib.sha256(fit_tokenizer(texts, 300, 16).to_str().encode()).hexdigest())")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(3)}
+    assert len(outs) == 1

@@ -161,25 +161,43 @@ def _replace_example0(features: dict, m: str, seed: int = 99) -> dict:
     return new
 
 
+N_OUT = 5
+
+
+def _make(name: str, in_dims: dict[str, int], out_dim: int = 16):
+    """Build a fusion; one that produces the task's outputs itself (late) gets a head factory."""
+    factory = FUSIONS.get(name)
+    if getattr(factory, "produces_outputs", False):
+        return factory(in_dims, out_dim, make_head=lambda d: torch.nn.Sequential(torch.nn.Linear(d, 8), torch.nn.Tanh(), torch.nn.Linear(8, N_OUT)))
+    return factory(in_dims, out_dim)
+
+
+def _width(fusion) -> int:
+    return N_OUT if getattr(fusion, "produces_outputs", False) else fusion.out_dim
+
+
 def test_the_documented_fusions_are_registered():
-    assert {"identity", "concat", "sum", "weighted", "attention"} <= set(FUSION_NAMES)
+    assert {"identity", "concat", "sum", "weighted", "gated", "attention", "transformer", "cross_attention",
+            "tensor", "low_rank", "film", "multiplicative", "late"} <= set(FUSION_NAMES)
 
 
 @pytest.mark.parametrize("name", FUSION_NAMES)
 def test_fusion_shape_and_backward(name):
     torch.manual_seed(0)
     in_dims = _in_dims(name)
-    fusion = FUSIONS.get(name)(in_dims, 16)
+    fusion = _make(name, in_dims)
     features = _features(in_dims)
-    features = {m: EncoderOutput(f.pooled.requires_grad_(), f.tokens, f.token_mask) for m, f in features.items()}
+    features = {m: EncoderOutput(f.pooled.requires_grad_(), f.tokens.requires_grad_(), f.token_mask) for m, f in features.items()}
     out = fusion(features, _full_mask(in_dims))
-    assert out.shape == (B, fusion.out_dim)
+    assert out.shape == (B, _width(fusion))
     assert torch.isfinite(out).all()
     out.sum().backward()
-    # gradients reach the inputs of every modality ...
+    # gradients reach the inputs of every modality (pooled vectors, or token sequences for
+    # the fusions that read tokens) ...
     for m, f in features.items():
-        assert f.pooled.grad is not None and torch.isfinite(f.pooled.grad).all()
-        assert f.pooled.grad.abs().sum() > 0, m
+        grads = [g for g in (f.pooled.grad, f.tokens.grad) if g is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads), m
+        assert sum(g.abs().sum() for g in grads) > 0, m
     # ... and the fusion's own parameters, where it has any
     params = [p for p in fusion.parameters() if p.requires_grad]
     if params:
@@ -191,7 +209,7 @@ def test_fusion_shape_and_backward(name):
 @pytest.mark.parametrize("name", [n for n in FUSION_NAMES if n != "identity"])
 def test_fusion_ignores_a_masked_modality(name, masked):
     torch.manual_seed(0)
-    fusion = FUSIONS.get(name)(dict(IN_DIMS), 16).eval()
+    fusion = _make(name, dict(IN_DIMS)).eval()
     features = _features(IN_DIMS)
     mask = _full_mask(IN_DIMS)
     mask[masked][0] = False
@@ -208,6 +226,16 @@ def test_fusion_ignores_a_masked_modality(name, masked):
         assert torch.allclose(changed_present[1:], base[1:], atol=1e-6)
         # and the mask matters at all: unmasking example 0 changes its output
         assert not torch.allclose(fusion(features, _full_mask(IN_DIMS))[0], base[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FUSION_NAMES)
+def test_fusion_without_any_modality_gives_no_nan(name):
+    in_dims = _in_dims(name)
+    fusion = _make(name, in_dims).eval()
+    mask = {m: torch.tensor([False, True, False, True]) for m in in_dims}
+    with torch.no_grad():
+        out = fusion(_features(in_dims), mask)
+    assert out.shape == (B, _width(fusion)) and torch.isfinite(out).all()
 
 
 def test_identity_zero_where_masked():

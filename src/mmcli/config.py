@@ -62,6 +62,8 @@ class ModelConfig:
     feature_dim: int = 128
     hidden_dim: int = 128
     dropout: float = 0.1
+    modality_dropout: float = 0.0  # training: hide each modality of an example with this rate
+    aux_loss_weight: float = 0.0  # weight of the per-modality auxiliary losses (0: none)
 
 
 @dataclass
@@ -170,6 +172,18 @@ def validate(config: Config) -> None:
             raise ConfigError(f"config key 'data.{key}' must be in [0, 1), got {value}")
     if config.train.epochs < 1 or config.train.batch_size < 1:
         raise ConfigError("config keys 'train.epochs' and 'train.batch_size' must be at least 1")
+    for section, keys in (("data", ("image_size", "n_mels", "n_fft", "hop_length", "sample_rate", "text_max_len", "max_seconds")),
+                          ("model", ("feature_dim", "hidden_dim")), ("eval", ("batch_size",))):
+        for key in keys:
+            if getattr(getattr(config, section), key) <= 0:
+                raise ConfigError(f"config key '{section}.{key}' must be positive, got {getattr(getattr(config, section), key)}")
+    if config.data.vocab_size < 3:
+        raise ConfigError(f"config key 'data.vocab_size' must be at least 3, got {config.data.vocab_size}")
+    for key in ("modality_dropout", "dropout"):
+        if not 0.0 <= getattr(config.model, key) < 1.0:
+            raise ConfigError(f"config key 'model.{key}' must be in [0, 1), got {getattr(config.model, key)}")
+    if config.model.aux_loss_weight < 0:
+        raise ConfigError("config key 'model.aux_loss_weight' must not be negative")
     if config.train.lr <= 0:
         raise ConfigError(f"config key 'train.lr' must be positive, got {config.train.lr}")
 

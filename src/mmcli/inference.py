@@ -19,7 +19,7 @@ from mmcli.data.dataset import Encoded
 from mmcli.errors import BadRow, DataError
 from mmcli.heads import TASKS
 from mmcli.pipeline import LoadedRun
-from mmcli.training.loop import predict_logits
+from mmcli.training.loop import predict_outputs
 from mmcli.training.setup import pick_device
 
 
@@ -110,15 +110,22 @@ def encode_records(run: LoadedRun, records: list[Record]) -> tuple[Encoded, list
     return Encoded([r.id for r in records], inputs, lengths, present, None, kinds), used
 
 
-def predict_records(run: LoadedRun, records: list[Record], top_k: int = 5) -> list[dict[str, Any]]:
+def predict_records(run: LoadedRun, records: list[Record], top_k: int = 5, explain: bool = False,
+                    device: str = "auto") -> list[dict[str, Any]]:
+    """One dict per record; with `explain`, the fusion's per-modality weights too (for
+    fusions that weigh modalities: weighted, attention, gated, late)."""
     if not records:
         return []
     encoded, used = encode_records(run, records)
-    device = pick_device(run.config.train.device)
-    run.model.to(device)
-    logits = predict_logits(run.model, encoded, run.config, device)
+    target = pick_device(device)  # where this machine runs it, not where it was trained
+    run.model.to(target)
+    logits, weights = predict_outputs(run.model, encoded, run.config, target)
     task = TASKS.get(run.config.model.task)()
     out = []
-    for rec, pred, mods in zip(records, task.predict(logits, run.labels, top_k), used):
-        out.append({"id": rec.id, **pred, "modalities_used": mods})
+    names = run.model.modalities
+    for i, (rec, pred, mods) in enumerate(zip(records, task.predict(logits, run.labels, top_k), used)):
+        item = {"id": rec.id, **pred, "modalities_used": mods}
+        if explain:
+            item["modality_weights"] = None if weights is None else {n: round(float(w), 6) for n, w in zip(names, weights[i])}
+        out.append(item)
     return out

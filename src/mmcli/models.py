@@ -18,11 +18,22 @@ from mmcli.heads import TASKS
 
 
 class Model(nn.Module):
-    def __init__(self, encoders: dict[str, nn.Module], fusion: nn.Module, head: nn.Module):
+    """encoders -> fusion -> head; optional modality dropout and auxiliary unimodal heads.
+
+    Modality dropout (training only) hides each present modality of an example with
+    probability `modality_dropout` through the mask, always keeping one. Auxiliary heads
+    put the task's loss on each modality's own features too, weighted by `aux_weight`.
+    """
+
+    def __init__(self, encoders: dict[str, nn.Module], fusion: nn.Module, head: nn.Module,
+                 modality_dropout: float = 0.0, aux_heads: dict[str, nn.Module] | None = None, aux_weight: float = 0.0):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.head = head
+        self.modality_dropout = modality_dropout
+        self.aux_heads = nn.ModuleDict(aux_heads or {})
+        self.aux_weight = aux_weight
 
     @property
     def modalities(self) -> list[str]:
@@ -33,8 +44,36 @@ class Model(nn.Module):
         return {name: enc(batch[name], lengths.get(name)) for name, enc in self.encoders.items()}
 
     def forward(self, batch: dict) -> torch.Tensor:
-        fused = self.fusion(self.encode(batch), batch["mask"])
-        return self.head(fused)
+        return self._forward(batch)[0]
+
+    def _forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        mask = batch["mask"]
+        if self.training and self.modality_dropout > 0 and len(self.encoders) > 1:
+            mask = drop_modalities(mask, self.modality_dropout)
+        features = self.encode(batch)
+        return self.head(self.fusion(features, mask)), features
+
+    def loss(self, batch: dict, task) -> torch.Tensor:
+        """The task's loss, plus the weighted mean of the auxiliary unimodal losses."""
+        outputs, features = self._forward(batch)
+        loss = task.loss(outputs, batch)
+        if self.aux_weight > 0 and len(self.aux_heads):
+            aux = [task.loss(self.aux_heads[n](features[n].pooled), batch) for n in self.aux_heads]
+            loss = loss + self.aux_weight * torch.stack(aux).mean()
+        return loss
+
+
+def drop_modalities(mask: dict[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
+    names = list(mask)
+    present = torch.stack([mask[n] for n in names], dim=1)
+    keep = present & (torch.rand(present.shape, device=present.device) >= rate)
+    # an example that lost every modality gets one of its own back, chosen at random
+    empty = ~keep.any(dim=1) & present.any(dim=1)
+    if empty.any():
+        scores = torch.rand(present.shape, device=present.device).masked_fill(~present, -1.0)
+        pick = nn.functional.one_hot(scores.argmax(dim=1), len(names)).bool()
+        keep = torch.where(empty.unsqueeze(1), pick, keep)
+    return {n: keep[:, i] for i, n in enumerate(names)}
 
 
 def chosen_modalities(config: Config, available: list[str]) -> list[str]:
@@ -70,12 +109,21 @@ def build(config: Config, specs: dict[str, ModalitySpec], n_outputs: int) -> Mod
         encoders[name] = _construct(ENCODERS.get(enc_name), f"encoder {enc_name}", specs[name], dim, **options)
     in_dims = {n: e.out_dim for n, e in encoders.items()}
     fusion_name = fusion_choice(config, modalities)
-    options = dict(config.model.fusion_options)
-    options.setdefault("dropout", config.model.dropout)
-    fusion = _construct(FUSIONS.get(fusion_name), f"fusion {fusion_name}", in_dims, config.model.hidden_dim, **options)
     task = TASKS.get(config.model.task)()
-    head = task.build_head(fusion.out_dim, n_outputs, config.model.hidden_dim, config.model.dropout)
-    return Model(encoders, fusion, head)
+    hidden, dropout = config.model.hidden_dim, config.model.dropout
+
+    def make_head(in_dim: int) -> nn.Module:
+        return task.build_head(in_dim, n_outputs, hidden, dropout)
+
+    factory = FUSIONS.get(fusion_name)
+    options = dict(config.model.fusion_options)
+    options.setdefault("dropout", dropout)
+    if getattr(factory, "produces_outputs", False):
+        options["make_head"] = make_head
+    fusion = _construct(factory, f"fusion {fusion_name}", in_dims, hidden, **options)
+    head = nn.Identity() if getattr(fusion, "produces_outputs", False) else make_head(fusion.out_dim)
+    aux = {n: make_head(e.out_dim) for n, e in encoders.items()} if config.model.aux_loss_weight > 0 and len(encoders) > 1 else None
+    return Model(encoders, fusion, head, config.model.modality_dropout, aux, config.model.aux_loss_weight)
 
 
 def _construct(factory: Any, what: str, *args: Any, **kwargs: Any) -> nn.Module:

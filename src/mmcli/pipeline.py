@@ -98,7 +98,7 @@ def save_run_inputs(run_dir: Path, rd: RunData) -> None:
     for name, tok in rd.tokenizers.items():
         runs.write_atomic(run_dir / f"tokenizer-{name}.json", tok.to_str())
     runs.write_json(run_dir / "data.json", {
-        "source": rd.table.source,
+        "source": config.data.manifest or f"{BUILTIN_PREFIX}toy",  # relative to the run folder
         "data_key": rd.table.key,
         "modalities": {n: runs.spec_dict(rd.specs[n]) | {"column": rd.table.modalities[n].column} for n in rd.modalities},
         "splits": rd.counts(),

@@ -29,6 +29,19 @@ from mmcli.errors import UsageError
 WEIGHTS_FORMAT = "1"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def open_up(path: Path) -> None:
+    """mkstemp/mkdtemp make owner-only entries; give them the permissions of a normal file or
+    folder, so a shared run folder or cache can be read by others as the umask allows."""
+    mode = 0o777 if path.is_dir() else 0o666
+    os.chmod(path, mode & ~_umask())
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write to a temporary file in the same folder, then `os.replace` it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,6 +49,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+        open_up(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -55,8 +69,9 @@ def read_json(path: Path) -> Any:
         raise UsageError(f"{path}: cannot read ({exc})") from None
 
 
-def prepare_run_dir(out: Path | None, variant: str, overwrite: bool) -> Path:
-    """`out`, or runs/<variant>-<timestamp>; a non-empty `out` needs `overwrite`."""
+def resolve_out_dir(out: Path | None, variant: str, overwrite: bool) -> Path:
+    """`out`, or runs/<variant>-<timestamp>; checked, never touched: a non-empty `out`
+    needs `overwrite` and must be a run folder."""
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{variant.replace(':', '-')}-{stamp}"
@@ -67,9 +82,26 @@ def prepare_run_dir(out: Path | None, variant: str, overwrite: bool) -> Path:
             raise UsageError(f"{out}: folder exists and is not empty; pass --overwrite to replace it")
         if not is_run_dir(out):
             raise UsageError(f"{out}: not a run folder; refusing to overwrite it (choose another --out)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def staging_dir(final: Path) -> Path:
+    """A hidden sibling of the run folder to train into; published when training ends."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    open_up(work)
+    return work
+
+
+def publish(work: Path, final: Path) -> None:
+    """Replace `final` by the finished `work` folder; the old run goes only now."""
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.replace(final, old / "run")
+        os.replace(work, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, final)
 
 
 def is_run_dir(path: Path) -> bool:

@@ -47,6 +47,17 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if STATE["debug"]:
                 raise
             fail("interrupted; finished files are kept, unfinished ones were not written", 130)
+        except OSError as exc:
+            if STATE["debug"]:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            fail(f"{where}{exc.strerror or exc}", 2)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug, not a user error: say so, keep the traceback for --debug
+            if STATE["debug"]:
+                raise
+            fail(f"internal error: {type(exc).__name__}: {exc}. Rerun with --debug for the traceback, and please report it.", 1)
 
     return wrapper
 

@@ -20,6 +20,7 @@ def evaluate(
     split: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
     weights: Annotated[str, typer.Option("--weights", help="best or last.")] = "best",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout instead of tables.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps (not the device the run was trained on).")] = "auto",
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -34,8 +35,8 @@ def evaluate(
     if weights not in ("best", "last"):
         raise UsageError(f"--weights must be best or last, not '{weights}'")
     with task_bar("preprocessing") as update:
-        scores = evaluate_run(run, data, split, cache_arg(cache_dir), weights, update)
-    log(f"wrote {run / f'eval-{split}.json'}")
+        scores = evaluate_run(run, data, split, cache_arg(cache_dir), weights, update, device=device)
+    log(f"wrote {run / scores.pop('saved_as')}")
     if as_json or not sys.stdout.isatty():
         sys.stdout.write(json.dumps(scores) + "\n")
         return

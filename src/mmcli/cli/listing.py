@@ -48,6 +48,7 @@ def _rows(what: What) -> list[tuple[str, str]]:
 
     rows = [("unimodal", "family: one variant per modality of the data"),
             ("multimodal", f"family: {', '.join(DEFAULT_FUSIONS)} over all modalities"),
-            ("unimodal:<modality>", "one modality alone, e.g. unimodal:image")]
+            ("unimodal:<modality>", "one modality alone, e.g. unimodal:image"),
+            ("multimodal:all", "every registered fusion over all modalities")]
     rows += [(f"multimodal:{name}", f"all modalities fused with {name}") for name in FUSIONS.names() if name != "identity"]
     return rows

@@ -23,6 +23,8 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many labels to list with their probabilities.")] = 5,
     fmt: Annotated[str, typer.Option("--format", help="jsonl (one JSON object per example) or csv.")] = "jsonl",
     weights: Annotated[str, typer.Option("--weights", help="best or last.")] = "best",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps (not the device the run was trained on).")] = "auto",
+    explain: Annotated[bool, typer.Option("--explain", help="Add each example's per-modality fusion weights (weighted, attention, gated, late fusions; null for others).")] = False,
 ) -> None:
     """Predict labels; prints one JSON object per example with id, label and probabilities."""
     from mmcli.errors import UsageError
@@ -36,7 +38,7 @@ def predict(
         raise UsageError("give either INPUT or --image/--text/--audio, not both")
     loaded = load_run(run, weights)
     records = _records(loaded, input, single)
-    _write(predict_records(loaded, records, top_k), fmt)
+    _write(predict_records(loaded, records, top_k, explain, device), fmt)
 
 
 def _records(loaded, input: Optional[str], single: dict):

@@ -51,6 +51,9 @@ def plan(config: Config, items: list[str], cache_dir: str | None, workers: int =
     base.data.split_seed = config.train.seed if config.data.split_seed is None else config.data.split_seed
     base.model.modalities = None
     data = prepare_training(base, cache_dir, workers, progress)
+    if "test" not in data.splits:
+        raise UsageError(f"{data.table.source}: no test rows to compare on; add rows with split=test, "
+                         "or drop the split column to draw a split")
     variants = expand(items, data.modalities, FUSIONS.names(), DEFAULT_FUSIONS)
     return base, data, variants
 
@@ -72,13 +75,13 @@ def run_one(base: Config, data, variant: Variant, seed_index: int, out: Path, me
             fit_progress=None) -> dict[str, Any]:
     from mmcli.training.api import train
 
+    from mmcli.training.api import fingerprint
+
     cfg = variant_config(base, variant, seed_index)
     folder = run_dir_for(out, variant, cfg.train.seed)
-    done = folder / "eval-test.json"
-    if done.is_file():
-        scores = json.loads(done.read_text(encoding="utf-8"))
-        seconds = json.loads((folder / "provenance.json").read_text(encoding="utf-8")).get("seconds")
-        reused = True
+    done = _finished(folder, fingerprint(cfg, data.table.key))
+    if done is not None:
+        scores, seconds, reused = done[0], done[1], True
     else:
         outcome = train(cfg, folder, overwrite=True, data=data, progress=fit_progress)
         scores, seconds, reused = outcome.test_scores or {}, round(outcome.result.seconds, 2), False
@@ -87,6 +90,16 @@ def run_one(base: Config, data, variant: Variant, seed_index: int, out: Path, me
     return {"variant": variant.name, "family": variant.family, "seed": cfg.train.seed, "metric": metric,
             "value": scores[metric], "best_epoch": scores.get("best_epoch"), "seconds": seconds,
             "run": str(folder.relative_to(out)), "reused": reused}
+
+
+def _finished(folder: Path, expected: str) -> tuple[dict, float | None] | None:
+    """The scores of a finished run made with the same config and data, else None."""
+    try:
+        prov = json.loads((folder / "provenance.json").read_text(encoding="utf-8"))
+        scores = json.loads((folder / "eval-test.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return (scores, prov.get("seconds")) if prov.get("fingerprint") == expected else None
 
 
 def summarise(results: list[dict[str, Any]], variants: list[Variant], metric: str, higher_is_better: bool) -> list[dict[str, Any]]:
@@ -155,8 +168,8 @@ def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric:
     metric = metric or config.eval.metric or task.default_metric
     if metric not in task.metrics:
         raise UsageError(f"--metric {metric}: not a metric of {task.name} (choose from {', '.join(task.metrics)})")
-    prepare_out(out, overwrite)
     base, data, variants = plan(config, items, cache_dir, workers, preprocess_progress)
+    prepare_out(out, overwrite)
     runs.write_json(out / MARKER, {"variants": [v.name for v in variants], "seeds": seeds, "metric": metric,
                                    "config": base.to_dict()})
     result = CompareResult(out, metric)

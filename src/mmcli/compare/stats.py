@@ -31,7 +31,7 @@ def paired(values: dict[int, float], reference: dict[int, float]) -> dict[str, A
     p = None
     if len(diffs) >= 2:
         if d["std"] == 0:
-            p = 1.0 if d["mean"] == 0 else 0.0
+            p = 1.0 if d["mean"] == 0 else None  # the t statistic is undefined
         else:
             p = float(stats.ttest_rel([values[s] for s in seeds], [reference[s] for s in seeds]).pvalue)
     return {"delta": d["mean"], "delta_ci95_low": d["ci95_low"], "delta_ci95_high": d["ci95_high"], "p_value": p}
@@ -43,8 +43,10 @@ def verdict(row: dict[str, Any], higher_is_better: bool = True, alpha: float = 0
     delta, p = row.get("delta_vs_best_unimodal"), row.get("p_value")
     if delta is None:
         return "no reference"
-    if p is None:
+    if p is None and row.get("n", 0) < 2:
         return "one seed: no interval or test; run with --seeds 3 or more"
+    if p is None:
+        return "undetermined: every seed differs by the same amount, so no test applies"
     if p >= alpha:
         return "no significant difference from the best single modality"
     better = delta > 0 if higher_is_better else delta < 0

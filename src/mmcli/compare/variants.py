@@ -1,7 +1,7 @@
 """Families and named variants of a comparison.
 
 `unimodal` = one variant per modality; `multimodal` = the default fusion set over all
-modalities. A variant is named `unimodal:image`, `multimodal:concat` and so on.
+modalities; `multimodal:all` = every registered fusion. A variant is named `unimodal:image`, `multimodal:concat` and so on.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ class Variant:
 def expand(items: list[str], modalities: list[str], fusions: list[str], default_fusions: tuple[str, ...]) -> list[Variant]:
     """Families and variant names -> variants, in order, without repeats."""
     out: list[Variant] = []
-    for item in items or ["unimodal", "multimodal"]:
+    default = ["unimodal", "multimodal"] if len(modalities) > 1 else ["unimodal"]
+    for item in items or default:
         for variant in _expand_one(item.strip(), modalities, fusions, default_fusions):
             if variant not in out:
                 out.append(variant)
@@ -44,6 +45,9 @@ def _expand_one(item: str, modalities: list[str], fusions: list[str], default_fu
         if arg not in modalities:
             raise UsageError(f"variant '{item}': the data has no modality '{arg}' (it has: {', '.join(modalities)})")
         return [Variant(item, "unimodal", (arg,))]
+    if item == "multimodal:all":
+        _need_two(modalities, item)
+        return [Variant(f"multimodal:{f}", "multimodal", tuple(modalities), f) for f in fusions if f != "identity"]
     if family == "multimodal" and arg:
         _need_two(modalities, item)
         if arg not in fusions or arg == "identity":

@@ -22,6 +22,9 @@ def toy_manifest(cache_root: Path) -> Path:
     # make it beside its final place, then rename, so two processes never see half a set
     tmp = Path(tempfile.mkdtemp(prefix=".toy-", dir=folder.parent))
     try:
+        from mmcli.runs import open_up
+
+        open_up(tmp)
         make_toy(tmp / "set", n=TOY_SIZE, seed=TOY_SEED)
         if not manifest.is_file():
             shutil.rmtree(folder, ignore_errors=True)

@@ -8,6 +8,7 @@ row, column, reason). Decoding failures are collected the same way. With
 from __future__ import annotations
 
 import csv
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -47,14 +48,20 @@ def preprocess(data: str | Path | None, config: DataConfig, cache_dir: str | Pat
     key = cache.data_key(manifest.path, [f for f in files if f is not None], modalities, config, require_label)
     folder = cache.tensor_dir(root) / key
     if is_table(folder):
-        return load_table(folder)
+        table = load_table(folder)
+        table.source = _source_name(data)
+        return table
     table = build_table(manifest, modalities, config, workers, progress, require_label)
     table.key = key
-    table.source = str(data) if data is not None else f"{BUILTIN_PREFIX}toy"
+    table.source = _source_name(data)
     save_table(table, folder)
     if table.bad_rows:
         write_bad_rows(table.bad_rows, folder / "bad_rows.csv")
     return table
+
+
+def _source_name(data: str | Path | None) -> str:
+    return str(data) if data is not None else f"{BUILTIN_PREFIX}toy"
 
 
 def _referenced_files(manifest: Manifest, modalities: dict[str, ModalityConfig]) -> list[Path | None]:
@@ -77,7 +84,6 @@ def check_rows(manifest: Manifest, modalities: dict[str, ModalityConfig], config
             [BadRow(manifest.path.name, None, config.label, "column missing")],
         )
     seen: dict[str, int] = {}
-    root = manifest.root.resolve()
     for i, row in enumerate(manifest.rows):
         problems = []
         if require_label and not row.get(config.label, ""):
@@ -88,13 +94,13 @@ def check_rows(manifest: Manifest, modalities: dict[str, ModalityConfig], config
                 problems.append(manifest.bad(i, config.id_column, f"id '{ident}' repeats row {seen[ident] + 1}"))
             seen.setdefault(ident, i)
         for name, m in modalities.items():
-            problems.extend(_check_cell(manifest, i, m, root))
+            problems.extend(_check_cell(manifest, i, m))
         if problems:
             bad[i] = problems
     return bad
 
 
-def _check_cell(manifest: Manifest, i: int, m: ModalityConfig, root: Path) -> list[BadRow]:
+def _check_cell(manifest: Manifest, i: int, m: ModalityConfig) -> list[BadRow]:
     value = manifest.rows[i].get(m.column, "")
     if not value.strip():
         return [manifest.bad(i, m.column, f"{m.kind} is empty")]
@@ -103,9 +109,10 @@ def _check_cell(manifest: Manifest, i: int, m: ModalityConfig, root: Path) -> li
     path = Path(value)
     if path.is_absolute():
         return [manifest.bad(i, m.column, f"path '{value}' is absolute; paths are relative to the manifest's folder")]
-    full = (manifest.root / path).resolve()
-    if root not in full.parents:
+    # checked on the text of the path, so symlinked folders inside the data folder work
+    if os.path.normpath(value).split(os.sep)[0] == os.pardir:
         return [manifest.bad(i, m.column, f"path '{value}' leads outside the manifest's folder")]
+    full = manifest.root / path
     if not full.is_file():
         return [manifest.bad(i, m.column, f"file not found: {value}")]
     return []

@@ -63,6 +63,9 @@ def save_table(table: Table, folder: Path) -> None:
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    from mmcli.runs import open_up
+
+    open_up(tmp)
     try:
         tensors = dict(table.tensors)
         tensors.update({f"{k}.present": v.to(torch.uint8) for k, v in table.present.items()})

@@ -1,8 +1,15 @@
 """Text tokenization with Hugging Face `tokenizers`: a WordPiece vocabulary fitted on the
-training split, saved as `tokenizer-<modality>.json` in the run folder."""
+training split, saved as `tokenizer-<modality>.json` in the run folder.
+
+The vocabulary is counted here rather than by `WordPieceTrainer`, whose ties come out in
+a different order in every process: the same seed must give the same tokenizer. It
+holds every character seen (alone and as a `##` continuation, so an unseen word still
+splits into pieces) and then the most frequent words, ties broken alphabetically.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -10,14 +17,28 @@ import torch
 PAD, UNK = "[PAD]", "[UNK]"
 
 
-def fit_tokenizer(texts: list[str], vocab_size: int, max_len: int):
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+def _pipeline():
+    from tokenizers import normalizers, pre_tokenizers
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK], show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+
+
+def fit_tokenizer(texts: list[str], vocab_size: int, max_len: int):
+    from tokenizers import Tokenizer, decoders, models
+
+    normalizer, pre_tokenizer = _pipeline()
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for w in words for c in w})
+    vocab = [PAD, UNK] + chars + [f"##{c}" for c in chars]
+    known = set(vocab)
+    ranked = sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))
+    vocab += [w for w, _ in ranked if w not in known][: max(0, vocab_size - len(vocab))]
+    tokenizer = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token=UNK, max_input_chars_per_word=100))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.decoder = decoders.WordPiece()
     _set_lengths(tokenizer, max_len)
     return tokenizer
 
@@ -37,5 +58,7 @@ def load_tokenizer(path: Path, max_len: int):
 
 def encode(tokenizer, texts: list[str]) -> torch.Tensor:
     """Token ids [N, max_len], padded with 0 ([PAD])."""
+    if not texts:
+        return torch.zeros((0, tokenizer.truncation["max_length"]), dtype=torch.long)
     encodings = tokenizer.encode_batch(texts)
     return torch.tensor([e.ids for e in encodings], dtype=torch.long)

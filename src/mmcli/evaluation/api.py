@@ -6,28 +6,53 @@ from pathlib import Path
 from typing import Any
 
 from mmcli import runs
+from mmcli.errors import DataError
 from mmcli.heads import TASKS
 from mmcli.pipeline import data_for_run, load_run
-from mmcli.training.loop import predict_logits
+from mmcli.training.loop import predict_outputs
 from mmcli.training.setup import pick_device
 
 
+def weights_per_class(weights, labels, names: list[str], modalities: list[str]) -> dict[str, dict[str, float]]:
+    """Mean per-modality fusion weight over the examples of each true class."""
+    out = {}
+    for i, name in enumerate(names):
+        rows = weights[labels == i]
+        if len(rows):
+            out[name] = {m: round(float(v), 6) for m, v in zip(modalities, rows.mean(dim=0))}
+    return out
+
+
+def eval_file_name(data: str | None, split: str, scope: str, weights: str) -> str:
+    """eval-<split>.json for the run's own data and best weights; other evaluations get
+    their own name, so they never overwrite the run's test score."""
+    name = f"eval-{split}" if data is None else f"eval-{Path(data).stem}-{scope}"
+    return f"{name}-{weights}.json" if weights != "best" else f"{name}.json"
+
+
 def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test", cache_dir: str | None = None,
-                 weights: str = "best", progress=None, save: bool = True) -> dict[str, Any]:
+                 weights: str = "best", progress=None, save: bool = True, device: str = "auto") -> dict[str, Any]:
     run = load_run(run_dir, weights)
     encoded, table = data_for_run(run, data, split, cache_dir, progress)
+    if encoded.labels is None:
+        raise DataError(f"{data}: no label column '{run.config.data.label}' to score against")
     task = TASKS.get(run.config.model.task)()
-    device = pick_device(run.config.train.device)
-    run.model.to(device)
-    logits = predict_logits(run.model, encoded, run.config, device)
+    target = pick_device(device)
+    run.model.to(target)
+    logits, fusion_weights = predict_outputs(run.model, encoded, run.config, target)
     scores = task.evaluate(logits, encoded.labels, run.labels)
+    if fusion_weights is not None:
+        scores["modality_weights_per_class"] = weights_per_class(fusion_weights, encoded.labels, run.labels, run.model.modalities)
+    scope = split if data is None or table.given_splits else "all"
     scores.update({
-        "split": split if data is None or table.given_splits else "all",
+        "split": scope,
         "data": "training data" if data is None else str(data),
         "weights": weights,
         "epoch": int(run.weights_meta.get("epoch", 0)),
         "modalities": list(run.specs),
     })
     if save:
-        runs.write_json(run_dir / f"eval-{split}.json", scores)
+        name = eval_file_name(data, split, scope, weights)
+        runs.write_json(run_dir / name, scores)
+        scores["saved_as"] = name
     return scores

@@ -16,7 +16,7 @@ DEFAULT_FUSIONS = ("concat", "sum", "weighted", "attention")
 
 
 def _register_builtins() -> None:
-    from mmcli.fusion import basic  # noqa: F401  (registration side effects)
+    from mmcli.fusion import basic, late, products, tokens  # noqa: F401  (registration side effects)
 
 
 _register_builtins()

@@ -85,6 +85,7 @@ class Weighted(Sum):
                 raise ValueError(f"weighted fusion needs {len(self.names)} non-negative weights with a positive sum, got {weights}")
             self.logits = None
             self.register_buffer("fixed", torch.tensor(values, dtype=torch.float), persistent=False)
+        self.last_weights: torch.Tensor | None = None
 
     def modality_weights(self, present: torch.Tensor) -> torch.Tensor:
         """Weights [B, M] renormalised over the modalities each example has."""
@@ -97,6 +98,7 @@ class Weighted(Sum):
 
     def forward(self, features: dict, mask: dict[str, torch.Tensor]) -> torch.Tensor:
         w = self.modality_weights(_mask_matrix(mask, self.names))
+        self.last_weights = w.detach()
         return (self.projected(features) * w.unsqueeze(-1)).sum(dim=1)
 
 

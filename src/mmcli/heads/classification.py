@@ -41,11 +41,11 @@ class Classification:
         true = labels.numpy()
         ids = list(range(len(names)))
         precision, recall, f1, support = precision_recall_fscore_support(true, pred, labels=ids, zero_division=0)
-        present = [i for i in ids if support[i] > 0]
         return {
             "n_examples": int(len(true)),
             "accuracy": float(accuracy_score(true, pred)),
-            "macro_f1": float(f1_score(true, pred, labels=present, average="macro", zero_division=0)),
+            # over the classes that occur in the truth or the predictions (scikit-learn's default)
+            "macro_f1": float(f1_score(true, pred, average="macro", zero_division=0)),
             "loss": float(nn.functional.cross_entropy(logits, labels)),
             "per_class": {
                 names[i]: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +13,8 @@ from mmcli import runs
 from mmcli.config import Config
 from mmcli.heads import TASKS
 from mmcli.models import build, chosen_modalities, count_parameters, fusion_choice
-from mmcli.pipeline import RunData, prepare_training, save_run_inputs
+from mmcli.errors import ConfigError
+from mmcli.pipeline import RunData, make_specs, prepare_training, save_run_inputs
 from mmcli.training.loop import FitProgress, FitResult, fit, predict_logits
 from mmcli.training.setup import pick_device, seed_everything
 
@@ -30,39 +34,68 @@ def variant_of(config: Config, modalities: list[str]) -> str:
     return f"multimodal:{fusion_choice(config, modalities)}"
 
 
+def fingerprint(config: Config, data_key: str) -> str:
+    """What makes two runs the same run: the resolved config and the data."""
+    text = json.dumps({"config": config.to_dict(), "data": data_key}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _run_data(config: Config, data: RunData | None, cache_dir, workers, progress) -> RunData:
+    if data is None:
+        return prepare_training(config, cache_dir, workers, progress)
+    # a caller (compare) prepared the data once; take this config's modalities from it
+    modalities = chosen_modalities(config, list(data.table.modalities))
+    tokenizers = {n: t for n, t in data.tokenizers.items() if n in modalities}
+    return RunData(config, data.table, data.splits, modalities, data.labels, tokenizers,
+                   make_specs(config, data.table, modalities, tokenizers))
+
+
+def _check_metric(config: Config, task) -> None:
+    if config.eval.metric not in task.metrics:
+        raise ConfigError(f"config key 'eval.metric': '{config.eval.metric}' is not a metric of {task.name} "
+                          f"(choose from {', '.join(task.metrics)})")
+
+
 def train(config: Config, out: Path | None = None, overwrite: bool = False, cache_dir: str | None = None,
           workers: int = 1, progress: FitProgress | None = None, data: RunData | None = None,
           preprocess_progress=None, argv: list[str] | None = None, evaluate_test: bool = True) -> TrainOutcome:
-    """Preprocess (cached), train with early stopping, save the run folder, score the test split."""
-    if data is None:
-        data = prepare_training(config, cache_dir, workers, preprocess_progress)
-    else:  # a caller (compare) prepared the data once; use this config's modalities
-        data = RunData(config, data.table, data.splits, chosen_modalities(config, list(data.table.modalities)),
-                       data.labels, data.tokenizers, {})
-        data.tokenizers = {n: t for n, t in data.tokenizers.items() if n in data.modalities}
-        from mmcli.pipeline import make_specs
+    """Preprocess (cached), train with early stopping, save the run folder, score the test split.
 
-        data.specs = make_specs(config, data.table, data.modalities, data.tokenizers)
-    run_dir = runs.prepare_run_dir(out, variant_of(config, data.modalities), overwrite)
-    info = runs.provenance(argv)
-    info["variant"] = variant_of(config, data.modalities)
-    info["data_key"] = data.table.key
-    save_run_inputs(run_dir, data)
-    generator = seed_everything(config.train.seed, config.train.deterministic)
+    Everything is checked and the model built before the run folder is touched; training
+    writes into a hidden sibling folder that replaces `out` only when it has finished, so a
+    failed or interrupted run never destroys the run it was to replace.
+    """
+    data = _run_data(config, data, cache_dir, workers, preprocess_progress)
     task = TASKS.get(config.model.task)()
+    _check_metric(config, task)
+    variant = variant_of(config, data.modalities)
+    final = runs.resolve_out_dir(out, variant, overwrite)
+    generator = seed_everything(config.train.seed, config.train.deterministic)
     model = build(config, data.specs, len(data.labels))
-    train_part, val_part = data.part("train"), data.part("val")
-    result = fit(model, task, train_part, val_part, config, run_dir, data.labels, generator, progress)
-    scores = None
-    if evaluate_test:
-        test_part = data.part("test")
-        if len(test_part):
-            runs.load_weights(model, run_dir / "best.safetensors")
-            logits = predict_logits(model, test_part, config, pick_device(config.train.device))
-            scores = task.evaluate(logits, test_part.labels, data.labels)
-            scores.update({"split": "test", "weights": "best", "best_epoch": result.best_epoch})
-            runs.write_json(run_dir / "eval-test.json", scores)
-    info.update({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(result.seconds, 2),
-                 "best_epoch": result.best_epoch, "parameters": count_parameters(model)})
-    runs.write_json(run_dir / "provenance.json", info)
-    return TrainOutcome(run_dir, result, data, scores, count_parameters(model))
+    info = runs.provenance(argv)
+    info.update({"variant": variant, "data_key": data.table.key, "fingerprint": fingerprint(config, data.table.key)})
+    work = runs.staging_dir(final)
+    try:
+        save_run_inputs(work, data)
+        result = fit(model, task, data.part("train"), data.part("val"), config, work, data.labels, generator, progress)
+        scores = _score_test(model, task, data, config, work, result) if evaluate_test else None
+        info.update({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(result.seconds, 2),
+                     "best_epoch": result.best_epoch, "parameters": count_parameters(model)})
+        runs.write_json(work / "provenance.json", info)
+        runs.publish(work, final)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return TrainOutcome(final, result, data, scores, count_parameters(model))
+
+
+def _score_test(model, task, data: RunData, config: Config, run_dir: Path, result: FitResult) -> dict | None:
+    test_part = data.part("test")
+    if not len(test_part):
+        return None
+    runs.load_weights(model, run_dir / "best.safetensors")
+    logits = predict_logits(model, test_part, config, pick_device(config.train.device))
+    scores = task.evaluate(logits, test_part.labels, data.labels)
+    scores.update({"split": "test", "weights": "best", "best_epoch": result.best_epoch})
+    runs.write_json(run_dir / "eval-test.json", scores)
+    return scores

@@ -66,7 +66,7 @@ def train_one_epoch(model, task, data: Encoded, config: Config, optimizer, sched
     total, count = 0.0, 0
     for batch in iterate(data, config.data, config.train.batch_size, shuffle=True, generator=generator):
         batch = to_device(batch, device)
-        loss = task.loss(model(batch), batch)
+        loss = model.loss(batch, task)
         if not torch.isfinite(loss):
             raise RunFailed(f"the training loss became {loss.item()}; lower --lr (now {config.train.lr})")
         optimizer.zero_grad(set_to_none=True)
@@ -84,9 +84,21 @@ def train_one_epoch(model, task, data: Encoded, config: Config, optimizer, sched
 
 @torch.no_grad()
 def predict_logits(model, data: Encoded, config: Config, device: torch.device) -> torch.Tensor:
+    return predict_outputs(model, data, config, device)[0]
+
+
+@torch.no_grad()
+def predict_outputs(model, data: Encoded, config: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Outputs [N, C] and, for fusions that weigh modalities, their weights [N, M]."""
     model.eval()
-    outs = [model(to_device(b, device)).float().cpu() for b in iterate(data, config.data, config.eval.batch_size)]
-    return torch.cat(outs) if outs else torch.empty(0)
+    outs, weights = [], []
+    for batch in iterate(data, config.data, config.eval.batch_size):
+        outs.append(model(to_device(batch, device)).float().cpu())
+        w = getattr(model.fusion, "last_weights", None)
+        if w is not None:
+            weights.append(w.float().cpu())
+    logits = torch.cat(outs) if outs else torch.empty(0)
+    return logits, (torch.cat(weights) if weights and len(weights) == len(outs) else None)
 
 
 def _better(task, metric: str, new: float, old: float | None) -> bool:
@@ -113,9 +125,11 @@ def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path
             scores = task.evaluate(predict_logits(model, val, config, device), val.labels, labels)
             record.update({f"val_{k}": v for k, v in scores.items() if isinstance(v, (int, float))})
         record["seconds"] = round(time.monotonic() - start, 3)
-        value = record.get(f"val_{metric}", -train_loss)
-        meta = {"epoch": epoch, "metric": metric, "value": value}
-        if _better(task, metric, value, result.best_metric) if f"val_{metric}" in record else True:
+        value = record.get(f"val_{metric}")
+        # without a validation split there is nothing to select on: the last epoch is "best"
+        meta = {"epoch": epoch, "metric": f"val_{metric}" if value is not None else "none (no validation split)",
+                "value": value}
+        if value is None or _better(task, metric, value, result.best_metric):
             result.best_epoch, result.best_metric, stale = epoch, value, 0
             runs.save_weights(model, run_dir / "best.safetensors", meta)
         else:
@@ -125,7 +139,7 @@ def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path
             handle.write(json.dumps(record) + "\n")
         result.history.append(record)
         progress.epoch_end(record)
-        if config.train.patience > 0 and stale >= config.train.patience:
+        if config.train.patience > 0 and stale >= config.train.patience and value is not None:
             break
     result.seconds = time.monotonic() - start
     return result
