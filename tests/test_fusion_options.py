@@ -94,3 +94,29 @@ def test_predict_explain_and_weights_per_class(toy_small, tmp_path, fusion):
     per_class = scores["modality_weights_per_class"]
     assert len(per_class) == 12
     assert all(sum(v.values()) == pytest.approx(1.0, abs=1e-4) for v in per_class.values())
+
+
+def test_gradient_blending_weights_follow_generalisation_over_overfitting():
+    from mmcli.training.blending import GradientBlender
+
+    blender = GradientBlender(["fused", "a", "b"])
+    assert blender.update({"fused": 2.0, "a": 2.0, "b": 2.0}, {"fused": 2.2, "a": 2.2, "b": 2.2}) == pytest.approx(
+        {"fused": 1 / 3, "a": 1 / 3, "b": 1 / 3})
+    # fused: val gain 0.4, gap grew 0.1 -> 40; a: gain 0.2, gap grew 0.2 -> 5; b: got worse -> floor
+    w = blender.update({"fused": 1.5, "a": 1.6, "b": 1.9}, {"fused": 1.8, "a": 2.0, "b": 2.3})
+    assert w["fused"] > w["a"] > w["b"] and sum(w.values()) == pytest.approx(1.0)
+    assert w["fused"] / w["a"] == pytest.approx(40 / 5, rel=1e-6)
+
+
+def test_training_with_gradient_blending(toy_small, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(toy_small), "--epochs", "3", "--set", "train.gradient_blending=true", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    weights = [e["blend_weights"] for e in epochs]
+    assert all(set(w) == {"fused", "image", "audio", "text"} and sum(w.values()) == pytest.approx(1.0) for w in weights)
+    assert weights[0] == pytest.approx({k: 0.25 for k in weights[0]})
+    assert weights[-1] != pytest.approx(weights[0])
+    one = runner.invoke(app, ["train", str(toy_small), "-m", "text", "--set", "train.gradient_blending=true", "--out", str(tmp_path / "x")])
+    assert one.exit_code == 2 and "gradient_blending" in one.output

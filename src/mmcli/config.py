@@ -78,6 +78,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     deterministic: bool = False
+    gradient_blending: bool = False  # weigh the fused and per-modality losses (Wang et al., 2020)
 
 
 @dataclass

@@ -34,6 +34,7 @@ class Model(nn.Module):
         self.modality_dropout = modality_dropout
         self.aux_heads = nn.ModuleDict(aux_heads or {})
         self.aux_weight = aux_weight
+        self.blend: dict[str, float] | None = None  # set by gradient blending, per epoch
 
     @property
     def modalities(self) -> list[str]:
@@ -57,7 +58,11 @@ class Model(nn.Module):
         """The task's loss, plus the weighted mean of the auxiliary unimodal losses."""
         outputs, features = self._forward(batch)
         loss = task.loss(outputs, batch)
-        if self.aux_weight > 0 and len(self.aux_heads):
+        if self.blend is not None:
+            loss = self.blend["fused"] * loss
+            for n, head in self.aux_heads.items():
+                loss = loss + self.blend[n] * task.loss(head(features[n].pooled), batch)
+        elif self.aux_weight > 0 and len(self.aux_heads):
             aux = [task.loss(self.aux_heads[n](features[n].pooled), batch) for n in self.aux_heads]
             loss = loss + self.aux_weight * torch.stack(aux).mean()
         return loss
@@ -122,7 +127,8 @@ def build(config: Config, specs: dict[str, ModalitySpec], n_outputs: int) -> Mod
         options["make_head"] = make_head
     fusion = _construct(factory, f"fusion {fusion_name}", in_dims, hidden, **options)
     head = nn.Identity() if getattr(fusion, "produces_outputs", False) else make_head(fusion.out_dim)
-    aux = {n: make_head(e.out_dim) for n, e in encoders.items()} if config.model.aux_loss_weight > 0 and len(encoders) > 1 else None
+    wants_aux = config.model.aux_loss_weight > 0 or config.train.gradient_blending
+    aux = {n: make_head(e.out_dim) for n, e in encoders.items()} if wants_aux and len(encoders) > 1 else None
     return Model(encoders, fusion, head, config.model.modality_dropout, aux, config.model.aux_loss_weight)
 
 

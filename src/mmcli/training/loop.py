@@ -18,7 +18,7 @@ import torch
 from mmcli import runs
 from mmcli.config import Config
 from mmcli.data.dataset import Encoded, iterate, n_batches
-from mmcli.errors import RunFailed
+from mmcli.errors import ConfigError, RunFailed
 from mmcli.training.setup import make_optimizer, pick_device
 
 
@@ -107,6 +107,18 @@ def _better(task, metric: str, new: float, old: float | None) -> bool:
     return new < old if metric in task.lower_is_better else new > old
 
 
+def _blender(model, config: Config, val: Encoded):
+    if not config.train.gradient_blending:
+        return None
+    if not len(model.aux_heads):
+        raise ConfigError("train.gradient_blending needs two or more modalities (it weighs one head per modality)")
+    if not len(val):
+        raise ConfigError("train.gradient_blending needs a validation split (data.val_fraction > 0)")
+    from mmcli.training.blending import GradientBlender
+
+    return GradientBlender(["fused", *model.aux_heads])
+
+
 def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path, labels: list[str],
         generator: torch.Generator, progress: FitProgress | None = None) -> FitResult:
     progress = progress or NoProgress()
@@ -117,6 +129,7 @@ def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path
     metric = config.eval.metric
     result = FitResult(best_epoch=0, best_metric=None, metric=metric)
     start, stale = time.monotonic(), 0
+    blender = _blender(model, config, val)
     for epoch in range(1, config.train.epochs + 1):
         progress.epoch_start(epoch, config.train.epochs, steps)
         train_loss = train_one_epoch(model, task, train, config, optimizer, scheduler, device, generator, progress)
@@ -124,6 +137,8 @@ def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path
         if len(val):
             scores = task.evaluate(predict_logits(model, val, config, device), val.labels, labels)
             record.update({f"val_{k}": v for k, v in scores.items() if isinstance(v, (int, float))})
+        if blender is not None:
+            record["blend_weights"] = blender.step(model, task, train, val, config, device)
         record["seconds"] = round(time.monotonic() - start, 3)
         value = record.get(f"val_{metric}")
         # without a validation split there is nothing to select on: the last epoch is "best"
