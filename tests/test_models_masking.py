@@ -51,3 +51,25 @@ def test_masked_modality_does_not_reach_the_output(encoder, fusion):
     assert before.shape == (B, 5)
     assert torch.allclose(before[0], after[0], atol=1e-6), "a masked modality changed the output"
     assert not torch.allclose(before[1:], after[1:], atol=1e-6), "a present modality had no effect"
+
+
+@pytest.mark.parametrize("fusion", FUSIONS_MULTI)
+def test_every_fusion_backpropagates_to_every_encoder(fusion):
+    specs = {kind: ModalitySpec(kind, kind, image_size=32, vocab_size=40, max_len=10, n_mels=16, frames=24)
+             for kind in ("image", "text", "audio")}
+    config = from_dict({"model": {"fusion": fusion, "feature_dim": 16, "hidden_dim": 16}})
+    torch.manual_seed(0)
+    model = build(config, specs, n_outputs=5)
+    gen = torch.Generator().manual_seed(1)
+    batch = {"lengths": {}, "mask": {k: torch.ones(B, dtype=torch.bool) for k in specs}, "label": torch.arange(B) % 5}
+    for kind, spec in specs.items():
+        batch[kind], length = inputs(kind, spec, gen)
+        if length is not None:
+            batch["lengths"][kind] = length
+    from mmcli.heads import TASKS
+
+    model.loss(batch, TASKS.get("classification")()).backward()
+    for name, encoder in model.encoders.items():
+        grads = [p.grad for p in encoder.parameters() if p.grad is not None]
+        assert grads and sum(float(g.abs().sum()) for g in grads) > 0, f"no gradient reaches the {name} encoder"
+        assert all(torch.isfinite(g).all() for g in grads)

@@ -144,7 +144,8 @@ def run_manifest(run: LoadedRun) -> str:
 
 
 def data_for_run(run: LoadedRun, data: str | None, split: str | None, cache_dir: str | None = None,
-                 progress: Progress | None = None, require_label: bool = True) -> tuple[Encoded, Table]:
+                 progress: Progress | None = None, require_label: bool = True,
+                 transform=None) -> tuple[Encoded, Table]:
     """Rows of `data` (default: the run's training data) encoded as the run expects.
 
     On the run's own data the split is recomputed exactly as in training; on other data,
@@ -170,5 +171,7 @@ def data_for_run(run: LoadedRun, data: str | None, split: str | None, cache_dir:
         table = table.subset(rows)
     if require_label and table.labels is not None:
         _check_unseen(table, ["given"] * len(table), set(run.labels))
+    if transform is not None:  # drop or corrupt a modality (robustness evaluation)
+        table = transform(table)
     index = {label: i for i, label in enumerate(run.labels)} if table.labels is not None else None
     return encode_table(table, list(run.specs), run.tokenizers, index), table

@@ -20,6 +20,10 @@ def evaluate(
     split: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
     weights: Annotated[str, typer.Option("--weights", help="best or last.")] = "best",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout instead of tables.")] = False,
+    drop: Annotated[Optional[list[str]], typer.Option("--drop", help="Evaluate with this modality absent, through the model's mask (repeatable).", show_default=False)] = None,
+    corrupt: Annotated[Optional[list[str]], typer.Option("--corrupt", help="Degrade a modality: MODALITY:KIND@LEVEL, LEVEL in [0, 1] (repeatable); kinds in docs/robustness.md.", show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the corruptions.")] = 0,
+    robustness: Annotated[bool, typer.Option("--robustness", help="Sweep every corruption of every modality over levels 0.0-1.0 and every dropped modality; writes robustness.json and a PNG per modality.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps (not the device the run was trained on).")] = "auto",
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
@@ -34,8 +38,11 @@ def evaluate(
         raise UsageError(f"--split must be train, val or test, not '{split}'")
     if weights not in ("best", "last"):
         raise UsageError(f"--weights must be best or last, not '{weights}'")
+    if robustness:
+        return _robustness(run, data, split, cache_arg(cache_dir), device, seed, as_json)
     with task_bar("preprocessing") as update:
-        scores = evaluate_run(run, data, split, cache_arg(cache_dir), weights, update, device=device)
+        scores = evaluate_run(run, data, split, cache_arg(cache_dir), weights, update, device=device,
+                              drops=drop or [], corruptions=corrupt or [], seed=seed)
     log(f"wrote {run / scores.pop('saved_as')}")
     if as_json or not sys.stdout.isatty():
         sys.stdout.write(json.dumps(scores) + "\n")
@@ -57,3 +64,21 @@ def _show(scores: dict) -> None:
         short = [str(i) for i in range(len(cm["labels"]))]
         rows = [(f"{i} {label}", *row) for i, (label, row) in enumerate(zip(cm["labels"], cm["matrix"]))]
         show_table("confusion matrix (rows: true, columns: predicted)", ["true \\ pred", *short], rows, "table")
+
+
+def _robustness(run: Path, data, split: str, cache_dir, device: str, seed: int, as_json: bool) -> None:
+    from mmcli.evaluation.robustness import sweep
+    from mmcli.reporting.console import log, task_bar
+    from mmcli.reporting.tables import show_table
+
+    with task_bar("robustness sweep") as update:
+        result = sweep(run, data, split, cache_dir, device, seed, on_step=update)
+    log(f"wrote {run / 'robustness.json'} and {', '.join(result['plots'])}")
+    if as_json or not sys.stdout.isatty():
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    rows = [(m, kind, f"{c[0]:.3f}", f"{c[5]:.3f}", f"{c[-1]:.3f}", f"{result['relative_robustness'][m][kind]:.3f}",
+             f"{result['effective_robustness'][m][kind]:.3f}") for m, kinds in result["curves"].items() for kind, c in kinds.items()]
+    rows += [(m, "missing", f"{result['clean']:.3f}", "", f"{v:.3f}", "", "") for m, v in result["dropped"].items()]
+    show_table(f"robustness ({result['metric']}, {result['split']} split)",
+               ["modality", "corruption", "level 0", "level 0.5", "level 1", "relative", "effective"], rows, "table")

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcli import runs
-from mmcli.errors import DataError
+from mmcli.errors import DataError, UsageError
 from mmcli.heads import TASKS
 from mmcli.pipeline import data_for_run, load_run
 from mmcli.training.loop import predict_outputs
@@ -30,10 +30,30 @@ def eval_file_name(data: str | None, split: str, scope: str, weights: str) -> st
     return f"{name}-{weights}.json" if weights != "best" else f"{name}.json"
 
 
+def _perturbation(run, drops: list[str], corruptions: list[str], seed: int):
+    from mmcli.evaluation import corrupt
+
+    kinds = {n: s.kind for n, s in run.specs.items()}
+    for name in drops:
+        if name not in kinds:
+            raise UsageError(f"--drop {name}: the run has no modality '{name}' (it has: {', '.join(kinds)})")
+    if drops and set(drops) >= set(kinds):
+        raise UsageError(f"--drop {', '.join(drops)}: nothing would be left; this run reads only {', '.join(kinds)}")
+    parsed = [corrupt.parse(c, kinds) for c in corruptions]
+    if not drops and not parsed:
+        return None, ""
+    tag = "-".join([f"drop-{d}" for d in drops] + [f"{c.modality}-{c.kind}-{c.level:g}" for c in parsed])
+    return (lambda table: corrupt.perturb(table, drops, parsed, seed)), tag
+
+
 def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test", cache_dir: str | None = None,
-                 weights: str = "best", progress=None, save: bool = True, device: str = "auto") -> dict[str, Any]:
+                 weights: str = "best", progress=None, save: bool = True, device: str = "auto",
+                 drops: list[str] | None = None, corruptions: list[str] | None = None, seed: int = 0) -> dict[str, Any]:
+    """Scores of the run on `split` (or other data); `drops` evaluate with those modalities
+    absent (through the mask), `corruptions` (MODALITY:KIND@LEVEL) with degraded inputs."""
     run = load_run(run_dir, weights)
-    encoded, table = data_for_run(run, data, split, cache_dir, progress)
+    transform, tag = _perturbation(run, drops or [], corruptions or [], seed)
+    encoded, table = data_for_run(run, data, split, cache_dir, progress, transform=transform)
     if encoded.labels is None:
         raise DataError(f"{data}: no label column '{run.config.data.label}' to score against")
     task = TASKS.get(run.config.model.task)()
@@ -50,9 +70,13 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test", ca
         "weights": weights,
         "epoch": int(run.weights_meta.get("epoch", 0)),
         "modalities": list(run.specs),
+        "dropped": list(drops or []),
+        "corrupted": list(corruptions or []),
     })
     if save:
         name = eval_file_name(data, split, scope, weights)
+        if tag:
+            name = name[: -len(".json")] + f"-{tag}.json"
         runs.write_json(run_dir / name, scores)
         scores["saved_as"] = name
     return scores
