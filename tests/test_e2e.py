@@ -305,3 +305,14 @@ def test_the_tokenizer_is_the_same_in_every_process(toy_small):
             "print(hashlib.sha256(fit_tokenizer(texts, 300, 16).to_str().encode()).hexdigest())")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(3)}
     assert len(outs) == 1
+
+
+def test_a_unimodal_model_without_its_modality_is_a_clear_error(toy_small, tmp_path):
+    out = tmp_path / "audio-only"
+    ok(run("train", toy_small, "--epochs", "1", "--modalities", "audio", "--out", out))
+    result = run("predict", out, "--text", "a red thing")
+    assert result.exit_code == 2 and "no text modality" in result.output
+    result = run("predict", out, "-", input=json.dumps({"id": "x", "text": "a red thing"}) + "\n")
+    assert result.exit_code == 2 and "stdin, row 1" in result.output and "none of the modalities" in result.output
+    result = run("evaluate", out, "--drop", "audio")
+    assert result.exit_code == 2 and "nothing would be left" in result.output
