@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmcli import runs
+from mmcli import __version__, runs
 from mmcli.config import Config
 from mmcli.heads import TASKS
 from mmcli.models import build, chosen_modalities, count_parameters, fusion_choice
@@ -35,8 +35,8 @@ def variant_of(config: Config, modalities: list[str]) -> str:
 
 
 def fingerprint(config: Config, data_key: str) -> str:
-    """What makes two runs the same run: the resolved config and the data."""
-    text = json.dumps({"config": config.to_dict(), "data": data_key}, sort_keys=True)
+    """What makes two runs the same run: the resolved config, the data and mmcli's version."""
+    text = json.dumps({"config": config.to_dict(), "data": data_key, "mmcli": __version__}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
