@@ -54,18 +54,22 @@ class Model(nn.Module):
         features = self.encode(batch)
         return self.head(self.fusion(features, mask)), features
 
-    def loss(self, batch: dict, task) -> torch.Tensor:
-        """The task's loss, plus the weighted mean of the auxiliary unimodal losses."""
+    def head_losses(self, batch: dict, task) -> dict[str, torch.Tensor]:
+        """The task's loss of the fused output ("fused") and of each auxiliary head."""
         outputs, features = self._forward(batch)
-        loss = task.loss(outputs, batch)
+        losses = {"fused": task.loss(outputs, batch)}
+        losses.update({n: task.loss(head(features[n].pooled), batch) for n, head in self.aux_heads.items()})
+        return losses
+
+    def loss(self, batch: dict, task) -> torch.Tensor:
+        """The fused loss, plus the auxiliary losses: blended, or their mean times aux_weight."""
+        losses = self.head_losses(batch, task)
         if self.blend is not None:
-            loss = self.blend["fused"] * loss
-            for n, head in self.aux_heads.items():
-                loss = loss + self.blend[n] * task.loss(head(features[n].pooled), batch)
-        elif self.aux_weight > 0 and len(self.aux_heads):
-            aux = [task.loss(self.aux_heads[n](features[n].pooled), batch) for n in self.aux_heads]
-            loss = loss + self.aux_weight * torch.stack(aux).mean()
-        return loss
+            return sum(self.blend[k] * v for k, v in losses.items())
+        aux = [v for k, v in losses.items() if k != "fused"]
+        if self.aux_weight > 0 and aux:
+            return losses["fused"] + self.aux_weight * torch.stack(aux).mean()
+        return losses["fused"]
 
 
 def drop_modalities(mask: dict[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:

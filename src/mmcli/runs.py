@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -29,7 +30,9 @@ from mmcli.errors import UsageError
 WEIGHTS_FORMAT = "1"
 
 
+@functools.cache
 def _umask() -> int:
+    # os.umask can only be read by setting it: do that once, not around every write
     mask = os.umask(0)
     os.umask(mask)
     return mask

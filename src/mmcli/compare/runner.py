@@ -73,9 +73,7 @@ def run_dir_for(out: Path, variant: Variant, seed: int) -> Path:
 
 def run_one(base: Config, data, variant: Variant, seed_index: int, out: Path, metric: str,
             fit_progress=None) -> dict[str, Any]:
-    from mmcli.training.api import train
-
-    from mmcli.training.api import fingerprint
+    from mmcli.training.api import fingerprint, train
 
     cfg = variant_config(base, variant, seed_index)
     folder = run_dir_for(out, variant, cfg.train.seed)

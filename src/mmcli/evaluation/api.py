@@ -23,11 +23,13 @@ def weights_per_class(weights, labels, names: list[str], modalities: list[str]) 
     return out
 
 
-def eval_file_name(data: str | None, split: str, scope: str, weights: str) -> str:
-    """eval-<split>.json for the run's own data and best weights; other evaluations get
-    their own name, so they never overwrite the run's test score."""
-    name = f"eval-{split}" if data is None else f"eval-{Path(data).stem}-{scope}"
-    return f"{name}-{weights}.json" if weights != "best" else f"{name}.json"
+def eval_file_name(data: str | None, split: str, scope: str, weights: str, tag: str = "") -> str:
+    """eval-<split>.json for the run's own data, best weights and clean inputs; other
+    evaluations get their own name, so they never overwrite the run's test score."""
+    parts = [f"eval-{split}" if data is None else f"eval-{Path(data).stem}-{scope}"]
+    parts += [weights] if weights != "best" else []
+    parts += [tag] if tag else []
+    return "-".join(parts) + ".json"
 
 
 def _perturbation(run, drops: list[str], corruptions: list[str], seed: int):
@@ -74,9 +76,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test", ca
         "corrupted": list(corruptions or []),
     })
     if save:
-        name = eval_file_name(data, split, scope, weights)
-        if tag:
-            name = name[: -len(".json")] + f"-{tag}.json"
+        name = eval_file_name(data, split, scope, weights, tag)
         runs.write_json(run_dir / name, scores)
         scores["saved_as"] = name
     return scores

@@ -19,6 +19,7 @@ text before tokenization.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -167,11 +168,7 @@ def corrupt_audio(db: torch.Tensor, lengths: torch.Tensor, kind: str, level: flo
 
 def perturb(table, drops: list[str], corruptions: list[Corruption], seed: int = 0):
     """A copy of `table` with modalities dropped (absent through the mask) and corrupted."""
-    from mmcli.data.table import Table
-
-    out = Table(ids=table.ids, labels=table.labels, given_splits=table.given_splits, modalities=table.modalities,
-                tensors=dict(table.tensors), present=dict(table.present), texts=dict(table.texts),
-                key=table.key, source=table.source)
+    out = dataclasses.replace(table, tensors=dict(table.tensors), present=dict(table.present), texts=dict(table.texts))
     for name in drops:
         out.present[name] = torch.zeros(len(table), dtype=torch.bool)
     for i, c in enumerate(corruptions):

@@ -21,6 +21,11 @@ def _mask_matrix(mask: dict[str, torch.Tensor], names: list[str]) -> torch.Tenso
     return torch.stack([mask[n] for n in names], dim=1)  # [B, M] bool
 
 
+def zero_absent(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Rows of x [B, D] zeroed where `present` [B] is False."""
+    return x * present.unsqueeze(1).to(x.dtype)
+
+
 def _projections(in_dims: dict[str, int], out_dim: int) -> nn.ModuleDict:
     return nn.ModuleDict({n: nn.Sequential(nn.Linear(d, out_dim), nn.GELU()) for n, d in in_dims.items()})
 
@@ -35,7 +40,7 @@ class Identity(nn.Module):
         self.name, self.out_dim = next(iter(in_dims.items()))
 
     def forward(self, features: dict, mask: dict[str, torch.Tensor]) -> torch.Tensor:
-        return features[self.name].pooled * mask[self.name].unsqueeze(1).to(features[self.name].pooled.dtype)
+        return zero_absent(features[self.name].pooled, mask[self.name])
 
 
 class Concat(nn.Module):
@@ -48,7 +53,7 @@ class Concat(nn.Module):
         self.out_dim = out_dim
 
     def forward(self, features: dict, mask: dict[str, torch.Tensor]) -> torch.Tensor:
-        parts = [features[n].pooled * mask[n].unsqueeze(1).to(features[n].pooled.dtype) for n in self.names]
+        parts = [zero_absent(features[n].pooled, mask[n]) for n in self.names]
         return self.mlp(torch.cat(parts, dim=1))
 
 

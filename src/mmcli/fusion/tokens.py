@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mmcli.fusion import FUSIONS
-from mmcli.fusion.basic import _mask_matrix
+from mmcli.fusion.basic import _mask_matrix, zero_absent
 
 
 class ModalityTransformer(nn.Module):
@@ -72,7 +72,7 @@ class CrossAttention(nn.Module):
             attended = self.norm[f"{i}__{j}"](attended + seqs[i])
             q_mask = features[i].token_mask.unsqueeze(-1).to(attended.dtype)
             pooled = (attended * q_mask).sum(1) / q_mask.sum(1).clamp(min=1.0)
-            outs.append(pooled * usable.unsqueeze(1).to(pooled.dtype))
+            outs.append(zero_absent(pooled, usable))
         return self.mlp(torch.cat(outs, dim=1))
 
 

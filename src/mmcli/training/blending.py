@@ -36,11 +36,8 @@ def head_losses(model, task, data: Encoded, config, device, limit: int | None = 
         if limit is not None and count >= limit:
             break
         batch = to_device(batch, device)
-        outputs, features = model._forward(batch)
         n = len(batch["index"])
-        parts = {"fused": task.loss(outputs, batch)}
-        parts.update({m: task.loss(head(features[m].pooled), batch) for m, head in model.aux_heads.items()})
-        for k, v in parts.items():
+        for k, v in model.head_losses(batch, task).items():
             totals[k] = totals.get(k, 0.0) + float(v) * n
         count += n
     return {k: v / max(1, count) for k, v in totals.items()}
