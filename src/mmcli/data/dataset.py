@@ -2,7 +2,9 @@
 
 A batch is `{modality: tensor, "lengths": {modality: tensor}, "mask": {modality: bool},
 "label": tensor, "index": tensor}`. `mask[m][i]` is False where example i lacks modality
-m; its input is then zeros and the fusion leaves it out.
+m; its input is then zeros and the fusion leaves it out. Text and audio are padded only to
+the longest example of the batch, not to the configured maximum: the encoders mask the
+padding, and short clips and captions then cost what they are, not what the cap allows.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ def make_batch(data: Encoded, index: torch.Tensor, config: DataConfig) -> dict:
     for name, tensor in data.inputs.items():
         kind = data.kinds[name]
         x = tensor[index]
+        if kind in ("text", "audio") and name in data.lengths and len(index):
+            x = x[..., : max(1, int(data.lengths[name][index].max()))]  # pad to the batch's longest
         if kind == "image":
             x = decode.normalize_image(x, config)
         elif kind == "audio":

@@ -14,7 +14,7 @@ from typing import NamedTuple
 from mmcli.registry import Registry
 
 ENCODERS: Registry = Registry("encoder")
-DEFAULT_ENCODERS = {"image": "cnn", "text": "bigru", "audio": "cnn"}
+DEFAULT_ENCODERS = {"image": "cnn", "text": "textcnn", "audio": "cnn"}
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,12 @@ from mmcli.encoders.image import conv_block
 
 
 class MelCNN(nn.Module):
-    """2-D conv blocks over (mel, time); frequency is pooled away, time steps are tokens."""
+    """2-D conv blocks over (mel, time), the first striding 4 in frequency and 2 in time;
+    frequency is pooled away, and time steps (one per 8 frames) are the tokens."""
 
     def __init__(self, spec: ModalitySpec, out_dim: int, width: int = 16, **_: object):
         super().__init__()
-        self.body = nn.Sequential(conv_block(1, width), conv_block(width, width * 2), conv_block(width * 2, width * 4))
+        self.body = nn.Sequential(conv_block(1, width, stride=(4, 2)), conv_block(width, width * 2), conv_block(width * 2, width * 4))
         self.proj = nn.Linear(width * 4, out_dim)
         self.out_dim = out_dim
         self.stride = 8

@@ -8,22 +8,21 @@ from torch import nn
 from mmcli.encoders import ENCODERS, EncoderOutput, ModalitySpec
 
 
-def conv_block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def conv_block(cin: int, cout: int, stride: int | tuple[int, int] = 2) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class SmallCNN(nn.Module):
-    """Four stride-2 conv blocks; the last feature map's cells are the region tokens."""
+    """A patchify stem (4x4 patches, as in ConvNeXt) and three conv blocks; the last feature
+    map, pooled to 4x4, gives the 16 region tokens. At 64x64 it costs about 1.4 M multiply-adds
+    per image, so it trains in seconds on a laptop's CPU."""
 
     def __init__(self, spec: ModalitySpec, out_dim: int, width: int = 16, **_: object):
         super().__init__()
-        widths = [width, width * 2, width * 4, width * 4]
-        layers, cin = [], spec.channels
-        for w in widths:
-            layers.append(conv_block(cin, w))
-            cin = w
-        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4))
-        self.proj = nn.Linear(cin, out_dim)
+        stem = nn.Sequential(nn.Conv2d(spec.channels, width, 4, stride=4, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.body = nn.Sequential(stem, conv_block(width, width * 2), conv_block(width * 2, width * 4),
+                                  conv_block(width * 4, width * 4, stride=1), nn.AdaptiveAvgPool2d(4))
+        self.proj = nn.Linear(width * 4, out_dim)
         self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
@@ -33,4 +32,4 @@ class SmallCNN(nn.Module):
         return EncoderOutput(tokens.mean(dim=1), tokens, mask)
 
 
-ENCODERS.register("image.cnn", "small CNN (4 conv blocks) trained from scratch", tags=("image",))(SmallCNN)
+ENCODERS.register("image.cnn", "small CNN (patchify stem + 3 conv blocks) trained from scratch", tags=("image",))(SmallCNN)
