@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/mmcli compare unimodal multimodal --out runs/demo --overwrite
+	$(BIN)/mmcli compare unimodal multimodal --seeds 3 --out runs/demo --overwrite
 
 test: install
 	$(BIN)/python -m pytest

@@ -154,7 +154,7 @@ def test_own_manifest_end_to_end(tmp_path, fmt):
 def test_compare_writes_results_and_summary(toy_small, tmp_path):
     out = tmp_path / "cmp"
     result = ok(run("compare", "unimodal:audio", "multimodal:sum", "--data", toy_small, "--epochs", "1",
-                    "--seeds", "2", "--out", out))
+                    "--seeds", "2", "--out", out, "--jobs", "1"))
     with open(out / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert sorted((r["variant"], r["seed"]) for r in rows) == [
@@ -174,7 +174,7 @@ def test_compare_writes_results_and_summary(toy_small, tmp_path):
     assert len(sizes) == 1
     # rerunning into the folder reuses the finished runs
     again = ok(run("compare", "unimodal:audio", "multimodal:sum", "--data", toy_small, "--epochs", "1",
-                   "--seeds", "2", "--out", out))
+                   "--seeds", "2", "--out", out, "--jobs", "1"))
     with open(out / "results.csv", newline="") as handle:
         assert all(r["reused"] == "True" for r in csv.DictReader(handle))
     assert again.exit_code == 0
@@ -224,7 +224,7 @@ def test_config_errors_exit_2_and_name_the_key(toy_small, tmp_path):
 def test_train_without_data_uses_the_builtin_toy_set(tmp_path, monkeypatch):
     import mmcli.data.builtin as builtin
 
-    monkeypatch.setattr(builtin, "TOY_SIZE", 48)  # the real default is 2,000; tests stay small
+    monkeypatch.setattr(builtin, "TOY_SIZE", 48)  # the real default is 1,200; tests stay small
     monkeypatch.setenv("MMCLI_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "run"
     ok(run("train", "--epochs", "1", "--modalities", "audio", "--out", out))

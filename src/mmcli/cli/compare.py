@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -11,57 +12,172 @@ import typer
 from typing_extensions import Annotated
 
 from mmcli.cli.common import CacheDirOpt, ConfigOpt, QuietOpt, SetOpt, WorkersOpt, cache_arg, handles_errors, resolve_config, set_quiet
+from mmcli.errors import UsageError
 
 
 @handles_errors
 def compare(
-    items: Annotated[Optional[list[str]], typer.Argument(help="Families (unimodal, multimodal) or variants (unimodal:image, multimodal:concat); default: unimodal multimodal.", show_default=False)] = None,
+    ctx: typer.Context,
+    items: Annotated[Optional[list[str]], typer.Argument(help="Families (unimodal, multimodal, subsets) or variants (unimodal:image, multimodal:concat, subset:image+text); default: unimodal multimodal.", show_default=False)] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Manifest or folder; default: the built-in toy set.", show_default=False)] = None,
     config: ConfigOpt = None,
-    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per variant; results pair up by seed.")] = 1,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per variant; results pair up by seed. Intervals and tests need 2 or more.")] = 1,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Most epochs per run.", show_default=False)] = None,
-    metric: Annotated[Optional[str], typer.Option("--metric", help="Metric of the summary and the statistics (default: accuracy).", show_default=False)] = None,
+    metric: Annotated[Optional[str], typer.Option("--metric", help="Metric of the summary, the statistics and the verdicts (default: the task's, accuracy for classification).", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Base seed: the split's seed, and seed i trains with base + i.", show_default=False)] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for runs and results (default: runs/compare-<timestamp>). Rerunning into the same folder reuses finished runs.", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for runs and results (default: runs/compare-<timestamp>). Rerunning into the same folder skips finished runs.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an existing comparison folder.")] = False,
+    jobs: Annotated[str, typer.Option("--jobs", "-j", help="Runs at once, in separate processes that share the CPU cores; auto: one per core (at most 4) on the CPU, 1 on a GPU.")] = "auto",
+    print_jobs: Annotated[bool, typer.Option("--print-jobs", help="Plan the comparison into --out, print one shell command per run and nothing else (for xargs -P, GNU parallel or a Slurm array); then use --collect.")] = False,
+    job: Annotated[Optional[int], typer.Option("--job", min=0, help="Run only job K of the comparison planned in --out (what --print-jobs prints).", show_default=False)] = None,
+    collect_dir: Annotated[Optional[Path], typer.Option("--collect", help="Summarise the runs finished in this comparison folder (after --print-jobs) and write the reports.", show_default=False)] = None,
     sets: SetOpt = None,
     cache_dir: CacheDirOpt = None,
     workers: WorkersOpt = 1,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train every variant with the same splits, budget and seeds; print mean, std and delta to the best unimodal."""
+    """Train every variant with the same splits, budget and seeds; report mean, 95 % interval,
+    the paired difference to the best single modality with its p-value, each variant without
+    each modality, and (with the subsets family) each modality's Shapley value."""
+    from mmcli.reporting.console import log
+
+    set_quiet(quiet)
+    if collect_dir is not None:
+        from mmcli.compare.collect import collect
+
+        result = collect(collect_dir)
+        if result.missing:
+            log(f"warning: {len(result.missing)} run(s) have no result yet and are left out: " + "; ".join(result.missing))
+        log(f"results in {collect_dir}")
+        _show(result)
+        return
+    if job is not None:
+        if out is None:
+            raise UsageError("--job needs --out: the comparison folder that --print-jobs planned")
+        from mmcli.compare.runner import run_job
+
+        result, reused = run_job(out, job, cache_arg(cache_dir))
+        log(f"job {job}: {result['variant']} seed {result['seed']} {'already finished' if reused else 'finished'}")
+        return
+    cfg = resolve_config(config, {"data.manifest": data, "train.epochs": epochs, "train.seed": seed}, sets)
+    n_jobs = _jobs(jobs, cfg.train.device)
+    out = out or Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    command = _command_line(ctx)
+    if print_jobs:
+        _print_jobs(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, command, n_jobs)
+        return
+    _run(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, n_jobs, command)
+
+
+def _jobs(value: str, device: str) -> int:
+    from mmcli.compare.runner import auto_jobs
+
+    if value.strip().lower() == "auto":
+        return auto_jobs(device)
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UsageError(f"--jobs {value}: give a whole number of 1 or more, or auto")
+    return n
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """The command as the user could retype it: the arguments and every option given a
+    value other than its default (rebuilt from the parsed parameters, so it is the same
+    whether mmcli runs from a shell or in-process)."""
+    words = ["mmcli", ctx.info_name or "compare"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default or value == () or value == []:
+            continue
+        if param.param_type_name == "argument":
+            words += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+            continue
+        name = max(param.opts, key=len)
+        if param.is_flag:
+            words.append(name)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                words += [name, str(v)]
+        else:
+            words += [name, str(value)]
+    return shlex.join(words)
+
+
+def _print_jobs(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, command, jobs) -> None:
+    from mmcli.compare.runner import job_commands, make_plan, prepare_out, threads_per_job, write_plan
+    from mmcli.reporting.console import task_bar
+
+    with task_bar("preprocessing") as update:  # each job runs with the threads a --jobs run would give it
+        plan, _ = make_plan(cfg, items, seeds, metric, cache_dir, workers, update, command,
+                            threads_per_job(jobs) if jobs > 1 else 0)
+    prepare_out(out, overwrite)
+    write_plan(out, plan)
+    for line in job_commands(out, plan, cache_dir):
+        print(line)
+
+
+def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, command) -> None:
     from mmcli.compare.runner import run_compare
     from mmcli.reporting.console import FitBar, log, task_bar
 
-    set_quiet(quiet)
-    cfg = resolve_config(config, {"data.manifest": data, "train.epochs": epochs, "train.seed": seed}, sets)
-    out = out or Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-    def on_run(done: int, total: int, name: str) -> None:
-        if done < total:
+    parallel = jobs > 1
+    with task_bar("preprocessing") as update, \
+            (task_bar(f"runs, {jobs} at once") if parallel else FitBar(metric=metric or cfg.eval.metric)) as bar:
+        def on_run(done: int, total: int, name: str) -> None:
             log(f"[{done + 1}/{total}] {name}")
 
-    with task_bar("preprocessing") as update, FitBar(metric=metric or cfg.eval.metric) as bar:
-        result = run_compare(cfg, items or [], seeds, out, metric, cache_arg(cache_dir), overwrite, workers,
-                             on_run, bar, update)
-    log(f"results in {out} (results.csv, summary.csv, summary.json, report.md)")
+        def on_done(done: int, total: int, result: dict) -> None:
+            if parallel:
+                bar(done, total)
+                name = metric or cfg.eval.metric
+                value = result["scores"].get(name)
+                score = "" if value is None else f": {name} {value:.4f}"
+                log(f"[{done}/{total}] {result['variant']} seed {result['seed']}{score} ({result['seconds']:.0f} s)")
+
+        result = run_compare(cfg, items, seeds, out, metric, cache_dir, overwrite, workers, on_run,
+                             None if parallel else bar, update, jobs, command, on_done)
+    names = ["results.csv", "summary.csv", "summary.json", "report.md", "compare.png"]
+    names += ["attribution.json"] if result.attribution else []
+    log(f"results in {out} ({', '.join(names)})")
     _show(result)
+
+
+def _rate(metric: str) -> bool:
+    return metric in ("accuracy", "macro_f1", "micro_f1", "subset_accuracy", "mean_average_precision")
 
 
 def _show(result) -> None:
     from mmcli.reporting.tables import show_table
 
-    def f(v, pct=True):
+    rate = _rate(result.metric)
+
+    def f(v, signed=False):
         if v is None:
             return "–"
-        return f"{100 * v:+.1f}" if pct == "delta" else f"{100 * v:.1f}" if pct else f"{v:.3f}"
+        if rate:
+            return f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"
+        return f"{v:+.4g}" if signed else f"{v:.4g}"
 
-    rate = result.metric in ("accuracy", "macro_f1")
+    mods = [m for m in result.modalities if any(r.get(f"without_{m}") is not None for r in result.summary)]
     rows = []
     for r in result.summary:
-        pm = "" if r["std"] is None else f" ± {f(r['std'], rate)}"
-        rows.append((r["variant"], r["n"], f"{f(r['mean'], rate)}{pm}", f(r["delta_vs_best_unimodal"], "delta" if rate else False),
-                     "–" if r["p_value"] is None else f"{r['p_value']:.3g}", r["verdict"]))
+        pm = "" if r["std"] is None else f" ± {f(r['std'])}"
+        ci = "–" if r["ci_low"] is None else f"{f(r['ci_low'])}–{f(r['ci_high'])}"
+        rows.append((r["variant"], r["n"], f"{f(r['mean'])}{pm}", ci, f(r["delta_vs_best_unimodal"], True),
+                     "–" if r["p_value"] is None else f"{r['p_value']:.3g}",
+                     *[f(r.get(f"without_{m}")) for m in mods], r["verdict"]))
     unit = f"{result.metric} (%)" if rate else result.metric
     fmt = "table" if sys.stdout.isatty() else "csv"
-    show_table(f"compare: {unit}, mean ± std over seeds", ["variant", "n", unit, "delta vs best unimodal", "p", "verdict"], rows, fmt)
+    headers = ["variant", "n", unit, "95% CI", "delta vs best unimodal", "p (paired t)", *[f"without {m}" for m in mods], "verdict"]
+    show_table(f"compare: {unit}, mean ± std over seeds", headers, rows, fmt)
+    a = result.attribution
+    if a is not None and fmt == "table":
+        shap = [(m, f(s["mean"], True), "–" if s["ci_low"] is None else f"{f(s['ci_low'])}–{f(s['ci_high'])}")
+                for m, s in a["shapley"].items()]
+        shap += [(f"{p} (interaction)", f(s["mean"], True), "–" if s["ci_low"] is None else f"{f(s['ci_low'])}–{f(s['ci_high'])}")
+                 for p, s in a["interaction"].items()]
+        show_table(f"attribution: Shapley value of {unit} per modality (empty set {f(a['empty_set'])})",
+                   ["modality", "Shapley value", "95% CI"], shap, fmt)

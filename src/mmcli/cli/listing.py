@@ -49,6 +49,9 @@ def _rows(what: What) -> list[tuple[str, str]]:
     rows = [("unimodal", "family: one variant per modality of the data"),
             ("multimodal", f"family: {', '.join(DEFAULT_FUSIONS)} over all modalities"),
             ("unimodal:<modality>", "one modality alone, e.g. unimodal:image"),
-            ("multimodal:all", "every registered fusion over all modalities")]
+            ("multimodal:all", "every registered fusion over all modalities"),
+            ("subsets", "family: every non-empty subset of the modalities with model.fusion (for attribution)"),
+            ("subset:<m1>+<m2>", "these modalities fused with model.fusion, e.g. subset:image+text"),
+            ("crossmodal", "family: not available in this version")]
     rows += [(f"multimodal:{name}", f"all modalities fused with {name}") for name in FUSIONS.names() if name != "identity"]
     return rows

@@ -1,39 +1,80 @@
-"""Run a comparison: every variant on the same splits, budget and seeds; then summarise.
+"""Plan and run a comparison: every variant on the same splits, budget and seeds.
 
 The data is preprocessed once and split once (with the base seed); seed i of every
-variant uses the training seed base + i, so results pair up by seed across variants.
-A finished run (its `eval-test.json` exists) is not run again when the comparison is
-restarted in the same folder.
+variant trains with the seed base + i, so results pair up by seed across variants. The
+plan (`compare.json` in the output folder) lists every run ("cell") with the fingerprint
+of its config and data. Each finished cell writes `compare-result.json` into its run
+folder, atomically; a cell whose result is there with the planned fingerprint is never
+run again, so a comparison that was stopped resumes where it stopped, `--jobs N` runs
+cells in N processes, and `--print-jobs` hands them to any scheduler (`--job K` runs one).
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import dataclasses
 import json
+import os
+import shlex
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from mmcli import runs
-from mmcli.compare import stats
 from mmcli.compare.variants import Variant, expand
-from mmcli.config import Config
+from mmcli.config import Config, from_dict
 from mmcli.errors import UsageError
-from mmcli.fusion import DEFAULT_FUSIONS, FUSIONS
-from mmcli.heads import TASKS
-from mmcli.pipeline import prepare_training
+
+if TYPE_CHECKING:  # torch is imported only where a cell runs: --collect and --print-jobs stay light
+    from mmcli.pipeline import RunData
 
 MARKER = "compare.json"
+RESULT = "compare-result.json"
+PLAN_FORMAT = 1
 
 
 @dataclass
-class CompareResult:
-    out: Path
+class Plan:
+    variants: list[Variant]
+    seeds: int
     metric: str
-    results: list[dict[str, Any]] = field(default_factory=list)
-    summary: list[dict[str, Any]] = field(default_factory=list)
+    higher_is_better: bool
+    config: dict[str, Any]
+    modalities: list[str]
+    cells: list[dict[str, Any]] = field(default_factory=list)  # variant, seed_index, seed, run, fingerprint
+    baseline: dict[str, float] | None = None  # metrics of the training label prior on the test split
+    command: str = ""
+    threads: int = 0  # torch threads of every run (0: torch's default), whichever process runs it
+
+    def base_config(self) -> Config:
+        return from_dict(self.config)
+
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["variants"] = [v.to_dict() for v in self.variants]
+        return {"format": PLAN_FORMAT, **out}
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> "Plan":
+        if value.get("format") != PLAN_FORMAT:
+            raise UsageError(f"comparison plan format {value.get('format')!r} is not {PLAN_FORMAT}; rerun the comparison")
+        kwargs = {f.name: value[f.name] for f in dataclasses.fields(cls) if f.name in value}
+        kwargs["variants"] = [Variant.from_dict(v) for v in value["variants"]]
+        return cls(**kwargs)
+
+
+def load_plan(out: Path) -> Plan:
+    path = out / MARKER
+    if not path.is_file():
+        raise UsageError(f"{out}: not a comparison folder (no {MARKER}); make one with mmcli compare --out {out}")
+    try:
+        return Plan.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path}: cannot read the comparison plan ({exc})") from None
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
@@ -45,19 +86,6 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def plan(config: Config, items: list[str], cache_dir: str | None, workers: int = 1, progress=None):
-    """Prepare the data once and expand the variants."""
-    base = config.copy()
-    base.data.split_seed = config.train.seed if config.data.split_seed is None else config.data.split_seed
-    base.model.modalities = None
-    data = prepare_training(base, cache_dir, workers, progress)
-    if "test" not in data.splits:
-        raise UsageError(f"{data.table.source}: no test rows to compare on; add rows with split=test, "
-                         "or drop the split column to draw a split")
-    variants = expand(items, data.modalities, FUSIONS.names(), DEFAULT_FUSIONS)
-    return base, data, variants
-
-
 def variant_config(base: Config, variant: Variant, seed_index: int) -> Config:
     cfg = base.copy()
     cfg.model.modalities = list(variant.modalities)
@@ -67,123 +95,245 @@ def variant_config(base: Config, variant: Variant, seed_index: int) -> Config:
     return cfg
 
 
-def run_dir_for(out: Path, variant: Variant, seed: int) -> Path:
-    return out / "runs" / f"{variant.name.replace(':', '-')}-seed{seed}"
+def run_dir_for(variant: Variant, seed: int) -> str:
+    return f"runs/{variant.name.replace(':', '-').replace('+', '-')}-seed{seed}"
 
 
-def run_one(base: Config, data, variant: Variant, seed_index: int, out: Path, metric: str,
-            fit_progress=None) -> dict[str, Any]:
-    from mmcli.training.api import fingerprint, train
+def shared_data(base: Config, cache_dir: str | None, workers: int = 1, progress=None) -> RunData:
+    """The data every cell reads: preprocessed (cached) and split once, all modalities."""
+    from mmcli.pipeline import prepare_training
 
-    cfg = variant_config(base, variant, seed_index)
-    folder = run_dir_for(out, variant, cfg.train.seed)
-    done = _finished(folder, fingerprint(cfg, data.table.key))
-    if done is not None:
-        scores, seconds, reused = done[0], done[1], True
-    else:
-        outcome = train(cfg, folder, overwrite=True, data=data, progress=fit_progress)
-        scores, seconds, reused = outcome.test_scores or {}, round(outcome.result.seconds, 2), False
-    if metric not in scores:
-        raise UsageError(f"metric '{metric}' is not measured by this task (it measures: {', '.join(k for k, v in scores.items() if isinstance(v, float))})")
-    return {"variant": variant.name, "family": variant.family, "seed": cfg.train.seed, "metric": metric,
-            "value": scores[metric], "best_epoch": scores.get("best_epoch"), "seconds": seconds,
-            "run": str(folder.relative_to(out)), "reused": reused}
+    return prepare_training(base, cache_dir, workers, progress)
 
 
-def _finished(folder: Path, expected: str) -> tuple[dict, float | None] | None:
-    """The scores of a finished run made with the same config and data, else None."""
-    try:
-        prov = json.loads((folder / "provenance.json").read_text(encoding="utf-8"))
-        scores = json.loads((folder / "eval-test.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return (scores, prov.get("seconds")) if prov.get("fingerprint") == expected else None
+def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, cache_dir: str | None,
+              workers: int = 1, progress=None, command: str = "", threads: int = 0) -> tuple[Plan, RunData]:
+    """Check the request, prepare the data once and list every cell with its fingerprint."""
+    from mmcli.data.preprocess import BUILTIN_PREFIX
+    from mmcli.fusion import DEFAULT_FUSIONS, FUSIONS
+    from mmcli.heads import TASKS
+    from mmcli.training.api import fingerprint
 
-
-def summarise(results: list[dict[str, Any]], variants: list[Variant], metric: str, higher_is_better: bool) -> list[dict[str, Any]]:
-    by_variant = {v.name: {r["seed"]: r["value"] for r in results if r["variant"] == v.name} for v in variants}
-    rows = []
-    for v in variants:
-        row = {"variant": v.name, "family": v.family, "metric": metric, **stats.describe(list(by_variant[v.name].values()))}
-        rows.append(row)
-    uni = [r for r in rows if r["family"] == "unimodal"]
-    best = (max if higher_is_better else min)(uni, key=lambda r: r["mean"]) if uni else None
-    for row in rows:
-        row["is_best_unimodal"] = best is not None and row["variant"] == best["variant"]
-        if best is None:
-            row.update({"delta_vs_best_unimodal": None, "p_value": None})
-        else:
-            diff = stats.paired(by_variant[row["variant"]], by_variant[best["variant"]])
-            row["delta_vs_best_unimodal"] = diff.pop("delta")
-            row.update(diff)
-        row["best_unimodal"] = best["variant"] if best else None
-        row["verdict"] = stats.verdict(row, higher_is_better)
-    return rows
-
-
-def write_outputs(result: CompareResult) -> None:
-    out = result.out
-    runs.write_atomic(out / "results.csv", _csv(result.results))
-    runs.write_atomic(out / "summary.csv", _csv(result.summary))
-    runs.write_json(out / "summary.json", result.summary)
-    runs.write_atomic(out / "report.md", report_markdown(result))
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return ""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    return "–" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def report_markdown(result: CompareResult) -> str:
-    lines = [f"# Comparison on {result.metric}", "",
-             "Mean over seeds with a 95 % t-interval; delta is the difference to the best unimodal "
-             "variant, paired by seed, with the p-value of a two-sided paired t-test.", "",
-             "| variant | n | mean | std | 95 % CI | delta vs best unimodal | p | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in result.summary:
-        ci = "–" if r["ci95_low"] is None else f"[{r['ci95_low']:.4f}, {r['ci95_high']:.4f}]"
-        lines.append(f"| {r['variant']} | {r['n']} | {_fmt(r['mean'])} | {_fmt(r['std'])} | {ci} | "
-                     f"{_fmt(r['delta_vs_best_unimodal'])} | {_fmt(r['p_value'])} | {r['verdict']} |")
-    return "\n".join(lines) + "\n"
-
-
-def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric: str | None = None,
-                cache_dir: str | None = None, overwrite: bool = False, workers: int = 1,
-                on_run: Callable[[int, int, str], Any] | None = None, fit_progress=None,
-                preprocess_progress=None) -> CompareResult:
     if seeds < 1:
         raise UsageError("--seeds must be at least 1")
     task = TASKS.get(config.model.task)()
     metric = metric or config.eval.metric or task.default_metric
     if metric not in task.metrics:
         raise UsageError(f"--metric {metric}: not a metric of {task.name} (choose from {', '.join(task.metrics)})")
-    base, data, variants = plan(config, items, cache_dir, workers, preprocess_progress)
-    prepare_out(out, overwrite)
-    runs.write_json(out / MARKER, {"variants": [v.name for v in variants], "seeds": seeds, "metric": metric,
-                                   "config": base.to_dict()})
-    result = CompareResult(out, metric)
-    total = len(variants) * seeds
+    base = config.copy()
+    base.data.split_seed = config.train.seed if config.data.split_seed is None else config.data.split_seed
+    base.model.modalities = None
+    base.eval.metric = metric
+    if base.data.manifest and not base.data.manifest.startswith(BUILTIN_PREFIX):
+        # absolute in the plan, so that --job K finds the data from any working folder
+        base.data.manifest = str(Path(base.data.manifest).resolve())
+    data = shared_data(base, cache_dir, workers, progress)
+    if "test" not in data.splits:
+        raise UsageError(f"{data.table.source}: no test rows to compare on; add rows with split=test, "
+                         "or drop the split column to draw a split")
+    variants = expand(items, data.modalities, FUSIONS.names(), DEFAULT_FUSIONS, base.model.fusion)
+    plan = Plan(variants, seeds, metric, metric not in task.lower_is_better, base.to_dict(), list(data.modalities),
+                baseline=_baseline(task, data), command=command, threads=threads)
     for v in variants:
         for i in range(seeds):
+            cfg = variant_config(base, v, i)
+            plan.cells.append({"variant": v.name, "seed_index": i, "seed": cfg.train.seed,
+                               "run": run_dir_for(v, cfg.train.seed), "fingerprint": fingerprint(cfg, data.table.key)})
+    return plan, data
+
+
+def _baseline(task, data: RunData) -> dict[str, float] | None:
+    """The metrics of the training label prior on the test split: v(empty set) of attribution."""
+    if not hasattr(task, "prior_outputs"):
+        return None
+    train, test = data.part("train"), data.part("test")
+    outputs = task.prior_outputs(train.labels, len(data.labels), len(test))
+    return _scalars(task.evaluate(outputs, test.labels, data.labels))
+
+
+def _scalars(scores: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def write_plan(out: Path, plan: Plan) -> None:
+    runs.write_json(out / MARKER, plan.to_dict())
+
+
+def read_cell(out: Path, cell: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved result of a cell, if it finished with the planned config and data."""
+    try:
+        saved = json.loads((out / cell["run"] / RESULT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return saved if saved.get("fingerprint") == cell["fingerprint"] else None
+
+
+def run_cell(plan: Plan, data: RunData, k: int, out: Path, fit_progress=None) -> tuple[dict[str, Any], bool]:
+    """Run cell k (train, score the test split clean and with each modality missing) unless
+    its result is already saved; returns (result, reused)."""
+    from mmcli.training.api import train
+
+    cell = plan.cells[k]
+    saved = read_cell(out, cell)
+    if saved is not None:
+        return saved, True
+    if plan.threads:
+        import torch
+
+        torch.set_num_threads(plan.threads)  # the same in every process: results do not depend on --jobs
+    variant = plan.variant(cell["variant"])
+    cfg = variant_config(plan.base_config(), variant, cell["seed_index"])
+    folder = out / cell["run"]
+    for stale in folder.parent.glob(f".{folder.name}.partial-*"):  # left by a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    outcome = train(cfg, folder, overwrite=True, data=data, progress=fit_progress)
+    result = {"fingerprint": cell["fingerprint"], "variant": variant.name, "family": variant.family,
+              "seed": cell["seed"], "best_epoch": outcome.result.best_epoch,
+              "seconds": round(outcome.result.seconds, 2), **_test_scores(outcome, cfg)}
+    runs.write_json(folder / RESULT, result)
+    return result, False
+
+
+def _test_scores(outcome, cfg: Config) -> dict[str, Any]:
+    """Scalar test metrics, per-class scores, and the metrics with each modality missing."""
+    import torch
+
+    from mmcli.heads import TASKS
+    from mmcli.training.loop import predict_logits
+    from mmcli.training.setup import pick_device
+
+    task = TASKS.get(cfg.model.task)()
+    rd: RunData = outcome.data
+    test = rd.part("test")
+    device = pick_device(cfg.train.device)
+    scores = outcome.test_scores or task.evaluate(predict_logits(outcome.model, test, cfg, device), test.labels, rd.labels)
+    without = {}
+    if len(rd.modalities) > 1:
+        for m in rd.modalities:
+            hidden = dataclasses.replace(test, present={**test.present, m: torch.zeros_like(test.present[m])})
+            without[m] = _scalars(task.evaluate(predict_logits(outcome.model, hidden, cfg, device), test.labels, rd.labels))
+    return {"scores": _scalars(scores), "per_class": scores.get("per_class"), "without": without}
+
+
+# --------------------------------------------------------------------------- drivers
+
+def auto_jobs(device: str) -> int:
+    """`--jobs auto`: one run at a time on a GPU; on the CPU up to 4 runs, one per core.
+    Small models use a core each better than two cores together, so on 2 cores two runs
+    of one thread finish a comparison sooner than one run of two (docs/performance.md)."""
+    if device not in ("auto", "cpu"):
+        return 1
+    if device == "auto":
+        from mmcli.training.setup import pick_device
+
+        if pick_device("auto").type != "cpu":
+            return 1
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def threads_per_job(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric: str | None = None,
+                cache_dir: str | None = None, overwrite: bool = False, workers: int = 1,
+                on_run: Callable[[int, int, str], Any] | None = None, fit_progress=None,
+                preprocess_progress=None, jobs: int = 1, command: str = "", on_done: Callable[[int, int, dict], Any] | None = None):
+    """Plan, run every unfinished cell (in `jobs` processes), then collect the results.
+
+    `on_run(done, total, name)` is called before each run of a sequential comparison,
+    `on_done(done, total, result)` after each run that finished in either mode."""
+    from mmcli.compare.collect import collect
+
+    plan, data = make_plan(config, items, seeds, metric, cache_dir, workers, preprocess_progress, command,
+                           threads_per_job(jobs) if jobs > 1 else 0)
+    prepare_out(out, overwrite)
+    write_plan(out, plan)
+    reused = {k for k, cell in enumerate(plan.cells) if read_cell(out, cell) is not None}
+    todo = [k for k in range(len(plan.cells)) if k not in reused]
+    total = len(plan.cells)
+    done = len(reused)
+    if jobs > 1:
+        for k, result in run_parallel(out, plan, cache_dir, todo, jobs):
+            done += 1
+            if on_done:
+                on_done(done, total, result)
+    else:
+        for k in todo:
+            cell = plan.cells[k]
             if on_run:
-                on_run(len(result.results), total, f"{v.name} seed {base.train.seed + i}")
-            result.results.append(run_one(base, data, v, i, out, metric, fit_progress))
-            write_outputs_partial(result)
-    if on_run:
-        on_run(total, total, "done")
-    result.summary = summarise(result.results, variants, metric, metric not in task.lower_is_better)
-    write_outputs(result)
-    return result
+                on_run(done, total, f"{cell['variant']} seed {cell['seed']}")
+            result, _ = run_cell(plan, data, k, out, fit_progress)
+            done += 1
+            if on_done:
+                on_done(done, total, result)
+    return collect(out, plan, reused)
 
 
-def write_outputs_partial(result: CompareResult) -> None:
-    runs.write_atomic(result.out / "results.csv", _csv(result.results))
+def run_job(out: Path, k: int, cache_dir: str | None = None) -> tuple[dict[str, Any], bool]:
+    """`mmcli compare --out DIR --job K`: run cell K of the plan in DIR."""
+    plan = load_plan(out)
+    if not 0 <= k < len(plan.cells):
+        raise UsageError(f"--job {k}: the comparison in {out} has jobs 0 to {len(plan.cells) - 1}")
+    if read_cell(out, plan.cells[k]) is not None:
+        return read_cell(out, plan.cells[k]), True
+    data = shared_data(plan.base_config(), cache_dir)
+    return run_cell(plan, data, k, out)
+
+
+def job_commands(out: Path, plan: Plan, cache_dir: str | None = None) -> list[str]:
+    """One shell command per cell: the same Python, `-m mmcli compare --out DIR --job K`."""
+    extra = ["--cache-dir", str(Path(cache_dir).resolve())] if cache_dir else []
+    base = [sys.executable, "-m", "mmcli", "compare", "--out", str(out.resolve()), *extra, "--quiet", "--job"]
+    return [shlex.join(base + [str(k)]) for k in range(len(plan.cells))]
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(out: str, cache_dir: str | None) -> None:
+    _exit_with_parent()
+    plan = load_plan(Path(out))
+    _WORKER.update(out=Path(out), plan=plan, data=shared_data(plan.base_config(), cache_dir))
+
+
+def _exit_with_parent(interval: float = 0.5) -> None:
+    """A worker whose comparison was killed stops too, instead of training on unseen; its
+    unfinished run is cleaned up when the comparison is run again."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="mmcli-parent-watch").start()
+
+
+def _worker_cell(k: int) -> tuple[int, dict[str, Any]]:
+    return k, run_cell(_WORKER["plan"], _WORKER["data"], k, _WORKER["out"])[0]
+
+
+def run_parallel(out: Path, plan: Plan, cache_dir: str | None, todo: list[int], jobs: int):
+    """Run cells in `jobs` processes; yields (k, result) as each finishes. The runs with the
+    most modalities go first, so no long run is left alone at the end."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    if not todo:
+        return
+    order = sorted(todo, key=lambda k: -len(plan.variant(plan.cells[k]["variant"]).modalities))
+    context = multiprocessing.get_context("spawn")  # a clean interpreter: no forked torch threads
+    with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=context, initializer=_worker_init,
+                             initargs=(str(out), cache_dir)) as pool:
+        futures = [pool.submit(_worker_cell, k) for k in order]
+        try:
+            for future in as_completed(futures):
+                yield future.result()  # the first failure is raised here
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise

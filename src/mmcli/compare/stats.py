@@ -1,50 +1,73 @@
-"""Per-variant statistics over seeds: mean, std, a 95 % t-interval, and the paired
-difference to the best unimodal variant with a paired t-test (Student, 1908)."""
+"""Per-variant statistics over seeds.
+
+- mean, sample standard deviation and a 95 % Student t confidence interval of the mean;
+- the difference to a reference variant paired by seed, its 95 % t-interval and the
+  p-value of a two-sided paired t-test (Student, 1908): t = mean(d) / (sd(d) / sqrt(n)),
+  n - 1 degrees of freedom;
+- a verdict in plain words.
+
+With one value there is no interval and no test: the fields are None and the verdict says so.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+TEST_NAME = "two-sided paired t-test over seeds"
+LEVEL = 0.95
+
 
 def describe(values: list[float]) -> dict[str, Any]:
-    from scipy import stats
-
     n = len(values)
+    if n == 0:
+        return {"mean": None, "std": None, "ci_low": None, "ci_high": None, "n": 0}
     mean = sum(values) / n
     if n < 2:
-        return {"mean": mean, "std": None, "n": n, "ci95_low": None, "ci95_high": None}
+        return {"mean": mean, "std": None, "ci_low": None, "ci_high": None, "n": n}
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
-    return {"mean": mean, "std": std, "n": n, "ci95_low": mean - half, "ci95_high": mean + half}
+    half = t_quantile(0.5 + LEVEL / 2, n - 1) * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+
+
+def t_quantile(q: float, df: int) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(q, df))
+
+
+def paired_t_test(diffs: list[float]) -> float | None:
+    """Two-sided p-value of H0: mean difference = 0; None when it is undefined."""
+    from scipy import stats
+
+    n = len(diffs)
+    if n < 2:
+        return None
+    mean = sum(diffs) / n
+    std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    if std <= 1e-12 * max(1.0, abs(mean)):
+        return 1.0 if abs(mean) <= 1e-12 else None  # identical runs / a constant shift: no t statistic
+    t = mean / (std / math.sqrt(n))
+    return float(2 * stats.t.sf(abs(t), n - 1))
 
 
 def paired(values: dict[int, float], reference: dict[int, float]) -> dict[str, Any]:
-    """Difference to the reference, paired by seed; p-value of a two-sided paired t-test."""
-    from scipy import stats
-
+    """The difference to the reference over the seeds both have."""
     seeds = sorted(set(values) & set(reference))
     diffs = [values[s] - reference[s] for s in seeds]
-    if not diffs:
-        return {"delta": None, "delta_ci95_low": None, "delta_ci95_high": None, "p_value": None}
     d = describe(diffs)
-    p = None
-    if len(diffs) >= 2:
-        if d["std"] == 0:
-            p = 1.0 if d["mean"] == 0 else None  # the t statistic is undefined
-        else:
-            p = float(stats.ttest_rel([values[s] for s in seeds], [reference[s] for s in seeds]).pvalue)
-    return {"delta": d["mean"], "delta_ci95_low": d["ci95_low"], "delta_ci95_high": d["ci95_high"], "p_value": p}
+    return {"delta": d["mean"], "delta_ci_low": d["ci_low"], "delta_ci_high": d["ci_high"],
+            "p_value": paired_t_test(diffs), "n_paired": len(diffs)}
 
 
 def verdict(row: dict[str, Any], higher_is_better: bool = True, alpha: float = 0.05) -> str:
-    if row["family"] == "unimodal" and row.get("is_best_unimodal"):
+    if row.get("is_best_unimodal"):
         return "best single modality (reference)"
     delta, p = row.get("delta_vs_best_unimodal"), row.get("p_value")
     if delta is None:
-        return "no reference"
-    if p is None and row.get("n", 0) < 2:
-        return "one seed: no interval or test; run with --seeds 3 or more"
+        return "no reference (no unimodal variant in the comparison)"
+    if row.get("n_paired", 0) < 2:
+        return "one seed: no interval or test can be given; run with --seeds 3 or more"
     if p is None:
         return "undetermined: every seed differs by the same amount, so no test applies"
     if p >= alpha:

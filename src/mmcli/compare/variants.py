@@ -1,16 +1,24 @@
 """Families and named variants of a comparison.
 
-`unimodal` = one variant per modality; `multimodal` = the default fusion set over all
-modalities; `multimodal:all` = every registered fusion. A variant is named `unimodal:image`, `multimodal:concat` and so on.
+- `unimodal`: one variant per modality (`unimodal:image`);
+- `multimodal`: the default fusion set over all modalities (`multimodal:concat`, ...);
+  `multimodal:all` is every registered fusion;
+- `subsets`: every non-empty subset of the modalities with the configured fusion
+  (`model.fusion`): the single modalities are the unimodal variants, the full set is
+  `multimodal:<fusion>`, the others are named `subset:image+text`. It is what modality
+  attribution (Shapley values) needs;
+- `crossmodal`: listed, but not available in this version.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from itertools import combinations
+from typing import Any
 
 from mmcli.errors import UsageError
 
-FAMILIES = ("unimodal", "multimodal", "crossmodal")
+FAMILIES = ("unimodal", "multimodal", "subsets", "crossmodal")
 
 
 @dataclass(frozen=True)
@@ -20,26 +28,50 @@ class Variant:
     modalities: tuple[str, ...]
     fusion: str | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
-def expand(items: list[str], modalities: list[str], fusions: list[str], default_fusions: tuple[str, ...]) -> list[Variant]:
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> "Variant":
+        return cls(value["name"], value["family"], tuple(value["modalities"]), value.get("fusion"))
+
+
+def expand(items: list[str], modalities: list[str], fusions: list[str], default_fusions: tuple[str, ...],
+           subset_fusion: str = "concat") -> list[Variant]:
     """Families and variant names -> variants, in order, without repeats."""
     out: list[Variant] = []
     default = ["unimodal", "multimodal"] if len(modalities) > 1 else ["unimodal"]
     for item in items or default:
-        for variant in _expand_one(item.strip(), modalities, fusions, default_fusions):
+        for variant in _expand_one(item.strip(), modalities, fusions, default_fusions, subset_fusion):
             if variant not in out:
                 out.append(variant)
     return out
 
 
-def _expand_one(item: str, modalities: list[str], fusions: list[str], default_fusions: tuple[str, ...]) -> list[Variant]:
+def subset_variant(subset: tuple[str, ...], modalities: list[str], fusion: str) -> Variant:
+    """The variant that trains on exactly these modalities (in the data's order)."""
+    ordered = tuple(m for m in modalities if m in subset)
+    if len(ordered) == 1:
+        return Variant(f"unimodal:{ordered[0]}", "unimodal", ordered)
+    if len(ordered) == len(modalities):
+        return Variant(f"multimodal:{fusion}", "multimodal", ordered, fusion)
+    return Variant(f"subset:{'+'.join(ordered)}", "subsets", ordered, fusion)
+
+
+def _expand_one(item: str, modalities: list[str], fusions: list[str], default_fusions: tuple[str, ...],
+                subset_fusion: str) -> list[Variant]:
     if item == "unimodal":
         return [Variant(f"unimodal:{m}", "unimodal", (m,)) for m in modalities]
     if item == "multimodal":
         _need_two(modalities, item)
         return [Variant(f"multimodal:{f}", "multimodal", tuple(modalities), f) for f in default_fusions]
+    if item == "subsets":
+        _need_two(modalities, item)
+        return [subset_variant(c, modalities, subset_fusion)
+                for k in range(1, len(modalities) + 1) for c in combinations(modalities, k)]
     if item == "crossmodal" or item.startswith("crossmodal:"):
-        raise UsageError("the crossmodal family is not available in this version (it needs the retrieval and captioning tasks)")
+        raise UsageError("the crossmodal family is not available in this version (it needs the retrieval and "
+                         "captioning tasks); compare unimodal, multimodal and subsets")
     family, _, arg = item.partition(":")
     if family == "unimodal" and arg:
         if arg not in modalities:
@@ -53,7 +85,15 @@ def _expand_one(item: str, modalities: list[str], fusions: list[str], default_fu
         if arg not in fusions or arg == "identity":
             raise UsageError(f"variant '{item}': unknown fusion '{arg}' (known: {', '.join(f for f in fusions if f != 'identity')})")
         return [Variant(item, "multimodal", tuple(modalities), arg)]
-    raise UsageError(f"unknown family or variant '{item}' (families: {', '.join(FAMILIES)}; variants look like unimodal:image, multimodal:concat)")
+    if family == "subset" and arg:
+        parts = tuple(p.strip() for p in arg.split("+") if p.strip())
+        unknown = [p for p in parts if p not in modalities]
+        if unknown or len(parts) < 2 or len(set(parts)) != len(parts):
+            raise UsageError(f"variant '{item}': name two or more different modalities of the data joined by '+' "
+                             f"(it has: {', '.join(modalities)})")
+        return [subset_variant(parts, modalities, subset_fusion)]
+    raise UsageError(f"unknown family or variant '{item}' (families: {', '.join(FAMILIES)}; variants look like "
+                     "unimodal:image, multimodal:concat, subset:image+text)")
 
 
 def _need_two(modalities: list[str], item: str) -> None:

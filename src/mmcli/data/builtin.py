@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 TOY_VERSION = "v1"
-TOY_SIZE = 2000
+TOY_SIZE = 1200
 TOY_SEED = 0
 
 

@@ -220,7 +220,7 @@ def _write_manifest(out: Path, rows: list[dict[str, str]]) -> Path:
 
 def make_toy(
     out: Path,
-    n: int = 2000,
+    n: int = 1200,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:

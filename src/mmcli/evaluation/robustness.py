@@ -80,14 +80,11 @@ def sweep(run_dir: Path, data: str | None = None, split: str = "test", cache_dir
 
 def plot_curves(result: dict[str, Any], run_dir: Path) -> list[str]:
     """One PNG per modality: the metric against the corruption level, a line per kind."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mmcli.reporting.plots import figure, save_png
 
     names = []
     for m, kinds in result["curves"].items():
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig, ax = figure(5, 3.5)
         for kind, curve in kinds.items():
             ax.plot(result["levels"], curve, marker="o", markersize=3, label=kind)
         if m in result["dropped"]:
@@ -97,12 +94,7 @@ def plot_curves(result: dict[str, Any], run_dir: Path) -> list[str]:
         ax.set_ylim(0, 1)
         ax.set_title(f"robustness: {m}")
         ax.legend(fontsize=8)
-        fig.tight_layout()
         name = f"robustness-{m}.png"
-        tmp = run_dir / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        runs.open_up(tmp)
-        tmp.replace(run_dir / name)
+        save_png(fig, run_dir / name)
         names.append(name)
     return names

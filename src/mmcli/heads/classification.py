@@ -37,6 +37,13 @@ class Classification:
     def evaluate(self, logits: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict[str, Any]:
         return classification_scores(logits, labels, names)
 
+    def prior_outputs(self, train_labels: torch.Tensor, n_outputs: int, n: int) -> torch.Tensor:
+        """Outputs of a model that sees no input: the log of the training label prior, so it
+        predicts the most frequent training class (the baseline of modality attribution)."""
+        counts = torch.bincount(train_labels[train_labels >= 0], minlength=n_outputs).double()
+        prior = (counts + 1e-6) / (counts.sum() + 1e-6 * n_outputs)
+        return prior.log().float().expand(n, n_outputs).clone()
+
     def predict(self, logits: torch.Tensor, names: list[str], top_k: int) -> list[dict[str, Any]]:
         probs = torch.softmax(logits.float(), dim=1)
         k = max(1, min(top_k, len(names)))

@@ -26,6 +26,7 @@ class TrainOutcome:
     data: RunData
     test_scores: dict | None
     parameters: int
+    model: object = None  # the trained model (best weights where the test split was scored)
 
 
 def variant_of(config: Config, modalities: list[str]) -> str:
@@ -86,7 +87,7 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
-    return TrainOutcome(final, result, data, scores, count_parameters(model))
+    return TrainOutcome(final, result, data, scores, count_parameters(model), model)
 
 
 def _score_test(model, task, data: RunData, config: Config, run_dir: Path, result: FitResult) -> dict | None:

@@ -42,12 +42,14 @@ def pick_device(name: str) -> torch.device:
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int):
     """AdamW (no weight decay on biases and norms) with linear warm-up then cosine decay."""
-    decay, no_decay = [], []
+    decay, no_decay, devices = [], [], set()
     for p in model.parameters():
+        devices.add(p.device.type)
         if p.requires_grad:
             (decay if p.dim() > 1 else no_decay).append(p)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+        fused=devices <= {"cpu", "cuda"} or None,  # one kernel for all parameters, where torch has it
     )
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))

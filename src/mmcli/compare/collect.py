@@ -1,0 +1,261 @@
+"""Collect a comparison's cell results into its reports.
+
+Everything here reads only the plan (`compare.json`) and the cells' `compare-result.json`
+files, so a plain run, `--jobs N` and `--collect DIR` after `--print-jobs` all end in the
+same summary. Outputs, all directly in the comparison folder: `results.csv` (a row per
+cell), `summary.csv` and `summary.json` (a row per variant), `attribution.json` (when the
+`subsets` family is complete), `per_class.csv`, `report.md` and `compare.png`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmcli import runs
+from mmcli.compare import attribution as attr
+from mmcli.compare import stats
+from mmcli.compare.runner import Plan, load_plan, read_cell
+from mmcli.compare.variants import subset_variant
+
+
+@dataclass
+class CompareResult:
+    out: Path
+    metric: str
+    results: list[dict[str, Any]] = field(default_factory=list)
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    attribution: dict[str, Any] | None = None
+    per_class: list[dict[str, Any]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # cells without a result
+    modalities: list[str] = field(default_factory=list)
+    command: str = ""
+
+
+def collect(out: Path, plan: Plan | None = None, reused: set[int] | None = None) -> CompareResult:
+    plan = plan or load_plan(out)
+    result = CompareResult(out, plan.metric, modalities=list(plan.modalities), command=plan.command)
+    saved: dict[int, dict[str, Any]] = {}
+    for k, cell in enumerate(plan.cells):
+        found = read_cell(out, cell)
+        if found is None:
+            result.missing.append(f"job {k}: {cell['variant']} seed {cell['seed']}")
+        else:
+            saved[k] = found
+    for k, r in saved.items():
+        cell = plan.cells[k]
+        row = {"variant": cell["variant"], "family": r["family"], "seed": cell["seed"], "metric": plan.metric,
+               "value": r["scores"].get(plan.metric)}
+        for m in plan.modalities:
+            row[f"without_{m}"] = r["without"].get(m, {}).get(plan.metric)
+        row.update({"best_epoch": r.get("best_epoch"), "seconds": r.get("seconds"), "run": cell["run"],
+                    "reused": None if reused is None else k in reused})
+        result.results.append(row)
+    result.summary = summarise(result.results, plan)
+    result.attribution = attribution(result.results, plan)
+    result.per_class = per_class(plan, saved, result.summary)
+    write_outputs(result, plan)
+    return result
+
+
+def _values(results: list[dict[str, Any]], variant: str, key: str = "value") -> dict[int, float]:
+    return {r["seed"]: r[key] for r in results if r["variant"] == variant and r[key] is not None}
+
+
+def summarise(results: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
+    rows = []
+    for v in plan.variants:
+        row = {"variant": v.name, "family": v.family, "metric": plan.metric, **stats.describe(list(_values(results, v.name).values()))}
+        rows.append(row)
+    uni = [r for r in rows if r["family"] == "unimodal" and r["mean"] is not None]
+    best = (max if plan.higher_is_better else min)(uni, key=lambda r: r["mean"]) if uni else None
+    for row in rows:
+        row["is_best_unimodal"] = best is not None and row["variant"] == best["variant"]
+        row["best_unimodal"] = best["variant"] if best else None
+        if best is None or row["is_best_unimodal"]:  # no reference, or the reference itself: nothing to test
+            diff = {"delta": 0.0 if best else None, "delta_ci_low": None, "delta_ci_high": None, "p_value": None,
+                    "n_paired": row["n"] if best else 0}
+        else:
+            diff = stats.paired(_values(results, row["variant"]), _values(results, best["variant"]))
+        row["delta_vs_best_unimodal"] = diff.pop("delta")
+        row.update(diff)
+        row["test"] = stats.TEST_NAME
+        row["verdict"] = stats.verdict(row, plan.higher_is_better)
+        for m in plan.modalities:  # robustness: the metric with each modality missing at test time
+            values = list(_values(results, row["variant"], f"without_{m}").values())
+            row[f"without_{m}"] = sum(values) / len(values) if values else None
+    return rows
+
+
+def attribution(results: list[dict[str, Any]], plan: Plan) -> dict[str, Any] | None:
+    """Shapley values and pairwise interactions of the modalities, when every subset ran."""
+    players = list(plan.modalities)
+    if len(players) < 2 or plan.baseline is None or plan.metric not in plan.baseline:
+        return None
+    fusion = plan.base_config().model.fusion
+    names = {frozenset(s): subset_variant(tuple(s), players, fusion).name for s in attr.all_subsets(players) if s}
+    planned = {v.name for v in plan.variants}
+    if not set(names.values()) <= planned:
+        return None
+    per_seed = {name: _values(results, name) for name in names.values()}
+    seeds = sorted(set.intersection(*(set(v) for v in per_seed.values())))
+    if not seeds:
+        return None
+    empty = plan.baseline[plan.metric]
+    phis, inters = [], []
+    for s in seeds:
+        def v(subset: frozenset, s: int = s) -> float:
+            return empty if not subset else per_seed[names[subset]][s]
+        phis.append(attr.shapley(players, v))
+        inters.append(attr.interactions(players, v))
+    mean_value = {"+".join(m for m in players if m in subset): sum(per_seed[name][s] for s in seeds) / len(seeds)
+                  for subset, name in names.items()}
+    return {
+        "metric": plan.metric,
+        "method": "Exact Shapley value (Shapley, 1953) over every subset of the modalities, and the pairwise "
+                  "Shapley interaction index (Grabisch & Roubens, 1999); the empty set is the training label prior",
+        "fusion": fusion,
+        "seeds": seeds,
+        "empty_set": empty,
+        "value_of_subsets": mean_value,
+        "shapley": {m: stats.describe([p[m] for p in phis]) for m in players},
+        "interaction": {attr.pair_name(pair): stats.describe([i[pair] for i in inters]) for pair in inters[0]},
+    }
+
+
+def per_class(plan: Plan, saved: dict[int, dict[str, Any]], summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean per-class F1 of each variant over seeds, and its difference to the best unimodal."""
+    f1: dict[str, dict[str, list[float]]] = {}
+    for k, r in saved.items():
+        for label, scores in (r.get("per_class") or {}).items():
+            f1.setdefault(plan.cells[k]["variant"], {}).setdefault(label, []).append(scores["f1"])
+    if not f1:
+        return []
+    best = next((s["best_unimodal"] for s in summary if s["best_unimodal"]), None)
+    rows = []
+    for v in plan.variants:
+        for label, values in f1.get(v.name, {}).items():
+            mean = sum(values) / len(values)
+            ref = f1.get(best, {}).get(label) if best else None
+            rows.append({"variant": v.name, "class": label, "f1": mean, "n": len(values),
+                         "delta_vs_best_unimodal": mean - sum(ref) / len(ref) if ref else None})
+    return rows
+
+
+# --------------------------------------------------------------------------- files
+
+def write_outputs(result: CompareResult, plan: Plan) -> None:
+    out = result.out
+    runs.write_atomic(out / "results.csv", to_csv(result.results))
+    runs.write_atomic(out / "summary.csv", to_csv(result.summary))
+    runs.write_json(out / "summary.json", result.summary)
+    if result.attribution is not None:
+        runs.write_json(out / "attribution.json", result.attribution)
+    if result.per_class:
+        runs.write_atomic(out / "per_class.csv", to_csv(result.per_class))
+    runs.write_atomic(out / "report.md", report_markdown(result, plan))
+    if any(r["mean"] is not None for r in result.summary):
+        bar_chart(result, out / "compare.png")
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _f(value: Any, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _interval(low: Any, high: Any) -> str:
+    return "–" if low is None else f"[{low:.4f}, {high:.4f}]"
+
+
+def report_markdown(result: CompareResult, plan: Plan) -> str:
+    mods = result.modalities
+    lines = [f"# Comparison on {result.metric}", "",
+             f"Command: `{result.command}`" if result.command else "", "",
+             f"{plan.seeds} seed(s) per variant, the same splits and budget for every run. Mean over seeds with "
+             f"a 95 % Student t-interval; delta is the difference to the best unimodal variant, paired by seed, "
+             f"with its 95 % t-interval and the p-value of a {stats.TEST_NAME}. "
+             f"{'Higher' if plan.higher_is_better else 'Lower'} is better.", ""]
+    if result.missing:
+        lines += [f"**Incomplete**: {len(result.missing)} run(s) have no result yet: " + "; ".join(result.missing), ""]
+    lines += ["| variant | n | mean | std | 95 % CI | delta vs best unimodal | delta 95 % CI | p | verdict |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in result.summary:
+        lines.append(f"| {r['variant']} | {r['n']} | {_f(r['mean'])} | {_f(r['std'])} | {_interval(r['ci_low'], r['ci_high'])} | "
+                     f"{_f(r['delta_vs_best_unimodal'])} | {_interval(r['delta_ci_low'], r['delta_ci_high'])} | "
+                     f"{_f(r['p_value'], 3)} | {r['verdict']} |")
+    if plan.seeds < 2:
+        lines += ["", "One seed: no interval or test can be given. Run with `--seeds 3` or more."]
+    robust = [r for r in result.summary if any(r.get(f"without_{m}") is not None for m in mods)]
+    if robust:
+        lines += ["", "## Missing modalities", "",
+                  f"{result.metric} on the test split with one modality missing (its input absent, as `mmcli evaluate --drop`); "
+                  "in brackets the change from the clean score.", "",
+                  "| variant | clean | " + " | ".join(f"without {m}" for m in mods) + " |",
+                  "|---|---|" + "---|" * len(mods)]
+        for r in robust:
+            cells = []
+            for m in mods:
+                w = r.get(f"without_{m}")
+                cells.append("–" if w is None else f"{w:.4f} ({w - r['mean']:+.4f})")
+            lines.append(f"| {r['variant']} | {_f(r['mean'])} | " + " | ".join(cells) + " |")
+    lines += ["", "## Modality attribution", ""]
+    a = result.attribution
+    if a is None:
+        lines.append("Run the `subsets` family (every non-empty subset of the modalities) to get each modality's "
+                     "Shapley value.")
+    else:
+        lines += [f"{a['method']}. Fusion: {a['fusion']}; seeds: {', '.join(map(str, a['seeds']))}; "
+                  f"empty set: {a['empty_set']:.4f}. The Shapley values add up to v(all) - v(empty).", "",
+                  "| modality | Shapley value | 95 % CI |", "|---|---|---|"]
+        lines += [f"| {m} | {_f(s['mean'])} | {_interval(s['ci_low'], s['ci_high'])} |" for m, s in a["shapley"].items()]
+        lines += ["", "| pair | interaction | 95 % CI | reading |", "|---|---|---|---|"]
+        for pair, s in a["interaction"].items():
+            reading = "synergy" if s["mean"] > 0 else "redundancy" if s["mean"] < 0 else "none"
+            lines.append(f"| {pair} | {_f(s['mean'])} | {_interval(s['ci_low'], s['ci_high'])} | {reading} |")
+    if result.per_class:
+        variants = [v.name for v in plan.variants]
+        best = next((s["best_unimodal"] for s in result.summary if s["best_unimodal"]), None)
+        table = {(r["variant"], r["class"]): r for r in result.per_class}
+        classes = list(dict.fromkeys(r["class"] for r in result.per_class))
+        others = [v for v in variants if v != best]
+        lines += ["", "## Per-class differences", "",
+                  f"F1 per class, mean over seeds: the best unimodal variant ({best}) and each other variant's difference to it.", "",
+                  f"| class | {best} | " + " | ".join(others) + " |", "|---|---|" + "---|" * len(others)]
+        for c in classes:
+            ref = table.get((best, c))
+            cells = [_f(table[(v, c)]["delta_vs_best_unimodal"], 3) if (v, c) in table else "–" for v in others]
+            lines.append(f"| {c} | {_f(ref['f1'], 3) if ref else '–'} | " + " | ".join(cells) + " |")
+    lines += ["", "Files: results.csv (one row per run), summary.csv / summary.json (one row per variant), "
+              "per_class.csv, attribution.json (with the subsets family), compare.png.", ""]
+    return "\n".join(lines)
+
+
+def bar_chart(result: CompareResult, path: Path) -> None:
+    """Mean per variant with its 95 % interval as error bars, coloured by family."""
+    from mmcli.reporting.plots import figure, save_png
+
+    rows = [r for r in result.summary if r["mean"] is not None]
+    colours = {"unimodal": "#4c72b0", "multimodal": "#dd8452", "subsets": "#55a868", "crossmodal": "#8172b3"}
+    fig, ax = figure(max(4.0, 0.7 * len(rows) + 1.5), 3.8)
+    means = [r["mean"] for r in rows]
+    errors = [[r["mean"] - r["ci_low"] if r["ci_low"] is not None else 0 for r in rows],
+              [r["ci_high"] - r["mean"] if r["ci_high"] is not None else 0 for r in rows]]
+    ax.bar(range(len(rows)), means, yerr=errors, capsize=4, color=[colours.get(r["family"], "grey") for r in rows])
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r["variant"] for r in rows], rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel(result.metric)
+    n = max(r["n"] for r in rows)
+    ax.set_title(f"{result.metric}: mean over {n} seed(s)" + (", 95 % CI" if n > 1 else ""), fontsize=10)
+    save_png(fig, path)

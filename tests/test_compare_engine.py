@@ -1,0 +1,193 @@
+"""`mmcli compare` as an engine: resumes after a kill, runs in parallel or through
+--print-jobs + --collect with the same summary, and reports attribution and robustness."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# --jobs 2 everywhere: every run then uses one torch thread, whichever process runs it
+ARGS = ["unimodal:audio", "multimodal:sum", "--epochs", "6", "--seeds", "2", "--jobs", "2"]
+N_CELLS = 4
+
+
+def mmcli(*args, check=True) -> subprocess.CompletedProcess:
+    """The CLI in a process of its own (what the kill and xargs tests need)."""
+    result = subprocess.run([sys.executable, "-m", "mmcli", *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def cli(*args, check=True):
+    """The CLI in this process (no start-up cost): returncode, stdout, stderr like mmcli()."""
+    from typer.testing import CliRunner
+
+    from mmcli.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    out = subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+    if check:
+        assert out.returncode == 0, f"exit {out.returncode}\n{out.stdout}\n{out.stderr}\n{result.exception!r}"
+    return out
+
+
+def summary(out: Path) -> list[dict]:
+    return json.loads((out / "summary.json").read_text())
+
+
+def results(out: Path) -> list[dict]:
+    with open(out / "results.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def finished_cells(out: Path) -> int:
+    return len(list(out.glob("runs/*/compare-result.json")))
+
+
+@pytest.fixture(scope="module")
+def plain(toy_small, tmp_path_factory) -> Path:
+    """The reference: one uninterrupted comparison."""
+    out = tmp_path_factory.mktemp("plain") / "cmp"
+    cli("compare", *ARGS, "--data", toy_small, "--out", out, "--quiet")
+    return out
+
+
+def test_summary_has_the_documented_fields(plain):
+    rows = summary(plain)
+    assert [r["variant"] for r in rows] == ["unimodal:audio", "multimodal:sum"]
+    for r in rows:
+        for key in ("variant", "family", "metric", "mean", "std", "ci_low", "ci_high", "n",
+                    "delta_vs_best_unimodal", "p_value", "verdict", "without_audio", "without_text"):
+            assert key in r
+        assert r["n"] == 2 and r["ci_low"] <= r["mean"] <= r["ci_high"]
+    best = next(r for r in rows if r["is_best_unimodal"])
+    assert best["p_value"] is None and best["delta_vs_best_unimodal"] == 0.0
+    fused = rows[1]
+    # robustness columns: the multimodal variant is scored with each modality missing
+    assert fused["without_audio"] is not None and fused["without_text"] is not None
+    assert rows[0]["without_audio"] is None
+    cells = results(plain)
+    assert len(cells) == N_CELLS and all(r["without_text"] != "" for r in cells if r["variant"] == "multimodal:sum")
+    for name in ("summary.csv", "report.md", "per_class.csv", "compare.png", "compare.json"):
+        assert (plain / name).is_file(), name
+    from PIL import Image
+
+    with Image.open(plain / "compare.png") as img:
+        assert img.format == "PNG" and img.width > 300
+    report = (plain / "report.md").read_text()
+    assert "paired t-test" in report and "## Missing modalities" in report and "## Per-class differences" in report
+    assert "Command: `mmcli compare unimodal:audio" in report
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+def test_a_killed_comparison_resumes_and_ends_with_the_same_summary(plain, toy_small, tmp_path):
+    """SIGKILL the comparison (no chance to clean up) while its two workers train; the
+    workers notice and stop; the rerun skips what finished and ends where a plain run does."""
+    out = tmp_path / "cmp"
+    proc = subprocess.Popen([sys.executable, "-m", "mmcli", "compare", *ARGS, "--data", str(toy_small), "--out", str(out),
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    workers: set[int] = set()
+    while finished_cells(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        workers |= _children(proc.pid)
+        time.sleep(0.02)
+    workers |= _children(proc.pid)
+    proc.kill()
+    proc.wait()
+    if sys.platform.startswith("linux"):
+        assert workers, "no worker process was seen"
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(Path(f"/proc/{w}").exists() for w in workers), "workers outlived the killed comparison"
+    done = finished_cells(out)
+    assert 2 <= done < N_CELLS, f"the kill came too late to test anything ({done} of {N_CELLS} finished)"
+    assert not (out / "summary.json").exists()
+    before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/compare-result.json")}
+
+    mmcli("compare", *ARGS, "--data", toy_small, "--out", out, "--quiet")
+    rows = results(out)
+    assert sum(r["reused"] == "True" for r in rows) == done
+    for p, mtime in before.items():  # finished runs were not run again
+        assert p.stat().st_mtime_ns == mtime
+    assert not list(out.glob("runs/.*")), "a killed run's staging folder was left behind"
+    assert summary(out) == summary(plain)
+
+
+def test_print_jobs_through_xargs_then_collect_gives_the_same_summary(plain, toy_small, tmp_path):
+    out = tmp_path / "cmp"
+    printed = cli("compare", *ARGS, "--data", toy_small, "--out", out, "--print-jobs")
+    lines = printed.stdout.splitlines()
+    assert len(lines) == N_CELLS
+    for k, line in enumerate(lines):
+        words = shlex.split(line)
+        assert words[-2:] == ["--job", str(k)] and str(out.resolve()) in words
+    subprocess.run(["xargs", "-P", "2", "-I", "{}", "sh", "-c", "{}"], input=printed.stdout, text=True, check=True)
+    assert finished_cells(out) == N_CELLS
+    collected = cli("compare", "--collect", out)
+    assert summary(out) == summary(plain)
+    assert "multimodal:sum" in collected.stdout
+
+
+def test_collect_of_an_unfinished_plan_names_what_is_missing(toy_small, tmp_path):
+    out = tmp_path / "cmp"
+    cli("compare", "unimodal:audio", "unimodal:text", "--data", toy_small, "--epochs", "1", "--out", out, "--print-jobs")
+    cli("compare", "--out", out, "--job", "0")
+    result = cli("compare", "--collect", out)
+    assert "1 run(s) have no result yet" in result.stderr and "unimodal:text" in result.stderr
+    assert [r["n"] for r in summary(out)] == [1, 0]
+    assert "Incomplete" in (out / "report.md").read_text()
+    bad = cli("compare", "--out", out, "--job", "7", check=False)
+    assert bad.returncode == 2 and "jobs 0 to 1" in bad.stderr
+    bad = cli("compare", "--collect", tmp_path, check=False)
+    assert bad.returncode == 2 and "not a comparison folder" in bad.stderr
+
+
+def test_one_job_at_a_time_runs_in_this_process(toy_small, tmp_path):
+    out = tmp_path / "cmp"
+    result = cli("compare", "unimodal:audio", "multimodal:sum", "--data", toy_small, "--epochs", "1", "--jobs", "1", "--out", out)
+    assert "[1/2] unimodal:audio seed 0" in result.stderr and "[2/2] multimodal:sum seed 0" in result.stderr
+    assert json.loads((out / "compare.json").read_text())["threads"] == 0  # torch's own default
+    assert [r["n"] for r in summary(out)] == [1, 1]
+    bad = cli("compare", "unimodal:audio", "--data", toy_small, "--jobs", "many", "--out", tmp_path / "x", check=False)
+    assert bad.returncode == 2 and "--jobs many" in bad.stderr
+
+
+def test_subsets_family_gives_shapley_values_that_add_up(toy_small, tmp_path):
+    out = tmp_path / "cmp"
+    result = cli("compare", "subsets", "--data", toy_small, "--epochs", "2", "--out", out)
+    variants = [r["variant"] for r in summary(out)]
+    assert variants == ["unimodal:image", "unimodal:audio", "unimodal:text", "subset:image+audio",
+                        "subset:image+text", "subset:audio+text", "multimodal:concat"]
+    a = json.loads((out / "attribution.json").read_text())
+    total = sum(s["mean"] for s in a["shapley"].values())
+    full = next(r["mean"] for r in summary(out) if r["variant"] == "multimodal:concat")
+    assert total == pytest.approx(full - a["empty_set"])  # efficiency: the values share v(all) - v(empty)
+    assert a["empty_set"] == pytest.approx(1 / 12, abs=0.02)  # balanced 12 classes: the prior is chance
+    assert set(a["interaction"]) == {"image+audio", "image+text", "audio+text"}
+    assert "Shapley" in (out / "report.md").read_text() and "attribution" in result.stdout + result.stderr
+
+
+def test_bad_requests_exit_2(toy_small, tmp_path):
+    for args, message in [(["crossmodal"], "not available"), (["subset:image+smell"], "modalities of the data"),
+                          (["unimodal", "--metric", "f1"], "not a metric")]:
+        result = cli("compare", *args, "--data", toy_small, "--out", tmp_path / "x", check=False)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    result = cli("compare", "--job", "0", check=False)
+    assert result.returncode == 2 and "--job needs --out" in result.stderr

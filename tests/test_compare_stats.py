@@ -1,0 +1,100 @@
+"""The statistics and the attribution of `compare`, against values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mmcli.compare import attribution as attr
+from mmcli.compare import stats
+
+
+def test_interval_of_three_values_by_hand():
+    # mean 0.85, sd 0.05; t(0.975, 2) = 4.302653; half width = 4.302653 * 0.05 / sqrt(3) = 0.124207
+    d = stats.describe([0.80, 0.85, 0.90])
+    assert d["n"] == 3
+    assert d["mean"] == pytest.approx(0.85)
+    assert d["std"] == pytest.approx(0.05)
+    assert d["ci_low"] == pytest.approx(0.85 - 0.124207, abs=1e-6)
+    assert d["ci_high"] == pytest.approx(0.85 + 0.124207, abs=1e-6)
+
+
+def test_one_value_has_no_interval():
+    d = stats.describe([0.7])
+    assert d == {"mean": 0.7, "std": None, "ci_low": None, "ci_high": None, "n": 1}
+
+
+def test_paired_t_test_by_hand():
+    # differences 0.1, 0.2, 0.3: mean 0.2, sd 0.1, t = 0.2 / (0.1 / sqrt 3) = 2 sqrt 3.
+    # With 2 degrees of freedom the t CDF is 1/2 + t / (2 sqrt(2 + t^2)), so the two-sided
+    # p-value is 1 - t / sqrt(2 + t^2) = 1 - sqrt(12 / 14) = 0.074180.
+    values = {0: 0.6, 1: 0.8, 2: 0.7}
+    reference = {0: 0.5, 1: 0.6, 2: 0.4}
+    d = stats.paired(values, reference)
+    assert d["delta"] == pytest.approx(0.2)
+    assert d["p_value"] == pytest.approx(1 - math.sqrt(12 / 14), abs=1e-6)
+    assert d["p_value"] == pytest.approx(0.074180, abs=1e-6)
+    half = 4.302653 * 0.1 / math.sqrt(3)
+    assert d["delta_ci_low"] == pytest.approx(0.2 - half, abs=1e-6)
+    assert d["n_paired"] == 3
+
+
+def test_pairs_only_the_seeds_both_have():
+    d = stats.paired({0: 0.9, 1: 0.8, 5: 0.1}, {0: 0.7, 1: 0.7, 2: 0.0})
+    assert d["n_paired"] == 2 and d["delta"] == pytest.approx(0.15)
+
+
+def test_identical_runs_and_constant_shifts():
+    assert stats.paired({0: 0.5, 1: 0.6}, {0: 0.5, 1: 0.6})["p_value"] == 1.0
+    assert stats.paired({0: 0.6, 1: 0.7}, {0: 0.5, 1: 0.6})["p_value"] is None  # no spread: t undefined
+
+
+@pytest.mark.parametrize("row, higher, expected", [
+    ({"is_best_unimodal": True}, True, "best single modality"),
+    ({"delta_vs_best_unimodal": 0.05, "p_value": 0.01, "n_paired": 3}, True, "better than"),
+    ({"delta_vs_best_unimodal": 0.05, "p_value": 0.01, "n_paired": 3}, False, "worse than"),
+    ({"delta_vs_best_unimodal": -0.05, "p_value": 0.01, "n_paired": 3}, False, "better than"),
+    ({"delta_vs_best_unimodal": 0.05, "p_value": 0.2, "n_paired": 3}, True, "no significant difference"),
+    ({"delta_vs_best_unimodal": 0.05, "p_value": None, "n_paired": 1}, True, "one seed: no interval"),
+    ({"delta_vs_best_unimodal": None, "p_value": None, "n_paired": 0}, True, "no reference"),
+])
+def test_verdicts(row, higher, expected):
+    assert stats.verdict(row, higher).startswith(expected)
+
+
+# --------------------------------------------------------------------------- Shapley
+
+def _game(values: dict[str, float]):
+    return lambda s: values["".join(sorted(s))]
+
+
+def test_glove_game():
+    # player a holds a left glove, b and c a right glove each; a pair is worth 1.
+    # Closed form: phi_a = 2/3, phi_b = phi_c = 1/6.
+    v = _game({"": 0, "a": 0, "b": 0, "c": 0, "ab": 1, "ac": 1, "bc": 0, "abc": 1})
+    phi = attr.shapley(["a", "b", "c"], v)
+    assert phi == pytest.approx({"a": 2 / 3, "b": 1 / 6, "c": 1 / 6})
+
+
+def test_unanimity_game_and_its_interactions():
+    # u_T with T = {a, b, c}: phi_i = 1/3 each; the interaction index of any pair is 1/(|T|-1) = 1/2
+    v = lambda s: 1.0 if s >= {"a", "b", "c"} else 0.0  # noqa: E731
+    assert attr.shapley(["a", "b", "c"], v) == pytest.approx({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3})
+    assert attr.interactions(["a", "b", "c"], v) == pytest.approx({("a", "b"): 0.5, ("a", "c"): 0.5, ("b", "c"): 0.5})
+
+
+def test_additive_game_has_no_interaction_and_efficiency_holds():
+    w = {"a": 0.1, "b": 0.25, "c": -0.05}
+    v = lambda s: 0.3 + sum(w[p] for p in s)  # noqa: E731
+    assert attr.shapley(list(w), v) == pytest.approx(w)
+    assert all(abs(x) < 1e-12 for x in attr.interactions(list(w), v).values())
+
+
+def test_redundant_pair_has_negative_interaction():
+    # a and b carry the same information (either alone is worth 1), c nothing
+    v = lambda s: 1.0 if s & {"a", "b"} else 0.0  # noqa: E731
+    phi = attr.shapley(["a", "b", "c"], v)
+    assert phi == pytest.approx({"a": 0.5, "b": 0.5, "c": 0.0})
+    inter = attr.interactions(["a", "b", "c"], v)
+    assert inter[("a", "b")] == pytest.approx(-1.0) and inter[("a", "c")] == pytest.approx(0.0)
