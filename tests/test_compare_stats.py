@@ -57,7 +57,9 @@ def test_identical_runs_and_constant_shifts():
     ({"delta_vs_best_unimodal": -0.05, "p_value": 0.01, "n_paired": 3}, False, "better than"),
     ({"delta_vs_best_unimodal": 0.05, "p_value": 0.2, "n_paired": 3}, True, "no significant difference"),
     ({"delta_vs_best_unimodal": 0.05, "p_value": None, "n_paired": 1}, True, "one seed: no interval"),
-    ({"delta_vs_best_unimodal": None, "p_value": None, "n_paired": 0}, True, "no reference"),
+    ({"delta_vs_best_unimodal": None, "p_value": None, "n_paired": 0, "best_unimodal": None}, True, "no reference"),
+    ({"delta_vs_best_unimodal": None, "p_value": None, "n_paired": 0, "n": 0, "best_unimodal": "unimodal:a"}, True, "no results yet"),
+    ({"delta_vs_best_unimodal": None, "p_value": None, "n_paired": 0, "n": 2, "best_unimodal": "unimodal:a"}, True, "no seed in common"),
 ])
 def test_verdicts(row, higher, expected):
     assert stats.verdict(row, higher).startswith(expected)

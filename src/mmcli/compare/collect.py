@@ -152,12 +152,17 @@ def write_outputs(result: CompareResult, plan: Plan) -> None:
     runs.write_atomic(out / "results.csv", to_csv(result.results))
     runs.write_atomic(out / "summary.csv", to_csv(result.summary))
     runs.write_json(out / "summary.json", result.summary)
+    runs.write_atomic(out / "report.md", report_markdown(result, plan))
+    optional = {"attribution.json": result.attribution is not None, "per_class.csv": bool(result.per_class),
+                "compare.png": any(r["mean"] is not None for r in result.summary)}
+    for name, wanted in optional.items():
+        if not wanted:  # a file of an earlier plan in this folder would contradict the report
+            (out / name).unlink(missing_ok=True)
     if result.attribution is not None:
-        runs.write_json(out / "attribution.json", result.attribution)
+        runs.write_json(out / "attribution.json", {**result.attribution, "higher_is_better": plan.higher_is_better})
     if result.per_class:
         runs.write_atomic(out / "per_class.csv", to_csv(result.per_class))
-    runs.write_atomic(out / "report.md", report_markdown(result, plan))
-    if any(r["mean"] is not None for r in result.summary):
+    if optional["compare.png"]:
         bar_chart(result, out / "compare.png")
 
 
@@ -217,12 +222,15 @@ def report_markdown(result: CompareResult, plan: Plan) -> str:
                      "Shapley value.")
     else:
         lines += [f"{a['method']}. Fusion: {a['fusion']}; seeds: {', '.join(map(str, a['seeds']))}; "
-                  f"empty set: {a['empty_set']:.4f}. The Shapley values add up to v(all) - v(empty).", "",
+                  f"empty set: {a['empty_set']:.4f}. The Shapley values add up to v(all) - v(empty)"
+                  + ("." if plan.higher_is_better else f"; {result.metric} is lower-is-better, so a negative value is a gain."), "",
                   "| modality | Shapley value | 95 % CI |", "|---|---|---|"]
         lines += [f"| {m} | {_f(s['mean'])} | {_interval(s['ci_low'], s['ci_high'])} |" for m, s in a["shapley"].items()]
         lines += ["", "| pair | interaction | 95 % CI | reading |", "|---|---|---|---|"]
+        sign = 1 if plan.higher_is_better else -1  # for a lower-is-better metric a negative interaction is synergy
         for pair, s in a["interaction"].items():
-            reading = "synergy" if s["mean"] > 0 else "redundancy" if s["mean"] < 0 else "none"
+            gain = sign * s["mean"]
+            reading = "synergy" if gain > 0 else "redundancy" if gain < 0 else "none"
             lines.append(f"| {pair} | {_f(s['mean'])} | {_interval(s['ci_low'], s['ci_high'])} | {reading} |")
     if result.per_class:
         variants = [v.name for v in plan.variants]

@@ -111,12 +111,12 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
     """Check the request, prepare the data once and list every cell with its fingerprint."""
     from mmcli.data.preprocess import BUILTIN_PREFIX
     from mmcli.fusion import DEFAULT_FUSIONS, FUSIONS
-    from mmcli.heads import TASKS
+    from mmcli.heads import make_task
     from mmcli.training.api import fingerprint
 
     if seeds < 1:
         raise UsageError("--seeds must be at least 1")
-    task = TASKS.get(config.model.task)()
+    task = make_task(config)
     metric = metric or config.eval.metric or task.default_metric
     if metric not in task.metrics:
         raise UsageError(f"--metric {metric}: not a metric of {task.name} (choose from {', '.join(task.metrics)})")
@@ -133,12 +133,13 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
                          "or drop the split column to draw a split")
     variants = expand(items, data.modalities, FUSIONS.names(), DEFAULT_FUSIONS, base.model.fusion)
     plan = Plan(variants, seeds, metric, metric not in task.lower_is_better, base.to_dict(), list(data.modalities),
-                baseline=_baseline(task, data), command=command, threads=threads)
+                baseline=_baseline(data.task, data), command=command, threads=threads)
     for v in variants:
         for i in range(seeds):
             cfg = variant_config(base, v, i)
-            plan.cells.append({"variant": v.name, "seed_index": i, "seed": cfg.train.seed,
-                               "run": run_dir_for(v, cfg.train.seed), "fingerprint": fingerprint(cfg, data.table.key)})
+            # the torch thread count is part of a run's identity: it changes the floating-point sums
+            plan.cells.append({"variant": v.name, "seed_index": i, "seed": cfg.train.seed, "run": run_dir_for(v, cfg.train.seed),
+                               "fingerprint": f"{fingerprint(cfg, data.table.key)}-t{threads}"})
     return plan, data
 
 
@@ -147,7 +148,7 @@ def _baseline(task, data: RunData) -> dict[str, float] | None:
     if not hasattr(task, "prior_outputs"):
         return None
     train, test = data.part("train"), data.part("test")
-    outputs = task.prior_outputs(train.labels, len(data.labels), len(test))
+    outputs = task.prior_outputs(train.labels, task.n_outputs(data.labels), len(test))
     return _scalars(task.evaluate(outputs, test.labels, data.labels))
 
 
@@ -198,12 +199,11 @@ def _test_scores(outcome, cfg: Config) -> dict[str, Any]:
     """Scalar test metrics, per-class scores, and the metrics with each modality missing."""
     import torch
 
-    from mmcli.heads import TASKS
     from mmcli.training.loop import predict_logits
     from mmcli.training.setup import pick_device
 
-    task = TASKS.get(cfg.model.task)()
     rd: RunData = outcome.data
+    task = rd.task
     test = rd.part("test")
     device = pick_device(cfg.train.device)
     scores = outcome.test_scores or task.evaluate(predict_logits(outcome.model, test, cfg, device), test.labels, rd.labels)
@@ -228,11 +228,19 @@ def auto_jobs(device: str) -> int:
 
         if pick_device("auto").type != "cpu":
             return 1
-    return max(1, min(4, os.cpu_count() or 1))
+    return max(1, min(4, usable_cores()))
+
+
+def usable_cores() -> int:
+    """The cores this process may use (Slurm and taskset limit them), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def threads_per_job(jobs: int) -> int:
-    return max(1, (os.cpu_count() or 1) // jobs)
+    return max(1, usable_cores() // jobs)
 
 
 def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric: str | None = None,
@@ -291,19 +299,20 @@ def job_commands(out: Path, plan: Plan, cache_dir: str | None = None) -> list[st
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(out: str, cache_dir: str | None) -> None:
-    _exit_with_parent()
+def _worker_init(out: str, cache_dir: str | None, parent: int) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+    _exit_with_parent(parent)
     plan = load_plan(Path(out))
     _WORKER.update(out=Path(out), plan=plan, data=shared_data(plan.base_config(), cache_dir))
 
 
-def _exit_with_parent(interval: float = 0.5) -> None:
+def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
     """A worker whose comparison was killed stops too, instead of training on unseen; its
     unfinished run is cleaned up when the comparison is run again."""
     import threading
     import time
-
-    parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -322,18 +331,31 @@ def run_parallel(out: Path, plan: Plan, cache_dir: str | None, todo: list[int], 
     most modalities go first, so no long run is left alone at the end."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    from mmcli.errors import RunFailed
 
     if not todo:
         return
     order = sorted(todo, key=lambda k: -len(plan.variant(plan.cells[k]["variant"]).modalities))
     context = multiprocessing.get_context("spawn")  # a clean interpreter: no forked torch threads
     with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=context, initializer=_worker_init,
-                             initargs=(str(out), cache_dir)) as pool:
+                             initargs=(str(out), cache_dir, os.getpid())) as pool:
         futures = [pool.submit(_worker_cell, k) for k in order]
         try:
             for future in as_completed(futures):
                 yield future.result()  # the first failure is raised here
+        except BrokenProcessPool:
+            _stop(pool)
+            raise RunFailed("a worker process died (out of memory?); finished runs are kept: rerun the same command "
+                            "to resume, or use --jobs 1") from None
         except BaseException:
-            for f in futures:
-                f.cancel()
+            _stop(pool)
             raise
+
+
+def _stop(pool) -> None:
+    """Cancel what has not started and end the workers now, not after their current run."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.terminate()

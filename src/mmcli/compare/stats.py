@@ -64,8 +64,12 @@ def verdict(row: dict[str, Any], higher_is_better: bool = True, alpha: float = 0
     if row.get("is_best_unimodal"):
         return "best single modality (reference)"
     delta, p = row.get("delta_vs_best_unimodal"), row.get("p_value")
-    if delta is None:
+    if row.get("n", 1) == 0:
+        return "no results yet"
+    if row.get("best_unimodal") is None and delta is None:
         return "no reference (no unimodal variant in the comparison)"
+    if delta is None:
+        return "no seed in common with the best single modality"
     if row.get("n_paired", 0) < 2:
         return "one seed: no interval or test can be given; run with --seeds 3 or more"
     if p is None:
