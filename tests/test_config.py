@@ -43,7 +43,7 @@ def test_defaults():
     assert config.model.task == "classification"
     assert config.train.epochs == 12 and config.train.batch_size == 64 and config.train.seed == 0
     assert config.train.lr == pytest.approx(3e-3)
-    assert config.eval.split == "test" and config.eval.metric == "accuracy"
+    assert config.eval.split == "test" and config.eval.metric is None  # the task's own: accuracy for classification
     assert from_dict(None) == Config()
     assert resolve() == Config()
 

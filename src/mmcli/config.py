@@ -49,6 +49,7 @@ class DataConfig:
     hop_length: int = 256
     max_seconds: float = 2.0
     on_error: str = "fail"
+    label_separator: str = "|"  # multilabel: labels joined by this in the label column
 
 
 @dataclass
@@ -59,6 +60,7 @@ class ModelConfig:
     fusion: str = "concat"
     fusion_options: dict[str, Any] = field(default_factory=dict)
     task: str = "classification"
+    loss: Optional[str] = None  # None: the task's own; regression: mse or huber
     feature_dim: int = 128
     hidden_dim: int = 128
     dropout: float = 0.1
@@ -79,12 +81,15 @@ class TrainConfig:
     device: str = "auto"
     deterministic: bool = False
     gradient_blending: bool = False  # weigh the fused and per-modality losses (Wang et al., 2020)
+    class_weights: str = "none"  # classification: none or balanced (n / (classes x count))
+    sampler: str = "random"  # classification: random or weighted (rare classes drawn as often as common)
+    logger: str = "none"  # none or tensorboard (events in the run folder's tensorboard/)
 
 
 @dataclass
 class EvalConfig:
     split: str = "test"
-    metric: str = "accuracy"
+    metric: Optional[str] = None  # None: the task's own (accuracy, micro_f1, mae)
     batch_size: int = 256
 
 
@@ -185,6 +190,14 @@ def validate(config: Config) -> None:
             raise ConfigError(f"config key 'model.{key}' must be in [0, 1), got {getattr(config.model, key)}")
     if config.model.aux_loss_weight < 0:
         raise ConfigError("config key 'model.aux_loss_weight' must not be negative")
+    for key, allowed in (("class_weights", ("none", "balanced")), ("sampler", ("random", "weighted")),
+                         ("logger", ("none", "tensorboard"))):
+        if getattr(config.train, key) not in allowed:
+            raise ConfigError(f"config key 'train.{key}' must be one of {', '.join(allowed)}, got '{getattr(config.train, key)}'")
+    if config.model.loss not in (None, "mse", "huber"):
+        raise ConfigError(f"config key 'model.loss' must be mse or huber (regression), got '{config.model.loss}'")
+    if not config.data.label_separator:
+        raise ConfigError("config key 'data.label_separator' must not be empty")
     if config.train.lr <= 0:
         raise ConfigError(f"config key 'train.lr' must be positive, got {config.train.lr}")
 

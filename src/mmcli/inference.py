@@ -17,7 +17,6 @@ from mmcli.data import decode
 from mmcli.data import text as text_mod
 from mmcli.data.dataset import Encoded
 from mmcli.errors import BadRow, DataError
-from mmcli.heads import TASKS
 from mmcli.pipeline import LoadedRun
 from mmcli.training.loop import predict_outputs
 from mmcli.training.setup import pick_device
@@ -120,7 +119,7 @@ def predict_records(run: LoadedRun, records: list[Record], top_k: int = 5, expla
     target = pick_device(device)  # where this machine runs it, not where it was trained
     run.model.to(target)
     logits, weights = predict_outputs(run.model, encoded, run.config, target)
-    task = TASKS.get(run.config.model.task)()
+    task = run.task
     out = []
     names = run.model.modalities
     for i, (rec, pred, mods) in enumerate(zip(records, task.predict(logits, run.labels, top_k), used)):

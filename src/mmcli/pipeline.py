@@ -21,6 +21,7 @@ from mmcli.data.splits import assign_splits
 from mmcli.data.table import Table
 from mmcli.encoders import ModalitySpec
 from mmcli.errors import BadRow, DataError
+from mmcli.heads import make_task
 from mmcli.models import Model, build, chosen_modalities
 
 
@@ -33,12 +34,17 @@ class RunData:
     labels: list[str]
     tokenizers: dict = field(default_factory=dict)
     specs: dict[str, ModalitySpec] = field(default_factory=dict)
+    target_state: dict = field(default_factory=dict)  # the task's state (target.json)
+
+    @property
+    def task(self):
+        return make_task(self.config, self.target_state)
 
     def part(self, split: str | None) -> Encoded:
         """The rows of one split (all rows for None), encoded for the model."""
         rows = [i for i, s in enumerate(self.splits) if split is None or s == split]
-        index = {label: i for i, label in enumerate(self.labels)}
-        return encode_table(self.table.subset(rows), self.modalities, self.tokenizers, index)
+        task = self.task
+        return encode_table(self.table.subset(rows), self.modalities, self.tokenizers, lambda v: task.encode(v, self.labels))
 
     def counts(self) -> dict[str, int]:
         return {s: self.splits.count(s) for s in ("train", "val", "test")}
@@ -64,27 +70,40 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
     table = preprocess(config.data.manifest, config.data, cache_dir, workers, progress)
     if table.labels is None:
         raise DataError(f"{table.source}: no label column '{config.data.label}'")
-    splits = assign_splits(table.labels, table.given_splits, split_seed(config),
+    task = make_task(config)
+    splits = assign_splits(task.split_keys(table.labels), table.given_splits, split_seed(config),
                            config.data.val_fraction, config.data.test_fraction, table.source)
     modalities = chosen_modalities(config, list(table.modalities))
     train_rows = [i for i, s in enumerate(splits) if s == "train"]
     if not train_rows:
         raise DataError(f"{table.source}: the training split is empty")
-    labels = sorted({table.labels[i] for i in train_rows})
-    _check_unseen(table, splits, set(labels))
+    _check_targets(task, table, splits, None)
+    train_values = [table.labels[i] for i in train_rows]
+    labels = task.names(train_values)
+    if not labels:
+        raise DataError(f"{table.source}: the training split has no label in column '{config.data.label}'")
+    state = task.fit_state(train_values, labels)
+    _check_targets(task, table, splits, labels)
     tokenizers = {
         name: text_mod.fit_tokenizer([table.texts[name][i] for i in train_rows], config.data.vocab_size, config.data.text_max_len)
         for name in modalities if table.modalities[name].kind == "text"
     }
     specs = make_specs(config, table, modalities, tokenizers)
-    return RunData(config, table, splits, modalities, labels, tokenizers, specs)
+    return RunData(config, table, splits, modalities, labels, tokenizers, specs, state)
 
 
-def _check_unseen(table: Table, splits: list[str], known: set[str]) -> None:
-    bad = [BadRow(table.source, i + 1, "label", f"label '{table.labels[i]}' ({splits[i]}) never occurs in the training split")
-           for i in range(len(splits)) if table.labels[i] not in known]
-    if bad:
-        raise DataError(f"{table.source}: labels unseen in training", bad)
+def _check_targets(task, table: Table, splits: list[str], labels: list[str] | None) -> None:
+    """Every row's target must be usable by the task: a number for regression (checked
+    first, `labels` None), a label seen in training for classification."""
+    if labels is None:
+        problems = task.check(table.labels, splits, []) if task.name == "regression" else []
+    else:
+        problems = task.check(table.labels, splits, labels) if task.name != "regression" else []
+    if problems:
+        column = task.config.data.label
+        bad = [BadRow(table.source, i + 1, column, reason) for i, reason in problems]
+        what = "labels unseen in training" if task.name == "classification" else f"targets the {task.name} task cannot use"
+        raise DataError(f"{table.source}: {what}", bad)
 
 
 def save_run_inputs(run_dir: Path, rd: RunData) -> None:
@@ -95,6 +114,7 @@ def save_run_inputs(run_dir: Path, rd: RunData) -> None:
         config.data.manifest = os.path.relpath(Path(manifest).resolve(), run_dir.resolve())
     runs.write_atomic(run_dir / "config.yaml", config.to_yaml())
     runs.write_json(run_dir / "labels.json", rd.labels)
+    runs.write_json(run_dir / "target.json", {"task": rd.config.model.task, **rd.target_state})
     for name, tok in rd.tokenizers.items():
         runs.write_atomic(run_dir / f"tokenizer-{name}.json", tok.to_str())
     runs.write_json(run_dir / "data.json", {
@@ -116,6 +136,11 @@ class LoadedRun:
     tokenizers: dict
     model: Model
     weights_meta: dict[str, str]
+    target_state: dict = field(default_factory=dict)
+
+    @property
+    def task(self):
+        return make_task(self.config, self.target_state)
 
 
 def load_run(run_dir: Path, weights: str = "best") -> LoadedRun:
@@ -129,10 +154,13 @@ def load_run(run_dir: Path, weights: str = "best") -> LoadedRun:
         specs[name] = ModalitySpec(**spec)
     tokenizers = {n: text_mod.load_tokenizer(run_dir / f"tokenizer-{n}.json", config.data.text_max_len)
                   for n, s in specs.items() if s.kind == "text"}
-    model = build(config, specs, len(labels))
+    state = runs.read_json(run_dir / "target.json") if (run_dir / "target.json").is_file() else {}
+    state.pop("task", None)
+    task = make_task(config, state)
+    model = build(config, specs, task.n_outputs(labels))
     meta = runs.load_weights(model, run_dir / f"{weights}.safetensors")
     model.eval()
-    return LoadedRun(run_dir, config, labels, specs, columns, tokenizers, model, meta)
+    return LoadedRun(run_dir, config, labels, specs, columns, tokenizers, model, meta, state)
 
 
 def run_manifest(run: LoadedRun) -> str:
@@ -162,16 +190,19 @@ def data_for_run(run: LoadedRun, data: str | None, split: str | None, cache_dir:
     missing = [n for n in run.specs if n not in table.modalities]
     if missing:
         raise DataError(f"{source}: lacks the modalities this run uses: {', '.join(missing)}")
+    task = run.task
     if same or (table.given_splits is not None and any(table.given_splits)):
-        splits = assign_splits(table.labels, table.given_splits, split_seed(config),
+        keys = task.split_keys(table.labels) if table.labels is not None else None
+        splits = assign_splits(keys, table.given_splits, split_seed(config),
                                config.data.val_fraction, config.data.test_fraction, table.source)
         rows = [i for i, s in enumerate(splits) if split is None or s == split]
         if not rows:
             raise DataError(f"{source}: the {split} split is empty")
         table = table.subset(rows)
     if require_label and table.labels is not None:
-        _check_unseen(table, ["given"] * len(table), set(run.labels))
+        _check_targets(task, table, ["given"] * len(table), None)
+        _check_targets(task, table, ["given"] * len(table), run.labels)
     if transform is not None:  # drop or corrupt a modality (robustness evaluation)
         table = transform(table)
-    index = {label: i for i, label in enumerate(run.labels)} if table.labels is not None else None
-    return encode_table(table, list(run.specs), run.tokenizers, index), table
+    targets = (lambda v: task.encode(v, run.labels)) if table.labels is not None else None
+    return encode_table(table, list(run.specs), run.tokenizers, targets), table

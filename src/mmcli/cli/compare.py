@@ -21,6 +21,7 @@ def compare(
     items: Annotated[Optional[list[str]], typer.Argument(help="Families (unimodal, multimodal, subsets) or variants (unimodal:image, multimodal:concat, subset:image+text); default: unimodal multimodal.", show_default=False)] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Manifest or folder; default: the built-in toy set.", show_default=False)] = None,
     config: ConfigOpt = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="Task of every run: classification, multilabel or regression.", show_default=False)] = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per variant; results pair up by seed. Intervals and tests need 2 or more.")] = 1,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Most epochs per run.", show_default=False)] = None,
     metric: Annotated[Optional[str], typer.Option("--metric", help="Metric of the summary, the statistics and the verdicts (default: the task's, accuracy for classification).", show_default=False)] = None,
@@ -59,7 +60,7 @@ def compare(
         result, reused = run_job(out, job, cache_arg(cache_dir))
         log(f"job {job}: {result['variant']} seed {result['seed']} {'already finished' if reused else 'finished'}")
         return
-    cfg = resolve_config(config, {"data.manifest": data, "train.epochs": epochs, "train.seed": seed}, sets)
+    cfg = resolve_config(config, {"data.manifest": data, "train.epochs": epochs, "train.seed": seed, "model.task": task}, sets)
     n_jobs = _jobs(jobs, cfg.train.device)
     out = out or Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     command = _command_line(ctx)
@@ -123,16 +124,19 @@ def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, co
     from mmcli.compare.runner import run_compare
     from mmcli.reporting.console import FitBar, log, task_bar
 
+    from mmcli.heads import make_task
+
+    metric = metric or cfg.eval.metric or make_task(cfg).default_metric
     parallel = jobs > 1
     with task_bar("preprocessing") as update, \
-            (task_bar(f"runs, {jobs} at once") if parallel else FitBar(metric=metric or cfg.eval.metric)) as bar:
+            (task_bar(f"runs, {jobs} at once") if parallel else FitBar(metric=metric)) as bar:
         def on_run(done: int, total: int, name: str) -> None:
             log(f"[{done + 1}/{total}] {name}")
 
         def on_done(done: int, total: int, result: dict) -> None:
             if parallel:
                 bar(done, total)
-                name = metric or cfg.eval.metric
+                name = metric
                 value = result["scores"].get(name)
                 score = "" if value is None else f": {name} {value:.4f}"
                 log(f"[{done}/{total}] {result['variant']} seed {result['seed']}{score} ({result['seconds']:.0f} s)")

@@ -28,7 +28,9 @@ def evaluate(
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Accuracy, macro-F1, per-class precision and recall and the confusion matrix; saves eval-<split>.json."""
+    """The task's metrics (classification: accuracy, macro-F1, per-class precision and recall, the
+    confusion matrix; multilabel: micro/macro-F1, mAP, subset accuracy; regression: MAE, RMSE, R^2);
+    saves eval-<split>.json."""
     from mmcli.errors import UsageError
     from mmcli.evaluation.api import evaluate_run
     from mmcli.reporting.console import log, task_bar
@@ -53,12 +55,17 @@ def evaluate(
 def _show(scores: dict) -> None:
     from mmcli.reporting.tables import show_table
 
-    headline = [(k, f"{scores[k]:.4f}" if isinstance(scores[k], float) else scores[k])
-                for k in ("n_examples", "accuracy", "macro_f1", "loss") if k in scores]
+    headline = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in scores.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"]
     show_table(f"{scores['split']} split", ["metric", "value"], headline, "table")
     per_class = scores.get("per_class", {})
-    show_table("per class", ["label", "precision", "recall", "f1", "support"],
-               [(k, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]) for k, v in per_class.items()], "table")
+    if per_class:
+        show_table("per class", ["label", "precision", "recall", "f1", "support"],
+                   [(k, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]) for k, v in per_class.items()], "table")
+    per_label = scores.get("per_label", {})
+    if per_label:
+        show_table("per label", ["label", "f1", "support", "threshold"],
+                   [(k, f"{v['f1']:.3f}", v["support"], f"{v['threshold']:.2f}") for k, v in per_label.items()], "table")
     cm = scores.get("confusion_matrix")
     if cm:
         short = [str(i) for i in range(len(cm["labels"]))]

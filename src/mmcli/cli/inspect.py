@@ -40,7 +40,8 @@ def inspect(run: Annotated[Path, typer.Argument(help="Run folder written by mmcl
         last = history[-1]
         rows.append(("last epoch", ", ".join(f"{k} {v:.4f}" for k, v in last.items() if isinstance(v, float))))
     for name, scores in evals.items():
-        rows.append((name, f"accuracy {scores.get('accuracy', float('nan')):.4f}, macro_f1 {scores.get('macro_f1', float('nan')):.4f}, n {scores.get('n_examples')}"))
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
+        rows.append((name, f"{shown}, n {scores.get('n_examples')}"))
     rows += [("size on disk", f"{size / 1e6:.1f} MB"), ("trained with", prov.get("command", "?")),
              ("versions", f"mmcli {prov.get('mmcli')}, torch {prov.get('torch')}, python {prov.get('python')}")]
     show_table(str(run), ["", ""], rows, "table" if sys.stdout.isatty() else "csv")

@@ -19,7 +19,8 @@ def train(
     config: ConfigOpt = None,
     modalities: Annotated[Optional[str], typer.Option("--modalities", "-m", help="Comma-separated modalities to use, e.g. image,text (default: all).", show_default=False)] = None,
     fusion: Annotated[Optional[str], typer.Option("--fusion", help="Fusion for two or more modalities (see mmcli list fusions).", show_default=False)] = None,
-    task: Annotated[Optional[str], typer.Option("--task", help="Task (see mmcli list tasks).", show_default=False)] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="Task: classification, multilabel or regression (see mmcli list tasks).", show_default=False)] = None,
+    logger: Annotated[Optional[str], typer.Option("--logger", help="Also log losses, metrics and the learning rate to: tensorboard (needs pip install 'mmcli[tensorboard]'); metrics.jsonl is always written.", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Most epochs to train (early stopping may end sooner).", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Examples per batch.", show_default=False)] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate of AdamW.", show_default=False)] = None,
@@ -37,12 +38,14 @@ def train(
     from mmcli.reporting.tables import print_jsonl, show_table
     from mmcli.training.api import train as run_train
 
+    from mmcli.heads import make_task
+
     set_quiet(quiet)
     flags = {"data.manifest": data, "model.modalities": split_list(modalities), "model.fusion": fusion,
              "model.task": task, "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
-             "train.seed": seed, "train.device": device}
+             "train.seed": seed, "train.device": device, "train.logger": logger}
     cfg = resolve_config(config, flags, sets)
-    with task_bar("preprocessing") as update, FitBar(metric=cfg.eval.metric, logger=log) as bar:
+    with task_bar("preprocessing") as update, FitBar(metric=cfg.eval.metric or make_task(cfg).default_metric, logger=log) as bar:
         outcome = run_train(cfg, out, overwrite, cache_arg(cache_dir), workers, bar,
                             preprocess_progress=update, argv=["mmcli", *sys.argv[1:]])
     result, scores = outcome.result, outcome.test_scores or {}

@@ -34,7 +34,8 @@ class Encoded:
         return len(self.ids)
 
 
-def encode_table(table: Table, modalities: list[str], tokenizers: dict, label_index: dict[str, int] | None) -> Encoded:
+def encode_table(table: Table, modalities: list[str], tokenizers: dict, targets=None) -> Encoded:
+    """`targets` turns the label strings into the task's target tensor (None: no targets)."""
     inputs, lengths, present = {}, {}, {}
     for name in modalities:
         kind = table.modalities[name].kind
@@ -48,8 +49,8 @@ def encode_table(table: Table, modalities: list[str], tokenizers: dict, label_in
                 lengths[name] = table.tensors[f"{name}.lengths"]
         present[name] = table.present[name]
     labels = None
-    if label_index is not None and table.labels is not None:
-        labels = torch.tensor([label_index.get(label, -1) for label in table.labels], dtype=torch.long)
+    if targets is not None and table.labels is not None:
+        labels = targets(list(table.labels))
     kinds = {name: table.modalities[name].kind for name in modalities}
     return Encoded(list(table.ids), inputs, lengths, present, labels, kinds)
 
@@ -78,8 +79,13 @@ def make_batch(data: Encoded, index: torch.Tensor, config: DataConfig) -> dict:
 
 
 def iterate(data: Encoded, config: DataConfig, batch_size: int, shuffle: bool = False,
-            generator: torch.Generator | None = None) -> Iterator[dict]:
-    order = torch.randperm(len(data), generator=generator) if shuffle else torch.arange(len(data))
+            generator: torch.Generator | None = None, weights: torch.Tensor | None = None) -> Iterator[dict]:
+    """Batches in order, shuffled, or (with `weights`) drawn with replacement in proportion
+    to the weights, as many as the data has (a weighted sampler)."""
+    if weights is not None:
+        order = torch.multinomial(weights.double(), len(data), replacement=True, generator=generator)
+    else:
+        order = torch.randperm(len(data), generator=generator) if shuffle else torch.arange(len(data))
     for start in range(0, len(data), batch_size):
         yield make_batch(data, order[start:start + batch_size], config)
 

@@ -7,7 +7,6 @@ from typing import Any
 
 from mmcli import runs
 from mmcli.errors import DataError, UsageError
-from mmcli.heads import TASKS
 from mmcli.pipeline import data_for_run, load_run
 from mmcli.training.loop import predict_outputs
 from mmcli.training.setup import pick_device
@@ -58,7 +57,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test", ca
     encoded, table = data_for_run(run, data, split, cache_dir, progress, transform=transform)
     if encoded.labels is None:
         raise DataError(f"{data}: no label column '{run.config.data.label}' to score against")
-    task = TASKS.get(run.config.model.task)()
+    task = run.task
     target = pick_device(device)
     run.model.to(target)
     logits, fusion_weights = predict_outputs(run.model, encoded, run.config, target)

@@ -17,7 +17,6 @@ from typing import Any, Callable
 from mmcli import runs
 from mmcli.data.dataset import encode_table
 from mmcli.evaluation.corrupt import KINDS, Corruption, perturb
-from mmcli.heads import TASKS
 from mmcli.pipeline import data_for_run, load_run
 from mmcli.training.loop import predict_logits
 from mmcli.training.setup import pick_device
@@ -38,10 +37,12 @@ def sweep(run_dir: Path, data: str | None = None, split: str = "test", cache_dir
           on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     run = load_run(run_dir)
     _, table = data_for_run(run, data, split, cache_dir)
-    task = TASKS.get(run.config.model.task)()
+    task = run.task
     target = pick_device(device)
     run.model.to(target)
-    index = {label: i for i, label in enumerate(run.labels)}
+
+    def index(values: list[str]):
+        return task.encode(values, run.labels)
 
     def score(drops: list[str], corruptions: list[Corruption]) -> float:
         encoded = encode_table(perturb(table, drops, corruptions, seed), list(run.specs), run.tokenizers, index)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmcli.heads import TASKS
+from mmcli.heads import TASKS, Task
 
 
 class ClassificationHead(nn.Module):
@@ -19,23 +19,56 @@ class ClassificationHead(nn.Module):
         return self.net(fused)
 
 
-class Classification:
-    """One label per example, chosen from the labels seen in training."""
+class Classification(Task):
+    """One label per example, chosen from the labels seen in training.
+
+    `train.class_weights: balanced` weighs each class's loss by n / (classes x count), so
+    rare classes count as much as common ones; `train.sampler: weighted` draws training
+    examples with probability inversely proportional to their class's count instead."""
 
     name = "classification"
     default_metric = "accuracy"
     metrics = ("accuracy", "macro_f1", "loss")
     lower_is_better = ("loss",)
-    needs_labels = True
+    stratify = True
+
+    def names(self, train_values: list[str]) -> list[str]:
+        return sorted(set(train_values))
+
+    def fit_state(self, train_values: list[str], names: list[str]) -> dict[str, Any]:
+        counts = {name: 0 for name in names}
+        for v in train_values:
+            counts[v] += 1
+        return {"class_counts": [counts[n] for n in names]}
+
+    def check(self, values: list[str], where: list[str], names: list[str]) -> list[tuple[int, str]]:
+        known = set(names)
+        return [(i, f"label '{v}' ({where[i]}) never occurs in the training split") for i, v in enumerate(values) if v not in known]
+
+    def encode(self, values: list[str], names: list[str]) -> torch.Tensor:
+        index = {label: i for i, label in enumerate(names)}
+        return torch.tensor([index.get(v, -1) for v in values], dtype=torch.long)
 
     def build_head(self, in_dim: int, n_outputs: int, hidden_dim: int, dropout: float) -> nn.Module:
         return ClassificationHead(in_dim, n_outputs, hidden_dim, dropout)
 
+    def class_weights(self) -> torch.Tensor | None:
+        if self.config is None or self.config.train.class_weights != "balanced" or "class_counts" not in self.state:
+            return None
+        counts = torch.tensor(self.state["class_counts"], dtype=torch.float32)
+        return counts.sum() / (len(counts) * counts.clamp(min=1.0))
+
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        return nn.functional.cross_entropy(logits, batch["label"])
+        weight = self.class_weights()
+        return nn.functional.cross_entropy(logits, batch["label"], weight=None if weight is None else weight.to(logits.device))
 
     def evaluate(self, logits: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict[str, Any]:
         return classification_scores(logits, labels, names)
+
+    def sample_weights(self, targets: torch.Tensor) -> torch.Tensor:
+        """Per-example weights of `train.sampler: weighted`: 1 / the count of its class."""
+        counts = torch.bincount(targets.clamp(min=0)).float()
+        return 1.0 / counts[targets.clamp(min=0)]
 
     def prior_outputs(self, train_labels: torch.Tensor, n_outputs: int, n: int) -> torch.Tensor:
         """Outputs of a model that sees no input: the log of the training label prior, so it

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from mmcli import __version__, runs
 from mmcli.config import Config
-from mmcli.heads import TASKS
 from mmcli.models import build, chosen_modalities, count_parameters, fusion_choice
 from mmcli.errors import ConfigError
 from mmcli.pipeline import RunData, make_specs, prepare_training, save_run_inputs
@@ -48,10 +47,12 @@ def _run_data(config: Config, data: RunData | None, cache_dir, workers, progress
     modalities = chosen_modalities(config, list(data.table.modalities))
     tokenizers = {n: t for n, t in data.tokenizers.items() if n in modalities}
     return RunData(config, data.table, data.splits, modalities, data.labels, tokenizers,
-                   make_specs(config, data.table, modalities, tokenizers))
+                   make_specs(config, data.table, modalities, tokenizers), dict(data.target_state))
 
 
 def _check_metric(config: Config, task) -> None:
+    if config.train.class_weights != "none" and not hasattr(task, "class_weights"):
+        raise ConfigError(f"config key 'train.class_weights': the {task.name} task has no classes to weigh")
     if config.eval.metric not in task.metrics:
         raise ConfigError(f"config key 'eval.metric': '{config.eval.metric}' is not a metric of {task.name} "
                           f"(choose from {', '.join(task.metrics)})")
@@ -67,18 +68,24 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     failed or interrupted run never destroys the run it was to replace.
     """
     data = _run_data(config, data, cache_dir, workers, preprocess_progress)
-    task = TASKS.get(config.model.task)()
+    task = data.task
+    if config.eval.metric is None:
+        config = config.copy()
+        config.eval.metric = task.default_metric
+        data = RunData(config, data.table, data.splits, data.modalities, data.labels, data.tokenizers, data.specs,
+                       data.target_state)
     _check_metric(config, task)
     variant = variant_of(config, data.modalities)
     final = runs.resolve_out_dir(out, variant, overwrite)
     generator = seed_everything(config.train.seed, config.train.deterministic)
-    model = build(config, data.specs, len(data.labels))
+    model = build(config, data.specs, task.n_outputs(data.labels))
     info = runs.provenance(argv)
     info.update({"variant": variant, "data_key": data.table.key, "fingerprint": fingerprint(config, data.table.key)})
     work = runs.staging_dir(final)
     try:
         save_run_inputs(work, data)
         result = fit(model, task, data.part("train"), data.part("val"), config, work, data.labels, generator, progress)
+        task = _after_fit(model, task, data, config, work)
         scores = _score_test(model, task, data, config, work, result) if evaluate_test else None
         info.update({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(result.seconds, 2),
                      "best_epoch": result.best_epoch, "parameters": count_parameters(model)})
@@ -90,11 +97,24 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     return TrainOutcome(final, result, data, scores, count_parameters(model), model)
 
 
+def _after_fit(model, task, data: RunData, config: Config, run_dir: Path):
+    """Load the best weights; let the task choose what it chooses on validation
+    (multi-label thresholds), saved into target.json; return the task with that state."""
+    runs.load_weights(model, run_dir / "best.safetensors")
+    val = data.part("val")
+    if not len(val):
+        return task
+    update = task.after_fit(predict_logits(model, val, config, pick_device(config.train.device)), val.labels, data.labels)
+    if update:
+        data.target_state.update(update)
+        runs.write_json(run_dir / "target.json", {"task": config.model.task, **data.target_state})
+    return data.task
+
+
 def _score_test(model, task, data: RunData, config: Config, run_dir: Path, result: FitResult) -> dict | None:
     test_part = data.part("test")
     if not len(test_part):
         return None
-    runs.load_weights(model, run_dir / "best.safetensors")
     logits = predict_logits(model, test_part, config, pick_device(config.train.device))
     scores = task.evaluate(logits, test_part.labels, data.labels)
     scores.update({"split": "test", "weights": "best", "best_epoch": result.best_epoch})

@@ -61,10 +61,10 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def train_one_epoch(model, task, data: Encoded, config: Config, optimizer, scheduler, device,
-                    generator: torch.Generator, progress: FitProgress) -> float:
+                    generator: torch.Generator, progress: FitProgress, weights: torch.Tensor | None = None) -> float:
     model.train()
     total, count = 0.0, 0
-    for batch in iterate(data, config.data, config.train.batch_size, shuffle=True, generator=generator):
+    for batch in iterate(data, config.data, config.train.batch_size, shuffle=True, generator=generator, weights=weights):
         batch = to_device(batch, device)
         loss = model.loss(batch, task)
         if not torch.isfinite(loss):
@@ -128,11 +128,45 @@ def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path
     optimizer, scheduler = make_optimizer(model, config.train, steps)
     metric = config.eval.metric
     result = FitResult(best_epoch=0, best_metric=None, metric=metric)
-    start, stale = time.monotonic(), 0
+    start = time.monotonic()
     blender = _blender(model, config, val)
+    weights = _sample_weights(task, train, config)
+    logger = _logger(config, run_dir)
+    try:
+        _epochs(model, task, train, val, config, run_dir, labels, generator, progress, device, steps, optimizer,
+                scheduler, metric, result, blender, weights, logger)
+    finally:
+        if logger is not None:
+            logger.close()
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def _sample_weights(task, train: Encoded, config: Config) -> torch.Tensor | None:
+    if config.train.sampler != "weighted":
+        return None
+    if not hasattr(task, "sample_weights"):
+        raise ConfigError(f"train.sampler=weighted needs a task with classes; {task.name} has none")
+    return task.sample_weights(train.labels)
+
+
+def _logger(config: Config, run_dir: Path):
+    """TensorBoard's SummaryWriter (optional extra: pip install 'mmcli[tensorboard]')."""
+    if config.train.logger != "tensorboard":
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("--logger tensorboard needs the tensorboard package: pip install 'mmcli[tensorboard]'") from None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def _epochs(model, task, train, val, config, run_dir, labels, generator, progress, device, steps, optimizer,
+            scheduler, metric, result, blender, weights, logger) -> None:
+    start, stale = time.monotonic(), 0
     for epoch in range(1, config.train.epochs + 1):
         progress.epoch_start(epoch, config.train.epochs, steps)
-        train_loss = train_one_epoch(model, task, train, config, optimizer, scheduler, device, generator, progress)
+        train_loss = train_one_epoch(model, task, train, config, optimizer, scheduler, device, generator, progress, weights)
         record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0]}
         if len(val):
             scores = task.evaluate(predict_logits(model, val, config, device), val.labels, labels)
@@ -154,7 +188,10 @@ def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path
             handle.write(json.dumps(record) + "\n")
         result.history.append(record)
         progress.epoch_end(record)
+        if logger is not None:  # metrics.jsonl stays the source of truth; this is a view of it
+            for key, v in record.items():
+                if key != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    logger.add_scalar(key.replace("_", "/", 1) if key.startswith(("val_", "train_")) else key, v, epoch)
+            logger.flush()
         if config.train.patience > 0 and stale >= config.train.patience and value is not None:
             break
-    result.seconds = time.monotonic() - start
-    return result

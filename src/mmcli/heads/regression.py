@@ -1,0 +1,90 @@
+"""Regression: a numeric target, standardised with the training split's mean and std.
+
+The head predicts the standardised value; metrics and predictions are in the target's
+own units. Loss: `model.loss: mse` (default) or `huber` (on the standardised scale, so
+its threshold of 1 means one standard deviation). Metrics: MAE, RMSE, R^2, and the loss.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmcli.heads import TASKS, Task
+from mmcli.heads.classification import ClassificationHead
+
+
+def _number(value: str) -> float | None:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+class Regression(Task):
+    name = "regression"
+    default_metric = "mae"
+    metrics = ("mae", "rmse", "r2", "loss")
+    lower_is_better = ("mae", "rmse", "loss")
+
+    def names(self, train_values: list[str]) -> list[str]:
+        return [self.config.data.label if self.config is not None else "value"]
+
+    def fit_state(self, train_values: list[str], names: list[str]) -> dict[str, Any]:
+        xs = [x for x in map(_number, train_values) if x is not None]
+        mean = sum(xs) / len(xs)
+        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / max(1, len(xs) - 1)) if len(xs) > 1 else 0.0
+        return {"mean": mean, "std": std if std > 0 else 1.0}
+
+    def check(self, values: list[str], where: list[str], names: list[str]) -> list[tuple[int, str]]:
+        return [(i, f"'{v}' is not a finite number") for i, v in enumerate(values) if _number(v) is None]
+
+    def encode(self, values: list[str], names: list[str]) -> torch.Tensor:
+        mean, std = self.state.get("mean", 0.0), self.state.get("std", 1.0)
+        return torch.tensor([((_number(v) if _number(v) is not None else mean) - mean) / std for v in values], dtype=torch.float32)
+
+    def n_outputs(self, names: list[str]) -> int:
+        return 1
+
+    def build_head(self, in_dim: int, n_outputs: int, hidden_dim: int, dropout: float) -> nn.Module:
+        return ClassificationHead(in_dim, 1, hidden_dim, dropout)
+
+    def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        kind = (self.config.model.loss if self.config is not None else None) or "mse"
+        if kind == "huber":
+            return nn.functional.huber_loss(pred, target)
+        return nn.functional.mse_loss(pred, target)
+
+    def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
+        return self._loss(outputs.squeeze(-1), batch["label"])
+
+    def values(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Standardised outputs back in the target's units."""
+        return outputs.float().squeeze(-1) * self.state.get("std", 1.0) + self.state.get("mean", 0.0)
+
+    def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, names: list[str]) -> dict[str, Any]:
+        n = len(targets)
+        pred, true = self.values(outputs), self.values(targets.unsqueeze(-1))
+        err = pred - true
+        ss_tot = float(((true - true.mean()) ** 2).sum()) if n else 0.0
+        return {
+            "n_examples": int(n),
+            "mae": float(err.abs().mean()) if n else float("nan"),
+            "rmse": float(err.pow(2).mean().sqrt()) if n else float("nan"),
+            "r2": 1.0 - float(err.pow(2).sum()) / ss_tot if ss_tot > 0 else 0.0,
+            "loss": float(self._loss(outputs.float().squeeze(-1), targets)) if n else float("nan"),
+        }
+
+    def predict(self, outputs: torch.Tensor, names: list[str], top_k: int) -> list[dict[str, Any]]:
+        return [{"value": round(v, 6)} for v in self.values(outputs).tolist()]
+
+    def prior_outputs(self, train_targets: torch.Tensor, n_outputs: int, n: int) -> torch.Tensor:
+        """The training mean (0 on the standardised scale): the baseline that sees no input."""
+        return train_targets.float().mean().expand(n, 1).clone()
+
+
+TASKS.register("regression", "a numeric target; MSE or Huber; MAE, RMSE, R^2")(Regression)
