@@ -191,3 +191,5 @@ def test_bad_requests_exit_2(toy_small, tmp_path):
         assert result.returncode == 2 and message in result.stderr, result.stderr
     result = cli("compare", "--job", "0", check=False)
     assert result.returncode == 2 and "--job needs --out" in result.stderr
+    result = cli("compare", "unimodal", "--metric", "loss", "--collect", tmp_path, check=False)
+    assert result.returncode == 2 and "drop variants, --metric" in result.stderr

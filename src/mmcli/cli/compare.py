@@ -43,6 +43,17 @@ def compare(
     from mmcli.reporting.console import log
 
     set_quiet(quiet)
+    if collect_dir is not None or job is not None:
+        given = [name for name, value in (("variants", items), ("--data", data), ("--config", config), ("--task", task),
+                                          ("--epochs", epochs), ("--metric", metric), ("--seed", seed), ("--set", sets),
+                                          ("--print-jobs", print_jobs), ("--overwrite", overwrite)) if value]
+        if seeds != 1:
+            given.append("--seeds")
+        if collect_dir is not None and job is not None:
+            given.append("--job")
+        if given:
+            mode = "--collect" if collect_dir is not None else "--job"
+            raise UsageError(f"{mode} uses the plan saved in the comparison folder; drop {', '.join(given)}")
     if collect_dir is not None:
         from mmcli.compare.collect import collect
 
@@ -92,6 +103,8 @@ def _command_line(ctx: typer.Context) -> str:
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
         if value is None or value == param.default or value == () or value == []:
+            continue
+        if param.name in ("print_jobs", "overwrite"):  # how this one was started, not what it compares
             continue
         if param.param_type_name == "argument":
             words += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
