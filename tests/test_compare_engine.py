@@ -193,3 +193,26 @@ def test_bad_requests_exit_2(toy_small, tmp_path):
     assert result.returncode == 2 and "--job needs --out" in result.stderr
     result = cli("compare", "unimodal", "--metric", "loss", "--collect", tmp_path, check=False)
     assert result.returncode == 2 and "drop variants, --metric" in result.stderr
+
+
+def test_a_job_refuses_to_run_twice_or_on_changed_data(tmp_path):
+    import fcntl
+
+    from conftest import write_own_manifest
+
+    manifest = write_own_manifest(tmp_path / "own", n=36)
+    out = tmp_path / "cmp"
+    cli("compare", "unimodal:sound", "--data", manifest, "--epochs", "1", "--out", out, "--print-jobs")
+    lock = out / ".locks" / "unimodal-sound-seed0.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:  # another process holds job 0
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        busy = cli("compare", "--out", out, "--job", "0", check=False)
+    assert busy.returncode == 2 and "running in another process" in busy.stderr
+    assert not (out / "runs" / "unimodal-sound-seed0").exists()
+    # a file of the data changes after planning: the job's fingerprint no longer matches
+    time.sleep(0.01)
+    clip = next((tmp_path / "own" / "clips").iterdir())
+    os.utime(clip, ns=(time.time_ns(), time.time_ns()))
+    changed = cli("compare", "--out", out, "--job", "0", check=False)
+    assert changed.returncode == 2 and "changed since the comparison" in changed.stderr

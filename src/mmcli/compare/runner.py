@@ -17,6 +17,7 @@ import os
 import shlex
 import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -172,27 +173,56 @@ def read_cell(out: Path, cell: dict[str, Any]) -> dict[str, Any] | None:
 def run_cell(plan: Plan, data: RunData, k: int, out: Path, fit_progress=None) -> tuple[dict[str, Any], bool]:
     """Run cell k (train, score the test split clean and with each modality missing) unless
     its result is already saved; returns (result, reused)."""
-    from mmcli.training.api import train
+    from mmcli.training.api import fingerprint, train
 
     cell = plan.cells[k]
     saved = read_cell(out, cell)
     if saved is not None:
         return saved, True
+    variant = plan.variant(cell["variant"])
+    cfg = variant_config(plan.base_config(), variant, cell["seed_index"])
+    if f"{fingerprint(cfg, data.table.key)}-t{plan.threads}" != cell["fingerprint"]:
+        raise UsageError(f"job {k} ({cell['variant']} seed {cell['seed']}): the data, its files or mmcli changed "
+                         f"since the comparison in {out} was planned; plan it again (rerun the compare command)")
     if plan.threads:
         import torch
 
         torch.set_num_threads(plan.threads)  # the same in every process: results do not depend on --jobs
-    variant = plan.variant(cell["variant"])
-    cfg = variant_config(plan.base_config(), variant, cell["seed_index"])
     folder = out / cell["run"]
-    for stale in folder.parent.glob(f".{folder.name}.partial-*"):  # left by a run that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    outcome = train(cfg, folder, overwrite=True, data=data, progress=fit_progress)
-    result = {"fingerprint": cell["fingerprint"], "variant": variant.name, "family": variant.family,
-              "seed": cell["seed"], "best_epoch": outcome.result.best_epoch,
-              "seconds": round(outcome.result.seconds, 2), **_test_scores(outcome, cfg)}
-    runs.write_json(folder / RESULT, result)
+    with _job_lock(out / ".locks" / f"{folder.name}.lock", k, cell):
+        saved = read_cell(out, cell)  # another process may have finished it while we waited to start
+        if saved is not None:
+            return saved, True
+        for stale in folder.parent.glob(f".{folder.name}.partial-*"):  # left by a run that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        outcome = train(cfg, folder, overwrite=True, data=data, progress=fit_progress)
+        result = {"fingerprint": cell["fingerprint"], "variant": variant.name, "family": variant.family,
+                  "seed": cell["seed"], "best_epoch": outcome.result.best_epoch,
+                  "seconds": round(outcome.result.seconds, 2), **_test_scores(outcome, cfg)}
+        runs.write_json(folder / RESULT, result)
     return result, False
+
+
+@contextmanager
+def _job_lock(path: Path, k: int, cell: dict[str, Any]):
+    """One process per run: a second one (a requeued cluster job, a resume started while
+    the --print-jobs batch still runs) stops with a message instead of deleting the first
+    one's work. The lock is the operating system's, so a killed process releases it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; runs are still written atomically
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"job {k} ({cell['variant']} seed {cell['seed']}) is running in another process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _test_scores(outcome, cfg: Config) -> dict[str, Any]:
