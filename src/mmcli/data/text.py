@@ -51,7 +51,14 @@ def _set_lengths(tokenizer, max_len: int) -> None:
 def load_tokenizer(path: Path, max_len: int):
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(path))
+    from mmcli.errors import UsageError
+
+    if not path.is_file():
+        raise UsageError(f"{path.parent}: run folder has no {path.name}")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for a broken file
+        raise UsageError(f"{path}: not a tokenizer file ({exc})") from None
     _set_lengths(tokenizer, max_len)
     return tokenizer
 

@@ -173,7 +173,7 @@ def _epochs(model, task, train, val, config, run_dir, labels, generator, progres
             record.update({f"val_{k}": v for k, v in scores.items() if isinstance(v, (int, float))})
         if blender is not None:
             record["blend_weights"] = blender.step(model, task, train, val, config, device)
-        record["seconds"] = round(time.monotonic() - start, 3)
+        record["elapsed_s"] = round(time.monotonic() - start, 3)  # time fields end in _s: all else is reproducible
         value = record.get(f"val_{metric}")
         # without a validation split there is nothing to select on: the last epoch is "best"
         meta = {"epoch": epoch, "metric": f"val_{metric}" if value is not None else "none (no validation split)",
