@@ -230,3 +230,39 @@ def test_coco_object_labels_as_a_real_multilabel_task(tmp_path):
     # measured: 0.106 against 0.061 (80 categories, most with one or two test photos)
     assert scores["mean_average_precision"] > 1.4 * prior_map, (scores["mean_average_precision"], prior_map)
     assert per["person"]["support"] > 0
+
+
+def test_predict_csv_and_evaluate_with_a_weighing_fusion_for_every_task(tags, price, tmp_path):
+    for data, task, column in ((tags, "multilabel", "labels"), (price, "regression", "value")):
+        out = tmp_path / task
+        ok(run("train", data, "--task", task, "--epochs", "1", "--fusion", "attention", "--out", out))
+        assert "modality_weights_per_class" not in json.loads(ok(run("evaluate", out, "--json")).stdout)
+        lines = ok(run("predict", out, data, "--format", "csv")).stdout.splitlines()
+        assert lines[0].split(",")[1] == column and len(lines) == 241
+        bad = run("evaluate", out, "--robustness")
+        if task == "regression":  # mae: lower is better, no robustness curve of it
+            assert bad.exit_code == 2 and "lower-is-better" in bad.output
+        else:  # the sweep scores micro-F1, the run's metric
+            assert bad.exit_code == 0, bad.output
+            assert json.loads((out / "robustness.json").read_text())["metric"] == "micro_f1"
+
+
+def test_regression_keeps_digits_of_a_large_target():
+    from mmcli.config import Config
+    from mmcli.heads.regression import Regression
+
+    task = Regression(Config(), {"mean": 1.7e9, "std": 290.0})
+    targets = torch.tensor([0.0, 0.1, 0.2, 0.3])
+    outputs = (targets + 0.001).unsqueeze(-1)  # off by 0.29 in the target's units
+    scores = task.evaluate(outputs, targets, ["t"])
+    assert scores["mae"] == pytest.approx(0.29, rel=1e-3) and scores["rmse"] == pytest.approx(0.29, rel=1e-3)
+    values = [p["value"] for p in task.predict(outputs, ["t"], 1)]
+    assert values[1] - values[0] == pytest.approx(29.0, abs=0.01)
+
+
+def test_threshold_stays_at_half_when_nothing_is_found():
+    from mmcli.heads.multilabel import MultiLabel
+
+    logits = torch.tensor([[-5.0], [-6.0], [-4.0]])  # never above any threshold
+    targets = torch.tensor([[1.0], [0.0], [1.0]])
+    assert MultiLabel().after_fit(logits, targets, ["a"]) == {"thresholds": [0.5]}

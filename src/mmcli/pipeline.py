@@ -157,6 +157,8 @@ def load_run(run_dir: Path, weights: str = "best") -> LoadedRun:
     state = runs.read_json(run_dir / "target.json") if (run_dir / "target.json").is_file() else {}
     state.pop("task", None)
     task = make_task(config, state)
+    if hasattr(task, "check_state"):
+        task.check_state(str(run_dir))
     model = build(config, specs, task.n_outputs(labels))
     meta = runs.load_weights(model, run_dir / f"{weights}.safetensors")
     model.eval()

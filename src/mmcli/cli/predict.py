@@ -81,6 +81,16 @@ def _write(predictions: list[dict], fmt: str) -> None:
     import csv
 
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(["id", "label", "score", "modalities_used"])
-    for p in predictions:
-        writer.writerow([p["id"], p["label"], f"{p['score']:.6f}", "|".join(p["modalities_used"])])
+    if predictions and "value" in predictions[0]:  # regression
+        writer.writerow(["id", "value", "modalities_used"])
+        for p in predictions:
+            writer.writerow([p["id"], p["value"], "|".join(p["modalities_used"])])
+    elif predictions and "labels" in predictions[0]:  # multilabel
+        writer.writerow(["id", "labels", "scores", "modalities_used"])
+        for p in predictions:
+            writer.writerow([p["id"], "|".join(p["labels"]), "|".join(f"{p['scores'][n]:.6f}" for n in p["labels"]),
+                             "|".join(p["modalities_used"])])
+    else:
+        writer.writerow(["id", "label", "score", "modalities_used"])
+        for p in predictions:
+            writer.writerow([p["id"], p["label"], f"{p['score']:.6f}", "|".join(p["modalities_used"])])

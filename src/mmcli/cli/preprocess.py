@@ -44,7 +44,15 @@ def preprocess(
     if table.labels is None:
         return
     seed_value = cfg.train.seed if cfg.data.split_seed is None else cfg.data.split_seed
-    splits = assign_splits(table.labels, table.given_splits, seed_value, cfg.data.val_fraction, cfg.data.test_fraction, table.source)
+    from mmcli.heads import make_task
+
+    task = make_task(cfg)
+    splits = assign_splits(task.split_keys(table.labels), table.given_splits, seed_value, cfg.data.val_fraction,
+                           cfg.data.test_fraction, table.source)
+    if not task.stratify:  # regression, multilabel: no classes to count
+        show_table("examples per split", ["train", "val", "test", "total"],
+                   [tuple(splits.count(s) for s in ("train", "val", "test")) + (len(splits),)])
+        return
     counts = Counter(zip(table.labels, splits))
     rows = [(label, *(counts[(label, s)] for s in ("train", "val", "test")), sum(counts[(label, s)] for s in ("train", "val", "test")))
             for label in sorted(set(table.labels))]

@@ -113,7 +113,7 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
     from mmcli.data.preprocess import BUILTIN_PREFIX
     from mmcli.fusion import DEFAULT_FUSIONS, FUSIONS
     from mmcli.heads import make_task
-    from mmcli.training.api import fingerprint
+    from mmcli.training.api import check_config, fingerprint
 
     if seeds < 1:
         raise UsageError("--seeds must be at least 1")
@@ -125,6 +125,7 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
     base.data.split_seed = config.train.seed if config.data.split_seed is None else config.data.split_seed
     base.model.modalities = None
     base.eval.metric = metric
+    check_config(base, task)  # before any preprocessing or run
     if base.data.manifest and not base.data.manifest.startswith(BUILTIN_PREFIX):
         # absolute in the plan, so that --job K finds the data from any working folder
         base.data.manifest = str(Path(base.data.manifest).resolve())

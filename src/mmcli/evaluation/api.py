@@ -62,7 +62,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test", ca
     run.model.to(target)
     logits, fusion_weights = predict_outputs(run.model, encoded, run.config, target)
     scores = task.evaluate(logits, encoded.labels, run.labels)
-    if fusion_weights is not None:
+    if fusion_weights is not None and task.name == "classification":  # per class: needs one class per example
         scores["modality_weights_per_class"] = weights_per_class(fusion_weights, encoded.labels, run.labels, run.model.modalities)
     scope = split if data is None or table.given_splits else "all"
     scores.update({

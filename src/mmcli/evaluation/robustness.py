@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mmcli import runs
+from mmcli.errors import UsageError
 from mmcli.data.dataset import encode_table
 from mmcli.evaluation.corrupt import KINDS, Corruption, perturb
 from mmcli.pipeline import data_for_run, load_run
@@ -33,11 +34,15 @@ def effective_robustness(curve: list[float]) -> float:
 
 
 def sweep(run_dir: Path, data: str | None = None, split: str = "test", cache_dir: str | None = None,
-          device: str = "auto", seed: int = 0, metric: str = "accuracy",
+          device: str = "auto", seed: int = 0, metric: str | None = None,
           on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     run = load_run(run_dir)
     _, table = data_for_run(run, data, split, cache_dir)
     task = run.task
+    metric = metric or run.config.eval.metric or task.default_metric
+    if metric in task.lower_is_better:
+        raise UsageError(f"--robustness scores curves of a metric where higher is better; this run's metric "
+                         f"'{metric}' is lower-is-better (use --drop and --corrupt for single evaluations)")
     target = pick_device(device)
     run.model.to(target)
 
@@ -92,7 +97,8 @@ def plot_curves(result: dict[str, Any], run_dir: Path) -> list[str]:
             ax.axhline(result["dropped"][m], color="grey", linestyle="--", label=f"{m} missing")
         ax.set_xlabel("corruption level")
         ax.set_ylabel(result["metric"])
-        ax.set_ylim(0, 1)
+        if result["metric"] != "r2":  # rates live in [0, 1]; R^2 can be negative
+            ax.set_ylim(0, 1)
         ax.set_title(f"robustness: {m}")
         ax.legend(fontsize=8)
         name = f"robustness-{m}.png"

@@ -73,8 +73,8 @@ class MultiLabel(Task):
             if not y.any():
                 chosen.append(0.5)
                 continue
-            best, best_f1 = 0.5, -1.0
-            for t in candidates.tolist():
+            best, best_f1 = 0.5, 0.0  # nothing beats 0.5 unless it finds a true positive
+            for t in sorted(candidates.tolist(), key=lambda c: abs(c - 0.5)):  # ties go to the one nearest 0.5
                 p = probs[:, j] >= t
                 tp = float((p & y).sum())
                 f1 = 2 * tp / max(1.0, float(p.sum()) + float(y.sum()))

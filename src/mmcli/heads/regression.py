@@ -34,6 +34,13 @@ class Regression(Task):
     def names(self, train_values: list[str]) -> list[str]:
         return [self.config.data.label if self.config is not None else "value"]
 
+    def check_state(self, where: str) -> None:
+        from mmcli.errors import DataError
+
+        if "mean" not in self.state or "std" not in self.state:
+            raise DataError(f"{where}: target.json with the target's mean and std is missing; the run cannot give values "
+                            "in the target's units")
+
     def fit_state(self, train_values: list[str], names: list[str]) -> dict[str, Any]:
         xs = [x for x in map(_number, train_values) if x is not None]
         mean = sum(xs) / len(xs)
@@ -63,13 +70,14 @@ class Regression(Task):
         return self._loss(outputs.squeeze(-1), batch["label"])
 
     def values(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Standardised outputs back in the target's units."""
-        return outputs.float().squeeze(-1) * self.state.get("std", 1.0) + self.state.get("mean", 0.0)
+        """Standardised outputs back in the target's units (float64: a large mean keeps its digits)."""
+        return outputs.double().squeeze(-1) * self.state.get("std", 1.0) + self.state.get("mean", 0.0)
 
     def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, names: list[str]) -> dict[str, Any]:
         n = len(targets)
-        pred, true = self.values(outputs), self.values(targets.unsqueeze(-1))
-        err = pred - true
+        std = self.state.get("std", 1.0)
+        err = (outputs.double().squeeze(-1) - targets.double()) * std  # differences before adding the mean back
+        true = targets.double() * std
         ss_tot = float(((true - true.mean()) ** 2).sum()) if n else 0.0
         return {
             "n_examples": int(n),

@@ -50,9 +50,12 @@ def _run_data(config: Config, data: RunData | None, cache_dir, workers, progress
                    make_specs(config, data.table, modalities, tokenizers), dict(data.target_state))
 
 
-def _check_metric(config: Config, task) -> None:
+def check_config(config: Config, task) -> None:
+    """What the task must support of the config: its metric, class weights, the sampler."""
     if config.train.class_weights != "none" and not hasattr(task, "class_weights"):
         raise ConfigError(f"config key 'train.class_weights': the {task.name} task has no classes to weigh")
+    if config.train.sampler != "random" and not hasattr(task, "sample_weights"):
+        raise ConfigError(f"config key 'train.sampler': the {task.name} task has no classes to balance")
     if config.eval.metric not in task.metrics:
         raise ConfigError(f"config key 'eval.metric': '{config.eval.metric}' is not a metric of {task.name} "
                           f"(choose from {', '.join(task.metrics)})")
@@ -74,7 +77,7 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
         config.eval.metric = task.default_metric
         data = RunData(config, data.table, data.splits, data.modalities, data.labels, data.tokenizers, data.specs,
                        data.target_state)
-    _check_metric(config, task)
+    check_config(config, task)
     variant = variant_of(config, data.modalities)
     final = runs.resolve_out_dir(out, variant, overwrite)
     generator = seed_everything(config.train.seed, config.train.deterministic)
