@@ -8,6 +8,7 @@ Paths are relative to the manifest's folder. Modalities are detected from the co
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,8 @@ def read_manifest(data: str | Path) -> Manifest:
 
 
 def _read_delimited(path: Path, text: str, delimiter: str) -> Manifest:
-    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter)
+    # lines end at \n or \r only: str.splitlines would also cut at \v, \f, \x1c-\x1e, U+2028 inside a caption
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
     except StopIteration:
@@ -99,7 +101,7 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Manifest:
 
 def _read_jsonl(path: Path, text: str) -> Manifest:
     rows, lines, problems, columns = [], [], [], {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate((part.rstrip("\r") for part in text.split("\n")), start=1):
         if not line.strip():
             continue
         try:
