@@ -25,6 +25,12 @@ class ConfigError(UsageError):
     """A config file, flag or `--set` expression is wrong; names the key."""
 
 
+class Interrupted(MmcliError):
+    """The user stopped a run (Ctrl-C); what it saved can be resumed."""
+
+    exit_code = 130
+
+
 class RunFailed(MmcliError):
     """A run started but could not finish."""
 

@@ -28,6 +28,7 @@ def train(
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or mps.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: runs/<variant>-<timestamp>).", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder at --out.")] = False,
+    resume_run: Annotated[Optional[Path], typer.Option("--resume", help="Continue the interrupted training of this run folder (Ctrl-C or a kill) from its last finished epoch; its saved config is used.", show_default=False)] = None,
     sets: SetOpt = None,
     cache_dir: CacheDirOpt = None,
     workers: WorkersOpt = 1,
@@ -41,6 +42,17 @@ def train(
     from mmcli.heads import make_task
 
     set_quiet(quiet)
+    if resume_run is not None:
+        from mmcli.errors import UsageError
+        from mmcli.training.api import resume
+
+        if any(v is not None for v in (data, config, modalities, fusion, task, logger, epochs, batch_size, lr, seed, device,
+                                        out, sets)) or overwrite:
+            raise UsageError("--resume continues a run with its saved config; drop the other options")
+        with task_bar("preprocessing") as update, FitBar(metric="", logger=log) as bar:
+            outcome = resume(resume_run, cache_arg(cache_dir), bar, update)
+        _report(outcome)
+        return
     flags = {"data.manifest": data, "model.modalities": split_list(modalities), "model.fusion": fusion,
              "model.task": task, "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
              "train.seed": seed, "train.device": device, "train.logger": logger}
@@ -48,6 +60,13 @@ def train(
     with task_bar("preprocessing") as update, FitBar(metric=cfg.eval.metric or make_task(cfg).default_metric, logger=log) as bar:
         outcome = run_train(cfg, out, overwrite, cache_arg(cache_dir), workers, bar,
                             preprocess_progress=update, argv=["mmcli", *sys.argv[1:]])
+    _report(outcome)
+
+
+def _report(outcome) -> None:
+    from mmcli.reporting.console import log
+    from mmcli.reporting.tables import print_jsonl, show_table
+
     result, scores = outcome.result, outcome.test_scores or {}
     summary = {"run": str(outcome.run_dir), "best_epoch": result.best_epoch,
                f"val_{result.metric}": result.best_metric, f"test_{result.metric}": scores.get(result.metric),

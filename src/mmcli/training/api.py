@@ -85,19 +85,68 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     info = runs.provenance(argv)
     info.update({"variant": variant, "data_key": data.table.key, "fingerprint": fingerprint(config, data.table.key)})
     work = runs.staging_dir(final)
+    save_run_inputs(work, data)
+    runs.write_json(work / "provenance.json", info)  # unfinished: --resume reads it
+    return _fit_and_publish(model, task, data, config, work, final, generator, progress, info, evaluate_test)
+
+
+def _fit_and_publish(model, task, data: RunData, config: Config, work: Path, final: Path, generator, progress,
+                     info: dict, evaluate_test: bool, resume: dict | None = None) -> TrainOutcome:
+    """Train in the staging folder `work`, then publish it as `final`. Ctrl-C keeps the
+    staging folder with its last checkpoint (exit 130), as a SIGKILL would: `--resume`."""
+    from mmcli.errors import Interrupted
+    from mmcli.training.loop import CHECKPOINT
+
+    keep = False
     try:
-        save_run_inputs(work, data)
-        result = fit(model, task, data.part("train"), data.part("val"), config, work, data.labels, generator, progress)
+        result = fit(model, task, data.part("train"), data.part("val"), config, work, data.labels, generator, progress,
+                     resume)
         task = _after_fit(model, task, data, config, work)
         scores = _score_test(model, task, data, config, work, result) if evaluate_test else None
         info.update({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(result.seconds, 2),
                      "best_epoch": result.best_epoch, "parameters": count_parameters(model)})
         runs.write_json(work / "provenance.json", info)
         runs.publish(work, final)
+    except KeyboardInterrupt:
+        keep = (work / CHECKPOINT).is_file()
+        if keep:
+            raise Interrupted(f"interrupted; the last finished epoch is saved: continue with mmcli train --resume {final}") from None
+        raise
     finally:
-        if work.exists():
+        if work.exists() and not keep:
             shutil.rmtree(work, ignore_errors=True)
     return TrainOutcome(final, result, data, scores, count_parameters(model), model)
+
+
+def resume(run: Path, cache_dir: str | None = None, progress: FitProgress | None = None,
+           preprocess_progress=None) -> TrainOutcome:
+    """Continue the interrupted training of `run` from its last checkpoint: the same data,
+    split, model, optimizer, scheduler and random states, so it ends where an
+    uninterrupted run with the same seed would."""
+    from mmcli.config import from_dict, load_yaml
+    from mmcli.errors import UsageError
+    from mmcli.training.loop import CHECKPOINT, load_checkpoint
+
+    run = Path(run)
+    candidates = sorted(run.parent.glob(f".{run.name}.partial-*"), key=lambda p: p.stat().st_mtime)
+    work = next((p for p in reversed(candidates) if (p / CHECKPOINT).is_file()), None)
+    if work is None:
+        finished = (run / "provenance.json").is_file() and "finished" in runs.read_json(run / "provenance.json")
+        raise UsageError(f"{run}: " + ("this run finished; there is nothing to resume" if finished else
+                                       "no interrupted training of this run to resume (no checkpoint was saved)"))
+    config = from_dict(load_yaml(work / "config.yaml"))
+    manifest = config.data.manifest
+    if manifest and not manifest.startswith("builtin:"):
+        config.data.manifest = str((work / manifest).resolve())
+    data = _run_data(config, None, cache_dir, 1, preprocess_progress)
+    task = data.task
+    checkpoint = load_checkpoint(work)
+    generator = seed_everything(config.train.seed, config.train.deterministic)
+    model = build(config, data.specs, task.n_outputs(data.labels))
+    runs.load_weights(model, work / "last.safetensors")
+    info = runs.read_json(work / "provenance.json")
+    info["resumed_from_epoch"] = checkpoint["epoch"]
+    return _fit_and_publish(model, task, data, config, work, run, generator, progress, info, True, checkpoint)
 
 
 def _after_fit(model, task, data: RunData, config: Config, run_dir: Path):

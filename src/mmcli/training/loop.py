@@ -119,8 +119,14 @@ def _blender(model, config: Config, val: Encoded):
     return GradientBlender(["fused", *model.aux_heads])
 
 
+CHECKPOINT = "checkpoint.pt"
+
+
 def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path, labels: list[str],
-        generator: torch.Generator, progress: FitProgress | None = None) -> FitResult:
+        generator: torch.Generator, progress: FitProgress | None = None, resume: dict | None = None) -> FitResult:
+    """Train with early stopping. After every epoch the optimizer, scheduler, random states
+    and early-stopping counters go to checkpoint.pt beside last.safetensors, so `resume`
+    (that checkpoint, loaded) continues exactly where an interrupted run stopped."""
     progress = progress or NoProgress()
     device = pick_device(config.train.device)
     model.to(device)
@@ -130,16 +136,54 @@ def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path
     result = FitResult(best_epoch=0, best_metric=None, metric=metric)
     start = time.monotonic()
     blender = _blender(model, config, val)
+    if resume is not None:
+        if blender is not None:
+            raise ConfigError("--resume cannot continue a run trained with train.gradient_blending; train it again")
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        torch.set_rng_state(resume["torch_rng"])
+        generator.set_state(resume["generator"])
+        result.best_epoch, result.best_metric = resume["best_epoch"], resume["best_metric"]
+        result.history = _history(run_dir, resume["epoch"])
     weights = _sample_weights(task, train, config)
     logger = _logger(config, run_dir)
     try:
         _epochs(model, task, train, val, config, run_dir, labels, generator, progress, device, steps, optimizer,
-                scheduler, metric, result, blender, weights, logger)
+                scheduler, metric, result, blender, weights, logger, resume)
     finally:
         if logger is not None:
             logger.close()
     result.seconds = time.monotonic() - start
     return result
+
+
+def _history(run_dir: Path, epochs: int) -> list[dict[str, Any]]:
+    """metrics.jsonl up to the checkpoint's epoch; a line written after it is dropped."""
+    path = run_dir / "metrics.jsonl"
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
+    kept = [r for r in lines if r.get("epoch", 0) <= epochs]
+    runs.write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+def _save_checkpoint(run_dir: Path, epoch: int, optimizer, scheduler, generator, result, stale: int) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "generator": generator.get_state(),
+                "best_epoch": result.best_epoch, "best_metric": result.best_metric, "stale": stale}, buffer)
+    runs.write_atomic(run_dir / CHECKPOINT, buffer.getvalue())
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    """Only tensors and plain values: torch.load with weights_only=True never runs code."""
+    from mmcli.errors import UsageError
+
+    try:
+        return torch.load(run_dir / CHECKPOINT, weights_only=True)
+    except Exception as exc:  # a broken or foreign file
+        raise UsageError(f"{run_dir / CHECKPOINT}: cannot read the checkpoint ({exc})") from None
 
 
 def _sample_weights(task, train: Encoded, config: Config) -> torch.Tensor | None:
@@ -162,9 +206,12 @@ def _logger(config: Config, run_dir: Path):
 
 
 def _epochs(model, task, train, val, config, run_dir, labels, generator, progress, device, steps, optimizer,
-            scheduler, metric, result, blender, weights, logger) -> None:
-    start, stale = time.monotonic(), 0
-    for epoch in range(1, config.train.epochs + 1):
+            scheduler, metric, result, blender, weights, logger, resume=None) -> None:
+    start, stale = time.monotonic(), (resume or {}).get("stale", 0)
+    first = (resume or {}).get("epoch", 0) + 1
+    if resume is not None and config.train.patience > 0 and stale >= config.train.patience:
+        return  # it had stopped early already
+    for epoch in range(first, config.train.epochs + 1):
         progress.epoch_start(epoch, config.train.epochs, steps)
         train_loss = train_one_epoch(model, task, train, config, optimizer, scheduler, device, generator, progress, weights)
         record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0]}
@@ -187,6 +234,7 @@ def _epochs(model, task, train, val, config, run_dir, labels, generator, progres
         with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         result.history.append(record)
+        _save_checkpoint(run_dir, epoch, optimizer, scheduler, generator, result, stale)
         progress.epoch_end(record)
         if logger is not None:  # metrics.jsonl stays the source of truth; this is a view of it
             for key, v in record.items():

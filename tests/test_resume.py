@@ -1,0 +1,73 @@
+"""Interrupted training resumes: a SIGKILL at a random step, or Ctrl-C, then
+`mmcli train --resume RUN` ends with the same metrics as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ARGS = ["--epochs", "6", "--seed", "3", "--modalities", "image,text", "--set", "train.patience=0"]
+
+
+def metrics(run: Path) -> list[dict]:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in lines]
+
+
+def mmcli(*args, check=True):
+    result = subprocess.run([sys.executable, "-m", "mmcli", *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def epochs_done(parent: Path, name: str) -> int:
+    for partial in parent.glob(f".{name}.partial-*"):
+        path = partial / "metrics.jsonl"
+        if path.is_file():
+            return len([line for line in path.read_text().splitlines() if line.strip()])
+    return 0
+
+
+def interrupt(toy: Path, out: Path, sig: int, after_epochs: int) -> subprocess.CompletedProcess | int:
+    proc = subprocess.Popen([sys.executable, "-m", "mmcli", "train", str(toy), *ARGS, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while epochs_done(out.parent, out.name) < after_epochs and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(random.Random(after_epochs).uniform(0.0, 0.3))  # somewhere inside the next epoch
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def test_sigkill_then_resume_ends_like_an_uninterrupted_run(toy_small, tmp_path):
+    plain = tmp_path / "plain"
+    mmcli("train", toy_small, *ARGS, "--out", plain)
+    out = tmp_path / "killed"
+    code, _ = interrupt(toy_small, out, signal.SIGKILL, after_epochs=2)
+    assert code == -signal.SIGKILL and not out.exists()
+    done = epochs_done(out.parent, out.name)
+    assert 2 <= done < 6, f"the kill came at the wrong time ({done} epochs done)"
+    mmcli("train", "--resume", out)
+    assert metrics(out) == metrics(plain)
+    assert json.loads((out / "eval-test.json").read_text())["accuracy"] == json.loads((plain / "eval-test.json").read_text())["accuracy"]
+    assert not list(tmp_path.glob(".killed.partial-*"))
+    assert json.loads((out / "provenance.json").read_text())["resumed_from_epoch"] >= 2
+
+
+def test_ctrl_c_exits_130_and_says_how_to_resume(toy_small, tmp_path):
+    out = tmp_path / "stopped"
+    code, err = interrupt(toy_small, out, signal.SIGINT, after_epochs=1)
+    assert code == 130, err
+    assert f"mmcli train --resume {out}" in err and "Traceback" not in err
+    mmcli("train", "--resume", out)
+    assert len(metrics(out)) == 6
+    again = mmcli("train", "--resume", out, check=False)
+    assert again.returncode == 2 and "finished" in again.stderr
