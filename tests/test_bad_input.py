@@ -207,3 +207,29 @@ def test_a_label_unseen_in_training_at_evaluation_names_the_row(small_run, tmp_p
     assert result.exit_code == 2, result.output
     for needle in ("data.csv", f"row {ROW + 1}", "column 'label'", "hamster"):
         assert needle in result.output
+
+
+def test_an_interrupted_preprocess_leaves_no_partial_cache(tmp_path, monkeypatch):
+    """Ctrl-C half-way through decoding: the cache holds nothing of it (no entry, no
+    temporary folder), so the next run starts clean instead of reading half a table."""
+    import mmcli.data.decode as decode
+
+    folder = tmp_path / "own"
+    manifest = write_own_manifest(folder, n=12)
+    cache = tmp_path / "cache"
+    real, calls = decode.decode_audio, []
+
+    def stop_half_way(path, config):
+        calls.append(path)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(path, config)
+
+    monkeypatch.setattr(decode, "decode_audio", stop_half_way)
+    result = RUNNER.invoke(app, ["preprocess", str(manifest), "--cache-dir", str(cache)])
+    assert result.exit_code == 130, result.output
+    left = [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
+    assert not [p for p in left if p.name in ("tensors.safetensors", "table.json")], left
+    monkeypatch.setattr(decode, "decode_audio", real)
+    again = RUNNER.invoke(app, ["preprocess", str(manifest), "--cache-dir", str(cache)])
+    assert again.exit_code == 0, again.output
