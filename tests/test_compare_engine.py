@@ -104,7 +104,7 @@ def test_a_killed_comparison_resumes_and_ends_with_the_same_summary(plain, toy_s
                              "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     workers: set[int] = set()
-    while finished_cells(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while finished_cells(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
         workers |= _children(proc.pid)
         time.sleep(0.02)
     workers |= _children(proc.pid)
@@ -117,7 +117,7 @@ def test_a_killed_comparison_resumes_and_ends_with_the_same_summary(plain, toy_s
             time.sleep(0.1)
         assert not any(Path(f"/proc/{w}").exists() for w in workers), "workers outlived the killed comparison"
     done = finished_cells(out)
-    assert 2 <= done < N_CELLS, f"the kill came too late to test anything ({done} of {N_CELLS} finished)"
+    assert 1 <= done < N_CELLS, f"the kill came too late to test anything ({done} of {N_CELLS} finished)"
     assert not (out / "summary.json").exists()
     before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/compare-result.json")}
 

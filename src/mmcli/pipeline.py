@@ -77,13 +77,12 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
     train_rows = [i for i, s in enumerate(splits) if s == "train"]
     if not train_rows:
         raise DataError(f"{table.source}: the training split is empty")
-    _check_targets(task, table, splits, None)
     train_values = [table.labels[i] for i in train_rows]
     labels = task.names(train_values)
     if not labels:
         raise DataError(f"{table.source}: the training split has no label in column '{config.data.label}'")
+    _check_targets(task, table, splits, labels)  # before fit_state: it reads only usable values
     state = task.fit_state(train_values, labels)
-    _check_targets(task, table, splits, labels)
     tokenizers = {
         name: text_mod.fit_tokenizer([table.texts[name][i] for i in train_rows], config.data.vocab_size, config.data.text_max_len)
         for name in modalities if table.modalities[name].kind == "text"
@@ -92,13 +91,10 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
     return RunData(config, table, splits, modalities, labels, tokenizers, specs, state)
 
 
-def _check_targets(task, table: Table, splits: list[str], labels: list[str] | None) -> None:
-    """Every row's target must be usable by the task: a number for regression (checked
-    first, `labels` None), a label seen in training for classification."""
-    if labels is None:
-        problems = task.check(table.labels, splits, []) if task.name == "regression" else []
-    else:
-        problems = task.check(table.labels, splits, labels) if task.name != "regression" else []
+def _check_targets(task, table: Table, splits: list[str], labels: list[str]) -> None:
+    """Every row's target must be usable by the task (a number for regression, a label seen
+    in training for classification); all problems are reported at once."""
+    problems = task.check(table.labels, splits, labels)
     if problems:
         column = task.config.data.label
         bad = [BadRow(table.source, i + 1, column, reason) for i, reason in problems]
@@ -202,7 +198,6 @@ def data_for_run(run: LoadedRun, data: str | None, split: str | None, cache_dir:
             raise DataError(f"{source}: the {split} split is empty")
         table = table.subset(rows)
     if require_label and table.labels is not None:
-        _check_targets(task, table, ["given"] * len(table), None)
         _check_targets(task, table, ["given"] * len(table), run.labels)
     if transform is not None:  # drop or corrupt a modality (robustness evaluation)
         table = transform(table)

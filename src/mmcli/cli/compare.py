@@ -44,16 +44,8 @@ def compare(
 
     set_quiet(quiet)
     if collect_dir is not None or job is not None:
-        given = [name for name, value in (("variants", items), ("--data", data), ("--config", config), ("--task", task),
-                                          ("--epochs", epochs), ("--metric", metric), ("--seed", seed), ("--set", sets),
-                                          ("--print-jobs", print_jobs), ("--overwrite", overwrite)) if value]
-        if seeds != 1:
-            given.append("--seeds")
-        if collect_dir is not None and job is not None:
-            given.append("--job")
-        if given:
-            mode = "--collect" if collect_dir is not None else "--job"
-            raise UsageError(f"{mode} uses the plan saved in the comparison folder; drop {', '.join(given)}")
+        _refuse_ignored(collect_dir, job, items=items, data=data, config=config, task=task, epochs=epochs, metric=metric,
+                        seed=seed, sets=sets, print_jobs=print_jobs, overwrite=overwrite, seeds=seeds != 1)
     if collect_dir is not None:
         from mmcli.compare.collect import collect
 
@@ -79,6 +71,17 @@ def compare(
         _print_jobs(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, command, n_jobs)
         return
     _run(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, n_jobs, command)
+
+
+def _refuse_ignored(collect_dir, job, **given) -> None:
+    """--collect and --job read the plan saved in the folder: options they would ignore are an error."""
+    flags = {"items": "variants", "sets": "--set", "print_jobs": "--print-jobs"}
+    named = [flags.get(k, f"--{k}") for k, v in given.items() if v]
+    if collect_dir is not None and job is not None:
+        named.append("--job")
+    if named:
+        mode = "--collect" if collect_dir is not None else "--job"
+        raise UsageError(f"{mode} uses the plan saved in the comparison folder; drop {', '.join(named)}")
 
 
 def _jobs(value: str, device: str) -> int:

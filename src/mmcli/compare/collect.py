@@ -185,7 +185,14 @@ def _interval(low: Any, high: Any) -> str:
 
 
 def report_markdown(result: CompareResult, plan: Plan) -> str:
-    mods = result.modalities
+    lines = _summary_section(result, plan) + _missing_section(result) + _attribution_section(result, plan)
+    lines += _per_class_section(result, plan)
+    lines += ["", "Files: results.csv (one row per run), summary.csv / summary.json (one row per variant), "
+              "per_class.csv, attribution.json (with the subsets family), compare.png.", ""]
+    return "\n".join(lines)
+
+
+def _summary_section(result: CompareResult, plan: Plan) -> list[str]:
     lines = [f"# Comparison on {result.metric}", "",
              f"Command: `{result.command}`" if result.command else "", "",
              f"{plan.seeds} seed(s) per variant, the same splits and budget for every run. Mean over seeds with "
@@ -202,52 +209,63 @@ def report_markdown(result: CompareResult, plan: Plan) -> str:
                      f"{_f(r['p_value'], 3)} | {r['verdict']} |")
     if plan.seeds < 2:
         lines += ["", "One seed: no interval or test can be given. Run with `--seeds 3` or more."]
+    return lines
+
+
+def _missing_section(result: CompareResult) -> list[str]:
+    mods = result.modalities
     robust = [r for r in result.summary if any(r.get(f"without_{m}") is not None for m in mods)]
-    if robust:
-        lines += ["", "## Missing modalities", "",
-                  f"{result.metric} on the test split with one modality missing (its input absent, as `mmcli evaluate --drop`); "
-                  "in brackets the change from the clean score.", "",
-                  "| variant | clean | " + " | ".join(f"without {m}" for m in mods) + " |",
-                  "|---|---|" + "---|" * len(mods)]
-        for r in robust:
-            cells = []
-            for m in mods:
-                w = r.get(f"without_{m}")
-                cells.append("–" if w is None else f"{w:.4f} ({w - r['mean']:+.4f})")
-            lines.append(f"| {r['variant']} | {_f(r['mean'])} | " + " | ".join(cells) + " |")
-    lines += ["", "## Modality attribution", ""]
+    if not robust:
+        return []
+    lines = ["", "## Missing modalities", "",
+             f"{result.metric} on the test split with one modality missing (its input absent, as `mmcli evaluate --drop`); "
+             "in brackets the change from the clean score.", "",
+             "| variant | clean | " + " | ".join(f"without {m}" for m in mods) + " |",
+             "|---|---|" + "---|" * len(mods)]
+    for r in robust:
+        cells = []
+        for m in mods:
+            w = r.get(f"without_{m}")
+            cells.append("–" if w is None else f"{w:.4f} ({w - r['mean']:+.4f})")
+        lines.append(f"| {r['variant']} | {_f(r['mean'])} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _attribution_section(result: CompareResult, plan: Plan) -> list[str]:
+    lines = ["", "## Modality attribution", ""]
     a = result.attribution
     if a is None:
-        lines.append("Run the `subsets` family (every non-empty subset of the modalities) to get each modality's "
-                     "Shapley value.")
-    else:
-        lines += [f"{a['method']}. Fusion: {a['fusion']}; seeds: {', '.join(map(str, a['seeds']))}; "
-                  f"empty set: {a['empty_set']:.4f}. The Shapley values add up to v(all) - v(empty)"
-                  + ("." if plan.higher_is_better else f"; {result.metric} is lower-is-better, so a negative value is a gain."), "",
-                  "| modality | Shapley value | 95 % CI |", "|---|---|---|"]
-        lines += [f"| {m} | {_f(s['mean'])} | {_interval(s['ci_low'], s['ci_high'])} |" for m, s in a["shapley"].items()]
-        lines += ["", "| pair | interaction | 95 % CI | reading |", "|---|---|---|---|"]
-        sign = 1 if plan.higher_is_better else -1  # for a lower-is-better metric a negative interaction is synergy
-        for pair, s in a["interaction"].items():
-            gain = sign * s["mean"]
-            reading = "synergy" if gain > 0 else "redundancy" if gain < 0 else "none"
-            lines.append(f"| {pair} | {_f(s['mean'])} | {_interval(s['ci_low'], s['ci_high'])} | {reading} |")
-    if result.per_class:
-        variants = [v.name for v in plan.variants]
-        best = next((s["best_unimodal"] for s in result.summary if s["best_unimodal"]), None)
-        table = {(r["variant"], r["class"]): r for r in result.per_class}
-        classes = list(dict.fromkeys(r["class"] for r in result.per_class))
-        others = [v for v in variants if v != best]
-        lines += ["", "## Per-class differences", "",
-                  f"F1 per class, mean over seeds: the best unimodal variant ({best}) and each other variant's difference to it.", "",
-                  f"| class | {best} | " + " | ".join(others) + " |", "|---|---|" + "---|" * len(others)]
-        for c in classes:
-            ref = table.get((best, c))
-            cells = [_f(table[(v, c)]["delta_vs_best_unimodal"], 3) if (v, c) in table else "–" for v in others]
-            lines.append(f"| {c} | {_f(ref['f1'], 3) if ref else '–'} | " + " | ".join(cells) + " |")
-    lines += ["", "Files: results.csv (one row per run), summary.csv / summary.json (one row per variant), "
-              "per_class.csv, attribution.json (with the subsets family), compare.png.", ""]
-    return "\n".join(lines)
+        return lines + ["Run the `subsets` family (every non-empty subset of the modalities) to get each modality's "
+                        "Shapley value."]
+    lines += [f"{a['method']}. Fusion: {a['fusion']}; seeds: {', '.join(map(str, a['seeds']))}; "
+              f"empty set: {a['empty_set']:.4f}. The Shapley values add up to v(all) - v(empty)"
+              + ("." if plan.higher_is_better else f"; {result.metric} is lower-is-better, so a negative value is a gain."), "",
+              "| modality | Shapley value | 95 % CI |", "|---|---|---|"]
+    lines += [f"| {m} | {_f(s['mean'])} | {_interval(s['ci_low'], s['ci_high'])} |" for m, s in a["shapley"].items()]
+    lines += ["", "| pair | interaction | 95 % CI | reading |", "|---|---|---|---|"]
+    sign = 1 if plan.higher_is_better else -1  # for a lower-is-better metric a negative interaction is synergy
+    for pair, s in a["interaction"].items():
+        gain = sign * s["mean"]
+        reading = "synergy" if gain > 0 else "redundancy" if gain < 0 else "none"
+        lines.append(f"| {pair} | {_f(s['mean'])} | {_interval(s['ci_low'], s['ci_high'])} | {reading} |")
+    return lines
+
+
+def _per_class_section(result: CompareResult, plan: Plan) -> list[str]:
+    if not result.per_class:
+        return []
+    best = next((s["best_unimodal"] for s in result.summary if s["best_unimodal"]), None)
+    table = {(r["variant"], r["class"]): r for r in result.per_class}
+    classes = list(dict.fromkeys(r["class"] for r in result.per_class))
+    others = [v.name for v in plan.variants if v.name != best]
+    lines = ["", "## Per-class differences", "",
+             f"F1 per class, mean over seeds: the best unimodal variant ({best}) and each other variant's difference to it.", "",
+             f"| class | {best} | " + " | ".join(others) + " |", "|---|---|" + "---|" * len(others)]
+    for c in classes:
+        ref = table.get((best, c))
+        cells = [_f(table[(v, c)]["delta_vs_best_unimodal"], 3) if (v, c) in table else "–" for v in others]
+        lines.append(f"| {c} | {_f(ref['f1'], 3) if ref else '–'} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def bar_chart(result: CompareResult, path: Path) -> None:

@@ -314,8 +314,9 @@ def run_job(out: Path, k: int, cache_dir: str | None = None) -> tuple[dict[str, 
     plan = load_plan(out)
     if not 0 <= k < len(plan.cells):
         raise UsageError(f"--job {k}: the comparison in {out} has jobs 0 to {len(plan.cells) - 1}")
-    if read_cell(out, plan.cells[k]) is not None:
-        return read_cell(out, plan.cells[k]), True
+    saved = read_cell(out, plan.cells[k])
+    if saved is not None:
+        return saved, True
     data = shared_data(plan.base_config(), cache_dir)
     return run_cell(plan, data, k, out)
 
@@ -339,7 +340,7 @@ def _worker_init(out: str, cache_dir: str | None, parent: int) -> None:
     _WORKER.update(out=Path(out), plan=plan, data=shared_data(plan.base_config(), cache_dir))
 
 
-def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
+def _exit_with_parent(parent: int, interval: float = 0.1) -> None:
     """A worker whose comparison was killed stops too, instead of training on unseen; its
     unfinished run is cleaned up when the comparison is run again."""
     import threading
