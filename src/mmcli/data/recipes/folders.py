@@ -1,0 +1,54 @@
+"""Importers for folder layouts people already have: one subfolder per class, as
+torchvision's `ImageFolder` reads them (`DIR/cat/1.jpg`), optionally under split folders
+(`DIR/train/cat/1.jpg`, `DIR/val/...`, `DIR/test/...`). The files stay where they are;
+only a manifest is written, and never over an existing file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmcli.data.manifest import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
+from mmcli.data.recipes import relative_prefix, write_manifest
+from mmcli.data.splits import SPLITS
+from mmcli.errors import UsageError
+
+KINDS = {"imagefolder": ("image", IMAGE_EXTENSIONS), "audiofolder": ("audio", AUDIO_EXTENSIONS)}
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def scan(folder: Path, extensions: set[str]) -> list[tuple[Path, str, str]]:
+    """(file, label, split or '') for every file with one of `extensions`, sorted."""
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: no such folder")
+    top = _class_folders(folder)
+    split_layout = bool(top) and all(p.name in SPLITS for p in top)
+    groups = [(c, c.name, s.name) for s in top for c in _class_folders(s)] if split_layout else [(c, c.name, "") for c in top]
+    found = [(f, label, split) for c, label, split in groups for f in sorted(c.rglob("*"))
+             if f.is_file() and f.suffix.lower() in extensions and not f.name.startswith(".")]
+    if not found:
+        kinds = ", ".join(sorted(extensions))
+        raise UsageError(f"{folder}: no files ({kinds}) in class subfolders (expected {folder}/CLASS/FILE "
+                         f"or {folder}/train/CLASS/FILE)")
+    return found
+
+
+def import_folder(kind: str, folder: Path, manifest: Path) -> tuple[Path, int, int]:
+    """Write `manifest` for a class-per-folder tree; returns (manifest, files, classes)."""
+    column, extensions = KINDS[kind]
+    prefix = relative_prefix(folder, manifest)
+    found = scan(folder, extensions)
+    rows, seen = [], set()
+    for path, label, split in found:
+        rel = path.relative_to(folder).as_posix()
+        ex_id = rel.rsplit(".", 1)[0]
+        if ex_id in seen:  # a.png and a.jpg in one folder
+            ex_id = rel
+        seen.add(ex_id)
+        rows.append({"id": ex_id, column: prefix + rel, "label": label, "split": split})
+    columns = ["id", column, "label"] + (["split"] if found[0][2] else [])
+    write_manifest(manifest.parent, columns, rows, name=manifest.name)
+    return manifest, len(rows), len({r["label"] for r in rows})
