@@ -180,8 +180,8 @@ def download_flickr8k(folder: Path, mirror: Optional[str] = None, progress=None)
     return folder
 
 
-def find_flickr(source: Path, prefer: Optional[Path] = None) -> Path:
-    for folder in [p for p in (prefer, source / "flickr8k", source) if p is not None]:
+def find_flickr(source: Path) -> Path:
+    for folder in (source / "flickr8k", source):
         if (folder / "Images").is_dir() or (folder / "Flicker8k_Dataset").is_dir() or (folder / "Flickr8k_Dataset").is_dir():
             return folder
     raise UsageError(f"{source}: no Flickr8k copy found (Images/ + captions.txt, or Flicker8k_Dataset/ + Flickr8k_text/)")

@@ -4,8 +4,9 @@ Reads a COCO copy as its site lays it out: `annotations/captions_<set>.json` (an
 `instances_<set>.json` for the objects) beside a `<set>/` folder of photos, for every set
 present (train2017, val2017, ...). One row per photo: its first caption as `text`, the
 names of the objects in it joined by `|` as `label` (a multilabel target: train with
-`--task multilabel`), and all five captions in `captions.jsonl`. With two sets, the
-training set becomes `train` and the other `test`; with one, mmcli draws the split.
+`--task multilabel`; `[]` for a photo without objects), and all five captions in
+`captions.jsonl`. With two sets, the training set becomes `train` and the other `test`;
+with one, mmcli draws the split.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def build(out: Path, root: Path, source_text: str, progress=None) -> int:
     names = sets_present(root)
     if not names:
         raise UsageError(f"{root}: annotations name sets whose photo folders are missing")
-    rows, references, dropped, with_labels = [], {}, 0, True
+    rows, references, empty, with_labels = [], {}, 0, True
     for k, name in enumerate(names):
         images, captions, objects = read_set(root, name)
         with_labels = with_labels and objects is not None
@@ -92,13 +93,11 @@ def build(out: Path, root: Path, source_text: str, progress=None) -> int:
         for im in images:
             if im["id"] not in captions:
                 continue
-            labels = objects.get(im["id"]) if objects is not None else None
-            if objects is not None and not labels:
-                dropped += 1  # a photo with no object has no multilabel target
-                continue
+            labels = objects.get(im["id"], []) if objects is not None else []
+            empty += objects is not None and not labels
             ex_id = Path(im["file_name"]).stem
             rows.append({"id": ex_id, "image": f"images/{name}/{im['file_name']}", "text": captions[im["id"]][0],
-                         "label": "|".join(labels or []), "split": split})
+                         "label": "|".join(labels) or "[]", "split": split})
             references[ex_id] = captions[im["id"]]
         copy_images(root / name, [Path(r["image"]).name for r in rows if r["image"].startswith(f"images/{name}/")],
                     out, f"images/{name}")
@@ -107,5 +106,5 @@ def build(out: Path, root: Path, source_text: str, progress=None) -> int:
     extra = (["label"] if with_labels else []) + (["split"] if len(names) > 1 else [])
     write_caption_set(out / "manifest.csv", rows, references, extra)
     write_provenance(out, "coco-captions", {}, {"source": source_text, "sets": names, "photos": len(rows),
-                                                "dropped_without_objects": dropped})
+                                                "photos_without_objects": empty})
     return len(rows)
