@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.mmcli-installed
 # build; these two versions are the ones the CI machines have as local files.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench docs clean
 
 install: $(STAMP)
 
@@ -26,6 +26,9 @@ test: install
 
 bench: install
 	$(BIN)/python bench/run.py
+
+docs: install
+	$(BIN)/python -m mmcli.cli.reference > docs/cli.md
 
 clean:
 	rm -rf runs build dist src/*.egg-info

@@ -265,7 +265,7 @@ def resolve(
     """Defaults < base < YAML file < flags (`section.key` -> value, None skipped) < --set."""
     values: dict[str, Any] = _deep_copy(base or {})
     if path is not None:
-        _merge(values, load_yaml(path))
+        merge(values, load_yaml(path))
     for key, value in (flags or {}).items():
         if value is not None:
             apply_set(values, key.split("."), value)
@@ -274,10 +274,10 @@ def resolve(
     return from_dict(values)
 
 
-def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+def merge(into: dict[str, Any], new: dict[str, Any]) -> None:
     for key, value in new.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
+            merge(into[key], value)
         else:
             into[key] = value
 

@@ -35,9 +35,24 @@ def _version(value: bool) -> None:
 def root(
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also log what happens inside: cache hits and misses, model sizes, devices, each comparison run (stderr).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only results, for every command: no progress or log lines.")] = False,
 ) -> None:
-    """Unimodal, multimodal and cross-modal deep learning: one command per question."""
-    STATE["debug"] = debug
+    """Unimodal, multimodal and cross-modal deep learning: one command per question.
+
+    Results go to stdout (a table on a terminal, JSON or CSV when piped), progress and logs
+    to stderr. Exit codes: 0 success, 1 a failed run, 2 bad input or usage, 130 interrupted.
+    Documentation: docs/index.md; every command and option: docs/cli.md."""
+    import os
+
+    from mmcli.cli.common import set_quiet
+    from mmcli.reporting.console import setup_logging
+
+    STATE["debug"], STATE["quiet"] = debug, quiet
+    if verbose:
+        os.environ["MMCLI_VERBOSE"] = "1"
+    set_quiet(quiet)
+    setup_logging()
 
 
 app.add_typer(datasets.app, name="datasets")

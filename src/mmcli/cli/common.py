@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 import typer
 from typing_extensions import Annotated
 
-STATE = {"debug": False}
+STATE = {"debug": False, "quiet": False}
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config with sections data, model, train, eval.", show_default=False)]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one config value: section.key=value (repeatable); the value is read as YAML.", show_default=False)]
@@ -65,12 +65,23 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def set_quiet(quiet: bool) -> None:
     from mmcli.reporting import console
 
-    console.QUIET["on"] = quiet
+    console.QUIET["on"] = quiet or STATE["quiet"]  # `mmcli --quiet CMD` holds for every command
 
 
 def resolve_config(config: Optional[Path], flags: dict[str, Any], sets: Optional[list[str]], base: dict | None = None):
-    from mmcli.config import resolve
+    """defaults < $MMCLI_CONFIG (your own defaults, e.g. train.device) < base < --config < flags < --set."""
+    import os
 
+    from mmcli.config import load_yaml, merge, resolve
+    from mmcli.errors import UsageError
+
+    own = os.environ.get("MMCLI_CONFIG")
+    if own:
+        if not Path(own).is_file():
+            raise UsageError(f"MMCLI_CONFIG={own}: no such file (it names a YAML config of your own defaults)")
+        layered = load_yaml(Path(own))
+        merge(layered, base or {})
+        base = layered
     return resolve(config, flags, sets or [], base)
 
 

@@ -24,6 +24,7 @@ def evaluate(
     corrupt: Annotated[Optional[list[str]], typer.Option("--corrupt", help="Degrade a modality: MODALITY:KIND@LEVEL, LEVEL in [0, 1] (repeatable); kinds in docs/robustness.md.", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the corruptions.")] = 0,
     robustness: Annotated[bool, typer.Option("--robustness", help="Sweep every corruption of every modality over levels 0.0-1.0 and every dropped modality; writes robustness.json and a PNG per modality.")] = False,
+    plots: Annotated[bool, typer.Option("--plots", help="Also write curves.png (losses and validation metrics per epoch, 1000x400 px) and, for classification, confusion-<split>.png (800x800 px) into the run folder.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps (not the device the run was trained on).")] = "auto",
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
@@ -41,10 +42,16 @@ def evaluate(
     if weights not in ("best", "last"):
         raise UsageError(f"--weights must be best or last, not '{weights}'")
     if robustness:
+        if plots:
+            raise UsageError("--plots goes with a plain evaluation; --robustness writes its own PNGs")
         return _robustness(run, data, split, cache_arg(cache_dir), device, seed, as_json)
     with task_bar("preprocessing") as update:
         scores = evaluate_run(run, data, split, cache_arg(cache_dir), weights, update, device=device,
                               drops=drop or [], corruptions=corrupt or [], seed=seed)
+    if plots:
+        from mmcli.evaluation.api import write_plots
+
+        log(f"wrote {', '.join(str(p) for p in write_plots(run, scores))}")
     log(f"wrote {run / scores.pop('saved_as')}")
     if as_json or not sys.stdout.isatty():
         sys.stdout.write(json.dumps(scores) + "\n")

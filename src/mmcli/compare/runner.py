@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -26,6 +27,8 @@ from mmcli import runs
 from mmcli.compare.variants import Variant, expand
 from mmcli.config import Config, from_dict
 from mmcli.errors import UsageError
+
+LOG = logging.getLogger("mmcli")
 
 if TYPE_CHECKING:  # torch is imported only where a cell runs: --collect and --print-jobs stay light
     from mmcli.pipeline import RunData
@@ -179,6 +182,7 @@ def run_cell(plan: Plan, data: RunData, k: int, out: Path, fit_progress=None) ->
     cell = plan.cells[k]
     saved = read_cell(out, cell)
     if saved is not None:
+        LOG.info("job %d (%s seed %d): finished before, reused", k, cell["variant"], cell["seed"])
         return saved, True
     variant = plan.variant(cell["variant"])
     cfg = variant_config(plan.base_config(), variant, cell["seed_index"])
@@ -201,6 +205,8 @@ def run_cell(plan: Plan, data: RunData, k: int, out: Path, fit_progress=None) ->
                   "seed": cell["seed"], "best_epoch": outcome.result.best_epoch,
                   "seconds": round(outcome.result.seconds, 2), **_test_scores(outcome, cfg)}
         runs.write_json(folder / RESULT, result)
+    LOG.info("job %d (%s seed %d): %s %.4f, best epoch %d, %.1f s", k, variant.name, cell["seed"], plan.metric,
+             result["scores"].get(plan.metric, float("nan")), result["best_epoch"], result["seconds"])
     return result, False
 
 
@@ -336,6 +342,9 @@ def _worker_init(out: str, cache_dir: str | None, parent: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
     _exit_with_parent(parent)
+    from mmcli.reporting.console import setup_logging
+
+    setup_logging()
     plan = load_plan(Path(out))
     _WORKER.update(out=Path(out), plan=plan, data=shared_data(plan.base_config(), cache_dir))
 

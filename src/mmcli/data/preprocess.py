@@ -8,6 +8,7 @@ row, column, reason). Decoding failures are collected the same way. With
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +24,8 @@ from mmcli.errors import BadRow, DataError
 
 Progress = Callable[[int, int], None]
 BUILTIN_PREFIX = "builtin:"
+
+LOG = logging.getLogger("mmcli")
 
 
 def resolve_source(data: str | Path | None, cache_root: Path) -> Path:
@@ -48,9 +51,11 @@ def preprocess(data: str | Path | None, config: DataConfig, cache_dir: str | Pat
     key = cache.data_key(manifest.path, [f for f in files if f is not None], modalities, config, require_label)
     folder = cache.tensor_dir(root) / key
     if is_table(folder):
+        LOG.info("cache hit: %s (%d files referenced) is in %s", manifest.path, len(files), folder)
         table = load_table(folder)
         table.source = _source_name(data)
         return table
+    LOG.info("cache miss: decoding %d rows of %s into %s", len(manifest.rows), manifest.path, folder)
     table = build_table(manifest, modalities, config, workers, progress, require_label)
     table.key = key
     table.source = _source_name(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,22 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test", ca
         runs.write_json(run_dir / name, scores)
         scores["saved_as"] = name
     return scores
+
+
+def write_plots(run_dir: Path, scores: dict[str, Any]) -> list[Path]:
+    """`evaluate --plots`: curves.png (losses and validation metrics per epoch, from
+    metrics.jsonl) and, for classification, confusion-<name>.png of the scores just made."""
+    from mmcli.reporting import plots
+
+    written = []
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if (run_dir / "metrics.jsonl").is_file() else []
+    records = [json.loads(line) for line in lines if line.strip()]
+    if records:
+        best = json.loads((run_dir / "provenance.json").read_text()).get("best_epoch") if (run_dir / "provenance.json").is_file() else None
+        written.append(plots.learning_curves(records, run_dir / "curves.png", best))
+    cm = scores.get("confusion_matrix")
+    if cm:
+        name = Path(scores.get("saved_as", f"eval-{scores['split']}.json")).stem.removeprefix("eval-")
+        written.append(plots.confusion_matrix(cm["labels"], cm["matrix"], run_dir / f"confusion-{name}.png",
+                                              f"confusion matrix, {scores['split']} split"))
+    return written

@@ -42,6 +42,29 @@ def log(message: str) -> None:
         err().print(message)
 
 
+def setup_logging() -> None:
+    """`mmcli --verbose` (or MMCLI_VERBOSE=1, which compare's worker processes inherit):
+    the core's `logging` records of the "mmcli" logger (cache hits and misses, model sizes,
+    devices, each comparison run) go to stderr, unless --quiet."""
+    import logging
+
+    logger = logging.getLogger("mmcli")
+    if os.environ.get("MMCLI_VERBOSE") != "1" or QUIET["on"] or getattr(logger, "_mmcli_handler", False):
+        return
+
+    class ToConsole(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if not QUIET["on"]:
+                from rich.text import Text
+
+                err().print(Text(record.getMessage(), style="dim")) if err().is_terminal \
+                    else print(record.getMessage(), file=sys.stderr)
+
+    logger.addHandler(ToConsole())
+    logger.setLevel(logging.INFO)
+    logger._mmcli_handler = True  # type: ignore[attr-defined]
+
+
 def progress_enabled() -> bool:
     return err().is_terminal and not QUIET["on"] and os.environ.get("MMCLI_NO_PROGRESS") is None
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def figure(width: float, height: float):
+def figure(width: float, height: float, ncols: int = 1):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(width, height))
+    return plt.subplots(1, ncols, figsize=(width, height))
 
 
 def save_png(fig, path: Path, dpi: int = 100) -> None:
@@ -28,3 +28,57 @@ def save_png(fig, path: Path, dpi: int = 100) -> None:
         plt.close(fig)
     open_up(tmp)
     tmp.replace(path)
+
+
+CURVES_SIZE = (1000, 400)  # pixels of curves.png
+CONFUSION_SIZE = (800, 800)  # pixels of confusion-<split>.png
+
+
+def learning_curves(records: list[dict], path: Path, best_epoch: int | None = None) -> Path:
+    """Losses (training and validation) and every validation metric, per epoch."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (left, right) = figure(CURVES_SIZE[0] / 100, CURVES_SIZE[1] / 100, ncols=2)
+    epochs = [r["epoch"] for r in records]
+    for key, style in (("train_loss", "-"), ("val_loss", "--")):
+        values = [r.get(key) for r in records]
+        if any(v is not None for v in values):
+            left.plot(epochs, values, style, marker="o", markersize=3, label=key.replace("_", " "))
+    metrics = sorted({k for r in records for k in r if k.startswith("val_") and k not in ("val_loss", "val_n_examples")})
+    for key in metrics:
+        right.plot(epochs, [r.get(key) for r in records], marker="o", markersize=3, label=key[4:].replace("_", " "))
+    for ax, title in ((left, "loss"), (right, "validation metrics")):
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="grey", linewidth=0.8, linestyle=":", label=f"best epoch ({best_epoch})")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    save_png(fig, path)
+    return path
+
+
+def confusion_matrix(labels: list[str], matrix: list[list[int]], path: Path, title: str) -> Path:
+    """Counts, rows true and columns predicted, shaded by each row's share."""
+    import numpy as np
+
+    fig, ax = figure(CONFUSION_SIZE[0] / 100, CONFUSION_SIZE[1] / 100)
+    counts = np.asarray(matrix, dtype=float)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(labels))
+    small = len(labels) > 12
+    ax.set_xticks(ticks, labels, rotation=90, fontsize=6 if small else 8)
+    ax.set_yticks(ticks, labels, fontsize=6 if small else 8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if len(labels) <= 20:
+        for i in ticks:
+            for j in ticks:
+                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=6 if small else 8,
+                        color="white" if shares[i, j] > 0.5 else "black")
+    save_png(fig, path)
+    return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,6 +27,14 @@ class TrainOutcome:
     test_scores: dict | None
     parameters: int
     model: object = None  # the trained model (best weights where the test split was scored)
+
+LOG = logging.getLogger("mmcli")
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def variant_of(config: Config, modalities: list[str]) -> str:
@@ -82,6 +91,9 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     final = runs.resolve_out_dir(out, variant, overwrite)
     generator = seed_everything(config.train.seed, config.train.deterministic)
     model = build(config, data.specs, task.n_outputs(data.labels))
+    LOG.info("%s: %s parameters; train/val/test %s; device %s, %d threads", variant,
+             f"{count_parameters(model):,}", "/".join(str(n) for n in data.counts().values()),
+             pick_device(config.train.device), _threads())
     info = runs.provenance(argv)
     info.update({"variant": variant, "data_key": data.table.key, "fingerprint": fingerprint(config, data.table.key)})
     work = runs.staging_dir(final)
