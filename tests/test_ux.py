@@ -127,3 +127,13 @@ def test_mmcli_config_holds_your_defaults_beneath_flags(small_run, tmp_path):
     assert "epochs: 2" in config and "fusion: sum" in config and "lr: 0.002" in config
     result = run_mmcli("train", toy, "--quiet", env={"MMCLI_CONFIG": str(tmp_path / "absent.yaml")})
     assert result.returncode == 2 and "MMCLI_CONFIG" in result.stderr
+
+
+def test_a_closed_pipe_stops_quietly(small_run):
+    # `true` exits at once, long before mmcli (which imports torch first) writes its first line
+    manifest = small_run.parent / "toy" / "manifest.csv"
+    mmcli = Path(sys.executable).parent / "mmcli"
+    result = subprocess.run(["bash", "-c", f"'{mmcli}' predict '{small_run}' '{manifest}' | true; echo \"status=${{PIPESTATUS[0]}}\""],
+                            capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == "status=141"
+    assert result.stderr == ""

@@ -47,6 +47,12 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if STATE["debug"]:
                 raise
             fail("interrupted; finished files are kept, unfinished ones were not written", 130)
+        except BrokenPipeError:
+            # the reader went away (`mmcli predict ... | head`): stop quietly, as tools killed by SIGPIPE do
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141)
         except OSError as exc:
             if STATE["debug"]:
                 raise

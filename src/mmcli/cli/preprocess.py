@@ -40,7 +40,10 @@ def preprocess(
     log(f"{len(table)} examples in cache {table.key}; modalities: "
         + ", ".join(f"{n} ({m.kind}, column {m.column})" for n, m in table.modalities.items()))
     if table.bad_rows:
-        log(f"skipped {len({r.row for r in table.bad_rows})} bad rows (listed in bad_rows.csv in the cache entry)")
+        from mmcli.data.cache import cache_root, tensor_dir
+
+        listed = tensor_dir(cache_root(cache_arg(out or cache_dir))) / table.key / "bad_rows.csv"
+        log(f"skipped {len({r.row for r in table.bad_rows})} bad rows, listed in {listed}")
     if table.labels is None:
         return
     seed_value = cfg.train.seed if cfg.data.split_seed is None else cfg.data.split_seed

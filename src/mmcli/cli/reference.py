@@ -19,6 +19,7 @@ FOOTER = """\
 | 1 | a run that started and failed (an internal error says so and asks for a report) |
 | 2 | bad input or usage: the message names the file, row and column, the option or the config key |
 | 130 | interrupted (Ctrl-C); what was finished is kept, a training can continue with `mmcli train --resume RUN` |
+| 141 | the reader of stdout went away (`mmcli predict RUN data.csv \| head`): mmcli stops quietly, as tools killed by SIGPIPE do |
 
 Errors and progress go to stderr, results to stdout: a table when stdout is a terminal,
 JSON lines or CSV when it is piped. `--debug` (before the command) shows the traceback of
