@@ -95,18 +95,24 @@ def workspace(tmp_path_factory) -> Path:
     return ws
 
 
-def _skip_reason(blocks: list[str]) -> str | None:
-    text = "\n".join(blocks)
-    if "jq " in text and shutil.which("jq") is None:
+def runnable_blocks(doc: Path) -> list[str]:
+    """The document's bash blocks, less those that build from ../shared/data when it is absent
+    (each such block stands alone: the blocks after it do not read what it makes)."""
+    return [b for b in bash_blocks(doc) if SHARED_DATA.is_dir() or "../shared/data" not in b]
+
+
+def _skip_reason(doc: Path) -> str | None:
+    blocks = runnable_blocks(doc)
+    if not blocks:
+        return "its examples build from ../shared/data, which is absent"
+    if "jq " in "\n".join(blocks) and shutil.which("jq") is None:
         return "jq is not installed; these examples pipe into it"
-    if "../shared/data" in text and not SHARED_DATA.is_dir():
-        return "../shared/data is absent; these examples build from it"
     return None
 
 
 def _run_doc(doc: Path, workspace: Path, folder: Path) -> subprocess.CompletedProcess:
     """All bash blocks of one document, in order, in a copy of the workspace."""
-    blocks = bash_blocks(doc)
+    blocks = runnable_blocks(doc)
     ws = folder / "ws"
     shutil.copytree(workspace, ws, symlinks=True)
     if (workspace.parent / "shared").exists():
@@ -130,7 +136,7 @@ def doc_runs(workspace, tmp_path_factory) -> dict[str, subprocess.CompletedProce
     results: dict[str, subprocess.CompletedProcess | str] = {}
     todo = []
     for doc in sorted(RUNNABLE, key=lambda d: -len("".join(bash_blocks(d)))):  # the longest first
-        reason = _skip_reason(bash_blocks(doc))
+        reason = _skip_reason(doc)
         if reason:
             results[doc.name] = reason
         else:
