@@ -18,12 +18,12 @@ import os
 import shlex
 import shutil
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from mmcli import runs
+from mmcli.compare.locking import job_lock
 from mmcli.compare.variants import Variant, expand
 from mmcli.config import Config, from_dict
 from mmcli.errors import UsageError
@@ -194,7 +194,7 @@ def run_cell(plan: Plan, data: RunData, k: int, out: Path, fit_progress=None) ->
 
         torch.set_num_threads(plan.threads)  # the same in every process: results do not depend on --jobs
     folder = out / cell["run"]
-    with _job_lock(out / ".locks" / f"{folder.name}.lock", k, cell):
+    with job_lock(out / ".locks" / f"{folder.name}.lock", k, cell):
         saved = read_cell(out, cell)  # another process may have finished it while we waited to start
         if saved is not None:
             return saved, True
@@ -208,28 +208,6 @@ def run_cell(plan: Plan, data: RunData, k: int, out: Path, fit_progress=None) ->
     LOG.info("job %d (%s seed %d): %s %.4f, best epoch %d, %.1f s", k, variant.name, cell["seed"], plan.metric,
              result["scores"].get(plan.metric, float("nan")), result["best_epoch"], result["seconds"])
     return result, False
-
-
-@contextmanager
-def _job_lock(path: Path, k: int, cell: dict[str, Any]):
-    """One process per run: a second one (a requeued cluster job, a resume started while
-    the --print-jobs batch still runs) stops with a message instead of deleting the first
-    one's work. The lock is the operating system's, so a killed process releases it."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; runs are still written atomically
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"job {k} ({cell['variant']} seed {cell['seed']}) is running in another process") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _test_scores(outcome, cfg: Config) -> dict[str, Any]:

@@ -14,14 +14,14 @@ Everything is generated deterministically from one seed.
 
 from __future__ import annotations
 
-import csv
-import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import soundfile as sf
 from PIL import Image, ImageDraw
+
+from mmcli.data.recipes import write_manifest
 
 COLOURS: tuple[str, ...] = ("red", "blue")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
@@ -205,19 +205,6 @@ def _write_example(out: Path, ex_id: str, label: str, rng: np.random.Generator) 
     return {"id": ex_id, "image": image_rel, "audio": audio_rel, "text": text, "label": label}
 
 
-def _write_manifest(out: Path, rows: list[dict[str, str]]) -> Path:
-    # Temp file + os.replace: the manifest appears atomically, and only after every file
-    # it references exists, so an interrupted run never leaves a dangling manifest.
-    manifest = out / "manifest.csv"
-    tmp = out / ".manifest.csv.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, manifest)
-    return manifest
-
-
 def make_toy(
     out: Path,
     n: int = 1200,
@@ -246,4 +233,5 @@ def make_toy(
         done = i + 1
         if progress is not None and (done % PROGRESS_EVERY == 0 or done == n):
             progress(done, n)
-    return _write_manifest(out, rows)
+    # written last, atomically: an interrupted run never leaves a manifest of missing files
+    return write_manifest(out, list(MANIFEST_COLUMNS), rows)

@@ -91,9 +91,10 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     final = runs.resolve_out_dir(out, variant, overwrite)
     generator = seed_everything(config.train.seed, config.train.deterministic)
     model = build(config, data.specs, task.n_outputs(data.labels))
-    LOG.info("%s: %s parameters; train/val/test %s; device %s, %d threads", variant,
-             f"{count_parameters(model):,}", "/".join(str(n) for n in data.counts().values()),
-             pick_device(config.train.device), _threads())
+    if LOG.isEnabledFor(logging.INFO):
+        LOG.info("%s: %s parameters; train/val/test %s; device %s, %d threads", variant,
+                 f"{count_parameters(model):,}", "/".join(str(n) for n in data.counts().values()),
+                 pick_device(config.train.device), _threads())
     info = runs.provenance(argv)
     info.update({"variant": variant, "data_key": data.table.key, "fingerprint": fingerprint(config, data.table.key)})
     work = runs.staging_dir(final)

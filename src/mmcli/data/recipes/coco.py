@@ -90,6 +90,7 @@ def build(out: Path, root: Path, source_text: str, progress=None) -> int:
         files = [im["file_name"] for im in images if im["id"] in captions]
         missing_images(root / name, files, f"captions_{name}.json")
         split = ("train" if "train" in name else "test") if len(names) > 1 else ""
+        kept = []
         for im in images:
             if im["id"] not in captions:
                 continue
@@ -99,8 +100,8 @@ def build(out: Path, root: Path, source_text: str, progress=None) -> int:
             rows.append({"id": ex_id, "image": f"images/{name}/{im['file_name']}", "text": captions[im["id"]][0],
                          "label": "|".join(labels) or "[]", "split": split})
             references[ex_id] = captions[im["id"]]
-        copy_images(root / name, [Path(r["image"]).name for r in rows if r["image"].startswith(f"images/{name}/")],
-                    out, f"images/{name}")
+            kept.append(im["file_name"])
+        copy_images(root / name, kept, out, f"images/{name}")
         if progress is not None:
             progress(k + 1, len(names))
     extra = (["label"] if with_labels else []) + (["split"] if len(names) > 1 else [])

@@ -39,15 +39,15 @@ def find(source: Path) -> Path:
     for folder in (source / "mnist", source):
         if _has_any(folder):
             return folder
-    return _missing(source)
+    raise _missing(source)
 
 
 def _has_any(folder: Path) -> bool:
     return folder.is_dir() and any(_idx_file(folder, f"{p}-images-idx3-ubyte") for p in SETS.values())
 
 
-def _missing(source: Path) -> Path:
-    raise UsageError(f"{source}: no MNIST files found (t10k-images-idx3-ubyte[.gz] in {source} or {source / 'mnist'})")
+def _missing(source: Path) -> UsageError:
+    return UsageError(f"{source}: no MNIST files found (t10k-images-idx3-ubyte[.gz] in {source} or {source / 'mnist'})")
 
 
 def _idx_file(folder: Path, stem: str) -> Optional[Path]:
@@ -89,7 +89,7 @@ def load(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             raise UsageError(f"{labels_path}: {len(labels):,} labels for {len(images):,} images, or a label above 9")
         sets[split] = (images, labels)
     if not sets:
-        _missing(folder)
+        raise _missing(folder)
     return sets
 
 
