@@ -39,9 +39,18 @@ def interrupt(toy: Path, out: Path, sig: int, after_epochs: int) -> subprocess.C
     proc = subprocess.Popen([sys.executable, "-m", "mmcli", "train", str(toy), *ARGS, "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while epochs_done(out.parent, out.name) < after_epochs and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(random.Random(after_epochs).uniform(0.0, 0.3))  # somewhere inside the next epoch
+    seen: dict[int, float] = {}  # epochs done -> when first seen
+    while proc.poll() is None and time.monotonic() < deadline:
+        done = epochs_done(out.parent, out.name)
+        seen.setdefault(done, time.monotonic())
+        if done >= after_epochs:
+            break
+        time.sleep(0.005)
+    # Somewhere inside the next epoch: a random part of half an epoch's length, as
+    # measured on this machine (toy epochs last tens of milliseconds, so a fixed delay
+    # could let the run finish before the signal).
+    epoch_s = seen[after_epochs] - seen[after_epochs - 1] if after_epochs - 1 in seen and after_epochs in seen else 0.0
+    time.sleep(random.Random(after_epochs).uniform(0.0, 0.5) * epoch_s)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     return proc.returncode, err
