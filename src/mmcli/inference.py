@@ -7,13 +7,14 @@ modalities were used. An example with none of the run's modalities is an error.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
-from mmcli.data import decode
+from mmcli.data import decode, tabular
 from mmcli.data import text as text_mod
 from mmcli.data.dataset import Encoded
 from mmcli.errors import BadRow, DataError
@@ -41,7 +42,7 @@ def records_from_manifest(run: LoadedRun, path: Path) -> list[Record]:
     id_col = run.config.data.id_column
     out = []
     for i, row in enumerate(manifest.rows):
-        fields = {name: row.get(col, "") for name, col in run.columns.items()}
+        fields = {name: _field(row, m) for name, m in run.sources.items()}
         out.append(Record(row.get(id_col) or str(i + 1), fields, manifest.root, manifest.path.name, i + 1, manifest.lines[i]))
     return out
 
@@ -51,11 +52,22 @@ def records_from_dicts(run: LoadedRun, items: Iterable[dict[str, Any]], base: Pa
     out = []
     for i, item in enumerate(items):
         fields = {}
-        for name, col in run.columns.items():
-            value = item.get(name, item.get(col))
+        for name, m in run.sources.items():
+            value = item.get(name, item.get(m.column))
+            if m.kind == "tabular":  # its columns at the top level, or under the modality's name
+                fields[name] = _field({k: "" if v is None else str(v) for k, v in (value if isinstance(value, dict) else item).items()}, m)
+                continue
             fields[name] = "" if value is None else str(value)
         out.append(Record(str(item.get("id", i + 1)), fields, base, source, i + 1))
     return out
+
+
+def _field(row: dict[str, str], m) -> str:
+    """A modality's field of a row: its column, or a tabular modality's cells as JSON."""
+    if m.kind != "tabular":
+        return row.get(m.column, "")
+    cells = tabular.cells([row], m)[0]
+    return json.dumps(cells) if any(cells) else ""
 
 
 def _decode_record(run: LoadedRun, rec: Record) -> tuple[dict[str, Any], list[BadRow]]:
@@ -66,6 +78,13 @@ def _decode_record(run: LoadedRun, rec: Record) -> tuple[dict[str, Any], list[Ba
             continue
         if spec.kind == "text":
             values[name] = raw
+            continue
+        if spec.kind == "tabular":
+            cells = json.loads(raw)
+            order = tabular.numeric_columns(run.sources[name]) + run.sources[name].categorical
+            bad = [(c, v) for c, v in zip(order[: spec.numeric], cells) if v and not tabular.is_number(v)]
+            problems += [BadRow(rec.source, rec.row, c, f"'{v}' is not a number", rec.line) for c, v in bad]
+            values[name] = cells
             continue
         path = Path(raw) if Path(raw).is_absolute() else rec.base / raw
         try:
@@ -96,6 +115,9 @@ def encode_records(run: LoadedRun, records: list[Record]) -> tuple[Encoded, list
             ids = text_mod.encode(run.tokenizers[name], [v.get(name, "") for v in decoded])
             inputs[name] = ids
             lengths[name] = (ids != 0).sum(dim=1).clamp(min=1)
+        elif spec.kind == "tabular":
+            width = spec.numeric + len(spec.categories)
+            inputs[name] = run.tokenizers[name].encode([v.get(name, [""] * width) for v in decoded])
         elif spec.kind == "image":
             blank = torch.zeros(3, spec.image_size, spec.image_size, dtype=torch.uint8)
             inputs[name] = torch.stack([v.get(name, blank) for v in decoded]) if n else blank[None][:0]

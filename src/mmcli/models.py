@@ -41,8 +41,9 @@ class Model(nn.Module):
         return list(self.encoders)
 
     def encode(self, batch: dict) -> dict:
-        lengths = batch.get("lengths", {})
-        return {name: enc(batch[name], lengths.get(name)) for name, enc in self.encoders.items()}
+        lengths, cached = batch.get("lengths", {}), batch.get("features", {})
+        return {name: enc.from_features(cached[name], batch["feature_mask"][name]) if name in cached
+                else enc(batch[name], lengths.get(name)) for name, enc in self.encoders.items()}
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self._forward(batch)[0]
@@ -104,6 +105,31 @@ def encoder_choice(config: Config, spec: ModalitySpec) -> tuple[str, dict[str, A
     return name, dict(options)
 
 
+def adapt_data(config: Config) -> Config:
+    """Image encoders with pretrained weights read the images their weights were trained
+    on: `data.image_size`, `image_mean` and `image_std` follow the weights' metadata,
+    unless the config sets them to something other than the defaults."""
+    from mmcli.config import DataConfig
+    from mmcli.encoders.backbones import ARCHS, image_preprocessing
+
+    wanted = {}
+    for key, choice in config.model.encoders.items():
+        name = choice.split(".", 1)[1] if choice.startswith("image.") else choice
+        options = config.model.encoder_options.get(key) or config.model.encoder_options.get("image") or {}
+        if name in ARCHS and (options.get("pretrained") or options.get("weights")):
+            wanted.setdefault(name, image_preprocessing(name))
+    if not wanted:
+        return config
+    if len({str(v) for v in wanted.values()}) > 1:
+        raise ConfigError(f"image encoders {', '.join(wanted)} want different input sizes or normalizations; "
+                          "set data.image_size, image_mean and image_std yourself")
+    defaults, adapted = DataConfig(), config.copy()
+    for key, value in next(iter(wanted.values())).items():
+        if getattr(config.data, key) == getattr(defaults, key):
+            setattr(adapted.data, key, value)
+    return adapted
+
+
 def fusion_choice(config: Config, modalities: list[str]) -> str:
     return "identity" if len(modalities) == 1 else config.model.fusion
 
@@ -115,7 +141,11 @@ def build(config: Config, specs: dict[str, ModalitySpec], n_outputs: int) -> Mod
     encoders = {}
     for name in modalities:
         enc_name, options = encoder_choice(config, specs[name])
+        trainable = options.pop("trainable", True)
+        if not isinstance(trainable, (bool, int)) or (not isinstance(trainable, bool) and trainable < 0):
+            raise ConfigError(f"model.encoder_options.{name}.trainable: true, false or a number of blocks, not {trainable!r}")
         encoders[name] = _construct(ENCODERS.get(enc_name), f"encoder {enc_name}", specs[name], dim, **options)
+        encoders[name].set_trainable(trainable)
     in_dims = {n: e.out_dim for n, e in encoders.items()}
     fusion_name = fusion_choice(config, modalities)
     task = TASKS.get(config.model.task)()

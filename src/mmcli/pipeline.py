@@ -12,17 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmcli import runs
-from mmcli.config import Config, from_dict, load_yaml
+from mmcli.config import Config, ModalityConfig, from_dict, load_yaml
 from mmcli.data import text as text_mod
 from mmcli.data.dataset import Encoded, encode_table
 from mmcli.data.decode import audio_frames
 from mmcli.data.preprocess import BUILTIN_PREFIX, Progress, preprocess
 from mmcli.data.splits import assign_splits
 from mmcli.data.table import Table
-from mmcli.encoders import ModalitySpec
+from mmcli.data.tabular import TabularCodec
+from mmcli.encoders import ENCODERS, ModalitySpec, skip_pretrained
 from mmcli.errors import BadRow, DataError
 from mmcli.heads import make_task
-from mmcli.models import Model, build, chosen_modalities
+from mmcli.models import Model, build, chosen_modalities, encoder_choice
 
 
 @dataclass
@@ -59,10 +60,31 @@ def make_specs(config: Config, table: Table, modalities: list[str], tokenizers: 
     specs = {}
     for name in modalities:
         kind = table.modalities[name].kind
-        vocab = tokenizers[name].get_vocab_size() if name in tokenizers else d.vocab_size
+        vocab = tokenizers[name].get_vocab_size() if kind == "text" else d.vocab_size
+        extra: dict = tokenizers[name].spec() if kind == "tabular" else {}
+        model = pretrained_text_model(config, name) if kind == "text" else None
+        if model is not None:
+            from mmcli.encoders.pretrained_text import model_config_json
+
+            extra = {"tokenizer": "pretrained", "backbone_config": model_config_json(model)}
         specs[name] = ModalitySpec(name=name, kind=kind, image_size=d.image_size, vocab_size=vocab,
-                                   max_len=d.text_max_len, n_mels=d.n_mels, frames=audio_frames(d))
+                                   max_len=d.text_max_len, n_mels=d.n_mels, frames=audio_frames(d), **extra)
     return specs
+
+
+def pretrained_text_model(config: Config, name: str) -> str | None:
+    """The Hugging Face model whose tokenizer a text modality must use, if any."""
+    encoder, options = encoder_choice(config, ModalitySpec(name=name, kind="text"))
+    if encoder in ENCODERS and "weights:hf" in ENCODERS.entry(encoder).tags:
+        return str(options.get("model") or "") or None
+    return None
+
+
+def make_tokenizer(config: Config, name: str, texts: list[str]):
+    model = pretrained_text_model(config, name)
+    if model is not None:
+        return text_mod.pretrained_tokenizer(model, config.data.text_max_len)
+    return text_mod.fit_tokenizer(texts, config.data.vocab_size, config.data.text_max_len)
 
 
 def prepare_training(config: Config, cache_dir: str | None = None, workers: int = 1,
@@ -83,10 +105,10 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
         raise DataError(f"{table.source}: the training split has no label in column '{config.data.label}'")
     _check_targets(task, table, splits, labels)  # before fit_state: it reads only usable values
     state = task.fit_state(train_values, labels)
-    tokenizers = {
-        name: text_mod.fit_tokenizer([table.texts[name][i] for i in train_rows], config.data.vocab_size, config.data.text_max_len)
-        for name in modalities if table.modalities[name].kind == "text"
-    }
+    tokenizers = {name: make_tokenizer(config, name, [table.texts[name][i] for i in train_rows])
+                  for name in modalities if table.modalities[name].kind == "text"}
+    tokenizers.update({name: TabularCodec.fit(table.modalities[name], [table.texts[name][i] for i in train_rows])
+                       for name in modalities if table.modalities[name].kind == "tabular"})
     specs = make_specs(config, table, modalities, tokenizers)
     return RunData(config, table, splits, modalities, labels, tokenizers, specs, state)
 
@@ -102,6 +124,16 @@ def _check_targets(task, table: Table, splits: list[str], labels: list[str]) -> 
         raise DataError(f"{table.source}: {what}", bad)
 
 
+def fitted_file(name: str, kind: str) -> str:
+    """What was fitted on the training split for a modality: a tokenizer or tabular statistics."""
+    return f"tabular-{name}.json" if kind == "tabular" else f"tokenizer-{name}.json"
+
+
+def source_dict(m: ModalityConfig) -> dict:
+    """Where a modality comes from in a manifest, for data.json."""
+    return {"column": m.column} | ({"columns": m.columns, "categorical": m.categorical} if m.kind == "tabular" else {})
+
+
 def save_run_inputs(run_dir: Path, rd: RunData) -> None:
     """Everything but the weights: config, labels, tokenizers, data description."""
     config = rd.config.copy()
@@ -112,11 +144,11 @@ def save_run_inputs(run_dir: Path, rd: RunData) -> None:
     runs.write_json(run_dir / "labels.json", rd.labels)
     runs.write_json(run_dir / "target.json", {"task": rd.config.model.task, **rd.target_state})
     for name, tok in rd.tokenizers.items():
-        runs.write_atomic(run_dir / f"tokenizer-{name}.json", tok.to_str())
+        runs.write_atomic(run_dir / fitted_file(name, rd.table.modalities[name].kind), tok.to_str())
     runs.write_json(run_dir / "data.json", {
         "source": config.data.manifest or f"{BUILTIN_PREFIX}toy",  # relative to the run folder
         "data_key": rd.table.key,
-        "modalities": {n: runs.spec_dict(rd.specs[n]) | {"column": rd.table.modalities[n].column} for n in rd.modalities},
+        "modalities": {n: runs.spec_dict(rd.specs[n]) | source_dict(rd.table.modalities[n]) for n in rd.modalities},
         "splits": rd.counts(),
         "n_classes": len(rd.labels),
     })
@@ -128,11 +160,16 @@ class LoadedRun:
     config: Config
     labels: list[str]
     specs: dict[str, ModalitySpec]
-    columns: dict[str, str]
+    sources: dict[str, ModalityConfig]  # where each modality comes from in a manifest
     tokenizers: dict
     model: Model
     weights_meta: dict[str, str]
     target_state: dict = field(default_factory=dict)
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """Each modality's column (a tabular modality's columns, joined by commas)."""
+        return {n: m.column or ",".join(m.columns) for n, m in self.sources.items()}
 
     @property
     def task(self):
@@ -146,16 +183,20 @@ def load_run(run_dir: Path, weights: str = "best") -> LoadedRun:
     data = runs.read_json(run_dir / "data.json")
     specs, columns = {}, {}
     for name, spec in data["modalities"].items():
-        columns[name] = spec.pop("column")
-        specs[name] = ModalitySpec(**spec)
-    tokenizers = {n: text_mod.load_tokenizer(run_dir / f"tokenizer-{n}.json", config.data.text_max_len)
+        columns[name] = ModalityConfig(column=spec.pop("column"), kind=spec["kind"], columns=spec.pop("columns", []),
+                                       categorical=spec.pop("categorical", []))
+        specs[name] = ModalitySpec(**{**spec, "categories": tuple(spec.get("categories", ()))})
+    tokenizers = {n: text_mod.load_tokenizer(run_dir / fitted_file(n, "text"), config.data.text_max_len,
+                                             pretrained=s.tokenizer == "pretrained")
                   for n, s in specs.items() if s.kind == "text"}
+    tokenizers.update({n: TabularCodec.load(run_dir / fitted_file(n, "tabular")) for n, s in specs.items() if s.kind == "tabular"})
     state = runs.read_json(run_dir / "target.json") if (run_dir / "target.json").is_file() else {}
     state.pop("task", None)
     task = make_task(config, state)
     if hasattr(task, "check_state"):
         task.check_state(str(run_dir))
-    model = build(config, specs, task.n_outputs(labels))
+    with skip_pretrained():  # the run's own weights replace any pretrained ones
+        model = build(config, specs, task.n_outputs(labels))
     meta = runs.load_weights(model, run_dir / f"{weights}.safetensors")
     model.eval()
     return LoadedRun(run_dir, config, labels, specs, columns, tokenizers, model, meta, state)
@@ -181,9 +222,7 @@ def data_for_run(run: LoadedRun, data: str | None, split: str | None, cache_dir:
     source = run_manifest(run) if same else data
     config = run.config.copy()
     if not same:
-        from mmcli.config import ModalityConfig
-
-        config.data.modalities = {n: ModalityConfig(column=c, kind=run.specs[n].kind) for n, c in run.columns.items()}
+        config.data.modalities = {n: m for n, m in run.sources.items()}
     table = preprocess(source, config.data, cache_dir, 1, progress, require_label)
     missing = [n for n in run.specs if n not in table.modalities]
     if missing:

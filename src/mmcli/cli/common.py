@@ -88,7 +88,12 @@ def resolve_config(config: Optional[Path], flags: dict[str, Any], sets: Optional
         layered = load_yaml(Path(own))
         merge(layered, base or {})
         base = layered
-    return resolve(config, flags, sets or [], base)
+    resolved = resolve(config, flags, sets or [], base)
+    if resolved.model.encoders:  # pretrained image backbones set the image size and normalization
+        from mmcli.models import adapt_data
+
+        resolved = adapt_data(resolved)
+    return resolved
 
 
 def split_list(value: Optional[str]) -> Optional[list[str]]:

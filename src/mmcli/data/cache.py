@@ -48,7 +48,8 @@ def data_key(manifest_path: Path, files: list[Path], modalities: dict[str, Modal
         except OSError:
             digest.update(f"{_rel(path, manifest_path)}|missing\n".encode())
     settings = {k: getattr(config, k) for k in PREPROCESS_KEYS}
-    settings["modalities"] = {k: [m.column, m.kind] for k, m in sorted(modalities.items())}
+    settings["modalities"] = {k: [m.column, m.kind] + ([m.columns, m.categorical] if m.kind == "tabular" else [])
+                              for k, m in sorted(modalities.items())}
     settings["require_label"] = require_label
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:20]

@@ -29,6 +29,7 @@ class Encoded:
     present: dict[str, torch.Tensor]
     labels: torch.Tensor | None = None
     kinds: dict[str, str] = field(default_factory=dict)
+    features: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # frozen encoders' (raw, mask)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -43,6 +44,8 @@ def encode_table(table: Table, modalities: list[str], tokenizers: dict, targets=
             ids = text.encode(tokenizers[name], table.texts[name])
             inputs[name] = ids
             lengths[name] = (ids != 0).sum(dim=1).clamp(min=1)
+        elif kind == "tabular":
+            inputs[name] = tokenizers[name].encode(table.texts[name])
         else:
             inputs[name] = table.tensors[name]
             if f"{name}.lengths" in table.tensors:
@@ -57,6 +60,10 @@ def encode_table(table: Table, modalities: list[str], tokenizers: dict, targets=
 
 def make_batch(data: Encoded, index: torch.Tensor, config: DataConfig) -> dict:
     batch: dict = {"lengths": {}, "mask": {}, "index": index}
+    if data.features:
+        batch["features"] = {n: raw[index].float() for n, (raw, _) in data.features.items()}
+        batch["feature_mask"] = {n: mask[index] for n, (_, mask) in data.features.items()}
+        batch["mask"].update({n: data.present[n][index] for n in data.features})
     for name, tensor in data.inputs.items():
         kind = data.kinds[name]
         x = tensor[index]

@@ -124,22 +124,29 @@ def _read_jsonl(path: Path, text: str) -> Manifest:
 def detect_modalities(manifest: Manifest, config: DataConfig) -> dict[str, ModalityConfig]:
     """Declared modalities, checked against the columns; else detected from the values."""
     if config.modalities:
-        missing = [BadRow(manifest.path.name, None, m.column, f"modality '{name}' is declared on this column, which the manifest lacks")
-                   for name, m in config.modalities.items() if m.column not in manifest.columns]
+        missing = [BadRow(manifest.path.name, None, column, f"modality '{name}' is declared on this column, which the manifest lacks")
+                   for name, m in config.modalities.items() for column in (m.columns if m.kind == "tabular" else [m.column])
+                   if column not in manifest.columns]
         if missing:
             raise DataError(f"{manifest.path}: declared columns are missing", missing)
         return dict(config.modalities)
     reserved = {config.label, config.id_column, config.split_column}
     found: dict[str, ModalityConfig] = {}
+    numbers = []
     for column in manifest.columns:
         if column in reserved:
             continue
         kind = _column_kind([row[column] for row in manifest.rows if row[column]])
-        if kind is not None:
+        if kind == "number":
+            numbers.append(column)
+        elif kind is not None:
             found[column] = ModalityConfig(column=column, kind=kind)
+    if numbers:  # the numeric columns together are one tabular modality
+        name = next(n for n in ("tabular", "numbers", "tabular_columns") if n not in found)
+        found[name] = ModalityConfig(kind="tabular", columns=numbers)
     if not found:
         raise DataError(
-            f"{manifest.path}: no image, audio or text column found among {manifest.columns}; "
+            f"{manifest.path}: no image, audio, text or numeric column found among {manifest.columns}; "
             "declare them under data.modalities in the config"
         )
     return found
@@ -153,14 +160,12 @@ def _column_kind(values: list[str]) -> str | None:
         return "image"
     if sum(s in AUDIO_EXTENSIONS for s in suffixes) > len(suffixes) / 2:
         return "audio"
-    if all(_is_number(v) for v in values[:200]):
-        return None  # numeric columns are not a modality of this version
+    if all(_is_number(v) for v in values):
+        return "number"
     return "text"
 
 
 def _is_number(value: str) -> bool:
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
+    from mmcli.data.tabular import is_number
+
+    return is_number(value)

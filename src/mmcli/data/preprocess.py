@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from mmcli.config import DataConfig, ModalityConfig
-from mmcli.data import cache, decode
+from mmcli.data import cache, decode, tabular
 from mmcli.data.manifest import Manifest, detect_modalities, read_manifest
 from mmcli.data.table import Table, is_table, load_table, save_table
 from mmcli.errors import BadRow, DataError
@@ -73,7 +73,7 @@ def _referenced_files(manifest: Manifest, modalities: dict[str, ModalityConfig])
     out: list[Path | None] = []
     for row in manifest.rows:
         for m in modalities.values():
-            if m.kind != "text" and row.get(m.column):
+            if m.kind in ("image", "audio") and row.get(m.column):
                 out.append(manifest.root / row[m.column])
     return out
 
@@ -106,6 +106,8 @@ def check_rows(manifest: Manifest, modalities: dict[str, ModalityConfig], config
 
 
 def _check_cell(manifest: Manifest, i: int, m: ModalityConfig) -> list[BadRow]:
+    if m.kind == "tabular":  # empty cells are missing values; others must be numbers where numbers belong
+        return [manifest.bad(i, column, reason) for column, reason in tabular.cell_problems(manifest.rows[i], m)]
     value = manifest.rows[i].get(m.column, "")
     if not value.strip():
         return [manifest.bad(i, m.column, f"{m.kind} is empty")]
@@ -148,7 +150,7 @@ def _decode_rows(manifest: Manifest, rows: list[int], modalities: dict[str, Moda
     def work(i: int):
         out, problems = {}, []
         for name, m in modalities.items():
-            if m.kind == "text":
+            if m.kind in ("text", "tabular"):
                 continue
             path = manifest.root / manifest.rows[i][m.column]
             try:
@@ -184,6 +186,8 @@ def _assemble(manifest: Manifest, keep: list[int], decoded: dict, modalities: di
         table.present[name] = torch.ones(len(rows), dtype=torch.bool)
         if m.kind == "text":
             table.texts[name] = [r[m.column] for r in rows]
+        elif m.kind == "tabular":
+            table.texts[name] = tabular.cells(rows, m)
         elif m.kind == "image":
             table.tensors[name] = torch.stack([decoded[i][name] for i in keep])
         else:

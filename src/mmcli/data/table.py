@@ -7,6 +7,7 @@ It is saved as `tensors.safetensors` (no pickle: loading never runs code) beside
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -77,7 +78,7 @@ def save_table(table: Table, folder: Path) -> None:
             "ids": table.ids,
             "labels": table.labels,
             "given_splits": table.given_splits,
-            "modalities": {k: {"column": m.column, "kind": m.kind} for k, m in table.modalities.items()},
+            "modalities": {k: dataclasses.asdict(m) for k, m in table.modalities.items()},
             "texts": table.texts,
             "bad_rows": [vars(r) for r in table.bad_rows],
         }

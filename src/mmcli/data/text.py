@@ -48,7 +48,7 @@ def _set_lengths(tokenizer, max_len: int) -> None:
     tokenizer.enable_padding(pad_id=tokenizer.token_to_id(PAD), pad_token=PAD, length=max_len)
 
 
-def load_tokenizer(path: Path, max_len: int):
+def load_tokenizer(path: Path, max_len: int, pretrained: bool = False):
     from tokenizers import Tokenizer
 
     from mmcli.errors import UsageError
@@ -59,13 +59,65 @@ def load_tokenizer(path: Path, max_len: int):
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception for a broken file
         raise UsageError(f"{path}: not a tokenizer file ({exc})") from None
+    if pretrained:
+        return PretrainedTokenizer(tokenizer, max_len)
     _set_lengths(tokenizer, max_len)
     return tokenizer
 
 
+class PretrainedTokenizer:
+    """A pretrained model's own tokenizer. Its ids are shifted by one, so that 0 means
+    padding as for every other encoder, whatever the model's own pad id; the encoder
+    shifts them back (`mmcli.encoders.pretrained_text.unshift`)."""
+
+    pretrained = True
+
+    def __init__(self, tokenizer, max_len: int):
+        self.tokenizer = tokenizer
+        pad_id = tokenizer.padding["pad_id"] if tokenizer.padding else 0
+        pad_token = tokenizer.padding["pad_token"] if tokenizer.padding else (tokenizer.id_to_token(0) or "[PAD]")
+        tokenizer.enable_truncation(max_length=max_len)
+        tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token, length=max_len)
+
+    @property
+    def truncation(self):
+        return self.tokenizer.truncation
+
+    def get_vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size() + 1
+
+    def to_str(self) -> str:
+        return self.tokenizer.to_str()
+
+    def encode_batch(self, texts: list[str]):
+        return self.tokenizer.encode_batch(texts)
+
+
+def pretrained_tokenizer(model: str, max_len: int) -> PretrainedTokenizer:
+    """The tokenizer of a Hugging Face model (name or folder), through transformers."""
+    from mmcli.encoders.pretrained_text import transformers_module
+    from mmcli.errors import ConfigError
+
+    transformers = transformers_module()
+    try:
+        auto = transformers.AutoTokenizer.from_pretrained(model, use_fast=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model '{model}': cannot load its tokenizer ({exc})") from None
+    backend = getattr(auto, "backend_tokenizer", None)
+    if backend is None:
+        raise ConfigError(f"model '{model}': has no fast (Rust) tokenizer, which mmcli needs")
+    if auto.pad_token_id is not None:
+        backend.enable_padding(pad_id=auto.pad_token_id, pad_token=auto.pad_token)
+    return PretrainedTokenizer(backend, max_len)
+
+
 def encode(tokenizer, texts: list[str]) -> torch.Tensor:
-    """Token ids [N, max_len], padded with 0 ([PAD])."""
+    """Token ids [N, max_len], padded with 0 ([PAD]; a pretrained tokenizer's ids + 1)."""
     if not texts:
         return torch.zeros((0, tokenizer.truncation["max_length"]), dtype=torch.long)
     encodings = tokenizer.encode_batch(texts)
-    return torch.tensor([e.ids for e in encodings], dtype=torch.long)
+    ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
+    if getattr(tokenizer, "pretrained", False):
+        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
+        return (ids + 1) * mask
+    return ids

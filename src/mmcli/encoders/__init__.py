@@ -4,17 +4,49 @@ Every encoder is built as `factory(spec, out_dim, **options)`, has `.out_dim`, a
 an input batch to an `EncoderOutput`: a pooled vector per example and a token sequence
 with its mask (image regions, text tokens, audio frames), so that token-level fusions can
 use the same encoders.
+
+Every encoder is an `Encoder`: a feature extractor (`features`, which can be frozen)
+followed by a projection `proj` to the model's feature size (always trained). The split
+is what lets a frozen encoder's features be computed once and cached
+(`mmcli.training.features`), and what `trainable: false` or `trainable: N` (the last N
+blocks) freezes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
+
+import torch
+from torch import nn
 
 from mmcli.registry import Registry
 
 ENCODERS: Registry = Registry("encoder")
-DEFAULT_ENCODERS = {"image": "cnn", "text": "textcnn", "audio": "cnn"}
+DEFAULT_ENCODERS = {"image": "cnn", "text": "textcnn", "audio": "cnn", "tabular": "mlp"}
+
+# Registry tags saying where an encoder's pretrained weights come from.
+PRETRAINED_TAGS = {"weights:torchvision": "torchvision (pretrained: true) or a file (weights: PATH)",
+                   "weights:hf": "Hugging Face model name or local folder (model: NAME|PATH)"}
+
+_LOAD_PRETRAINED = contextvars.ContextVar("mmcli_load_pretrained", default=True)
+
+
+@contextlib.contextmanager
+def skip_pretrained() -> Iterator[None]:
+    """Build encoders without fetching pretrained weights: a saved run's own weights
+    replace them right after, so neither the network nor the original file is needed."""
+    token = _LOAD_PRETRAINED.set(False)
+    try:
+        yield
+    finally:
+        _LOAD_PRETRAINED.reset(token)
+
+
+def load_pretrained() -> bool:
+    return _LOAD_PRETRAINED.get()
 
 
 @dataclass(frozen=True)
@@ -29,6 +61,10 @@ class ModalitySpec:
     max_len: int = 32
     n_mels: int = 64
     frames: int = 126
+    tokenizer: str = "own"  # text: "own" (fitted on the training split) or "pretrained" (the model's)
+    backbone_config: str = ""  # pretrained text models: their config as JSON, to rebuild without the files
+    numeric: int = 0  # tabular: numeric columns
+    categories: tuple[int, ...] = ()  # tabular: the number of values of each categorical column
 
 
 class EncoderOutput(NamedTuple):
@@ -42,8 +78,81 @@ def encoder_name(kind: str, name: str) -> str:
     return f"{kind}.{name}"
 
 
+class Encoder(nn.Module):
+    """features(x) -> raw tokens [B, T, C] and mask [B, T]; proj -> [B, T, D]; pooled
+    over the real tokens by `pool` ("mean" or "max").
+
+    Subclasses build their layers, then `self.proj` and `self.out_dim`. `blocks()` lists
+    the feature extractor's blocks from input to output, for `trainable: N`.
+    """
+
+    pool = "mean"
+    augments = False  # True while the encoder changes its inputs in training (no feature cache then)
+
+    def features(self, x, lengths=None):
+        raise NotImplementedError
+
+    def from_features(self, raw, mask) -> EncoderOutput:
+        tokens = self.proj(raw)
+        if self.pool == "max":
+            filled = tokens.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+            pooled = filled.max(dim=1).values
+            pooled = torch.where(torch.isfinite(pooled), pooled, torch.zeros_like(pooled))
+        else:
+            weights = mask.unsqueeze(-1).to(tokens.dtype)
+            pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return EncoderOutput(pooled, tokens, mask)
+
+    def forward(self, x, lengths=None) -> EncoderOutput:
+        return self.from_features(*self.features(x, lengths))
+
+    def blocks(self) -> list:
+        return [m for name, m in self.named_children() if name != "proj"]
+
+    def extractor_parameters(self) -> list:
+        return [p for name, p in self.named_parameters() if not name.startswith("proj.")]
+
+    def set_trainable(self, trainable: bool | int) -> None:
+        """True: everything trains; False: only `proj`; N: `proj` and the last N blocks."""
+        if isinstance(trainable, bool) or trainable is None:
+            for p in self.extractor_parameters():
+                p.requires_grad_(trainable is not False)
+            return
+        if not isinstance(trainable, int) or trainable < 0:
+            raise ValueError(f"trainable must be true, false or a number of blocks >= 0, got {trainable!r}")
+        for p in self.extractor_parameters():
+            p.requires_grad_(False)
+        blocks = self.blocks()
+        for block in blocks[len(blocks) - trainable:] if trainable else []:
+            block.requires_grad_(True)
+
+    @property
+    def feature_frozen(self) -> bool:
+        """No parameter of the feature extractor trains (its features can be cached)."""
+        return not any(p.requires_grad for p in self.extractor_parameters())
+
+    @property
+    def cacheable(self) -> bool:
+        return self.feature_frozen and not self.augments
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            from torch.nn.modules.batchnorm import _BatchNorm
+
+            if self.feature_frozen:  # frozen features: no dropout, no batch-norm updates
+                for name, child in self.named_children():
+                    if name != "proj":
+                        child.eval()
+            else:
+                for m in self.modules():
+                    if isinstance(m, _BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+                        m.eval()
+        return self
+
+
 def _register_builtins() -> None:
-    from mmcli.encoders import audio, image, text  # noqa: F401  (registration side effects)
+    from mmcli.encoders import audio, backbones, image, pretrained_text, tabular, text  # noqa: F401  (registration)
 
 
 _register_builtins()

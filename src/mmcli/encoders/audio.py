@@ -1,37 +1,134 @@
-"""Audio encoders over log-mel spectrograms [B, n_mels, frames]."""
+"""Audio encoders over log-mel spectrograms [B, n_mels, frames], with SpecAugment.
+
+SpecAugment (Park et al., 2019) masks random bands of mel frequencies and random spans
+of time in each training example; it is off by default and turned on per encoder with
+`spec_augment: true` (or a mapping of its four sizes) in `model.encoder_options`.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
-from mmcli.encoders import ENCODERS, EncoderOutput, ModalitySpec
+from mmcli.encoders import ENCODERS, Encoder, ModalitySpec
 from mmcli.encoders.image import conv_block
 
 
-class MelCNN(nn.Module):
+class SpecAugment(nn.Module):
+    """Time and frequency masking, in training only. Masked cells take 0, the normalised
+    spectrogram's middle; time masks fall inside each clip's true length."""
+
+    def __init__(self, freq_masks: int = 2, freq_width: int = 8, time_masks: int = 2, time_width: int = 16):
+        super().__init__()
+        for key, value in (("freq_masks", freq_masks), ("freq_width", freq_width), ("time_masks", time_masks),
+                           ("time_width", time_width)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"spec_augment.{key} must be a whole number >= 0, got {value!r}")
+        self.freq_masks, self.freq_width = freq_masks, freq_width
+        self.time_masks, self.time_width = time_masks, time_width
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.training:
+            return x
+        b, n_mels, frames = x.shape
+        limit = torch.full((b,), frames, device=x.device) if lengths is None else lengths.to(x.device).clamp(1, frames)
+        keep = torch.ones_like(x, dtype=torch.bool)
+        bins = torch.arange(n_mels, device=x.device).view(1, -1, 1)
+        steps = torch.arange(frames, device=x.device).view(1, 1, -1)
+        for _ in range(self.freq_masks):
+            width = torch.randint(0, self.freq_width + 1, (b, 1, 1), device=x.device)
+            start = (torch.rand(b, 1, 1, device=x.device) * (n_mels - width + 1)).long()
+            keep &= ~((bins >= start) & (bins < start + width))
+        for _ in range(self.time_masks):
+            width = torch.minimum(torch.randint(0, self.time_width + 1, (b,), device=x.device), limit).view(b, 1, 1)
+            start = (torch.rand(b, 1, 1, device=x.device) * (limit.view(b, 1, 1) - width + 1)).long()
+            keep &= ~((steps >= start) & (steps < start + width))
+        return x * keep
+
+
+def make_augment(option: Any) -> SpecAugment | None:
+    if option in (None, False):
+        return None
+    if option is True:
+        return SpecAugment()
+    if isinstance(option, dict):
+        return SpecAugment(**option)  # unknown keys: TypeError, reported as a config error
+    raise ValueError(f"spec_augment must be true, false or a mapping of its sizes, got {option!r}")
+
+
+def _time_mask(tokens: torch.Tensor, lengths: torch.Tensor | None, stride: int) -> torch.Tensor:
+    steps = torch.arange(tokens.shape[1], device=tokens.device)
+    if lengths is None:
+        return torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+    valid = (lengths.to(tokens.device) + stride - 1) // stride
+    return steps.unsqueeze(0) < valid.clamp(min=1).unsqueeze(1)
+
+
+class _AudioEncoder(Encoder):
+    def _set_augment(self, spec_augment: Any) -> None:
+        self.augment = make_augment(spec_augment)
+
+    @property
+    def augments(self) -> bool:  # type: ignore[override]
+        return self.augment is not None
+
+    def blocks(self) -> list[nn.Module]:
+        return [m for name, m in self.named_children() if name not in ("proj", "augment")]
+
+    def _maps(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        if self.augment is not None:
+            x = self.augment(x, lengths)
+        return self.body(x.unsqueeze(1))  # [B, C, F', T']
+
+
+class MelCNN(_AudioEncoder):
     """2-D conv blocks over (mel, time), the first striding 4 in frequency and 2 in time;
     frequency is pooled away, and time steps (one per 8 frames) are the tokens."""
 
-    def __init__(self, spec: ModalitySpec, out_dim: int, width: int = 16, **_: object):
+    def __init__(self, spec: ModalitySpec, out_dim: int, width: int = 16, spec_augment: Any = None, **_: object):
         super().__init__()
         self.body = nn.Sequential(conv_block(1, width, stride=(4, 2)), conv_block(width, width * 2), conv_block(width * 2, width * 4))
         self.proj = nn.Linear(width * 4, out_dim)
         self.out_dim = out_dim
         self.stride = 8
+        self._set_augment(spec_augment)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
-        maps = self.body(x.unsqueeze(1))  # [B, C, F', T']
-        tokens = self.proj(maps.mean(dim=2).transpose(1, 2))  # [B, T', D]
-        steps = torch.arange(tokens.shape[1], device=x.device)
-        if lengths is None:
-            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=x.device)
-        else:
-            valid = (lengths.to(x.device) + self.stride - 1) // self.stride
-            mask = steps.unsqueeze(0) < valid.clamp(min=1).unsqueeze(1)
-        weights = mask.unsqueeze(-1).float()
-        pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return EncoderOutput(pooled, tokens, mask)
+    def blocks(self) -> list[nn.Module]:
+        return list(self.body)
+
+    def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
+        raw = self._maps(x, lengths).mean(dim=2).transpose(1, 2)  # [B, T', C]
+        return raw, _time_mask(raw, lengths, self.stride)
+
+
+class CRNN(_AudioEncoder):
+    """The CNN's conv blocks, then a bidirectional GRU over the time steps (Choi et al.,
+    2017): the convolutions see local patterns, the GRU their order."""
+
+    def __init__(self, spec: ModalitySpec, out_dim: int, width: int = 16, hidden: int = 64, spec_augment: Any = None,
+                 **_: object):
+        super().__init__()
+        self.body = nn.Sequential(conv_block(1, width, stride=(4, 2)), conv_block(width, width * 2), conv_block(width * 2, width * 4))
+        self.rnn = nn.GRU(width * 4, hidden, batch_first=True, bidirectional=True)
+        self.proj = nn.Linear(2 * hidden, out_dim)
+        self.out_dim = out_dim
+        self.stride = 8
+        self._set_augment(spec_augment)
+
+    def blocks(self) -> list[nn.Module]:
+        return [*self.body, self.rnn]
+
+    def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
+        steps = self._maps(x, lengths).mean(dim=2).transpose(1, 2)  # [B, T', C]
+        mask = _time_mask(steps, lengths, self.stride)
+        counts = mask.sum(dim=1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(steps, counts, batch_first=True, enforce_sorted=False)
+        states, _ = self.rnn(packed)
+        states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=steps.shape[1])
+        return states, mask
 
 
 ENCODERS.register("audio.cnn", "CNN over the log-mel spectrogram", tags=("audio",))(MelCNN)
+ENCODERS.register("audio.crnn", "CNN + bidirectional GRU over the log-mel spectrogram (CRNN)", tags=("audio",))(CRNN)

@@ -1,18 +1,20 @@
-"""Image encoders: a small convolutional network trained from scratch."""
+"""Image encoders: a small convolutional network trained from scratch.
+
+Pretrained torchvision backbones are in `backbones.py`."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from mmcli.encoders import ENCODERS, EncoderOutput, ModalitySpec
+from mmcli.encoders import ENCODERS, Encoder, ModalitySpec
 
 
 def conv_block(cin: int, cout: int, stride: int | tuple[int, int] = 2) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(Encoder):
     """A patchify stem (4x4 patches, as in ConvNeXt) and three conv blocks; the last feature
     map, pooled to 4x4, gives the 16 region tokens. At 64x64 it costs about 1.4 M multiply-adds
     per image, so it trains in seconds on a laptop's CPU."""
@@ -25,11 +27,13 @@ class SmallCNN(nn.Module):
         self.proj = nn.Linear(width * 4, out_dim)
         self.out_dim = out_dim
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
+    def blocks(self) -> list[nn.Module]:
+        return list(self.body)[:4]
+
+    def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
         maps = self.body(x)  # [B, C, 4, 4]
-        tokens = self.proj(maps.flatten(2).transpose(1, 2))  # [B, 16, D]
-        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=x.device)
-        return EncoderOutput(tokens.mean(dim=1), tokens, mask)
+        raw = maps.flatten(2).transpose(1, 2)  # [B, 16, C]
+        return raw, torch.ones(raw.shape[:2], dtype=torch.bool, device=x.device)
 
 
 ENCODERS.register("image.cnn", "small CNN (patchify stem + 3 conv blocks) trained from scratch", tags=("image",))(SmallCNN)

@@ -1,41 +1,52 @@
-"""Text encoders over token ids [B, L] (0 is padding)."""
+"""Text encoders over token ids [B, L] (0 is padding), trained from scratch on the
+project's own tokenizer. Pretrained Hugging Face encoders are in `pretrained_text.py`."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
-from mmcli.encoders import ENCODERS, EncoderOutput, ModalitySpec
+from mmcli.encoders import ENCODERS, Encoder, ModalitySpec
 
 
-def _masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    weights = mask.unsqueeze(-1).float()
-    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+class _RNN(Encoder):
+    """Embedding + one bidirectional recurrent layer; the states are the tokens."""
 
-
-class BiGRU(nn.Module):
-    """Embedding + one bidirectional GRU layer; the states are the tokens."""
+    cell = nn.GRU
 
     def __init__(self, spec: ModalitySpec, out_dim: int, embed_dim: int = 64, hidden: int = 64, **_: object):
         super().__init__()
         self.embed = nn.Embedding(spec.vocab_size, embed_dim, padding_idx=0)
-        self.rnn = nn.GRU(embed_dim, hidden, batch_first=True, bidirectional=True)
+        self.rnn = self.cell(embed_dim, hidden, batch_first=True, bidirectional=True)
         self.proj = nn.Linear(2 * hidden, out_dim)
         self.out_dim = out_dim
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
+    def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
         mask = x != 0
         # packed, so the backward direction starts at the last real token, not at padding
         counts = mask.sum(dim=1).clamp(min=1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(self.embed(x), counts, batch_first=True, enforce_sorted=False)
         states, _ = self.rnn(packed)
         states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=x.shape[1])
-        tokens = self.proj(states)
-        return EncoderOutput(_masked_mean(tokens, mask), tokens, mask)
+        return states, mask
 
 
-class TextCNN(nn.Module):
+class BiGRU(_RNN):
+    """Embedding + one bidirectional GRU layer; the states are the tokens."""
+
+
+class BiLSTM(_RNN):
+    """Embedding + one bidirectional LSTM layer; the states are the tokens."""
+
+    cell = nn.LSTM
+
+
+class TextCNN(Encoder):
     """Embedding + parallel 1-D convolutions of widths 2, 3, 4 (Kim, 2014), max-pooled."""
+
+    pool = "max"
 
     def __init__(self, spec: ModalitySpec, out_dim: int, embed_dim: int = 64, channels: int = 64, **_: object):
         super().__init__()
@@ -44,16 +55,53 @@ class TextCNN(nn.Module):
         self.proj = nn.Linear(3 * channels, out_dim)
         self.out_dim = out_dim
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
+    def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
         mask = x != 0
         emb = self.embed(x).transpose(1, 2)
         maps = [torch.relu(conv(emb))[..., : x.shape[1]] for conv in self.convs]
-        tokens = self.proj(torch.cat(maps, dim=1).transpose(1, 2))
-        filled = tokens.masked_fill(~mask.unsqueeze(-1), float("-inf"))
-        pooled = filled.max(dim=1).values
-        pooled = torch.where(torch.isfinite(pooled), pooled, torch.zeros_like(pooled))
-        return EncoderOutput(pooled, tokens, mask)
+        return torch.cat(maps, dim=1).transpose(1, 2), mask
+
+
+def sinusoids(length: int, dim: int, device=None) -> torch.Tensor:
+    """Fixed sine/cosine positions (Vaswani et al., 2017): any length, no parameters."""
+    position = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim, device=device)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq[: dim // 2])
+    return table
+
+
+class SmallTransformer(Encoder):
+    """Embedding + sinusoidal positions + a small pre-norm Transformer encoder (2 layers,
+    4 heads); padding is masked out of attention."""
+
+    def __init__(self, spec: ModalitySpec, out_dim: int, embed_dim: int = 64, layers: int = 2, heads: int = 4,
+                 dropout: float = 0.1, **_: object):
+        super().__init__()
+        self.embed = nn.Embedding(spec.vocab_size, embed_dim, padding_idx=0)
+        layer = nn.TransformerEncoderLayer(embed_dim, heads, 2 * embed_dim, dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(embed_dim)
+        self.proj = nn.Linear(embed_dim, out_dim)
+        self.out_dim = out_dim
+
+    def blocks(self) -> list[nn.Module]:
+        return [self.embed, *self.encoder.layers, self.norm]
+
+    def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
+        mask = x != 0
+        h = self.embed(x) + sinusoids(x.shape[1], self.embed.embedding_dim, x.device)
+        # an example without any token (a missing text) still attends to its first place,
+        # so that attention has something to normalise over; the mask hides it afterwards
+        attend = mask.clone()
+        attend[:, 0] = True
+        h = self.norm(self.encoder(h, src_key_padding_mask=~attend))
+        return h * mask.unsqueeze(-1), mask
 
 
 ENCODERS.register("text.bigru", "embedding + bidirectional GRU", tags=("text",))(BiGRU)
+ENCODERS.register("text.bilstm", "embedding + bidirectional LSTM", tags=("text",))(BiLSTM)
 ENCODERS.register("text.textcnn", "embedding + TextCNN (Kim, 2014)", tags=("text",))(TextCNN)
+ENCODERS.register("text.transformer", "embedding + small Transformer encoder (2 layers, 4 heads)",
+                  tags=("text",))(SmallTransformer)

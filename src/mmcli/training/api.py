@@ -12,7 +12,8 @@ from pathlib import Path
 
 from mmcli import __version__, runs
 from mmcli.config import Config
-from mmcli.models import build, chosen_modalities, count_parameters, fusion_choice
+from mmcli.encoders import skip_pretrained
+from mmcli.models import adapt_data, build, chosen_modalities, count_parameters, fusion_choice
 from mmcli.errors import ConfigError
 from mmcli.pipeline import RunData, make_specs, prepare_training, save_run_inputs
 from mmcli.training.loop import FitProgress, FitResult, fit, predict_logits
@@ -79,6 +80,7 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     writes into a hidden sibling folder that replaces `out` only when it has finished, so a
     failed or interrupted run never destroys the run it was to replace.
     """
+    config = adapt_data(config)
     data = _run_data(config, data, cache_dir, workers, preprocess_progress)
     task = data.task
     if config.eval.metric is None:
@@ -100,11 +102,12 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     work = runs.staging_dir(final)
     save_run_inputs(work, data)
     runs.write_json(work / "provenance.json", info)  # unfinished: --resume reads it
-    return _fit_and_publish(model, task, data, config, work, final, generator, progress, info, evaluate_test)
+    return _fit_and_publish(model, task, data, config, work, final, generator, progress, info, evaluate_test,
+                            cache_dir=cache_dir)
 
 
 def _fit_and_publish(model, task, data: RunData, config: Config, work: Path, final: Path, generator, progress,
-                     info: dict, evaluate_test: bool, resume: dict | None = None) -> TrainOutcome:
+                     info: dict, evaluate_test: bool, resume: dict | None = None, cache_dir: str | None = None) -> TrainOutcome:
     """Train in the staging folder `work`, then publish it as `final`. Ctrl-C keeps the
     staging folder with its last checkpoint (exit 130), as a SIGKILL would: `--resume`."""
     from mmcli.errors import Interrupted
@@ -113,7 +116,7 @@ def _fit_and_publish(model, task, data: RunData, config: Config, work: Path, fin
     keep = False
     try:
         result = fit(model, task, data.part("train"), data.part("val"), config, work, data.labels, generator, progress,
-                     resume)
+                     cache_dir=cache_dir, resume=resume)
         task = _after_fit(model, task, data, config, work)
         scores = _score_test(model, task, data, config, work, result) if evaluate_test else None
         info.update({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(result.seconds, 2),
@@ -155,11 +158,12 @@ def resume(run: Path, cache_dir: str | None = None, progress: FitProgress | None
     task = data.task
     checkpoint = load_checkpoint(work)
     generator = seed_everything(config.train.seed, config.train.deterministic)
-    model = build(config, data.specs, task.n_outputs(data.labels))
+    with skip_pretrained():  # the checkpoint's weights replace them
+        model = build(config, data.specs, task.n_outputs(data.labels))
     runs.load_weights(model, work / "last.safetensors")
     info = runs.read_json(work / "provenance.json")
     info["resumed_from_epoch"] = checkpoint["epoch"]
-    return _fit_and_publish(model, task, data, config, work, run, generator, progress, info, True, checkpoint)
+    return _fit_and_publish(model, task, data, config, work, run, generator, progress, info, True, checkpoint, cache_dir)
 
 
 def _after_fit(model, task, data: RunData, config: Config, run_dir: Path):

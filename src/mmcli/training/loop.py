@@ -123,13 +123,17 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path, labels: list[str],
-        generator: torch.Generator, progress: FitProgress | None = None, resume: dict | None = None) -> FitResult:
+        generator: torch.Generator, progress: FitProgress | None = None, resume: dict | None = None,
+        cache_dir: str | None = None) -> FitResult:
     """Train with early stopping. After every epoch the optimizer, scheduler, random states
     and early-stopping counters go to checkpoint.pt beside last.safetensors, so `resume`
     (that checkpoint, loaded) continues exactly where an interrupted run stopped."""
     progress = progress or NoProgress()
     device = pick_device(config.train.device)
     model.to(device)
+    from mmcli.training.features import with_cached_features
+
+    train, val = with_cached_features(model, [train, val], config, device, cache_dir)
     steps = n_batches(train, config.train.batch_size)
     optimizer, scheduler = make_optimizer(model, config.train, steps)
     metric = config.eval.metric

@@ -1,0 +1,101 @@
+"""Frozen-feature cache: a frozen encoder's features are computed once, not every epoch.
+
+When an encoder's feature extractor does not train (`trainable: false`) and does not
+augment its inputs, its output on the training and validation examples is the same in
+every epoch. It is computed once into the cache folder (`<cache>/features/KEY`), keyed by
+the encoder's class and its extractor's weights (every tensor's bytes), the normalization
+and the preprocessed inputs themselves, so any change to the encoder, its weights or the
+preprocessing gives a new entry. Training then runs only the projection, the fusion and
+the head on the stored features. `train.feature_cache: false` turns this off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from mmcli import runs
+from mmcli.config import Config
+from mmcli.data.dataset import Encoded, iterate
+
+LOG = logging.getLogger("mmcli")
+FEATURES_VERSION = "1"
+
+
+def features_dir(cache_dir: str | None) -> Path:
+    from mmcli.data.cache import cache_root
+
+    return cache_root(cache_dir) / "features"
+
+
+def _digest(encoder, name: str, part: Encoded, config: Config) -> str:
+    h = hashlib.sha256(f"{FEATURES_VERSION}|{type(encoder).__module__}.{type(encoder).__qualname__}".encode())
+    for key, tensor in sorted(encoder.state_dict().items()):
+        if not key.startswith("proj."):
+            h.update(key.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    if part.kinds[name] == "image":
+        h.update(repr((config.data.image_mean, config.data.image_std)).encode())
+    for tensor in (part.inputs[name], part.lengths.get(name)):
+        if tensor is not None:
+            h.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+            h.update(tensor.contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+@torch.no_grad()
+def _compute(encoder, name: str, part: Encoded, config: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    was_training = encoder.training
+    encoder.eval()
+    raws, masks = [], []
+    for batch in iterate(part, config.data, config.eval.batch_size):
+        raw, mask = encoder.features(batch[name].to(device), batch["lengths"].get(name))
+        raws.append(raw.to(torch.float16).cpu())
+        masks.append(mask.cpu())
+    encoder.train(was_training)
+    width = max(r.shape[1] for r in raws)  # text and audio batches are padded to their own longest
+    pad = lambda t, v: torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1]), value=v) if t.dim() == 3 else \
+        torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v)  # noqa: E731
+    return torch.cat([pad(r, 0.0) for r in raws]), torch.cat([pad(m, False) for m in masks])
+
+
+def _load_or_compute(encoder, name: str, part: Encoded, config: Config, device, folder: Path):
+    from safetensors.torch import load_file, save
+
+    path = folder / f"{_digest(encoder, name, part, config)}.safetensors"
+    if path.is_file():
+        try:
+            stored = load_file(str(path))
+            LOG.info("feature cache hit: %s (%d examples) from %s", name, len(part), path)
+            return stored["raw"], stored["mask"].bool()
+        except Exception:  # a broken entry is computed again
+            pass
+    raw, mask = _compute(encoder, name, part, config, device)
+    folder.mkdir(parents=True, exist_ok=True)
+    runs.write_atomic(path, save({"raw": raw.contiguous(), "mask": mask.to(torch.uint8).contiguous()}))
+    LOG.info("feature cache miss: computed %s features %s for %d examples into %s", name, tuple(raw.shape[1:]), len(part), path)
+    return raw, mask
+
+
+def with_cached_features(model, parts: list[Encoded], config: Config, device: torch.device,
+                         cache_dir: str | None = None) -> list[Encoded]:
+    """`parts` with every cacheable encoder's input replaced by its stored features."""
+    names = [n for n, e in model.encoders.items() if getattr(e, "cacheable", False)]
+    if not names or not config.train.feature_cache:
+        return parts
+    folder = features_dir(cache_dir)
+    out = []
+    for part in parts:
+        if not len(part):
+            out.append(part)
+            continue
+        features = dict(part.features)
+        for name in names:
+            features[name] = _load_or_compute(model.encoders[name], name, part, config, device, folder)
+        inputs = {k: v for k, v in part.inputs.items() if k not in features}
+        out.append(replace(part, inputs=inputs, features=features))
+    return out
