@@ -7,7 +7,10 @@
    against the 3-minute budget that issue 6 sets; and, on the warm cache, `--jobs auto`
    against `--jobs 1` (one run at a time with every core).
 
-`python bench/run.py startup` or `python bench/run.py compare` runs one of them.
+3. The frozen-feature cache: epoch time of a frozen resnet18 whose features are cached,
+   against the same encoder recomputing them in every epoch (target: 10x or more).
+
+`python bench/run.py startup` (or `compare`, or `frozen`) runs one of them.
 """
 
 from __future__ import annotations
@@ -53,7 +56,45 @@ def compare() -> list[tuple[str, str, str, str]]:
     return rows
 
 
-BENCHMARKS = {"startup": startup, "compare": compare}
+def _epoch_seconds(run: str) -> float:
+    """Median time of an epoch after the first, from metrics.jsonl's elapsed_s."""
+    import json
+
+    with open(os.path.join(run, "metrics.jsonl")) as handle:
+        elapsed = [json.loads(line)["elapsed_s"] for line in handle if line.strip()]
+    return statistics.median(b - a for a, b in zip(elapsed, elapsed[1:]))
+
+
+def frozen() -> list[tuple[str, str, str, str]]:
+    """A frozen resnet18 (224x224 inputs, as its weights want) on 240 toy images: epoch
+    time with its features cached against recomputing them in every epoch. Random weights
+    saved to a file stand in for ImageNet's (no network here); they cost the same."""
+    import torch
+    import torchvision
+
+    with tempfile.TemporaryDirectory(prefix="mmcli-bench-") as tmp:
+        env = {**os.environ, "MMCLI_CACHE_DIR": os.path.join(tmp, "cache"), "MMCLI_NO_PROGRESS": "1"}
+        weights = os.path.join(tmp, "resnet18.pth")
+        torch.save(torchvision.models.resnet18().state_dict(), weights)
+        toy = os.path.join(tmp, "toy")
+        subprocess.run([sys.executable, "-m", "mmcli", "datasets", "make", "toy", toy, "--n", "240"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        base = [sys.executable, "-m", "mmcli", "train", toy, "--modalities", "image", "--epochs", "4", "--quiet",
+                "--set", "model.encoders.image=resnet18", "--set", "train.patience=0",
+                "--set", f"model.encoder_options.image={{weights: {weights}, trainable: false}}"]
+        runs = {}
+        for cache in ("true", "false"):
+            runs[cache] = os.path.join(tmp, f"cache-{cache}")
+            total = timed(base + ["--out", runs[cache], "--set", f"train.feature_cache={cache}"], env)
+            runs[cache + "-total"] = total
+        cached, full = _epoch_seconds(runs["true"]), _epoch_seconds(runs["false"])
+        return [("frozen resnet18 epoch: cached features vs recomputed", f"{cached:.3f} s", f"{full:.2f} s",
+                 f"{full / cached:.0f}x"),
+                ("same, whole 4-epoch run (cache built in it) vs recomputed", f"{runs['true-total']:.0f} s",
+                 f"{runs['false-total']:.0f} s", f"{runs['false-total'] / runs['true-total']:.1f}x")]
+
+
+BENCHMARKS = {"startup": startup, "compare": compare, "frozen": frozen}
 
 
 def main() -> None:

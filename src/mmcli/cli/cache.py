@@ -20,8 +20,9 @@ def _size(n: int) -> str:
 @app.command("list")
 @handles_errors
 def list_cache(cache_dir: CacheDirOpt = None) -> None:
-    """List the preprocessed data sets in the cache, with their size."""
-    from mmcli.data.cache import cache_root, list_entries
+    """List the preprocessed data sets in the cache, with their size, and the stored
+    features of frozen encoders."""
+    from mmcli.data.cache import cache_root, feature_entries, list_entries
     from mmcli.reporting.console import log
     from mmcli.reporting.tables import show_table
 
@@ -30,12 +31,15 @@ def list_cache(cache_dir: CacheDirOpt = None) -> None:
     log(f"cache folder: {root}")
     show_table("cache", ["key", "source", "examples", "size"],
                [(e.path.name, e.source, e.examples, _size(e.size_bytes)) for e in entries])
+    count, size = feature_entries(root)
+    if count:
+        log(f"frozen encoders' features: {count} entries, {_size(size)} in {root / 'features'}")
 
 
 @app.command("clean")
 @handles_errors
 def clean_cache(cache_dir: CacheDirOpt = None) -> None:
-    """Delete every preprocessed entry (the built-in data sets are kept)."""
+    """Delete every preprocessed entry and stored features (the built-in data sets are kept)."""
     from mmcli.data.cache import cache_root, clean
     from mmcli.reporting.console import log
 

@@ -20,22 +20,27 @@ class What(str, Enum):
 
 @handles_errors
 def list_cmd(what: Annotated[What, typer.Argument(help="encoders, fusions, tasks or variants.")]) -> None:
-    """Print the registered names: a table on a terminal; in a pipe, one line each, name first."""
+    """Print the registered names: a table on a terminal; in a pipe, one line each, name first
+    (encoders: name, modality, where pretrained weights come from, description)."""
     rows = _rows(what)
+    columns = ["name", "modality", "pretrained weights", "description"] if what is What.encoders else ["name", "description"]
     if sys.stdout.isatty():
         from mmcli.reporting.tables import show_table
 
-        show_table(what.value, ["name", "description"], rows, "table")
+        show_table(what.value, columns, rows, "table")
     else:
-        for name, description in rows:
-            sys.stdout.write(f"{name}\t{description}\n")
+        for row in rows:
+            sys.stdout.write("\t".join(row) + "\n")
 
 
-def _rows(what: What) -> list[tuple[str, str]]:
+def _rows(what: What) -> list[tuple[str, ...]]:
     if what is What.encoders:
-        from mmcli.encoders import ENCODERS
+        from mmcli.encoders import ENCODERS, PRETRAINED_TAGS
 
-        return [(e.name, e.description) for e in ENCODERS.entries()]
+        def source(tags: tuple[str, ...]) -> str:
+            return next((PRETRAINED_TAGS[t] for t in tags if t in PRETRAINED_TAGS), "no")
+
+        return [(e.name, e.name.split(".")[0], source(e.tags), e.description) for e in ENCODERS.entries()]
     if what is What.fusions:
         from mmcli.fusion import FUSIONS
 

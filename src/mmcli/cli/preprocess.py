@@ -38,7 +38,8 @@ def preprocess(
     with task_bar("preprocessing") as update:
         table = run(cfg.data.manifest, cfg.data, cache_arg(out or cache_dir), workers, update)
     log(f"{len(table)} examples in cache {table.key}; modalities: "
-        + ", ".join(f"{n} ({m.kind}, column {m.column})" for n, m in table.modalities.items()))
+        + ", ".join(f"{n} ({m.kind}, " + (f"columns {', '.join(m.columns)})" if m.kind == "tabular" else f"column {m.column})")
+                    for n, m in table.modalities.items()))
     if table.bad_rows:
         from mmcli.data.cache import cache_root, tensor_dir
 

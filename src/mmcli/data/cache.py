@@ -86,11 +86,25 @@ def list_entries(root: Path) -> list[CacheEntry]:
     return entries
 
 
+def features_dir(root: Path) -> Path:
+    """Frozen encoders' features (mmcli.training.features)."""
+    return root / "features"
+
+
+def feature_entries(root: Path) -> tuple[int, int]:
+    """(entries, bytes) of stored features."""
+    folder = features_dir(root)
+    files = [f for f in folder.glob("*.safetensors") if f.is_file()] if folder.is_dir() else []
+    return len(files), sum(f.stat().st_size for f in files)
+
+
 def clean(root: Path) -> tuple[int, int]:
-    """Remove every preprocessed entry; return (entries, bytes) freed. Data sets stay."""
+    """Remove every preprocessed entry and stored features; return (entries, bytes)
+    freed. Data sets stay."""
     entries = list_entries(root)
-    freed = sum(e.size_bytes for e in entries)
-    folder = tensor_dir(root)
-    if folder.is_dir():
-        shutil.rmtree(folder)
-    return len(entries), freed
+    features, feature_bytes = feature_entries(root)
+    freed = sum(e.size_bytes for e in entries) + feature_bytes
+    for folder in (tensor_dir(root), features_dir(root)):
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    return len(entries) + features, freed

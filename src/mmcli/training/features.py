@@ -27,9 +27,9 @@ FEATURES_VERSION = "1"
 
 
 def features_dir(cache_dir: str | None) -> Path:
-    from mmcli.data.cache import cache_root
+    from mmcli.data import cache
 
-    return cache_root(cache_dir) / "features"
+    return cache.features_dir(cache.cache_root(cache_dir))
 
 
 def _digest(encoder, name: str, part: Encoded, config: Config) -> str:

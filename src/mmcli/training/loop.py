@@ -131,6 +131,7 @@ def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path
     progress = progress or NoProgress()
     device = pick_device(config.train.device)
     model.to(device)
+    start = time.monotonic()
     from mmcli.training.features import with_cached_features
 
     train, val = with_cached_features(model, [train, val], config, device, cache_dir)
@@ -138,7 +139,6 @@ def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path
     optimizer, scheduler = make_optimizer(model, config.train, steps)
     metric = config.eval.metric
     result = FitResult(best_epoch=0, best_metric=None, metric=metric)
-    start = time.monotonic()
     blender = _blender(model, config, val)
     if resume is not None:
         if blender is not None:
