@@ -80,6 +80,22 @@ def test_a_wrong_or_missing_weights_file_is_a_clear_error(tmp_path):
         build(SPEC, 8, weights=str(tmp_path / "text.pth"))
 
 
+def test_pretrained_true_without_network_says_how_to_load_a_file(monkeypatch):
+    """pretrained: true downloads through torchvision's weights API; offline, the error
+    names the way out (the download itself is simulated to fail: no network in tests)."""
+    from urllib.error import URLError
+
+    import torchvision.models._api as api
+
+    def offline(url, *args, **kwargs):
+        assert url.startswith("https://download.pytorch.org/models/resnet18")
+        raise URLError("no network")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    with pytest.raises(ConfigError, match="resnet18: cannot download the pretrained weights .*weights: PATH"):
+        ENCODERS.get("image.resnet18")(SPEC, 8, pretrained=True)
+
+
 def test_cli_error_for_a_missing_weights_file_and_input_size_from_the_weights(cli, toy_small, tmp_path):
     result = cli("train", toy_small, "--modalities", "image", "--epochs", "1", "--out", tmp_path / "run",
                  "--set", "model.encoders.image=resnet18", "--set", "model.encoder_options.image.weights=missing.pth")
@@ -287,6 +303,25 @@ def test_spec_augment_masks_in_training_only_and_within_the_clip():
     assert encoder.feature_frozen and not encoder.cacheable  # augmented inputs change every epoch
     with pytest.raises(TypeError):
         ENCODERS.get("audio.cnn")(ModalitySpec("audio", "audio"), 8, spec_augment={"bands": 2})
+
+
+def test_audio_window_is_configurable():
+    import numpy as np
+
+    from mmcli.config import DataConfig
+    from mmcli.data.decode import log_mel
+
+    t = np.arange(16000, dtype=np.float32) / 16000
+    tone = np.sin(2 * np.pi * 440 * t) * (t > 0.5)
+    default, _ = log_mel(tone, 16000, DataConfig())
+    short, _ = log_mel(tone, 16000, DataConfig(win_length=128))
+    hamming, _ = log_mel(tone, 16000, DataConfig(window="hamming"))
+    assert default.shape == short.shape == hamming.shape
+    assert not torch.equal(default, short) and not torch.equal(default, hamming)
+    with pytest.raises(ConfigError, match="data.window"):
+        from_dict({"data": {"window": "no-such-window"}})
+    with pytest.raises(ConfigError, match="data.win_length"):
+        from_dict({"data": {"win_length": 4096}})
 
 
 def test_list_encoders_shows_modality_and_pretrained_source(cli):

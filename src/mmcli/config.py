@@ -49,6 +49,8 @@ class DataConfig:
     n_mels: int = 64
     n_fft: int = 512
     hop_length: int = 256
+    win_length: Optional[int] = None  # audio: the analysis window's length in samples (None: n_fft)
+    window: str = "hann"  # audio: the window's shape (any that scipy.signal.get_window knows: hann, hamming, ...)
     max_seconds: float = 2.0
     on_error: str = "fail"
     label_separator: str = "|"  # multilabel: labels joined by this in the label column
@@ -193,6 +195,15 @@ def validate(config: Config) -> None:
         for key in keys:
             if getattr(getattr(config, section), key) <= 0:
                 raise ConfigError(f"config key '{section}.{key}' must be positive, got {getattr(getattr(config, section), key)}")
+    if config.data.win_length is not None and not 0 < config.data.win_length <= config.data.n_fft:
+        raise ConfigError(f"config key 'data.win_length' must be in 1..n_fft ({config.data.n_fft}), got {config.data.win_length}")
+    if config.data.window != "hann":
+        from scipy.signal import get_window
+
+        try:
+            get_window(config.data.window, 16)
+        except ValueError:
+            raise ConfigError(f"config key 'data.window': unknown window '{config.data.window}' (e.g. hann, hamming, blackman)") from None
     if config.data.vocab_size < 3:
         raise ConfigError(f"config key 'data.vocab_size' must be at least 3, got {config.data.vocab_size}")
     for key in ("modality_dropout", "dropout"):

@@ -19,6 +19,7 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one config value: section.key=value (repeatable); the value is read as YAML.", show_default=False)]
 CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Folder for the preprocessing cache (default: $MMCLI_CACHE_DIR or the user cache folder).", show_default=False)]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Threads that decode files while preprocessing.")]
+EncoderOpt = Annotated[Optional[list[str]], typer.Option("--encoder", "-e", help="Encoder of a modality (or of every modality of a kind): MODALITY=NAME, e.g. image=resnet18 (repeatable; see mmcli list encoders; options with --set model.encoder_options.MODALITY.KEY=VALUE).", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results: no progress or log lines.")]
 
 
@@ -94,6 +95,19 @@ def resolve_config(config: Optional[Path], flags: dict[str, Any], sets: Optional
 
         resolved = adapt_data(resolved)
     return resolved
+
+
+def encoder_flags(values: Optional[list[str]]) -> dict[str, str]:
+    """--encoder image=resnet18 -> {"model.encoders.image": "resnet18"}."""
+    from mmcli.errors import UsageError
+
+    flags = {}
+    for value in values or []:
+        modality, sep, name = value.partition("=")
+        if not sep or not modality.strip() or not name.strip() or "." in modality:
+            raise UsageError(f"--encoder expects MODALITY=NAME (e.g. image=resnet18), got '{value}'")
+        flags[f"model.encoders.{modality.strip()}"] = name.strip()
+    return flags
 
 
 def split_list(value: Optional[str]) -> Optional[list[str]]:

@@ -11,7 +11,8 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from mmcli.cli.common import CacheDirOpt, ConfigOpt, QuietOpt, SetOpt, WorkersOpt, cache_arg, handles_errors, resolve_config, set_quiet
+from mmcli.cli.common import (CacheDirOpt, ConfigOpt, EncoderOpt, QuietOpt, SetOpt, WorkersOpt, cache_arg, encoder_flags,
+                              handles_errors, resolve_config, set_quiet)
 from mmcli.errors import UsageError
 
 
@@ -22,6 +23,7 @@ def compare(
     data: Annotated[Optional[str], typer.Option("--data", help="Manifest or folder; default: the built-in toy set.", show_default=False)] = None,
     config: ConfigOpt = None,
     task: Annotated[Optional[str], typer.Option("--task", help="Task of every run: classification, multilabel or regression.", show_default=False)] = None,
+    encoders: EncoderOpt = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per variant; results pair up by seed. Intervals and tests need 2 or more.")] = 1,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Most epochs per run.", show_default=False)] = None,
     metric: Annotated[Optional[str], typer.Option("--metric", help="Metric of the summary, the statistics and the verdicts (default: the task's, accuracy for classification).", show_default=False)] = None,
@@ -45,7 +47,7 @@ def compare(
     set_quiet(quiet)
     if collect_dir is not None or job is not None:
         _refuse_ignored(collect_dir, job, items=items, data=data, config=config, task=task, epochs=epochs, metric=metric,
-                        seed=seed, sets=sets, print_jobs=print_jobs, overwrite=overwrite, seeds=seeds != 1)
+                        seed=seed, sets=sets, print_jobs=print_jobs, overwrite=overwrite, seeds=seeds != 1, encoder=encoders)
     if collect_dir is not None:
         from mmcli.compare.collect import collect
 
@@ -63,7 +65,8 @@ def compare(
         result, reused = run_job(out, job, cache_arg(cache_dir))
         log(f"job {job}: {result['variant']} seed {result['seed']} {'already finished' if reused else 'finished'}")
         return
-    cfg = resolve_config(config, {"data.manifest": data, "train.epochs": epochs, "train.seed": seed, "model.task": task}, sets)
+    cfg = resolve_config(config, {"data.manifest": data, "train.epochs": epochs, "train.seed": seed, "model.task": task,
+                                  **encoder_flags(encoders)}, sets)
     n_jobs = _jobs(jobs, cfg.train.device)
     out = out or Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     command = _command_line(ctx)

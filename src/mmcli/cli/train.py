@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from mmcli.cli.common import (CacheDirOpt, ConfigOpt, QuietOpt, SetOpt, WorkersOpt, cache_arg, handles_errors,
-                              resolve_config, set_quiet, split_list)
+from mmcli.cli.common import (CacheDirOpt, ConfigOpt, EncoderOpt, QuietOpt, SetOpt, WorkersOpt, cache_arg,
+                              encoder_flags, handles_errors, resolve_config, set_quiet, split_list)
 
 
 @handles_errors
@@ -19,6 +19,7 @@ def train(
     config: ConfigOpt = None,
     modalities: Annotated[Optional[str], typer.Option("--modalities", "-m", help="Comma-separated modalities to use, e.g. image,text (default: all).", show_default=False)] = None,
     fusion: Annotated[Optional[str], typer.Option("--fusion", help="Fusion for two or more modalities (see mmcli list fusions).", show_default=False)] = None,
+    encoders: EncoderOpt = None,
     task: Annotated[Optional[str], typer.Option("--task", help="Task: classification, multilabel or regression (see mmcli list tasks).", show_default=False)] = None,
     logger: Annotated[Optional[str], typer.Option("--logger", help="Also log losses, metrics and the learning rate to: tensorboard (needs pip install 'mmcli[tensorboard]'); metrics.jsonl is always written.", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Most epochs to train (early stopping may end sooner).", show_default=False)] = None,
@@ -46,8 +47,8 @@ def train(
         from mmcli.errors import UsageError
         from mmcli.training.api import resume
 
-        if any(v is not None for v in (data, config, modalities, fusion, task, logger, epochs, batch_size, lr, seed, device,
-                                        out, sets)) or overwrite:
+        if any(v is not None for v in (data, config, modalities, fusion, encoders, task, logger, epochs, batch_size, lr, seed,
+                                        device, out, sets)) or overwrite:
             raise UsageError("--resume continues a run with its saved config; drop the other options")
         with task_bar("preprocessing") as update, FitBar(metric="", logger=log) as bar:
             outcome = resume(resume_run, cache_arg(cache_dir), bar, update)
@@ -55,7 +56,7 @@ def train(
         return
     flags = {"data.manifest": data, "model.modalities": split_list(modalities), "model.fusion": fusion,
              "model.task": task, "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
-             "train.seed": seed, "train.device": device, "train.logger": logger}
+             "train.seed": seed, "train.device": device, "train.logger": logger, **encoder_flags(encoders)}
     cfg = resolve_config(config, flags, sets)
     with task_bar("preprocessing") as update, FitBar(metric=cfg.eval.metric or make_task(cfg).default_metric, logger=log) as bar:
         outcome = run_train(cfg, out, overwrite, cache_arg(cache_dir), workers, bar,

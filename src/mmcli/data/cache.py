@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mmcli.config import DataConfig, ModalityConfig
 
-PREPROCESS_KEYS = ("image_size", "sample_rate", "n_mels", "n_fft", "hop_length", "max_seconds",
+PREPROCESS_KEYS = ("image_size", "sample_rate", "n_mels", "n_fft", "hop_length", "win_length", "window", "max_seconds",
                    "label", "id_column", "split_column", "on_error")
 KEY_VERSION = "2"
 

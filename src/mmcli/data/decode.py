@@ -80,8 +80,8 @@ def log_mel(samples: np.ndarray, rate: int, config: DataConfig) -> tuple[torch.T
         samples = librosa.resample(samples, orig_sr=rate, target_sr=config.sample_rate)
     samples = samples[: int(config.max_seconds * config.sample_rate)]
     power = librosa.feature.melspectrogram(
-        y=samples, sr=config.sample_rate, n_fft=config.n_fft,
-        hop_length=config.hop_length, n_mels=config.n_mels, center=True,
+        y=samples, sr=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length,
+        win_length=config.win_length, window=config.window, n_mels=config.n_mels, center=True,
     )
     db = librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=None)
     db = np.clip(db, SILENCE_DB, 40.0)
