@@ -263,6 +263,13 @@ def test_tabular_columns_train_predict_and_report_bad_cells(cli, tmp_path):
     assert out.exit_code == 0, out.output
     assert [json.loads(line)["label"] for line in out.stdout.splitlines()] == ["high", "low"]
     assert load_run(run).specs["homes"].categories == (3,)
+    # missing and noisy cells: the robustness tools work on tabular modalities too
+    clean = json.loads(cli("evaluate", run, "--json").stdout)["accuracy"]
+    missing = cli("evaluate", run, "--json", "--corrupt", "homes:missing@1")
+    assert missing.exit_code == 0, missing.output
+    assert json.loads(missing.stdout)["accuracy"] < clean - 0.2
+    noisy = cli("evaluate", run, "--json", "--corrupt", "homes:gaussian_noise@0.1")
+    assert noisy.exit_code == 0 and json.loads(noisy.stdout)["accuracy"] > clean - 0.2
     # numbers where numbers belong: a word in a numeric column names its row and column
     bad = tmp_path / "bad.csv"
     bad.write_text(data.read_text().replace("\n7,", "\n7,many", 1))

@@ -15,6 +15,8 @@ text before tokenization.
     audio  white_noise     noise power added in the mel domain at SNR = 30 - 40 * level dB
            time_mask       a block of `level` * 60 % of the frames silenced
            clipping        mel energies above a ceiling cut off, the ceiling lowered by 40 * level dB
+    tabular missing        each cell emptied (a missing value) with probability `level`
+           gaussian_noise  numeric cells plus noise of sigma = `level` * the column's standard deviation
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ KINDS = {
     "image": ("gaussian_noise", "blur", "occlusion", "grayscale", "jpeg"),
     "text": ("typos", "word_dropout", "word_shuffle"),
     "audio": ("white_noise", "time_mask", "clipping"),
+    "tabular": ("missing", "gaussian_noise"),
 }
 
 
@@ -166,6 +169,25 @@ def corrupt_audio(db: torch.Tensor, lengths: torch.Tensor, kind: str, level: flo
     raise UsageError(f"unknown audio corruption '{kind}'")
 
 
+def corrupt_cells(rows: list[list[str]], numeric: int, kind: str, level: float, seed: int) -> list[list[str]]:
+    """rows: a tabular modality's cells, its `numeric` numeric columns first."""
+    if level == 0:
+        return [list(r) for r in rows]
+    rng = random.Random(seed)
+    if kind == "missing":
+        return [["" if rng.random() < level else v for v in r] for r in rows]
+    if kind == "gaussian_noise":
+        out = [list(r) for r in rows]
+        for j in range(numeric):
+            values = [float(r[j]) for r in rows if r[j]]
+            std = float(np.std(values)) if values else 0.0
+            for r in out:
+                if r[j]:
+                    r[j] = repr(float(r[j]) + rng.gauss(0.0, level * std))
+        return out
+    raise UsageError(f"unknown tabular corruption '{kind}'")
+
+
 def perturb(table, drops: list[str], corruptions: list[Corruption], seed: int = 0):
     """A copy of `table` with modalities dropped (absent through the mask) and corrupted."""
     out = dataclasses.replace(table, tensors=dict(table.tensors), present=dict(table.present), texts=dict(table.texts))
@@ -178,6 +200,11 @@ def perturb(table, drops: list[str], corruptions: list[Corruption], seed: int = 
             out.tensors[c.modality] = corrupt_images(out.tensors[c.modality], c.kind, c.level, seed_i)
         elif kind == "text":
             out.texts[c.modality] = corrupt_texts(out.texts[c.modality], c.kind, c.level, seed_i)
+        elif kind == "tabular":
+            from mmcli.data.tabular import numeric_columns
+
+            numeric = len(numeric_columns(table.modalities[c.modality]))
+            out.texts[c.modality] = corrupt_cells(out.texts[c.modality], numeric, c.kind, c.level, seed_i)
         else:
             out.tensors[c.modality] = corrupt_audio(out.tensors[c.modality], out.tensors[f"{c.modality}.lengths"], c.kind, c.level, seed_i)
     return out
