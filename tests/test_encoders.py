@@ -108,6 +108,10 @@ def test_cli_error_for_a_missing_weights_file_and_input_size_from_the_weights(cl
     assert (data.image_size, data.image_mean, data.image_std) == (224, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     config.data.image_size = 96  # a size of the user's own stays
     assert adapt_data(config).data.image_size == 96
+    # options under the modality's own name, the encoder under its kind
+    config = from_dict({"model": {"encoders": {"image": "resnet18"}, "encoder_options": {"photo": {"weights": "w.pth"}}}})
+    assert adapt_data(config, {"photo": "image", "caption": "text"}).data.image_size == 224
+    assert adapt_data(config, {"caption": "text"}).data.image_size == 64  # no image modality
 
 
 def _toy_rows(toy: Path) -> list[dict]:
@@ -144,6 +148,17 @@ def test_frozen_features_are_computed_once_and_train_like_the_full_model(toy_sma
     other = tmp_path / "other-cache"
     shutil.copytree(features_dir(None), other / "features")
     assert clean(other)[0] == 2 and not (other / "features").exists()
+    # the key holds the encoder's options: the same weights built otherwise are another entry
+    from mmcli.training.features import _digest
+
+    part = train(from_dict({"data": {"manifest": str(toy_small)}, "model": {"modalities": ["image"]},
+                            "train": {"epochs": 1}}), tmp_path / "one").data.part("val")
+    encoder = ENCODERS.get("image.cnn")(SPEC, 8)
+    keys = set()
+    for options in ("{}", '{"width": 16}'):
+        encoder.options_key = options
+        keys.add(_digest(encoder, "image", part, from_dict({})))
+    assert len(keys) == 2
     # a trainable encoder is never cached
     assert ENCODERS.get("image.cnn")(SPEC, 8).cacheable is False
 
@@ -262,6 +277,8 @@ def test_tabular_columns_train_predict_and_report_bad_cells(cli, tmp_path):
     out = cli("predict", run, "-", input='{"rooms": 6, "noise": 0, "city": "b"}\n{"rooms": 1, "noise": 0, "city": "zzz"}\n')
     assert out.exit_code == 0, out.output
     assert [json.loads(line)["label"] for line in out.stdout.splitlines()] == ["high", "low"]
+    empty = cli("predict", run, "-", input='{"rooms": "", "noise": null, "city": ""}\n')
+    assert empty.exit_code == 0 and json.loads(empty.stdout)["modalities_used"] == ["homes"]  # missing values, as in training
     assert load_run(run).specs["homes"].categories == (3,)
     # missing and noisy cells: the robustness tools work on tabular modalities too
     clean = json.loads(cli("evaluate", run, "--json").stdout)["accuracy"]
@@ -308,6 +325,8 @@ def test_spec_augment_masks_in_training_only_and_within_the_clip():
     encoder = ENCODERS.get("audio.crnn")(ModalitySpec("audio", "audio", n_mels=16, frames=40), 8, spec_augment=True)
     encoder.set_trainable(False)
     assert encoder.feature_frozen and not encoder.cacheable  # augmented inputs change every epoch
+    encoder.train()  # frozen layers go to eval mode; the augmentation keeps masking
+    assert encoder.augment.training and not encoder.body.training
     with pytest.raises(TypeError):
         ENCODERS.get("audio.cnn")(ModalitySpec("audio", "audio"), 8, spec_augment={"bands": 2})
 

@@ -55,7 +55,9 @@ def records_from_dicts(run: LoadedRun, items: Iterable[dict[str, Any]], base: Pa
         for name, m in run.sources.items():
             value = item.get(name, item.get(m.column))
             if m.kind == "tabular":  # its columns at the top level, or under the modality's name
-                fields[name] = _field({k: "" if v is None else str(v) for k, v in (value if isinstance(value, dict) else item).items()}, m)
+                cells = value if isinstance(value, dict) else item
+                fields[name] = _field({k: "" if v is None else v if isinstance(v, str) else json.dumps(v)
+                                       for k, v in cells.items()}, m)
                 continue
             fields[name] = "" if value is None else str(value)
         out.append(Record(str(item.get("id", i + 1)), fields, base, source, i + 1))
@@ -63,11 +65,11 @@ def records_from_dicts(run: LoadedRun, items: Iterable[dict[str, Any]], base: Pa
 
 
 def _field(row: dict[str, str], m) -> str:
-    """A modality's field of a row: its column, or a tabular modality's cells as JSON."""
+    """A modality's field of a row: its column, or a tabular modality's cells as JSON
+    (present, as in training, when the row has any of its columns, even empty)."""
     if m.kind != "tabular":
         return row.get(m.column, "")
-    cells = tabular.cells([row], m)[0]
-    return json.dumps(cells) if any(cells) else ""
+    return json.dumps(tabular.cells([row], m)[0]) if any(c in row for c in m.columns) else ""
 
 
 def _decode_record(run: LoadedRun, rec: Record) -> tuple[dict[str, Any], list[BadRow]]:

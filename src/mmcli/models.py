@@ -5,6 +5,7 @@ A unimodal model is the same `Model` with one encoder and the identity fusion.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
@@ -105,19 +106,26 @@ def encoder_choice(config: Config, spec: ModalitySpec) -> tuple[str, dict[str, A
     return name, dict(options)
 
 
-def adapt_data(config: Config) -> Config:
+def adapt_data(config: Config, kinds: dict[str, str] | None = None) -> Config:
     """Image encoders with pretrained weights read the images their weights were trained
     on: `data.image_size`, `image_mean` and `image_std` follow the weights' metadata,
-    unless the config sets them to something other than the defaults."""
+    unless the config sets them to something other than the defaults.
+
+    `kinds` (modality name -> kind, from the data) says which modalities are images; where
+    the data could not be read, every name the model config mentions is tried as one."""
     from mmcli.config import DataConfig
     from mmcli.encoders.backbones import ARCHS, image_preprocessing
 
+    images = [n for n, k in (kinds or {}).items() if k == "image"]
+    images += [n for n, m in config.data.modalities.items() if m.kind == "image" and n not in images]
+    if not kinds and not config.data.modalities:
+        images = ["image", *config.model.encoders, *config.model.encoder_options]
     wanted = {}
-    for key, choice in config.model.encoders.items():
-        name = choice.split(".", 1)[1] if choice.startswith("image.") else choice
-        options = config.model.encoder_options.get(key) or config.model.encoder_options.get("image") or {}
-        if name in ARCHS and (options.get("pretrained") or options.get("weights")):
-            wanted.setdefault(name, image_preprocessing(name))
+    for name in dict.fromkeys(images):
+        choice, options = encoder_choice(config, ModalitySpec(name=name, kind="image"))
+        arch = choice.split(".", 1)[1]
+        if choice.startswith("image.") and arch in ARCHS and (options.get("pretrained") or options.get("weights")):
+            wanted.setdefault(arch, image_preprocessing(arch))
     if not wanted:
         return config
     if len({str(v) for v in wanted.values()}) > 1:
@@ -146,6 +154,7 @@ def build(config: Config, specs: dict[str, ModalitySpec], n_outputs: int) -> Mod
             raise ConfigError(f"model.encoder_options.{name}.trainable: true, false or a number of blocks, not {trainable!r}")
         encoders[name] = _construct(ENCODERS.get(enc_name), f"encoder {enc_name}", specs[name], dim, **options)
         encoders[name].set_trainable(trainable)
+        encoders[name].options_key = json.dumps(options, sort_keys=True, default=str)  # for the feature cache's key
     in_dims = {n: e.out_dim for n, e in encoders.items()}
     fusion_name = fusion_choice(config, modalities)
     task = TASKS.get(config.model.task)()

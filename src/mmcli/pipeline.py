@@ -21,7 +21,7 @@ from mmcli.data.splits import assign_splits
 from mmcli.data.table import Table
 from mmcli.data.tabular import TabularCodec
 from mmcli.encoders import ENCODERS, ModalitySpec, skip_pretrained
-from mmcli.errors import BadRow, DataError
+from mmcli.errors import BadRow, DataError, MmcliError
 from mmcli.heads import make_task
 from mmcli.models import Model, build, chosen_modalities, encoder_choice
 
@@ -70,6 +70,26 @@ def make_specs(config: Config, table: Table, modalities: list[str], tokenizers: 
         specs[name] = ModalitySpec(name=name, kind=kind, image_size=d.image_size, vocab_size=vocab,
                                    max_len=d.text_max_len, n_mels=d.n_mels, frames=audio_frames(d), **extra)
     return specs
+
+
+def modality_kinds(config: Config) -> dict[str, str]:
+    """The data's modalities and their kinds, read cheaply before preprocessing (to set
+    what depends on them, such as a pretrained backbone's image size); {} when the data
+    cannot be read yet: preprocessing reports why, with the file, row and column."""
+    from mmcli.data.manifest import detect_modalities, read_manifest
+
+    source = config.data.manifest
+    if source is None or source.startswith(BUILTIN_PREFIX):
+        return {"image": "image", "audio": "audio", "text": "text"}
+    try:
+        path = Path(source)
+        if path.is_dir() and (path / "table.json").is_file():
+            import json
+
+            return {n: m["kind"] for n, m in json.loads((path / "table.json").read_text())["modalities"].items()}
+        return {n: m.kind for n, m in detect_modalities(read_manifest(path), config.data).items()}
+    except (MmcliError, OSError, ValueError, KeyError):
+        return {}
 
 
 def pretrained_text_model(config: Config, name: str) -> str | None:

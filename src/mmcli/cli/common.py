@@ -90,10 +90,11 @@ def resolve_config(config: Optional[Path], flags: dict[str, Any], sets: Optional
         merge(layered, base or {})
         base = layered
     resolved = resolve(config, flags, sets or [], base)
-    if resolved.model.encoders:  # pretrained image backbones set the image size and normalization
+    if resolved.model.encoders or resolved.model.encoder_options:  # pretrained backbones set the image size
         from mmcli.models import adapt_data
+        from mmcli.pipeline import modality_kinds
 
-        resolved = adapt_data(resolved)
+        resolved = adapt_data(resolved, modality_kinds(resolved))
     return resolved
 
 

@@ -174,7 +174,8 @@ def read_cell(out: Path, cell: dict[str, Any]) -> dict[str, Any] | None:
     return saved if saved.get("fingerprint") == cell["fingerprint"] else None
 
 
-def run_cell(plan: Plan, data: RunData, k: int, out: Path, fit_progress=None) -> tuple[dict[str, Any], bool]:
+def run_cell(plan: Plan, data: RunData, k: int, out: Path, fit_progress=None,
+             cache_dir: str | None = None) -> tuple[dict[str, Any], bool]:
     """Run cell k (train, score the test split clean and with each modality missing) unless
     its result is already saved; returns (result, reused)."""
     from mmcli.training.api import fingerprint, train
@@ -200,7 +201,7 @@ def run_cell(plan: Plan, data: RunData, k: int, out: Path, fit_progress=None) ->
             return saved, True
         for stale in folder.parent.glob(f".{folder.name}.partial-*"):  # left by a run that was killed
             shutil.rmtree(stale, ignore_errors=True)
-        outcome = train(cfg, folder, overwrite=True, data=data, progress=fit_progress)
+        outcome = train(cfg, folder, overwrite=True, data=data, progress=fit_progress, cache_dir=cache_dir)
         result = {"fingerprint": cell["fingerprint"], "variant": variant.name, "family": variant.family,
                   "seed": cell["seed"], "best_epoch": outcome.result.best_epoch,
                   "seconds": round(outcome.result.seconds, 2), **_test_scores(outcome, cfg)}
@@ -286,7 +287,7 @@ def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric:
             cell = plan.cells[k]
             if on_run:
                 on_run(done, total, f"{cell['variant']} seed {cell['seed']}")
-            result, _ = run_cell(plan, data, k, out, fit_progress)
+            result, _ = run_cell(plan, data, k, out, fit_progress, cache_dir)
             done += 1
             if on_done:
                 on_done(done, total, result)
@@ -302,7 +303,7 @@ def run_job(out: Path, k: int, cache_dir: str | None = None) -> tuple[dict[str, 
     if saved is not None:
         return saved, True
     data = shared_data(plan.base_config(), cache_dir)
-    return run_cell(plan, data, k, out)
+    return run_cell(plan, data, k, out, cache_dir=cache_dir)
 
 
 def job_commands(out: Path, plan: Plan, cache_dir: str | None = None) -> list[str]:
@@ -324,7 +325,7 @@ def _worker_init(out: str, cache_dir: str | None, parent: int) -> None:
 
     setup_logging()
     plan = load_plan(Path(out))
-    _WORKER.update(out=Path(out), plan=plan, data=shared_data(plan.base_config(), cache_dir))
+    _WORKER.update(out=Path(out), plan=plan, data=shared_data(plan.base_config(), cache_dir), cache_dir=cache_dir)
 
 
 def _exit_with_parent(parent: int, interval: float = 0.1) -> None:
@@ -342,7 +343,7 @@ def _exit_with_parent(parent: int, interval: float = 0.1) -> None:
 
 
 def _worker_cell(k: int) -> tuple[int, dict[str, Any]]:
-    return k, run_cell(_WORKER["plan"], _WORKER["data"], k, _WORKER["out"])[0]
+    return k, run_cell(_WORKER["plan"], _WORKER["data"], k, _WORKER["out"], cache_dir=_WORKER["cache_dir"])[0]
 
 
 def run_parallel(out: Path, plan: Plan, cache_dir: str | None, todo: list[int], jobs: int):

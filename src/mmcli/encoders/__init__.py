@@ -142,7 +142,7 @@ class Encoder(nn.Module):
 
             if self.feature_frozen:  # frozen features: no dropout, no batch-norm updates
                 for name, child in self.named_children():
-                    if name != "proj":
+                    if name != "proj" and any(True for _ in child.parameters()):  # SpecAugment keeps masking
                         child.eval()
             else:
                 for m in self.modules():

@@ -15,7 +15,7 @@ from mmcli.config import Config
 from mmcli.encoders import skip_pretrained
 from mmcli.models import adapt_data, build, chosen_modalities, count_parameters, fusion_choice
 from mmcli.errors import ConfigError
-from mmcli.pipeline import RunData, make_specs, prepare_training, save_run_inputs
+from mmcli.pipeline import RunData, make_specs, modality_kinds, prepare_training, save_run_inputs
 from mmcli.training.loop import FitProgress, FitResult, fit, predict_logits
 from mmcli.training.setup import pick_device, seed_everything
 
@@ -80,7 +80,7 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     writes into a hidden sibling folder that replaces `out` only when it has finished, so a
     failed or interrupted run never destroys the run it was to replace.
     """
-    config = adapt_data(config)
+    config = adapt_data(config, modality_kinds(config))
     data = _run_data(config, data, cache_dir, workers, preprocess_progress)
     task = data.task
     if config.eval.metric is None:

@@ -33,7 +33,10 @@ def features_dir(cache_dir: str | None) -> Path:
 
 
 def _digest(encoder, name: str, part: Encoded, config: Config) -> str:
-    h = hashlib.sha256(f"{FEATURES_VERSION}|{type(encoder).__module__}.{type(encoder).__qualname__}".encode())
+    from mmcli import __version__
+
+    h = hashlib.sha256(f"{FEATURES_VERSION}|{__version__}|{type(encoder).__module__}.{type(encoder).__qualname__}|"
+                       f"{getattr(encoder, 'options_key', '')}".encode())
     for key, tensor in sorted(encoder.state_dict().items()):
         if not key.startswith("proj."):
             h.update(key.encode())
@@ -54,13 +57,15 @@ def _compute(encoder, name: str, part: Encoded, config: Config, device: torch.de
     raws, masks = [], []
     for batch in iterate(part, config.data, config.eval.batch_size):
         raw, mask = encoder.features(batch[name].to(device), batch["lengths"].get(name))
-        raws.append(raw.to(torch.float16).cpu())
+        raws.append(raw.float().cpu())
         masks.append(mask.cpu())
     encoder.train(was_training)
     width = max(r.shape[1] for r in raws)  # text and audio batches are padded to their own longest
     pad = lambda t, v: torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1]), value=v) if t.dim() == 3 else \
         torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v)  # noqa: E731
-    return torch.cat([pad(r, 0.0) for r in raws]), torch.cat([pad(m, False) for m in masks])
+    raw = torch.cat([pad(r, 0.0) for r in raws])
+    half = raw.to(torch.float16)  # half the memory; kept in float32 where float16 cannot hold the values
+    return (half if torch.isfinite(half).all() or not torch.isfinite(raw).all() else raw), torch.cat([pad(m, False) for m in masks])
 
 
 def _load_or_compute(encoder, name: str, part: Encoded, config: Config, device, folder: Path):
