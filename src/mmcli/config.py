@@ -88,6 +88,9 @@ class TrainConfig:
     class_weights: str = "none"  # classification: none or balanced (n / (classes x count))
     sampler: str = "random"  # classification: random or weighted (rare classes drawn as often as common)
     logger: str = "none"  # none or tensorboard (events in the run folder's tensorboard/)
+    precision: str = "fp32"  # fp32, bf16 or fp16 (through torch.autocast; fp16 with a gradient scaler)
+    accumulate: int = 1  # batches per optimizer step (gradient accumulation)
+    compile: bool = False  # torch.compile the encoders (opt-in: compiling takes a while)
     feature_cache: bool = True  # frozen encoders: compute their features once, into the cache folder
 
 
@@ -211,7 +214,9 @@ def validate(config: Config) -> None:
             raise ConfigError(f"config key 'model.{key}' must be in [0, 1), got {getattr(config.model, key)}")
     if config.model.aux_loss_weight < 0:
         raise ConfigError("config key 'model.aux_loss_weight' must not be negative")
-    for key, allowed in (("class_weights", ("none", "balanced")), ("sampler", ("random", "weighted")),
+    if config.train.accumulate < 1:
+        raise ConfigError(f"config key 'train.accumulate' must be at least 1, got {config.train.accumulate}")
+    for key, allowed in (("class_weights", ("none", "balanced")), ("sampler", ("random", "weighted")), ("precision", ("fp32", "bf16", "fp16")),
                          ("logger", ("none", "tensorboard"))):
         if getattr(config.train, key) not in allowed:
             raise ConfigError(f"config key 'train.{key}' must be one of {', '.join(allowed)}, got '{getattr(config.train, key)}'")

@@ -27,6 +27,7 @@ def train(
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate of AdamW.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the initialisation, the shuffling and (unless data.split_seed is set) the split.", show_default=False)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or mps.", show_default=False)] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="fp32, bf16 or fp16 (mixed precision through torch.autocast; fp16 with a gradient scaler).", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: runs/<variant>-<timestamp>).", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder at --out.")] = False,
     resume_run: Annotated[Optional[Path], typer.Option("--resume", help="Continue the interrupted training of this run folder (Ctrl-C or a kill) from its last finished epoch; its saved config is used.", show_default=False)] = None,
@@ -48,7 +49,7 @@ def train(
         from mmcli.training.api import resume
 
         if any(v is not None for v in (data, config, modalities, fusion, encoders, task, logger, epochs, batch_size, lr, seed,
-                                        device, out, sets)) or overwrite:
+                                        device, precision, out, sets)) or overwrite:
             raise UsageError("--resume continues a run with its saved config; drop the other options")
         with task_bar("preprocessing") as update, FitBar(metric="", logger=log) as bar:
             outcome = resume(resume_run, cache_arg(cache_dir), bar, update)
@@ -56,7 +57,8 @@ def train(
         return
     flags = {"data.manifest": data, "model.modalities": split_list(modalities), "model.fusion": fusion,
              "model.task": task, "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
-             "train.seed": seed, "train.device": device, "train.logger": logger, **encoder_flags(encoders)}
+             "train.seed": seed, "train.device": device, "train.logger": logger, "train.precision": precision,
+             **encoder_flags(encoders)}
     cfg = resolve_config(config, flags, sets)
     with task_bar("preprocessing") as update, FitBar(metric=cfg.eval.metric or make_task(cfg).default_metric, logger=log) as bar:
         outcome = run_train(cfg, out, overwrite, cache_arg(cache_dir), workers, bar,

@@ -60,21 +60,62 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return out
 
 
-def train_one_epoch(model, task, data: Encoded, config: Config, optimizer, scheduler, device,
+def autocast(config: Config, device: torch.device):
+    """Mixed precision through torch.autocast (fp32: none)."""
+    import contextlib
+
+    if config.train.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if config.train.precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class Stepper:
+    """The optimizer and its schedule, stepped once every `train.accumulate` batches, with a
+    gradient scaler for fp16 (a pass-through otherwise)."""
+
+    def __init__(self, optimizer, scheduler, config: Config, device: torch.device):
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.accumulate, self.clip = config.train.accumulate, config.train.grad_clip
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
+
+    def backward(self, model, loss: torch.Tensor, index: int, last: bool) -> None:
+        self.scaler.scale(loss / self.accumulate).backward()
+        if (index + 1) % self.accumulate and not last:
+            return
+        if self.clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def train_one_epoch(model, task, data: Encoded, config: Config, stepper: Stepper, device,
                     generator: torch.Generator, progress: FitProgress, weights: torch.Tensor | None = None) -> float:
     model.train()
     total, count = 0.0, 0
-    for batch in iterate(data, config.data, config.train.batch_size, shuffle=True, generator=generator, weights=weights):
+    batches = n_batches(data, config.train.batch_size)
+    stepper.optimizer.zero_grad(set_to_none=True)
+    for i, batch in enumerate(iterate(data, config.data, config.train.batch_size, shuffle=True, generator=generator,
+                                      weights=weights)):
         batch = to_device(batch, device)
-        loss = model.loss(batch, task)
+        with autocast(config, device):
+            loss = model.loss(batch, task)
         if not torch.isfinite(loss):
             raise RunFailed(f"the training loss became {loss.item()}; lower --lr (now {config.train.lr})")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        stepper.backward(model, loss, i, last=i == batches - 1)
         n = len(batch["index"])
         total += loss.item() * n
         count += n
@@ -93,7 +134,8 @@ def predict_outputs(model, data: Encoded, config: Config, device: torch.device) 
     model.eval()
     outs, weights = [], []
     for batch in iterate(data, config.data, config.eval.batch_size):
-        outs.append(model(to_device(batch, device)).float().cpu())
+        with autocast(config, device):
+            outs.append(model(to_device(batch, device)).float().cpu())
         w = getattr(model.fusion, "last_weights", None)
         if w is not None:
             weights.append(w.float().cpu())
@@ -135,16 +177,19 @@ def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path
     from mmcli.training.features import with_cached_features
 
     train, val = with_cached_features(model, [train, val], config, device, cache_dir)
+    if config.train.compile:  # in place: the state dict keeps its names
+        for encoder in model.encoders.values():
+            encoder.compile()
     steps = n_batches(train, config.train.batch_size)
-    optimizer, scheduler = make_optimizer(model, config.train, steps)
+    optimizer, scheduler = make_optimizer(model, config.train, math.ceil(steps / config.train.accumulate))
+    stepper = Stepper(optimizer, scheduler, config, device)
     metric = config.eval.metric
     result = FitResult(best_epoch=0, best_metric=None, metric=metric)
     blender = _blender(model, config, val)
     if resume is not None:
         if blender is not None:
             raise ConfigError("--resume cannot continue a run trained with train.gradient_blending; train it again")
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
+        stepper.load_state_dict(resume)
         torch.set_rng_state(resume["torch_rng"])
         generator.set_state(resume["generator"])
         result.best_epoch, result.best_metric = resume["best_epoch"], resume["best_metric"]
@@ -152,8 +197,8 @@ def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path
     weights = _sample_weights(task, train, config)
     logger = _logger(config, run_dir)
     try:
-        _epochs(model, task, train, val, config, run_dir, labels, generator, progress, device, steps, optimizer,
-                scheduler, metric, result, blender, weights, logger, resume)
+        _epochs(model, task, train, val, config, run_dir, labels, generator, progress, device, steps, stepper,
+                metric, result, blender, weights, logger, resume)
     finally:
         if logger is not None:
             logger.close()
@@ -170,11 +215,11 @@ def _history(run_dir: Path, epochs: int) -> list[dict[str, Any]]:
     return kept
 
 
-def _save_checkpoint(run_dir: Path, epoch: int, optimizer, scheduler, generator, result, stale: int) -> None:
+def _save_checkpoint(run_dir: Path, epoch: int, stepper: Stepper, generator, result, stale: int) -> None:
     import io
 
     buffer = io.BytesIO()
-    torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    torch.save({"epoch": epoch, **stepper.state_dict(),
                 "torch_rng": torch.get_rng_state(), "generator": generator.get_state(),
                 "best_epoch": result.best_epoch, "best_metric": result.best_metric, "stale": stale}, buffer)
     runs.write_atomic(run_dir / CHECKPOINT, buffer.getvalue())
@@ -209,16 +254,16 @@ def _logger(config: Config, run_dir: Path):
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
-def _epochs(model, task, train, val, config, run_dir, labels, generator, progress, device, steps, optimizer,
-            scheduler, metric, result, blender, weights, logger, resume=None) -> None:
+def _epochs(model, task, train, val, config, run_dir, labels, generator, progress, device, steps, stepper,
+            metric, result, blender, weights, logger, resume=None) -> None:
     start, stale = time.monotonic(), (resume or {}).get("stale", 0)
     first = (resume or {}).get("epoch", 0) + 1
     if resume is not None and config.train.patience > 0 and stale >= config.train.patience:
         return  # it had stopped early already
     for epoch in range(first, config.train.epochs + 1):
         progress.epoch_start(epoch, config.train.epochs, steps)
-        train_loss = train_one_epoch(model, task, train, config, optimizer, scheduler, device, generator, progress, weights)
-        record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0]}
+        train_loss = train_one_epoch(model, task, train, config, stepper, device, generator, progress, weights)
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": stepper.scheduler.get_last_lr()[0]}
         if len(val):
             scores = task.evaluate(predict_logits(model, val, config, device), val.labels, labels)
             record.update({f"val_{k}": v for k, v in scores.items() if isinstance(v, (int, float))})
@@ -238,7 +283,7 @@ def _epochs(model, task, train, val, config, run_dir, labels, generator, progres
         with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         result.history.append(record)
-        _save_checkpoint(run_dir, epoch, optimizer, scheduler, generator, result, stale)
+        _save_checkpoint(run_dir, epoch, stepper, generator, result, stale)
         progress.epoch_end(record)
         if logger is not None:  # metrics.jsonl stays the source of truth; this is a view of it
             for key, v in record.items():
