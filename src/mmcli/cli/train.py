@@ -27,6 +27,7 @@ def train(
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate of AdamW.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the initialisation, the shuffling and (unless data.split_seed is set) the split.", show_default=False)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or mps.", show_default=False)] = None,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Processes to train in, started through torchrun (distributed data parallel: gloo on CPU, nccl on GPUs, one GPU each); --batch-size is the global batch.")] = 1,
     precision: Annotated[Optional[str], typer.Option("--precision", help="fp32, bf16 or fp16 (mixed precision through torch.autocast; fp16 with a gradient scaler).", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: runs/<variant>-<timestamp>).", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder at --out.")] = False,
@@ -43,7 +44,10 @@ def train(
 
     from mmcli.heads import make_task
 
-    set_quiet(quiet)
+    from mmcli.training.distributed import world
+
+    here = world()
+    set_quiet(quiet or here.rank > 0)  # distributed: rank 0 speaks for all
     if resume_run is not None:
         from mmcli.errors import UsageError
         from mmcli.training.api import resume
@@ -60,10 +64,54 @@ def train(
              "train.seed": seed, "train.device": device, "train.logger": logger, "train.precision": precision,
              **encoder_flags(encoders)}
     cfg = resolve_config(config, flags, sets)
+    if nproc > 1 and not here.active:
+        raise typer.Exit(_launch(nproc, cfg, out, overwrite, cache_dir, workers))
     with task_bar("preprocessing") as update, FitBar(metric=cfg.eval.metric or make_task(cfg).default_metric, logger=log) as bar:
         outcome = run_train(cfg, out, overwrite, cache_arg(cache_dir), workers, bar,
                             preprocess_progress=update, argv=["mmcli", *sys.argv[1:]])
+    if here.active:
+        from mmcli.training.distributed import finish
+
+        finish()
+        if not here.main:
+            return
     _report(outcome)
+
+
+def _launch(nproc: int, cfg, out: Optional[Path], overwrite: bool, cache_dir: Optional[Path], workers: int) -> int:
+    """Check what can be checked once, preprocess once (the ranks then read the cache),
+    and start `nproc` copies of this command through torchrun's launcher."""
+    import subprocess
+
+    from mmcli.data.preprocess import preprocess
+    from mmcli.reporting.console import log, task_bar
+
+    if out is not None:
+        from mmcli.runs import resolve_out_dir
+
+        resolve_out_dir(out, "", overwrite)  # an existing folder without --overwrite: refused before starting
+    with task_bar("preprocessing") as update:
+        preprocess(cfg.data.manifest, cfg.data, cache_arg(cache_dir), workers, update)
+    args = _without_nproc(sys.argv[1:])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "mmcli", *args]
+    log(f"starting {nproc} processes: torchrun --standalone --nproc_per_node={nproc} -m mmcli {' '.join(args)}")
+    import os
+
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # the cores shared out
+    return subprocess.run(command, env=env).returncode
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 def _report(outcome) -> None:

@@ -86,15 +86,18 @@ def make_batch(data: Encoded, index: torch.Tensor, config: DataConfig) -> dict:
 
 
 def iterate(data: Encoded, config: DataConfig, batch_size: int, shuffle: bool = False,
-            generator: torch.Generator | None = None, weights: torch.Tensor | None = None) -> Iterator[dict]:
+            generator: torch.Generator | None = None, weights: torch.Tensor | None = None,
+            shard=None) -> Iterator[dict]:
     """Batches in order, shuffled, or (with `weights`) drawn with replacement in proportion
-    to the weights, as many as the data has (a weighted sampler)."""
+    to the weights, as many as the data has (a weighted sampler). `shard` picks this
+    process's part of each batch in distributed training."""
     if weights is not None:
         order = torch.multinomial(weights.double(), len(data), replacement=True, generator=generator)
     else:
         order = torch.randperm(len(data), generator=generator) if shuffle else torch.arange(len(data))
     for start in range(0, len(data), batch_size):
-        yield make_batch(data, order[start:start + batch_size], config)
+        index = order[start:start + batch_size]
+        yield make_batch(data, shard(index) if shard is not None else index, config)
 
 
 def n_batches(data: Encoded, batch_size: int) -> int:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from mmcli.models import adapt_data, build, chosen_modalities, count_parameters,
 from mmcli.errors import ConfigError
 from mmcli.pipeline import RunData, make_specs, modality_kinds, prepare_training, save_run_inputs
 from mmcli.training.loop import FitProgress, FitResult, fit, predict_logits
+from mmcli.training.distributed import world
 from mmcli.training.setup import pick_device, seed_everything
 
 
@@ -90,6 +92,11 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
                        data.target_state)
     check_config(config, task)
     variant = variant_of(config, data.modalities)
+    here = world()
+    scratch = None
+    if here.active and not here.main:  # distributed: only rank 0 writes the run folder
+        scratch = Path(tempfile.mkdtemp(prefix=f"mmcli-rank{here.rank}-"))
+        out, overwrite = scratch / "run", True
     final = runs.resolve_out_dir(out, variant, overwrite)
     generator = seed_everything(config.train.seed, config.train.deterministic)
     model = build(config, data.specs, task.n_outputs(data.labels))
@@ -98,12 +105,17 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
                  f"{count_parameters(model):,}", "/".join(str(n) for n in data.counts().values()),
                  pick_device(config.train.device), _threads())
     info = runs.provenance(argv)
-    info.update({"variant": variant, "data_key": data.table.key, "fingerprint": fingerprint(config, data.table.key)})
+    info.update({"variant": variant, "data_key": data.table.key, "fingerprint": fingerprint(config, data.table.key),
+                 "world_size": here.size})
     work = runs.staging_dir(final)
     save_run_inputs(work, data)
     runs.write_json(work / "provenance.json", info)  # unfinished: --resume reads it
-    return _fit_and_publish(model, task, data, config, work, final, generator, progress, info, evaluate_test,
-                            cache_dir=cache_dir)
+    try:
+        return _fit_and_publish(model, task, data, config, work, final, generator, progress, info, evaluate_test,
+                                cache_dir=cache_dir)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _fit_and_publish(model, task, data: RunData, config: Config, work: Path, final: Path, generator, progress,
@@ -120,7 +132,8 @@ def _fit_and_publish(model, task, data: RunData, config: Config, work: Path, fin
         task = _after_fit(model, task, data, config, work)
         scores = _score_test(model, task, data, config, work, result) if evaluate_test else None
         info.update({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(result.seconds, 2),
-                     "best_epoch": result.best_epoch, "parameters": count_parameters(model)})
+                     "best_epoch": result.best_epoch, "parameters": count_parameters(model),
+                     "examples_per_rank": result.examples_per_rank})
         runs.write_json(work / "provenance.json", info)
         runs.publish(work, final)
     except KeyboardInterrupt:

@@ -46,6 +46,7 @@ class FitResult:
     metric: str
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    examples_per_rank: list[int] = field(default_factory=list)  # training examples each process stepped on
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -74,8 +75,12 @@ class Stepper:
     """The optimizer and its schedule, stepped once every `train.accumulate` batches, with a
     gradient scaler for fp16 (a pass-through otherwise)."""
 
-    def __init__(self, optimizer, scheduler, config: Config, device: torch.device):
+    def __init__(self, optimizer, scheduler, config: Config, device: torch.device, world=None, ddp=None):
+        from mmcli.training.distributed import World
+
         self.optimizer, self.scheduler = optimizer, scheduler
+        self.world, self.ddp = world or World(), ddp  # distributed training: this rank, the DDP wrapper
+        self.seen = 0  # training examples this process has stepped on
         self.accumulate, self.clip = config.train.accumulate, config.train.grad_clip
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
 
@@ -104,15 +109,19 @@ class Stepper:
 
 def train_one_epoch(model, task, data: Encoded, config: Config, stepper: Stepper, device,
                     generator: torch.Generator, progress: FitProgress, weights: torch.Tensor | None = None) -> float:
-    model.train()
+    from functools import partial
+
+    from mmcli.training.distributed import mean_across, shard
+
+    (stepper.ddp or model).train()
     total, count = 0.0, 0
     batches = n_batches(data, config.train.batch_size)
     stepper.optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(iterate(data, config.data, config.train.batch_size, shuffle=True, generator=generator,
-                                      weights=weights)):
+                                      weights=weights, shard=partial(shard, w=stepper.world))):
         batch = to_device(batch, device)
         with autocast(config, device):
-            loss = model.loss(batch, task)
+            loss = stepper.ddp(batch) if stepper.ddp is not None else model.loss(batch, task)
         if not torch.isfinite(loss):
             raise RunFailed(f"the training loss became {loss.item()}; lower --lr (now {config.train.lr})")
         stepper.backward(model, loss, i, last=i == batches - 1)
@@ -120,7 +129,8 @@ def train_one_epoch(model, task, data: Encoded, config: Config, stepper: Stepper
         total += loss.item() * n
         count += n
         progress.batch_end(loss.item())
-    return total / max(1, count)
+    stepper.seen += count
+    return mean_across(total / max(1, count), stepper.world)
 
 
 @torch.no_grad()
@@ -170,9 +180,14 @@ def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path
     """Train with early stopping. After every epoch the optimizer, scheduler, random states
     and early-stopping counters go to checkpoint.pt beside last.safetensors, so `resume`
     (that checkpoint, loaded) continues exactly where an interrupted run stopped."""
+    from mmcli.training import distributed
+
     progress = progress or NoProgress()
-    device = pick_device(config.train.device)
+    here = distributed.world()
+    device = distributed.init(config.train.device) if here.active else pick_device(config.train.device)
     model.to(device)
+    if here.active:  # the same shuffling (generator) on every rank; dropout and the like differ
+        torch.manual_seed(config.train.seed + here.rank)
     start = time.monotonic()
     from mmcli.training.features import with_cached_features
 
@@ -182,10 +197,13 @@ def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path
             encoder.compile()
     steps = n_batches(train, config.train.batch_size)
     optimizer, scheduler = make_optimizer(model, config.train, math.ceil(steps / config.train.accumulate))
-    stepper = Stepper(optimizer, scheduler, config, device)
+    stepper = Stepper(optimizer, scheduler, config, device, here,
+                      distributed.wrap(model, task, device) if here.active else None)
     metric = config.eval.metric
     result = FitResult(best_epoch=0, best_metric=None, metric=metric)
     blender = _blender(model, config, val)
+    if blender is not None and here.active:
+        raise ConfigError("train.gradient_blending does not run distributed (--nproc); train it in one process")
     if resume is not None:
         if blender is not None:
             raise ConfigError("--resume cannot continue a run trained with train.gradient_blending; train it again")
@@ -203,6 +221,7 @@ def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path
         if logger is not None:
             logger.close()
     result.seconds = time.monotonic() - start
+    result.examples_per_rank = distributed.gather_ints(stepper.seen, here)
     return result
 
 
