@@ -42,6 +42,25 @@ def test_fp16_uses_a_gradient_scaler_and_accumulation_steps_less_often(toy_small
     assert checkpoint["scheduler"]["last_epoch"] == 2 * -(-batches // 2)  # one step per two batches
 
 
+def test_gpu_check_script_runs_its_checks_on_the_cpu(tmp_path, capsys):
+    """bench/gpu_check.py is meant for a GPU; on the CPU the same checks run (bf16 step,
+    loader time against step time), so the script is known to work before a GPU is lent."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--device", "cpu", "--n", "240", "--batch-size", "32"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["available"] and report["bf16_vs_fp32"] < 0.05
+    assert report["bf16_step_ms"] > 0 and report["batch_load_ms"] > 0
+    if not torch.cuda.is_available():
+        assert module.main([]) == 0
+        assert json.loads(capsys.readouterr().out)["available"] is False
+
+
 def test_bad_precision_and_accumulation_are_config_errors():
     with pytest.raises(ConfigError, match="train.precision"):
         from_dict({"train": {"precision": "fp8"}})

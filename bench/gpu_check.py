@@ -1,0 +1,91 @@
+"""One prepared check for a machine with a GPU (`python bench/gpu_check.py`).
+
+1. A bf16 training step under autocast on the device: the loss is finite and close to the
+   fp32 step's on the same batch, and the step is timed.
+2. The loader: the time to assemble a batch from the preprocessed cache (what
+   `mmcli train` does on the host) against the model's step time on the device. A
+   ratio under 1 means the loader keeps the device busy.
+
+Without CUDA it says so and stops; `--device cpu` runs the same checks on the CPU (how
+the test suite checks this script). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+
+
+def _timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--n", type=int, default=600, help="toy examples")
+    args = parser.parse_args(argv)
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(json.dumps({"device": args.device, "available": False, "note": "no CUDA device: nothing checked"}))
+        return 0
+    from mmcli.config import from_dict
+    from mmcli.data.dataset import iterate
+    from mmcli.data.toy import make_toy
+    from mmcli.models import build
+    from mmcli.pipeline import prepare_training
+    from mmcli.training.loop import autocast, to_device
+
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = make_toy(f"{tmp}/toy", n=args.n, seed=0)
+        config = from_dict({"data": {"manifest": str(manifest)}, "train": {"batch_size": args.batch_size}})
+        data = prepare_training(config, cache_dir=f"{tmp}/cache")
+    task = data.task
+    train = data.part("train")
+    torch.manual_seed(0)
+    model = build(config, data.specs, task.n_outputs(data.labels)).to(device)
+    batch = to_device(next(iterate(train, config.data, args.batch_size)), device)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        config.train.precision = precision
+        with torch.no_grad(), autocast(config, device):
+            losses[precision] = float(model.loss(batch, task))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step() -> None:
+        with autocast(config, device):
+            loss = model.loss(batch, task)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    step()  # warm-up
+    step_s = _timed(step, 10)
+    load_s = _timed(lambda: to_device(next(iter(iterate(train, config.data, args.batch_size))), device), 10)
+    report = {"device": str(device), "available": True,
+              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+              "bf16_loss": round(losses["bf16"], 4), "fp32_loss": round(losses["fp32"], 4),
+              "bf16_vs_fp32": round(abs(losses["bf16"] - losses["fp32"]) / losses["fp32"], 4),
+              "bf16_step_ms": round(step_s * 1000, 2), "batch_load_ms": round(load_s * 1000, 2),
+              "load_over_step": round(load_s / step_s, 3)}
+    print(json.dumps(report))
+    ok = torch.isfinite(torch.tensor(losses["bf16"])) and report["bf16_vs_fp32"] < 0.05
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
