@@ -10,7 +10,14 @@
 3. The frozen-feature cache: epoch time of a frozen resnet18 whose features are cached,
    against the same encoder recomputing them in every epoch (target: 10x or more).
 
-`python bench/run.py startup` (or `compare`, or `frozen`) runs one of them.
+4. The data road and the loop (bench/scale.py): preprocessing with 2 workers against 1,
+   peak memory at 10N examples against N, an epoch over the cache against decoding the
+   files, mmcli's epoch against a minimal hand-written loop, batched predict against one
+   example at a time.
+
+`make bench` runs all but `compare` (about 4 minutes on 2 cores); `python bench/run.py
+NAME ...` runs the named ones (startup, preprocess, memory, cache, loop, predict, frozen,
+compare).
 """
 
 from __future__ import annotations
@@ -94,16 +101,21 @@ def frozen() -> list[tuple[str, str, str, str]]:
                  f"{runs['false-total']:.0f} s", f"{runs['false-total'] / runs['true-total']:.1f}x")]
 
 
-BENCHMARKS = {"startup": startup, "compare": compare, "frozen": frozen}
+import scale  # noqa: E402  (bench/scale.py, beside this file)
+
+# `make bench` runs these (about 4 minutes on 2 cores); `compare` (5 minutes) runs by name
+BENCHMARKS = {"startup": startup, **scale.BENCHMARKS, "frozen": frozen}
+EXTRA = {"compare": compare}
 
 
 def main() -> None:
+    known = {**BENCHMARKS, **EXTRA}
     chosen = sys.argv[1:] or list(BENCHMARKS)
-    unknown = [c for c in chosen if c not in BENCHMARKS]
+    unknown = [c for c in chosen if c not in known]
     if unknown:
-        sys.exit(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+        sys.exit(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(known)}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}", flush=True)
-    rows = [row for name in chosen for row in BENCHMARKS[name]()]
+    rows = [row for name in chosen for row in known[name]()]
     width = max(len(r[0]) for r in rows)
     print(f"{'benchmark':<{width}}  {'measured':>10}  {'baseline':>10}  {'ratio':>6}")
     for name, a, b, ratio in rows:

@@ -1,0 +1,195 @@
+"""Benchmarks of the data road and the training loop (issue 9), each a ratio measured side
+by side in one run on the built-in toy data. Called from bench/run.py.
+
+- preprocess: throughput with --workers 2 against --workers 1 (fresh caches);
+- memory: peak memory of preprocessing 10N examples against N (target: under 1.3);
+- cache: a training epoch over the cache against one that also decodes the raw files;
+- loop: an epoch of mmcli's loop against a minimal hand-written PyTorch loop on the same
+  model, data and batch size (target: at most 1.05);
+- predict: predict throughput in batches against one example at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+Row = tuple[str, str, str, str]
+N = 400
+
+
+def _env(tmp: str) -> dict:
+    return {**os.environ, "MMCLI_CACHE_DIR": os.path.join(tmp, "cache"), "MMCLI_NO_PROGRESS": "1"}
+
+
+def _toy(tmp: str, n: int, name: str = "toy") -> str:
+    out = os.path.join(tmp, name)
+    subprocess.run([sys.executable, "-m", "mmcli", "datasets", "make", "toy", out, "--n", str(n), "--quiet"],
+                   check=True, env=_env(tmp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return out
+
+
+def _preprocess_seconds(tmp: str, toy: str, workers: int, cache: str) -> float:
+    env = {**_env(tmp), "MMCLI_CACHE_DIR": os.path.join(tmp, cache)}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "mmcli", "preprocess", toy, "--workers", str(workers), "--quiet"],
+                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def preprocess() -> list[Row]:
+    with tempfile.TemporaryDirectory(prefix="mmcli-bench-") as tmp:
+        toy = _toy(tmp, 2 * N)
+        one = _preprocess_seconds(tmp, toy, 1, "c1")
+        two = _preprocess_seconds(tmp, toy, 2, "c2")
+    return [(f"preprocess {2 * N} examples: --workers 2 vs 1 (throughput)", f"{2 * N / two:.0f}/s", f"{2 * N / one:.0f}/s",
+             f"{one / two:.2f}x")]
+
+
+PEAK = """
+import resource, sys
+from mmcli.config import DataConfig
+from mmcli.data.preprocess import preprocess
+preprocess(sys.argv[1], DataConfig(), sys.argv[2])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def memory() -> list[Row]:
+    peaks = {}
+    with tempfile.TemporaryDirectory(prefix="mmcli-bench-") as tmp:
+        for n in (N // 2, 5 * N):
+            toy = _toy(tmp, n, f"toy{n}")
+            out = subprocess.run([sys.executable, "-c", PEAK, toy, os.path.join(tmp, f"c{n}")], check=True,
+                                 capture_output=True, text=True, env=_env(tmp))
+            peaks[n] = int(out.stdout.strip().splitlines()[-1]) / 1024  # KiB -> MiB
+    small, big = peaks[N // 2], peaks[5 * N]
+    return [(f"preprocess peak memory: {5 * N} vs {N // 2} examples (target < 1.3)", f"{big:.0f} MiB", f"{small:.0f} MiB",
+             f"{big / small:.2f}")]
+
+
+def _prepared(tmp: str, n: int):
+    from mmcli.config import from_dict
+    from mmcli.pipeline import prepare_training
+
+    toy = _toy(tmp, n)
+    config = from_dict({"data": {"manifest": os.path.join(toy, "manifest.csv")}, "train": {"batch_size": 64}})
+    return config, prepare_training(config, cache_dir=os.path.join(tmp, "cache")), toy
+
+
+def _median(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _mmcli_epoch(config, data):
+    import torch
+
+    from mmcli.models import build
+    from mmcli.training.loop import NoProgress, Stepper, train_one_epoch
+    from mmcli.training.setup import make_optimizer
+
+    task, train = data.task, data.part("train")
+    torch.manual_seed(0)
+    model = build(config, data.specs, task.n_outputs(data.labels))
+    optimizer, scheduler = make_optimizer(model, config.train, 100)
+    stepper = Stepper(optimizer, scheduler, config, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    return lambda: train_one_epoch(model, task, train, config, stepper, torch.device("cpu"), generator, NoProgress())
+
+
+def cache() -> list[Row]:
+    from mmcli.data import decode
+
+    with tempfile.TemporaryDirectory(prefix="mmcli-bench-") as tmp:
+        config, data, toy = _prepared(tmp, N)
+        epoch = _mmcli_epoch(config, data)
+        epoch()
+        cached = _median(epoch)
+        train_rows = [i for i, s in enumerate(data.splits) if s == "train"]
+        with open(os.path.join(toy, "manifest.csv")) as handle:
+            rows = list(csv.DictReader(handle))
+
+        def decode_all() -> None:
+            for i in train_rows:
+                decode.decode_image(Path(toy) / rows[i]["image"], config.data)
+                decode.decode_audio(Path(toy) / rows[i]["audio"], config.data)
+
+        raw = cached + _median(decode_all, 1)
+    return [("training epoch: over the cache vs decoding the files each epoch", f"{cached:.2f} s", f"{raw:.2f} s",
+             f"{raw / cached:.1f}x")]
+
+
+def loop() -> list[Row]:
+    """mmcli's train_one_epoch against the loop a user would write by hand: the same
+    model, tensors and batch size, AdamW, cross-entropy, no extras."""
+    import torch
+
+    from mmcli.data.dataset import make_batch
+    from mmcli.models import build
+
+    with tempfile.TemporaryDirectory(prefix="mmcli-bench-") as tmp:
+        config, data, _ = _prepared(tmp, 2 * N)
+        ours = _mmcli_epoch(config, data)
+        train = data.part("train")
+        torch.manual_seed(0)
+        model = build(config, data.specs, len(data.labels))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr)
+        everything = make_batch(train, torch.arange(len(train)), config.data)  # normalised once, up front
+        generator = torch.Generator().manual_seed(0)
+
+        def hand() -> None:
+            model.train()
+            order = torch.randperm(len(train), generator=generator)
+            for start in range(0, len(train), config.train.batch_size):
+                idx = order[start:start + config.train.batch_size]
+                batch = {k: ({m: t[idx] for m, t in v.items()} if isinstance(v, dict) else v[idx])
+                         for k, v in everything.items()}
+                loss = torch.nn.functional.cross_entropy(model(batch), batch["label"])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+
+        ours(), hand()  # warm-up
+        times = {"ours": [], "hand": []}
+        for _ in range(5):  # alternating, so that the machine's drift hits both
+            times["ours"].append(_median(ours, 1))
+            times["hand"].append(_median(hand, 1))
+    a, b = statistics.median(times["ours"]), statistics.median(times["hand"])
+    return [("mmcli train epoch vs a minimal PyTorch loop (target <= 1.05)", f"{a:.3f} s", f"{b:.3f} s", f"{a / b:.2f}")]
+
+
+def predict() -> list[Row]:
+    from mmcli.inference import predict_records, records_from_manifest
+    from mmcli.pipeline import load_run
+
+    with tempfile.TemporaryDirectory(prefix="mmcli-bench-") as tmp:
+        toy = _toy(tmp, N)
+        run = os.path.join(tmp, "run")
+        subprocess.run([sys.executable, "-m", "mmcli", "train", toy, "--epochs", "1", "--out", run, "--quiet"],
+                       check=True, env=_env(tmp), stdout=subprocess.DEVNULL)
+        loaded = load_run(Path(run))
+        records = records_from_manifest(loaded, Path(toy) / "manifest.csv")[:200]
+        batched = _median(lambda: predict_records(loaded, records, device="cpu"))
+        single = _median(lambda: [predict_records(loaded, [r], device="cpu") for r in records], 1)
+    n = len(records)
+    return [(f"predict {n} examples: in batches vs one at a time (throughput)", f"{n / batched:.0f}/s",
+             f"{n / single:.0f}/s", f"{single / batched:.1f}x")]
+
+
+BENCHMARKS = {"preprocess": preprocess, "memory": memory, "cache": cache, "loop": loop, "predict": predict}
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or BENCHMARKS:
+        print(json.dumps(BENCHMARKS[name]()))
