@@ -209,9 +209,10 @@ def test_a_label_unseen_in_training_at_evaluation_names_the_row(small_run, tmp_p
         assert needle in result.output
 
 
-def test_an_interrupted_preprocess_leaves_no_partial_cache(tmp_path, monkeypatch):
-    """Ctrl-C half-way through decoding: the cache holds nothing of it (no entry, no
-    temporary folder), so the next run starts clean instead of reading half a table."""
+def test_an_interrupted_preprocess_leaves_no_cache_entry(tmp_path, monkeypatch):
+    """Ctrl-C half-way through decoding: the cache holds no entry of it (a reader never
+    sees half a table; what was decoded waits in a hidden partial entry), and the next run
+    completes it (tests/test_stream.py checks that it resumes where it stopped)."""
     import mmcli.data.decode as decode
 
     folder = tmp_path / "own"

@@ -18,7 +18,7 @@ from mmcli.config import DataConfig, ModalityConfig
 
 PREPROCESS_KEYS = ("image_size", "sample_rate", "n_mels", "n_fft", "hop_length", "win_length", "window", "max_seconds",
                    "label", "id_column", "split_column", "on_error")
-KEY_VERSION = "2"
+KEY_VERSION = "3"  # 3: one memory-mapped file per tensor
 
 
 def cache_root(override: str | Path | None = None) -> Path:

@@ -10,16 +10,16 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+import shutil
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from mmcli.config import DataConfig, ModalityConfig
-from mmcli.data import cache, decode, tabular
+from mmcli.data import cache, stream, tabular
 from mmcli.data.manifest import Manifest, detect_modalities, read_manifest
-from mmcli.data.table import Table, is_table, load_table, save_table
+from mmcli.data.table import Table, is_table, load_table
 from mmcli.errors import BadRow, DataError
 
 Progress = Callable[[int, int], None]
@@ -56,13 +56,13 @@ def preprocess(data: str | Path | None, config: DataConfig, cache_dir: str | Pat
         table.source = _source_name(data)
         return table
     LOG.info("cache miss: decoding %d rows of %s into %s", len(manifest.rows), manifest.path, folder)
-    table = build_table(manifest, modalities, config, workers, progress, require_label)
+    table = build_table(manifest, modalities, config, workers, progress, require_label, folder)
     table.key = key
     table.source = _source_name(data)
-    save_table(table, folder)
+    stream.publish(table, folder)
     if table.bad_rows:
         write_bad_rows(table.bad_rows, folder / "bad_rows.csv")
-    return table
+    return load_table(folder)
 
 
 def _source_name(data: str | Path | None) -> str:
@@ -126,53 +126,35 @@ def _check_cell(manifest: Manifest, i: int, m: ModalityConfig) -> list[BadRow]:
 
 
 def build_table(manifest: Manifest, modalities: dict[str, ModalityConfig], config: DataConfig,
-                workers: int, progress: Progress | None, require_label: bool) -> Table:
+                workers: int, progress: Progress | None, require_label: bool, folder: Path) -> Table:
+    """Decode the rows chunk by chunk (in `workers` processes), appending each chunk to the
+    tensor files of a partial entry beside `folder` as it comes (`mmcli.data.stream`):
+    memory holds a few chunks, not the data set, and an interrupted run resumes where it
+    stopped. The returned table's tensors are mapped from the partial entry; `publish`
+    renames it into place."""
     bad = check_rows(manifest, modalities, config, require_label)
     good = [i for i in range(len(manifest.rows)) if i not in bad]
-    # decode the rows that passed the checks before failing, so that one message lists
+    partial = stream.partial_dir(folder)
+    # the rows that passed the checks are decoded before failing, so that one message lists
     # every problem (a corrupt image beside a missing file) instead of one per attempt
-    decoded, decode_bad = _decode_rows(manifest, good, modalities, config, workers, progress)
+    decode_bad = stream.decode_into(partial, manifest, good, modalities, config, workers, progress)
     for i, problems in decode_bad.items():
         bad.setdefault(i, []).extend(problems)
     rows = [r for i in sorted(bad) for r in bad[i]]
     if bad and config.on_error == "fail":
+        shutil.rmtree(partial, ignore_errors=True)
         raise DataError(f"{manifest.path}: {len(bad)} bad rows (use --on-error skip to leave them out)", rows)
     keep = [i for i in good if i not in decode_bad]
     if not keep:
+        shutil.rmtree(partial, ignore_errors=True)
         raise DataError(f"{manifest.path}: no usable rows", rows)
-    table = _assemble(manifest, keep, decoded, modalities, config)
+    table = _assemble(manifest, keep, modalities, config)
     table.bad_rows = rows
+    table.tensors = stream.finish(partial, good, keep, modalities, config)
     return table
 
 
-def _decode_rows(manifest: Manifest, rows: list[int], modalities: dict[str, ModalityConfig],
-                 config: DataConfig, workers: int, progress: Progress | None):
-    def work(i: int):
-        out, problems = {}, []
-        for name, m in modalities.items():
-            if m.kind in ("text", "tabular"):
-                continue
-            path = manifest.root / manifest.rows[i][m.column]
-            try:
-                out[name] = decode.decode_image(path, config) if m.kind == "image" else decode.decode_audio(path, config)
-            except decode.DecodeError as exc:
-                problems.append(manifest.bad(i, m.column, f"{manifest.rows[i][m.column]}: {exc}"))
-        return i, out, problems
-
-    decoded, bad = {}, {}
-    total = len(rows)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for done, (i, out, problems) in enumerate(pool.map(work, rows), start=1):
-            decoded[i] = out
-            if problems:
-                bad[i] = problems
-            if progress is not None and (done % 25 == 0 or done == total):
-                progress(done, total)
-    return decoded, bad
-
-
-def _assemble(manifest: Manifest, keep: list[int], decoded: dict, modalities: dict[str, ModalityConfig],
-              config: DataConfig) -> Table:
+def _assemble(manifest: Manifest, keep: list[int], modalities: dict[str, ModalityConfig], config: DataConfig) -> Table:
     rows = [manifest.rows[i] for i in keep]
     has_label = config.label in manifest.columns
     has_split = config.split_column in manifest.columns
@@ -188,11 +170,6 @@ def _assemble(manifest: Manifest, keep: list[int], decoded: dict, modalities: di
             table.texts[name] = [r[m.column] for r in rows]
         elif m.kind == "tabular":
             table.texts[name] = tabular.cells(rows, m)
-        elif m.kind == "image":
-            table.tensors[name] = torch.stack([decoded[i][name] for i in keep])
-        else:
-            table.tensors[name] = torch.stack([decoded[i][name][0] for i in keep])
-            table.tensors[f"{name}.lengths"] = torch.tensor([decoded[i][name][1] for i in keep])
     return table
 
 

@@ -1,14 +1,17 @@
 """The preprocessed form of a data set: decoded tensors plus ids, labels and texts.
 
 A `Table` is what the cache stores and what training, evaluation and comparison read.
-It is saved as `tensors.safetensors` (no pickle: loading never runs code) beside a
-`table.json` that holds everything that is not a tensor.
+It is saved as one raw file per tensor (`<name>.bin`: no pickle, so loading never runs
+code) beside a `table.json` that holds everything else and each file's type and shape.
+Loading maps the files into memory: a data set larger than memory still loads, and only
+the rows that are read are paged in.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -20,7 +23,8 @@ import torch
 from mmcli.config import ModalityConfig
 from mmcli.errors import BadRow, UsageError
 
-TABLE_FORMAT = 1
+TABLE_FORMAT = 2
+DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "float32": torch.float32, "int64": torch.int64}
 
 
 @dataclass
@@ -58,10 +62,37 @@ class Table:
         )
 
 
+def table_meta(table: Table, arrays: dict[str, dict]) -> dict:
+    """table.json: everything that is not a tensor, and each tensor's file, type and shape."""
+    return {
+        "format": TABLE_FORMAT,
+        "key": table.key,
+        "source": table.source,
+        "ids": table.ids,
+        "labels": table.labels,
+        "given_splits": table.given_splits,
+        "modalities": {k: dataclasses.asdict(m) for k, m in table.modalities.items()},
+        "texts": table.texts,
+        "bad_rows": [vars(r) for r in table.bad_rows],
+        "arrays": arrays,
+    }
+
+
+def array_file(folder: Path, name: str) -> Path:
+    return folder / f"{name}.bin"
+
+
+def write_array(folder: Path, name: str, tensor: torch.Tensor) -> dict:
+    """Raw bytes in `<name>.bin` (what `load_table` maps into memory); its description."""
+    if tensor.dtype == torch.bool:
+        tensor = tensor.to(torch.uint8)
+    with open(array_file(folder, name), "wb") as handle:
+        handle.write(tensor.contiguous().numpy().tobytes())
+    return {"dtype": str(tensor.dtype).replace("torch.", ""), "shape": list(tensor.shape)}
+
+
 def save_table(table: Table, folder: Path) -> None:
     """Write atomically: into a temporary sibling folder, then rename into place."""
-    from safetensors.torch import save_file
-
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     from mmcli.runs import open_up
@@ -69,20 +100,9 @@ def save_table(table: Table, folder: Path) -> None:
     open_up(tmp)
     try:
         tensors = dict(table.tensors)
-        tensors.update({f"{k}.present": v.to(torch.uint8) for k, v in table.present.items()})
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "tensors.safetensors"))
-        meta = {
-            "format": TABLE_FORMAT,
-            "key": table.key,
-            "source": table.source,
-            "ids": table.ids,
-            "labels": table.labels,
-            "given_splits": table.given_splits,
-            "modalities": {k: dataclasses.asdict(m) for k, m in table.modalities.items()},
-            "texts": table.texts,
-            "bad_rows": [vars(r) for r in table.bad_rows],
-        }
-        (tmp / "table.json").write_text(json.dumps(meta), encoding="utf-8")
+        tensors.update({f"{k}.present": v for k, v in table.present.items()})
+        arrays = {k: write_array(tmp, k, v) for k, v in tensors.items()}
+        (tmp / "table.json").write_text(json.dumps(table_meta(table, arrays)), encoding="utf-8")
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -92,19 +112,26 @@ def save_table(table: Table, folder: Path) -> None:
 
 
 def is_table(folder: Path) -> bool:
-    return (folder / "table.json").is_file() and (folder / "tensors.safetensors").is_file()
+    return (folder / "table.json").is_file()
+
+
+def map_array(path: Path, dtype: str, shape: list[int]) -> torch.Tensor:
+    """The file mapped into memory (copy-on-write: pages are read as they are touched,
+    and nothing done to the tensor reaches the file)."""
+    count = math.prod(shape)
+    if count == 0:
+        return torch.empty(shape, dtype=DTYPES[dtype])
+    return torch.from_file(str(path), shared=False, size=count, dtype=DTYPES[dtype]).view(*shape)
 
 
 def load_table(folder: Path) -> Table:
-    from safetensors.torch import load_file
-
     try:
         meta = json.loads((folder / "table.json").read_text(encoding="utf-8"))
-        tensors = load_file(str(folder / "tensors.safetensors"))
-    except (OSError, ValueError) as exc:
+        if meta.get("format") != TABLE_FORMAT:
+            raise UsageError(f"{folder}: cache format {meta.get('format')} is not {TABLE_FORMAT}; run mmcli cache clean")
+        tensors = {k: map_array(array_file(folder, k), a["dtype"], a["shape"]) for k, a in meta["arrays"].items()}
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise UsageError(f"{folder}: not a readable mmcli cache ({exc})") from None
-    if meta.get("format") != TABLE_FORMAT:
-        raise UsageError(f"{folder}: cache format {meta.get('format')} is not {TABLE_FORMAT}; run mmcli cache clean")
     present = {k[: -len(".present")]: v.bool() for k, v in tensors.items() if k.endswith(".present")}
     return Table(
         ids=meta["ids"],

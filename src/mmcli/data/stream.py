@@ -1,0 +1,174 @@
+"""Streaming, resumable preprocessing: decoded rows go to disk chunk by chunk.
+
+The rows that passed the cheap checks are cut into chunks of CHUNK rows, decoded in
+order (by `workers` processes, each decoding whole chunks), and each chunk's tensors are
+appended to one raw file per tensor in a partial entry `.KEY.partial` beside the cache
+entry. After each chunk `progress.json` records how many chunks are on disk and the rows
+that failed to decode, so memory holds only the chunks in flight, and a preprocess that
+was interrupted (Ctrl-C, a kill) starts again at the first chunk not written. `finish`
+drops the rows that failed (with `on_error: skip`) and writes the presence masks;
+`publish` writes `table.json` and renames the partial entry into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from mmcli.config import DataConfig, ModalityConfig
+from mmcli.data import decode
+from mmcli.data.manifest import Manifest
+from mmcli.data.table import Table, array_file, map_array, table_meta, write_array
+from mmcli.errors import BadRow
+
+CHUNK = 64  # rows per task: what a worker holds at a time
+PROGRESS = "progress.json"
+
+
+def partial_dir(folder: Path) -> Path:
+    return folder.parent / f".{folder.name}.partial"
+
+
+def _media(modalities: dict[str, ModalityConfig]) -> dict[str, ModalityConfig]:
+    return {n: m for n, m in modalities.items() if m.kind in ("image", "audio")}
+
+
+def _blank(kind: str, config: DataConfig) -> tuple[torch.Tensor, int]:
+    if kind == "image":
+        return torch.zeros(3, config.image_size, config.image_size, dtype=torch.uint8), 0
+    return torch.full((config.n_mels, decode.audio_frames(config)), decode.SILENCE_DB, dtype=torch.float16), 1
+
+
+def decode_chunk(task: tuple[str, list[tuple[int, dict[str, str]]], dict[str, str], DataConfig]):
+    """One chunk, in a worker: {tensor name: stacked tensor}, and {row: [(column name, reason)]}."""
+    root, rows, kinds, config = task
+    out: dict[str, list] = {}
+    problems: dict[int, list[tuple[str, str]]] = {}
+    for i, cells in rows:
+        for name, kind in kinds.items():
+            try:
+                path = Path(root) / cells[name]
+                value = decode.decode_image(path, config) if kind == "image" else decode.decode_audio(path, config)
+                value = value if kind == "audio" else (value, 0)
+            except decode.DecodeError as exc:
+                problems.setdefault(i, []).append((name, f"{cells[name]}: {exc}"))
+                value = _blank(kind, config)
+            out.setdefault(name, []).append(value[0])
+            if kind == "audio":
+                out.setdefault(f"{name}.lengths", []).append(torch.tensor(value[1]))
+    return {k: torch.stack(v) for k, v in out.items()}, problems
+
+
+def _chunks(manifest: Manifest, rows: list[int], media: dict[str, ModalityConfig], config: DataConfig, start: int):
+    kinds = {n: m.kind for n, m in media.items()}
+    for k in range(start * CHUNK, len(rows), CHUNK):
+        part = [(i, {n: manifest.rows[i][m.column] for n, m in media.items()}) for i in rows[k:k + CHUNK]]
+        yield str(manifest.root), part, kinds, config
+
+
+def _decoded(tasks: Iterator, workers: int) -> Iterator:
+    if workers <= 1:
+        yield from map(decode_chunk, tasks)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(decode_chunk, tasks)
+
+
+def _resume(partial: Path, rows: list[int], names: list[str]) -> tuple[int, dict]:
+    """Chunks already on disk (0: start over), and the problems recorded with them."""
+    try:
+        state = json.loads((partial / PROGRESS).read_text(encoding="utf-8"))
+        if state["rows"] != rows or sorted(state["sizes"]) != sorted(names):
+            raise ValueError("another run's partial entry")
+        for name, size in state["sizes"].items():  # bytes written by a chunk that did not finish go
+            with open(array_file(partial, name), "r+b") as handle:
+                handle.truncate(size)
+        return state["chunks"], {int(i): [tuple(p) for p in v] for i, v in state["problems"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        return 0, {}
+
+
+def decode_into(partial: Path, manifest: Manifest, rows: list[int], modalities: dict[str, ModalityConfig],
+                config: DataConfig, workers: int, progress: Callable[[int, int], None] | None) -> dict[int, list[BadRow]]:
+    """Decode `rows`' files into `partial`, resuming a run that stopped; the rows that failed."""
+    media = _media(modalities)
+    names = [x for n, m in media.items() for x in ([n, f"{n}.lengths"] if m.kind == "audio" else [n])]
+    if not names:  # text and numbers only: nothing to decode
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        return {}
+    done, problems = _resume(partial, rows, names)
+    if done:
+        import logging
+
+        logging.getLogger("mmcli").info("resuming preprocessing at row %d of %d", min(done * CHUNK, len(rows)), len(rows))
+    sizes = {n: array_file(partial, n).stat().st_size if array_file(partial, n).exists() else 0 for n in names}
+    total = len(rows)
+    for k, (arrays, found) in enumerate(_decoded(_chunks(manifest, rows, media, config, done), workers), start=done):
+        for name, tensor in arrays.items():
+            with open(array_file(partial, name), "ab") as handle:
+                handle.write(tensor.contiguous().numpy().tobytes())
+                sizes[name] = handle.tell()
+        problems.update(found)
+        state = {"rows": rows, "chunks": k + 1, "sizes": sizes, "problems": {str(i): v for i, v in problems.items()}}
+        tmp = partial / f"{PROGRESS}.tmp"
+        tmp.write_text(json.dumps(state), encoding="utf-8")
+        os.replace(tmp, partial / PROGRESS)
+        if progress is not None:
+            progress(min((k + 1) * CHUNK, total), total)
+    columns = {n: m.column for n, m in media.items()}
+    return {i: [manifest.bad(i, columns[n], reason) for n, reason in v] for i, v in problems.items()}
+
+
+def _shapes(modalities: dict[str, ModalityConfig], config: DataConfig) -> dict[str, tuple[str, list[int]]]:
+    out = {}
+    for name, m in _media(modalities).items():
+        blank, _ = _blank(m.kind, config)
+        out[name] = (str(blank.dtype).replace("torch.", ""), list(blank.shape))
+        if m.kind == "audio":
+            out[f"{name}.lengths"] = ("int64", [])
+    return out
+
+
+def finish(partial: Path, rows: list[int], keep: list[int], modalities: dict[str, ModalityConfig],
+           config: DataConfig) -> dict[str, torch.Tensor]:
+    """The decoded tensors, mapped from `partial`, without the rows that failed to decode
+    (their files are rewritten without them, a block at a time)."""
+    position = {i: p for p, i in enumerate(rows)}
+    out = {}
+    for name, (dtype, row_shape) in _shapes(modalities, config).items():
+        path = array_file(partial, name)
+        if len(keep) != len(rows):
+            full = map_array(path, dtype, [len(rows), *row_shape])
+            kept = torch.tensor([position[i] for i in keep], dtype=torch.long)
+            with open(partial / f"{name}.kept", "wb") as handle:
+                for start in range(0, len(kept), 1024):
+                    handle.write(full[kept[start:start + 1024]].contiguous().numpy().tobytes())
+            del full
+            os.replace(partial / f"{name}.kept", path)
+        out[name] = map_array(path, dtype, [len(keep), *row_shape])
+    return out
+
+
+def publish(table: Table, folder: Path) -> None:
+    """Write the presence masks and table.json into the partial entry, then rename it
+    into place: a reader sees the whole entry or none."""
+    partial = partial_dir(folder)
+    arrays = {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)} for k, v in table.tensors.items()}
+    arrays.update({f"{k}.present": write_array(partial, f"{k}.present", v) for k, v in table.present.items()})
+    (partial / "table.json").write_text(json.dumps(table_meta(table, arrays)), encoding="utf-8")
+    (partial / PROGRESS).unlink(missing_ok=True)
+    from mmcli.runs import open_up
+
+    open_up(partial)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(partial, folder)
