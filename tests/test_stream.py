@@ -71,3 +71,17 @@ def test_rows_that_fail_to_decode_are_dropped_from_the_files_with_skip(tmp_path)
     assert len(table) == CHUNK + 5 and table.tensors["photo"].shape[0] == CHUNK + 5
     assert table.tensors["sound"].shape[0] == CHUNK + 5 and torch.equal(full.tensors["photo"], table.tensors["photo"])
     assert table.bad_rows and table.bad_rows[0].row == 3
+
+
+def test_two_processes_preprocessing_the_same_data_at_once_share_one_entry(tmp_path):
+    """The second waits for the first's lock, then reads the entry it made (before the
+    lock, both wrote into the same partial entry and one lost its files)."""
+    import subprocess
+    import sys
+
+    manifest = write_own_manifest(tmp_path / "own", n=CHUNK * 2)
+    command = [sys.executable, "-m", "mmcli", "preprocess", str(manifest), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert len([p for p in (tmp_path / "cache" / "tensors").iterdir() if not p.name.startswith(".")]) == 1

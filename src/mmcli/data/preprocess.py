@@ -55,14 +55,18 @@ def preprocess(data: str | Path | None, config: DataConfig, cache_dir: str | Pat
         table = load_table(folder)
         table.source = _source_name(data)
         return table
-    LOG.info("cache miss: decoding %d rows of %s into %s", len(manifest.rows), manifest.path, folder)
-    table = build_table(manifest, modalities, config, workers, progress, require_label, folder)
-    table.key = key
+    with stream.building(folder):
+        if not is_table(folder):  # else another process made it while this one waited
+            LOG.info("cache miss: decoding %d rows of %s into %s", len(manifest.rows), manifest.path, folder)
+            table = build_table(manifest, modalities, config, workers, progress, require_label, folder)
+            table.key = key
+            table.source = _source_name(data)
+            stream.publish(table, folder)
+            if table.bad_rows:
+                write_bad_rows(table.bad_rows, folder / "bad_rows.csv")
+    table = load_table(folder)
     table.source = _source_name(data)
-    stream.publish(table, folder)
-    if table.bad_rows:
-        write_bad_rows(table.bad_rows, folder / "bad_rows.csv")
-    return load_table(folder)
+    return table
 
 
 def _source_name(data: str | Path | None) -> str:

@@ -12,6 +12,7 @@ drops the rows that failed (with `on_error: skip`) and writes the presence masks
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -33,6 +34,26 @@ PROGRESS = "progress.json"
 
 def partial_dir(folder: Path) -> Path:
     return folder.parent / f".{folder.name}.partial"
+
+
+@contextlib.contextmanager
+def building(folder: Path) -> Iterator[None]:
+    """One process at a time builds an entry: another one (a second command on the same
+    data, compare's workers) waits here, then finds the entry made. The lock is the
+    operating system's, so a killed process releases it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks
+        yield
+        return
+    locks = folder.parent.parent / "locks"  # beside tensors/, so that an entry's folder holds only entries
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{folder.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _media(modalities: dict[str, ModalityConfig]) -> dict[str, ModalityConfig]:
