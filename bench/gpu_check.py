@@ -14,19 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 
-
-def _timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from scale import median_seconds  # bench/scale.py, beside this file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize()
 
     step()  # warm-up
-    step_s = _timed(step, 10)
-    load_s = _timed(lambda: to_device(next(iter(iterate(train, config.data, args.batch_size))), device), 10)
+    step_s = median_seconds(step, 10)
+    load_s = median_seconds(lambda: to_device(next(iter(iterate(train, config.data, args.batch_size))), device), 10)
     report = {"device": str(device), "available": True,
               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
               "bf16_loss": round(losses["bf16"], 4), "fp32_loss": round(losses["fp32"], 4),

@@ -84,7 +84,8 @@ def _prepared(tmp: str, n: int):
     return config, prepare_training(config, cache_dir=os.path.join(tmp, "cache")), toy
 
 
-def _median(fn, repeats: int = 3) -> float:
+def median_seconds(fn, repeats: int = 3) -> float:
+    """The median wall time of `repeats` calls of `fn`."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -116,7 +117,7 @@ def cache() -> list[Row]:
         config, data, toy = _prepared(tmp, N)
         epoch = _mmcli_epoch(config, data)
         epoch()
-        cached = _median(epoch)
+        cached = median_seconds(epoch)
         train_rows = [i for i, s in enumerate(data.splits) if s == "train"]
         with open(os.path.join(toy, "manifest.csv")) as handle:
             rows = list(csv.DictReader(handle))
@@ -126,7 +127,7 @@ def cache() -> list[Row]:
                 decode.decode_image(Path(toy) / rows[i]["image"], config.data)
                 decode.decode_audio(Path(toy) / rows[i]["audio"], config.data)
 
-        raw = cached + _median(decode_all, 1)
+        raw = cached + median_seconds(decode_all, 1)
     return [("training epoch: over the cache vs decoding the files each epoch", f"{cached:.2f} s", f"{raw:.2f} s",
              f"{raw / cached:.1f}x")]
 
@@ -164,8 +165,8 @@ def loop() -> list[Row]:
         ours(), hand()  # warm-up
         times = {"ours": [], "hand": []}
         for _ in range(5):  # alternating, so that the machine's drift hits both
-            times["ours"].append(_median(ours, 1))
-            times["hand"].append(_median(hand, 1))
+            times["ours"].append(median_seconds(ours, 1))
+            times["hand"].append(median_seconds(hand, 1))
     a, b = statistics.median(times["ours"]), statistics.median(times["hand"])
     return [("mmcli train epoch vs a minimal PyTorch loop (target <= 1.05)", f"{a:.3f} s", f"{b:.3f} s", f"{a / b:.2f}")]
 
@@ -181,8 +182,8 @@ def predict() -> list[Row]:
                        check=True, env=_env(tmp), stdout=subprocess.DEVNULL)
         loaded = load_run(Path(run))
         records = records_from_manifest(loaded, Path(toy) / "manifest.csv")[:200]
-        batched = _median(lambda: predict_records(loaded, records, device="cpu"))
-        single = _median(lambda: [predict_records(loaded, [r], device="cpu") for r in records], 1)
+        batched = median_seconds(lambda: predict_records(loaded, records, device="cpu"))
+        single = median_seconds(lambda: [predict_records(loaded, [r], device="cpu") for r in records], 1)
     n = len(records)
     return [(f"predict {n} examples: in batches vs one at a time (throughput)", f"{n / batched:.0f}/s",
              f"{n / single:.0f}/s", f"{single / batched:.1f}x")]

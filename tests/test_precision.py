@@ -42,13 +42,14 @@ def test_fp16_uses_a_gradient_scaler_and_accumulation_steps_less_often(toy_small
     assert checkpoint["scheduler"]["last_epoch"] == 2 * -(-batches // 2)  # one step per two batches
 
 
-def test_gpu_check_script_runs_its_checks_on_the_cpu(tmp_path, capsys):
+def test_gpu_check_script_runs_its_checks_on_the_cpu(tmp_path, capsys, monkeypatch):
     """bench/gpu_check.py is meant for a GPU; on the CPU the same checks run (bf16 step,
     loader time against step time), so the script is known to work before a GPU is lent."""
     import importlib.util
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # as when run as a script: it imports bench/scale.py
     spec = importlib.util.spec_from_file_location("gpu_check", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

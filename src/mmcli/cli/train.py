@@ -38,26 +38,17 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train one model (unimodal with one modality, fused with several) and save its run folder."""
-    from mmcli.reporting.console import FitBar, log, task_bar
-    from mmcli.reporting.tables import print_jsonl, show_table
-    from mmcli.training.api import train as run_train
-
     from mmcli.heads import make_task
-
+    from mmcli.reporting.console import FitBar, log, task_bar
+    from mmcli.training.api import train as run_train
     from mmcli.training.distributed import world
 
     here = world()
     set_quiet(quiet or here.rank > 0)  # distributed: rank 0 speaks for all
     if resume_run is not None:
-        from mmcli.errors import UsageError
-        from mmcli.training.api import resume
-
-        if any(v is not None for v in (data, config, modalities, fusion, encoders, task, logger, epochs, batch_size, lr, seed,
-                                        device, precision, out, sets)) or overwrite:
-            raise UsageError("--resume continues a run with its saved config; drop the other options")
-        with task_bar("preprocessing") as update, FitBar(metric="", logger=log) as bar:
-            outcome = resume(resume_run, cache_arg(cache_dir), bar, update)
-        _report(outcome)
+        given = any(v is not None for v in (data, config, modalities, fusion, encoders, task, logger, epochs, batch_size,
+                                            lr, seed, device, precision, out, sets))
+        _resume(resume_run, given or overwrite, cache_dir)
         return
     flags = {"data.manifest": data, "model.modalities": split_list(modalities), "model.fusion": fusion,
              "model.task": task, "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
@@ -75,6 +66,18 @@ def train(
         finish()
         if not here.main:
             return
+    _report(outcome)
+
+
+def _resume(run: Path, other_options: bool, cache_dir: Optional[Path]) -> None:
+    from mmcli.errors import UsageError
+    from mmcli.reporting.console import FitBar, log, task_bar
+    from mmcli.training.api import resume
+
+    if other_options:
+        raise UsageError("--resume continues a run with its saved config; drop the other options")
+    with task_bar("preprocessing") as update, FitBar(metric="", logger=log) as bar:
+        outcome = resume(run, cache_arg(cache_dir), bar, update)
     _report(outcome)
 
 
