@@ -64,6 +64,7 @@ class ModelConfig:
     fusion: str = "concat"
     fusion_options: dict[str, Any] = field(default_factory=dict)
     task: str = "classification"
+    task_options: dict[str, Any] = field(default_factory=dict)  # retrieval and captioning settings
     loss: Optional[str] = None  # None: the task's own; regression: mse or huber
     feature_dim: int = 128
     hidden_dim: int = 128

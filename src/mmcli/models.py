@@ -20,13 +20,14 @@ from mmcli.heads import TASKS
 
 class Model(nn.Module):
     """encoders -> fusion -> head; optional modality dropout and auxiliary unimodal heads.
+    Cross-modal tasks have no fusion: their head reads every encoder's output.
 
     Modality dropout (training only) hides each present modality of an example with
     probability `modality_dropout` through the mask, always keeping one. Auxiliary heads
     put the task's loss on each modality's own features too, weighted by `aux_weight`.
     """
 
-    def __init__(self, encoders: dict[str, nn.Module], fusion: nn.Module, head: nn.Module,
+    def __init__(self, encoders: dict[str, nn.Module], fusion: nn.Module | None, head: nn.Module,
                  modality_dropout: float = 0.0, aux_heads: dict[str, nn.Module] | None = None, aux_weight: float = 0.0):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
@@ -54,6 +55,8 @@ class Model(nn.Module):
         if self.training and self.modality_dropout > 0 and len(self.encoders) > 1:
             mask = drop_modalities(mask, self.modality_dropout)
         features = self.encode(batch)
+        if self.fusion is None:
+            return self.head(features, mask, batch), features
         return self.head(self.fusion(features, mask)), features
 
     def head_losses(self, batch: dict, task) -> dict[str, torch.Tensor]:
@@ -156,8 +159,11 @@ def build(config: Config, specs: dict[str, ModalitySpec], n_outputs: int) -> Mod
         encoders[name].set_trainable(trainable)
         encoders[name].options_key = json.dumps(options, sort_keys=True, default=str)  # for the feature cache's key
     in_dims = {n: e.out_dim for n, e in encoders.items()}
+    task = TASKS.get(config.model.task)(config)
+    own_head = task.build_model_head(in_dims, n_outputs, config)
+    if own_head is not None:  # cross-modal tasks: the head reads every encoder's output itself
+        return Model(encoders, None, own_head)
     fusion_name = fusion_choice(config, modalities)
-    task = TASKS.get(config.model.task)()
     hidden, dropout = config.model.hidden_dim, config.model.dropout
 
     def make_head(in_dim: int) -> nn.Module:

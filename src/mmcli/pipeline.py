@@ -44,8 +44,9 @@ class RunData:
     def part(self, split: str | None) -> Encoded:
         """The rows of one split (all rows for None), encoded for the model."""
         rows = [i for i, s in enumerate(self.splits) if split is None or s == split]
-        task = self.task
-        return encode_table(self.table.subset(rows), self.modalities, self.tokenizers, lambda v: task.encode(v, self.labels))
+        task, table = self.task, self.table.subset(rows)
+        return encode_table(table, self.modalities, self.tokenizers, lambda v: task.encode(v, self.labels),
+                            task.target_values(table))
 
     def counts(self) -> dict[str, int]:
         return {s: self.splits.count(s) for s in ("train", "val", "test")}
@@ -79,6 +80,8 @@ def modality_kinds(config: Config) -> dict[str, str]:
     from mmcli.data.manifest import detect_modalities, read_manifest
 
     source = config.data.manifest
+    if source == f"{BUILTIN_PREFIX}toy-captions":
+        return {"image": "image", "caption": "text"}
     if source is None or source.startswith(BUILTIN_PREFIX):
         return {"image": "image", "audio": "audio", "text": "text"}
     try:
@@ -109,17 +112,18 @@ def make_tokenizer(config: Config, name: str, texts: list[str]):
 
 def prepare_training(config: Config, cache_dir: str | None = None, workers: int = 1,
                      progress: Progress | None = None) -> RunData:
-    table = preprocess(config.data.manifest, config.data, cache_dir, workers, progress)
-    if table.labels is None:
-        raise DataError(f"{table.source}: no label column '{config.data.label}'")
     task = make_task(config)
-    splits = assign_splits(task.split_keys(table.labels), table.given_splits, split_seed(config),
+    table = preprocess(config.data.manifest, config.data, cache_dir, workers, progress, task.needs_label)
+    values = task.target_values(table)
+    if values is None:
+        raise DataError(f"{table.source}: no label column '{config.data.label}'")
+    splits = assign_splits(task.split_keys(values), table.given_splits, split_seed(config),
                            config.data.val_fraction, config.data.test_fraction, table.source)
     modalities = chosen_modalities(config, list(table.modalities))
     train_rows = [i for i, s in enumerate(splits) if s == "train"]
     if not train_rows:
         raise DataError(f"{table.source}: the training split is empty")
-    train_values = [table.labels[i] for i in train_rows]
+    train_values = [values[i] for i in train_rows]
     labels = task.names(train_values)
     if not labels:
         raise DataError(f"{table.source}: the training split has no label in column '{config.data.label}'")
@@ -136,7 +140,7 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
 def _check_targets(task, table: Table, splits: list[str], labels: list[str]) -> None:
     """Every row's target must be usable by the task (a number for regression, a label seen
     in training for classification); all problems are reported at once."""
-    problems = task.check(table.labels, splits, labels)
+    problems = task.check(task.target_values(table), splits, labels)
     if problems:
         column = task.config.data.label
         bad = [BadRow(table.source, i + 1, column, reason) for i, reason in problems]
@@ -243,22 +247,25 @@ def data_for_run(run: LoadedRun, data: str | None, split: str | None, cache_dir:
     config = run.config.copy()
     if not same:
         config.data.modalities = {n: m for n, m in run.sources.items()}
+    task = run.task
+    require_label = require_label and task.needs_label
     table = preprocess(source, config.data, cache_dir, 1, progress, require_label)
     missing = [n for n in run.specs if n not in table.modalities]
     if missing:
         raise DataError(f"{source}: lacks the modalities this run uses: {', '.join(missing)}")
-    task = run.task
     if same or (table.given_splits is not None and any(table.given_splits)):
-        keys = task.split_keys(table.labels) if table.labels is not None else None
+        values = task.target_values(table)
+        keys = task.split_keys(values) if values is not None else None
         splits = assign_splits(keys, table.given_splits, split_seed(config),
                                config.data.val_fraction, config.data.test_fraction, table.source)
         rows = [i for i, s in enumerate(splits) if split is None or s == split]
         if not rows:
             raise DataError(f"{source}: the {split} split is empty")
         table = table.subset(rows)
-    if require_label and table.labels is not None:
+    values = task.target_values(table)
+    if require_label and values is not None:
         _check_targets(task, table, ["given"] * len(table), run.labels)
     if transform is not None:  # drop or corrupt a modality (robustness evaluation)
         table = transform(table)
-    targets = (lambda v: task.encode(v, run.labels)) if table.labels is not None else None
-    return encode_table(table, list(run.specs), run.tokenizers, targets), table
+    targets = (lambda v: task.encode(v, run.labels)) if values is not None else None
+    return encode_table(table, list(run.specs), run.tokenizers, targets, values), table

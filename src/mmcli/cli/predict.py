@@ -25,8 +25,15 @@ def predict(
     weights: Annotated[str, typer.Option("--weights", help="best or last.")] = "best",
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps (not the device the run was trained on).")] = "auto",
     explain: Annotated[bool, typer.Option("--explain", help="Add each example's per-modality fusion weights (weighted, attention, gated, late fusions; null for others).")] = False,
+    query_text: Annotated[Optional[list[str]], typer.Option("--query-text", help="Retrieval runs: find the items of --index nearest to this text (repeatable).", show_default=False)] = None,
+    query_image: Annotated[Optional[list[Path]], typer.Option("--query-image", help="Retrieval runs: find the items of --index nearest to this image (repeatable).", show_default=False)] = None,
+    query_audio: Annotated[Optional[list[Path]], typer.Option("--query-audio", help="Retrieval runs: find the items of --index nearest to this audio file (repeatable).", show_default=False)] = None,
+    index: Annotated[Optional[Path], typer.Option("--index", help="Retrieval runs: the manifest whose items --query-* searches; --top-k of them are listed per query.", show_default=False)] = None,
+    embed: Annotated[bool, typer.Option("--embed", help="Write each example's embeddings (one vector per modality) instead of predictions; retrieval runs give the aligned unit vectors.")] = False,
+    beam: Annotated[Optional[int], typer.Option("--beam", min=1, help="Captioning runs: beam width (1: greedy; default: the run's model.task_options.beam_size).", show_default=False)] = None,
 ) -> None:
-    """Predict labels; prints one JSON object per example with id, label and probabilities."""
+    """Predict labels or captions (one JSON object per example), search a retrieval run's index
+    (--query-*), or write embeddings (--embed)."""
     from mmcli.errors import UsageError
     from mmcli.inference import predict_records
     from mmcli.pipeline import load_run
@@ -36,9 +43,36 @@ def predict(
     single = {"image": image, "text": text, "audio": audio}
     if input is not None and any(v is not None for v in single.values()):
         raise UsageError("give either INPUT or --image/--text/--audio, not both")
+    queries = {k: [str(v) for v in q] for k, q in (("text", query_text), ("image", query_image), ("audio", query_audio)) if q}
     loaded = load_run(run, weights)
+    if queries:
+        _write(_search(loaded, queries, index, input, single, top_k, device), fmt)
+        return
+    if index is not None:
+        raise UsageError("--index is the data a --query-text/--query-image/--query-audio searches; give a query")
     records = _records(loaded, input, single)
+    if embed:
+        from mmcli.search import embedding_rows
+
+        _write(embedding_rows(loaded, records, device), "jsonl")
+        return
+    if beam is not None and hasattr(loaded.model.head, "beam_size"):
+        loaded.model.head.beam_size = beam
     _write(predict_records(loaded, records, top_k, explain, device), fmt)
+
+
+def _search(loaded, queries: dict, index, input, single: dict, top_k: int, device: str) -> list[dict]:
+    from mmcli.errors import UsageError
+    from mmcli.search import search
+
+    if len(queries) > 1:
+        raise UsageError("give queries of one kind at a time (--query-text, --query-image or --query-audio)")
+    if index is None:
+        raise UsageError("--query-* searches a data set: give it with --index DATA (a manifest)")
+    if input is not None or any(v is not None for v in single.values()):
+        raise UsageError("--query-* and --index replace INPUT and --image/--text/--audio; give one or the other")
+    (kind, asked), = queries.items()
+    return search(loaded, kind, asked, index, top_k, device)
 
 
 def _records(loaded, input: Optional[str], single: dict):
@@ -81,7 +115,13 @@ def _write(predictions: list[dict], fmt: str) -> None:
     import csv
 
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    if predictions and "value" in predictions[0]:  # regression
+    if predictions and "rank" in predictions[0]:  # retrieval search
+        writer.writerow(list(predictions[0]))
+        writer.writerows([list(p.values()) for p in predictions])
+    elif predictions and "caption" in predictions[0]:  # captioning
+        writer.writerow(["id", "caption", "modalities_used"])
+        writer.writerows([[p["id"], p["caption"], "|".join(p["modalities_used"])] for p in predictions])
+    elif predictions and "value" in predictions[0]:  # regression
         writer.writerow(["id", "value", "modalities_used"])
         for p in predictions:
             writer.writerow([p["id"], p["value"], "|".join(p["modalities_used"])])

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TOY_VERSION = "v1"
+TOY_VERSION = "v2"  # v2: captions.csv
 TOY_SIZE = 1200
 TOY_SEED = 0
 

@@ -35,8 +35,10 @@ class Encoded:
         return len(self.ids)
 
 
-def encode_table(table: Table, modalities: list[str], tokenizers: dict, targets=None) -> Encoded:
-    """`targets` turns the label strings into the task's target tensor (None: no targets)."""
+def encode_table(table: Table, modalities: list[str], tokenizers: dict, targets=None,
+                 values: list[str] | None = None) -> Encoded:
+    """`targets` turns the target strings (`values`, by default the label column) into the
+    task's target tensor (None: no targets)."""
     inputs, lengths, present = {}, {}, {}
     for name in modalities:
         kind = table.modalities[name].kind
@@ -52,8 +54,9 @@ def encode_table(table: Table, modalities: list[str], tokenizers: dict, targets=
                 lengths[name] = table.tensors[f"{name}.lengths"]
         present[name] = table.present[name]
     labels = None
-    if targets is not None and table.labels is not None:
-        labels = targets(list(table.labels))
+    values = table.labels if values is None else values
+    if targets is not None and values is not None:
+        labels = targets(list(values))
     kinds = {name: table.modalities[name].kind for name in modalities}
     return Encoded(list(table.ids), inputs, lengths, present, labels, kinds)
 

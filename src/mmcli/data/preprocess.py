@@ -29,11 +29,14 @@ LOG = logging.getLogger("mmcli")
 
 
 def resolve_source(data: str | Path | None, cache_root: Path) -> Path:
-    """A path to a manifest or a cache folder; `None` or `builtin:toy` is the toy set."""
-    if data is None or str(data) == f"{BUILTIN_PREFIX}toy":
+    """A path to a manifest or a cache folder; `None` or `builtin:toy` is the toy set,
+    `builtin:toy-captions` its images paired with captions of what they show."""
+    if data is None or str(data) in (f"{BUILTIN_PREFIX}toy", f"{BUILTIN_PREFIX}toy-captions"):
         from mmcli.data.builtin import toy_manifest
+        from mmcli.data.toy import CAPTIONS
 
-        return toy_manifest(cache_root)
+        manifest = toy_manifest(cache_root)
+        return manifest.parent / CAPTIONS if str(data).endswith("-captions") else manifest
     return Path(data)
 
 

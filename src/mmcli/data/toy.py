@@ -31,6 +31,8 @@ TOY_CLASSES: list[str] = sorted(f"{c}-{s}-{z}" for c in COLOURS for s in SHAPES 
 IMAGE_SIZE = 64
 SAMPLE_RATE = 16_000
 MANIFEST_COLUMNS = ("id", "image", "audio", "text", "label")
+CAPTION_COLUMNS = ("id", "image", "caption")
+CAPTIONS = "captions.csv"
 PROGRESS_EVERY = 50
 
 # RGB ranges (low, high) per channel. Label colours are what the text names; distractors
@@ -128,15 +130,18 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     return img.clip(0, 255).astype(np.uint8)
 
 
-def _shape_rgb(rng: np.random.Generator, colour: str) -> tuple[int, int, int]:
+def _shape_rgb(rng: np.random.Generator, colour: str) -> tuple[str, tuple[int, int, int]]:
+    """The colour drawn (its name, and RGB): the label's colour or a distractor."""
     if rng.random() < P_TRUE_COLOUR:
+        name = colour
         ranges = _TRUE_RGB[colour]
     else:
-        ranges = _DISTRACTOR_RGB[_pick(rng, tuple(_DISTRACTOR_RGB))]
+        name = _pick(rng, tuple(_DISTRACTOR_RGB))
+        ranges = _DISTRACTOR_RGB[name]
     if ranges[0] == ranges[1] == ranges[2]:  # grey: keep the channels equal-ish
         v = int(rng.integers(ranges[0][0], ranges[0][1] + 1))
-        return (v, v, v)
-    return tuple(int(rng.integers(lo, hi + 1)) for lo, hi in ranges)  # type: ignore[return-value]
+        return name, (v, v, v)
+    return name, tuple(int(rng.integers(lo, hi + 1)) for lo, hi in ranges)  # type: ignore[return-value]
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -148,19 +153,30 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     return [(cx + r * float(np.cos(a)), cy + r * float(np.sin(a))) for a in rad]
 
 
-def make_image(rng: np.random.Generator, colour: str, shape: str) -> Image.Image:
-    """A 64x64 RGB picture of the shape; scale is independent of the size label."""
+def make_image(rng: np.random.Generator, colour: str, shape: str) -> tuple[Image.Image, str]:
+    """A 64x64 RGB picture of the shape (scale is independent of the size label), and a
+    caption that describes exactly what was drawn (for the cross-modal tasks)."""
     img = Image.fromarray(_background(rng))
     draw = ImageDraw.Draw(img)
     r = float(rng.uniform(11, 22))  # same range for both sizes: the image says nothing on size
     cx = float(rng.uniform(r + 1, IMAGE_SIZE - r - 2))
     cy = float(rng.uniform(r + 1, IMAGE_SIZE - r - 2))
-    fill = _shape_rgb(rng, colour)
+    drawn, fill = _shape_rgb(rng, colour)
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
     else:
         draw.polygon(_polygon(shape, cx, cy, r, float(rng.uniform(-20, 20))), fill=fill)
-    return img
+    return img, describe(drawn, shape, r, cx, cy)
+
+
+def describe(colour: str, shape: str, r: float, cx: float, cy: float) -> str:
+    """'a big green triangle at the top left': the drawn colour, shape, scale and place."""
+    def third(c: float) -> int:  # which third of the centres this radius allows
+        return min(2, int(3 * (c - r - 1) / (IMAGE_SIZE - 2 * r - 3)))
+
+    row, column = ("top", "middle", "bottom")[third(cy)], ("left", "centre", "right")[third(cx)]
+    scale = "big" if r >= 16.5 else "small"
+    return f"a {scale} {colour} {shape} at the {row} {column}"
 
 
 def make_audio(rng: np.random.Generator, size: str) -> np.ndarray:
@@ -199,10 +215,11 @@ def _write_example(out: Path, ex_id: str, label: str, rng: np.random.Generator) 
     colour, shape, size = label.split("-")
     image_rel = f"images/{ex_id}.png"
     audio_rel = f"audio/{ex_id}.wav"
-    make_image(rng, colour, shape).save(out / image_rel, format="PNG")
+    image, caption = make_image(rng, colour, shape)
+    image.save(out / image_rel, format="PNG")
     sf.write(out / audio_rel, make_audio(rng, size), SAMPLE_RATE, subtype="PCM_16", format="WAV")
     text = make_text(rng, colour, shape, size)
-    return {"id": ex_id, "image": image_rel, "audio": audio_rel, "text": text, "label": label}
+    return {"id": ex_id, "image": image_rel, "audio": audio_rel, "text": text, "label": label, "caption": caption}
 
 
 def make_toy(
@@ -233,5 +250,7 @@ def make_toy(
         done = i + 1
         if progress is not None and (done % PROGRESS_EVERY == 0 or done == n):
             progress(done, n)
-    # written last, atomically: an interrupted run never leaves a manifest of missing files
+    # written last, atomically: an interrupted run never leaves a manifest of missing files;
+    # captions.csv pairs each image with a caption of what it shows (retrieval, captioning)
+    write_manifest(out, list(CAPTION_COLUMNS), [{k: row[k] for k in CAPTION_COLUMNS} for row in rows], CAPTIONS)
     return write_manifest(out, list(MANIFEST_COLUMNS), rows)

@@ -25,6 +25,9 @@ class Task:
     metrics: tuple[str, ...] = ()
     lower_is_better: tuple[str, ...] = ("loss",)
     stratify = False  # split per label value (classification) or at random
+    needs_label = True  # the manifest must have the label column (cross-modal tasks: no)
+    crossmodal = False  # retrieval, captioning: one modality mapped to or aligned with another
+    options: dict[str, Any] = {}  # model.task_options this task reads, with their defaults
 
     def __init__(self, config=None, state: dict[str, Any] | None = None):
         self.config = config
@@ -55,6 +58,36 @@ class Task:
     def split_keys(self, values: list[str]) -> list[str]:
         return list(values) if self.stratify else [""] * len(values)
 
+    # cross-modal tasks ---------------------------------------------------------------
+    def adapt_config(self, config, kinds: dict[str, str]):
+        """The config this task trains with, given the data's modality kinds (name -> kind);
+        cross-modal tasks choose their modalities and target column here."""
+        return config
+
+    def target_values(self, table) -> list[str] | None:
+        """The strings `names`, `check` and `encode` read: the label column by default."""
+        return table.labels
+
+    def build_model_head(self, in_dims: dict[str, int], n_outputs: int, config):
+        """A head that reads every encoder's output itself, in place of fusion + head, called
+        as head(features, mask, batch); None: the usual fusion and `build_head`."""
+        return None
+
+    def option(self, key: str):
+        """model.task_options[key], or this task's default."""
+        given = dict(self.config.model.task_options) if self.config is not None else {}
+        return given.get(key, self.options[key])
+
+    def check_options(self) -> None:
+        from mmcli.errors import ConfigError
+
+        given = dict(self.config.model.task_options) if self.config is not None else {}
+        unknown = [k for k in given if k not in self.options]
+        if unknown:
+            known = ", ".join(self.options) or "none"
+            raise ConfigError(f"config key 'model.task_options.{unknown[0]}': the {self.name} task has no such option "
+                              f"(it has: {known})")
+
 
 def make_task(config, state: dict[str, Any] | None = None) -> Task:
     """The task of `config`, with the state a run saved (or none yet)."""
@@ -62,7 +95,7 @@ def make_task(config, state: dict[str, Any] | None = None) -> Task:
 
 
 def _register_builtins() -> None:
-    from mmcli.heads import classification, multilabel, regression  # noqa: F401  (registration side effects)
+    from mmcli.heads import captioning, classification, multilabel, regression, retrieval  # noqa: F401  (registration side effects)
 
 
 _register_builtins()

@@ -16,6 +16,7 @@ from mmcli.config import Config
 from mmcli.encoders import skip_pretrained
 from mmcli.models import adapt_data, build, chosen_modalities, count_parameters, fusion_choice
 from mmcli.errors import ConfigError
+from mmcli.heads import make_task
 from mmcli.pipeline import RunData, make_specs, modality_kinds, prepare_training, save_run_inputs
 from mmcli.training.loop import FitProgress, FitResult, fit, predict_logits
 from mmcli.training.distributed import world
@@ -41,6 +42,11 @@ def _threads() -> int:
 
 
 def variant_of(config: Config, modalities: list[str]) -> str:
+    task = make_task(config)
+    if task.name == "captioning":
+        return f"captioning:{modalities[0]}-to-{config.data.label}"
+    if task.crossmodal:
+        return f"{task.name}:{'+'.join(modalities)}"
     if len(modalities) == 1:
         return f"unimodal:{modalities[0]}"
     return f"multimodal:{fusion_choice(config, modalities)}"
@@ -82,7 +88,8 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     writes into a hidden sibling folder that replaces `out` only when it has finished, so a
     failed or interrupted run never destroys the run it was to replace.
     """
-    config = adapt_data(config, modality_kinds(config))
+    kinds = modality_kinds(config)
+    config = make_task(config).adapt_config(adapt_data(config, kinds), kinds)
     data = _run_data(config, data, cache_dir, workers, preprocess_progress)
     task = data.task
     if config.eval.metric is None:

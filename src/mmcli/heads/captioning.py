@@ -1,0 +1,172 @@
+"""Captioning: a source modality (image or audio) to a text target, word by word.
+
+`--modalities SOURCE,TARGET` names the two; the target's column becomes the task's target
+(like a label column) and only the source is encoded. The vocabulary is the training
+captions' words (lowercased, split by the `tokenizers` library's whitespace and
+punctuation rules; punctuation dropped), saved as the run's labels.json.
+
+Scores: BLEU-1..4 (corpus BLEU from NLTK, one reference per example) and, when the
+optional `pycocoevalcap` package is installed (`pip install 'mmcli[cider]'`), CIDEr-D.
+`constant_bleu4` is the BLEU-4 of the best constant caption (one training caption, chosen
+on the training split), the baseline any model must beat.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmcli.errors import ConfigError
+from mmcli.heads import TASKS, Task
+from mmcli.heads.decoders import BOS, EOS, PAD, SPECIALS, UNK, CaptionHead
+
+BLEU_WEIGHTS = ((1.0,), (0.5, 0.5), (1 / 3,) * 3, (0.25,) * 4)
+BASELINE_CANDIDATES = 40
+
+
+@lru_cache(maxsize=1)
+def _splitter():
+    from tokenizers.pre_tokenizers import Whitespace
+
+    return Whitespace()
+
+
+def words(text: str) -> list[str]:
+    """Lowercased words, punctuation dropped: "A red Circle." -> ["a", "red", "circle"]."""
+    return [w for w, _ in _splitter().pre_tokenize_str(text.lower()) if any(c.isalnum() for c in w)]
+
+
+def bleu(hypotheses: list[list[str]], references: list[list[list[str]]]) -> dict[str, float]:
+    """Corpus BLEU-1..4 (NLTK; a BLEU-n without any matching n-gram is 0)."""
+    from nltk.translate.bleu_score import corpus_bleu
+
+    if not hypotheses:
+        return {f"bleu{n}": 0.0 for n in range(1, 5)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NLTK warns when a higher-order BLEU is 0
+        values = corpus_bleu(references, hypotheses, weights=list(BLEU_WEIGHTS))
+    return {f"bleu{n}": float(v) for n, v in enumerate(values, start=1)}
+
+
+def cider(hypotheses: list[list[str]], references: list[list[list[str]]]) -> float | None:
+    """CIDEr-D from pycocoevalcap (the COCO caption evaluation's), None when not installed."""
+    try:
+        from pycocoevalcap.cider.cider import Cider
+    except ImportError:
+        return None
+    if not hypotheses:
+        return 0.0
+    gts = {i: [" ".join(r) for r in refs] for i, refs in enumerate(references)}
+    res = {i: [" ".join(h) or "<empty>"] for i, h in enumerate(hypotheses)}
+    return float(Cider().compute_score(gts, res)[0])
+
+
+class Captioning(Task):
+    name = "captioning"
+    default_metric = "bleu4"
+    metrics = ("bleu4", "bleu1", "bleu2", "bleu3", "cider")
+    lower_is_better = ()
+    needs_label = False
+    crossmodal = True
+    options = {"decoder": "gru", "layers": 1, "max_len": 20, "beam_size": 3, "min_count": 1}
+
+    def adapt_config(self, config, kinds: dict[str, str]):
+        self.config = config
+        self.check_options()
+        if self.option("decoder") not in ("gru", "transformer"):
+            raise ConfigError(f"model.task_options.decoder: gru or transformer, not {self.option('decoder')!r}")
+        pair = config.model.modalities
+        if pair is None:
+            texts = [n for n, k in kinds.items() if k == "text"]
+            sources = [n for n, k in kinds.items() if k in ("image", "audio")]
+            if len(texts) != 1 or len(sources) != 1:
+                raise ConfigError("the captioning task needs a source and a text target: choose them with "
+                                  f"--modalities SOURCE,TARGET (the data has: {', '.join(kinds) or 'none found'})")
+            pair = [sources[0], texts[0]]
+        if len(pair) != 2:
+            raise ConfigError(f"the captioning task reads --modalities SOURCE,TARGET, two names, not {','.join(pair)}")
+        source, target = pair
+        if kinds and (kinds.get(target) != "text" or kinds.get(source) not in ("image", "audio")):
+            raise ConfigError(f"captioning: '{source}' must be an image or audio modality and '{target}' a text one "
+                              f"(the data has: {', '.join(f'{n} ({k})' for n, k in kinds.items())})")
+        config = config.copy()
+        declared = config.data.modalities.get(target)
+        config.data.label = declared.column if declared is not None else target
+        config.data.modalities = {n: m for n, m in config.data.modalities.items() if n != target}
+        config.model.modalities = [source]
+        return config
+
+    def names(self, train_values: list[str]) -> list[str]:
+        counts = Counter(w for v in train_values for w in words(v))
+        kept = sorted((w for w, c in counts.items() if c >= int(self.option("min_count"))), key=lambda w: (-counts[w], w))
+        return list(SPECIALS) + kept
+
+    def check(self, values: list[str], where: list[str], names: list[str]) -> list[tuple[int, str]]:
+        return [(i, f"the caption ({where[i]}) has no word") for i, v in enumerate(values) if not words(v)]
+
+    def encode(self, values: list[str], names: list[str]) -> torch.Tensor:
+        index = {w: i for i, w in enumerate(names)}
+        width = int(self.option("max_len")) + 2
+        out = torch.full((len(values), width), PAD, dtype=torch.long)
+        for row, value in enumerate(values):
+            ids = [BOS] + [index.get(w, UNK) for w in words(value)][: width - 2] + [EOS]
+            out[row, : len(ids)] = torch.tensor(ids)
+        return out
+
+    def fit_state(self, train_values: list[str], names: list[str]) -> dict[str, Any]:
+        """The constant caption with the best training BLEU-4, among the most frequent ones."""
+        refs = [[words(v)] for v in train_values]
+        candidates = [c for c, _ in Counter(" ".join(words(v)) for v in train_values).most_common(BASELINE_CANDIDATES)]
+        best = max(candidates, key=lambda c: bleu([c.split()] * len(refs), refs)["bleu4"]) if candidates else ""
+        return {"constant_caption": best}
+
+    def build_model_head(self, in_dims: dict[str, int], n_outputs: int, config) -> nn.Module:
+        self.config = config
+        (source, dim), = in_dims.items()
+        return CaptionHead(source, dim, n_outputs, config.model.hidden_dim, str(self.option("decoder")),
+                           int(self.option("layers")), config.model.dropout, int(self.option("max_len")),
+                           int(self.option("beam_size")))
+
+    def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
+        target = batch["label"][:, 1:]
+        return nn.functional.cross_entropy(outputs.reshape(-1, outputs.shape[-1]).float(), target.reshape(-1), ignore_index=PAD)
+
+    def decode(self, ids: torch.Tensor, names: list[str], keep_unknown: bool = False) -> list[list[str]]:
+        """Word ids -> words, up to <eos>. A reference keeps "<unk>" for a word outside the
+        vocabulary (it counts in its length, and no generated word matches it); generated
+        captions drop it."""
+        out = []
+        for row in ids.long().tolist():
+            sentence = []
+            for i in row:
+                if i in (EOS, PAD):
+                    break
+                if i == UNK or i >= len(names):
+                    sentence += [SPECIALS[UNK]] if keep_unknown else []
+                elif i != BOS:
+                    sentence.append(names[i])
+            out.append(sentence)
+        return out
+
+    def evaluate(self, outputs: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict[str, Any]:
+        hyps, refs = self.decode(outputs, names), [[r] for r in self.decode(labels, names, keep_unknown=True)]
+        scores: dict[str, Any] = {"n_examples": len(hyps), **bleu(hyps, refs)}
+        value = cider(hyps, refs)
+        if value is not None:
+            scores["cider"] = value
+        constant = str(self.state.get("constant_caption", "")).split()
+        scores["constant_bleu4"] = bleu([constant] * len(refs), refs)["bleu4"] if constant else 0.0
+        scores["constant_caption"] = " ".join(constant)
+        scores["samples"] = [{"generated": " ".join(h), "reference": " ".join(r[0])} for h, r in zip(hyps[:5], refs)]
+        return scores
+
+    def predict(self, outputs: torch.Tensor, names: list[str], top_k: int) -> list[dict[str, Any]]:
+        return [{"caption": " ".join(w)} for w in self.decode(outputs, names)]
+
+
+TASKS.register("captioning", "a source (image or audio) to a text target: decoder, beam search; BLEU-1..4, CIDEr")(Captioning)

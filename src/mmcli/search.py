@@ -1,0 +1,79 @@
+"""Embeddings and cross-modal search with a saved run (`predict --embed`, `--query-*`).
+
+A retrieval run embeds each modality into its shared space (unit vectors, so the dot
+product is the cosine); any other run gives each modality's pooled encoder features.
+A search embeds the queries with their modality's tower and the index's items with the
+other tower, and lists each query's k nearest items by cosine similarity.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmcli.errors import UsageError
+from mmcli.inference import Record, encode_records, records_from_manifest
+from mmcli.pipeline import LoadedRun
+from mmcli.training.loop import to_device
+from mmcli.training.setup import pick_device
+
+
+@torch.no_grad()
+def embed(run: LoadedRun, records: list[Record], device: str = "auto") -> tuple[dict[str, torch.Tensor], list[list[str]]]:
+    """[N, D] per modality (rows of examples without it are zeros), and each example's modalities."""
+    from mmcli.data.dataset import iterate
+
+    encoded, used = encode_records(run, records)
+    target = pick_device(device)
+    model = run.model.to(target).eval()
+    parts: dict[str, list[torch.Tensor]] = {n: [] for n in model.modalities}
+    for batch in iterate(encoded, run.config.data, run.config.eval.batch_size):
+        features = model.encode(to_device(batch, target))
+        vectors = model.head.embed(features) if hasattr(model.head, "embed") else {n: f.pooled for n, f in features.items()}
+        for name in parts:
+            parts[name].append((vectors[name].float() * batch["mask"][name].unsqueeze(1).to(vectors[name].device)).cpu())
+    return {n: torch.cat(v) for n, v in parts.items() if v}, used
+
+
+def embedding_rows(run: LoadedRun, records: list[Record], device: str = "auto") -> list[dict[str, Any]]:
+    """One dict per example: its id and one vector per modality it has."""
+    vectors, used = embed(run, records, device)
+    return [{"id": rec.id, **{m: [round(float(x), 6) for x in vectors[m][i]] for m in mods}}
+            for i, (rec, mods) in enumerate(zip(records, used))]
+
+
+def query_modality(run: LoadedRun, kind: str) -> tuple[str, str]:
+    """The run's modality of this kind (the query side) and the other one (the index side)."""
+    if run.task.name != "retrieval":
+        raise UsageError(f"--query-{kind} needs a run trained with --task retrieval (this one is {run.task.name})")
+    names = [n for n, s in run.specs.items() if s.kind == kind]
+    if not names:
+        raise UsageError(f"--query-{kind}: this run aligns {', '.join(f'{n} ({s.kind})' for n, s in run.specs.items())}, "
+                         f"no {kind} modality")
+    query = names[0]
+    return query, next(n for n in run.specs if n != query)
+
+
+def search(run: LoadedRun, kind: str, queries: list[str], index: Path, top_k: int, device: str = "auto",
+           base: Path | None = None) -> list[dict[str, Any]]:
+    """For each query (a text, or a path), its `top_k` nearest items of the index's other modality."""
+    query, other = query_modality(run, kind)
+    items = [r for r in records_from_manifest(run, index) if r.fields.get(other, "").strip()]
+    if not items:
+        raise UsageError(f"{index}: no row has a '{run.columns[other]}' value to search")
+    for r in items:
+        r.fields = {other: r.fields[other]}
+    asked = [Record(str(i + 1), {query: q}, base or Path.cwd(), "command line", i + 1) for i, q in enumerate(queries)]
+    q_vec = embed(run, asked, device)[0][query]
+    i_vec = embed(run, items, device)[0][other]
+    scores = q_vec @ i_vec.t()
+    k = min(top_k, len(items))
+    values, where = scores.topk(k, dim=1)
+    out = []
+    for q, row_v, row_i in zip(queries, values.tolist(), where.tolist()):
+        for rank, (v, j) in enumerate(zip(row_v, row_i), start=1):
+            out.append({"query": q, "rank": rank, "id": items[j].id, "score": round(v, 6),
+                        run.columns[other]: items[j].fields[other]})
+    return out

@@ -1,0 +1,118 @@
+"""Cross-modal tasks: retrieval (contrastive two towers) and captioning (a decoder).
+
+The metrics are checked against a direct computation from the full similarity matrix,
+the loss against a case worked by hand, and both tasks end to end through the CLI on
+the toy set's captions.csv (images paired with captions of what they show)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mmcli.heads.retrieval import TwoTowerHead, info_nce, retrieval_scores
+
+
+def direct_scores(sim: np.ndarray) -> dict[str, float]:
+    """R@k and ranks by counting, item by item (ties: the earlier column ranks first)."""
+    out = {}
+    for name, s in (("a_to_b", sim), ("b_to_a", sim.T)):
+        ranks = []
+        for i in range(len(s)):
+            above = sum(1 for j in range(len(s)) if s[i, j] > s[i, i] or (s[i, j] == s[i, i] and j < i))
+            ranks.append(above + 1)
+        for k in (1, 5, 10):
+            out[f"{name}_R@{k}"] = sum(r <= k for r in ranks) / len(ranks)
+        out[f"{name}_median_rank"] = math.floor(float(np.median(ranks)))
+        out[f"{name}_mean_rank"] = sum(ranks) / len(ranks)
+    return out
+
+
+@pytest.mark.parametrize("n,ties", [(30, False), (17, True)])
+def test_retrieval_metrics_equal_a_direct_count(n, ties):
+    rng = np.random.default_rng(n)
+    sim = rng.normal(size=(n, n)) + np.eye(n) * 1.5
+    if ties:
+        sim = np.round(sim)  # many equal scores: the tie rule matters
+    got = retrieval_scores(torch.tensor(sim), "a", "b")
+    want = direct_scores(sim)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value), key
+    assert got["mean_recall"] == pytest.approx(np.mean([want[k] for k in want if "_R@" in k]))
+    assert 0 < got["a_to_b_R@1"] < 1  # not a trivial case
+
+
+def test_info_nce_matches_a_hand_computed_case():
+    # logits [[2, 0], [1, 3]]: rows (a -> b): log(1 + e^-2) twice; columns (b -> a):
+    # log(1 + e^-1) and log(1 + e^-3); the loss is the mean of the two directions
+    logits = torch.tensor([[2.0, 0.0], [1.0, 3.0]])
+    rows = math.log(1 + math.exp(-2))
+    cols = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(-3))) / 2
+    assert float(info_nce(logits)) == pytest.approx((rows + cols) / 2, abs=1e-6)
+    assert float(info_nce(logits)) == pytest.approx(0.153926, abs=1e-5)
+
+
+def test_two_tower_outputs_are_scaled_cosines_with_a_capped_temperature():
+    from types import SimpleNamespace
+
+    head = TwoTowerHead({"a": 6, "b": 4}, 8, temperature=0.07, max_scale=100.0)
+    feats = {"a": SimpleNamespace(pooled=torch.randn(5, 6)), "b": SimpleNamespace(pooled=torch.randn(5, 4))}
+    out = head(feats, {}, {})
+    unit = head.embed(feats)
+    cos = unit["a"] @ unit["b"].t()
+    assert torch.allclose(out[:, 0] @ out[:, 1].t(), cos / 0.07, atol=1e-4)
+    with torch.no_grad():
+        head.logit_scale.fill_(math.log(1000.0))
+    assert float(head.scale().detach()) == pytest.approx(100.0)  # capped, as in CLIP
+    out = head(feats, {}, {})
+    assert torch.allclose(out[:, 0] @ out[:, 1].t(), cos * 100.0, atol=1e-3)
+    assert head.logit_scale.requires_grad
+
+
+def _lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_toy_retrieval_ranks_the_paired_image_far_above_chance(cli, toy_small, tmp_path):
+    captions = toy_small.parent / "captions.csv"
+    run = tmp_path / "ret"
+    result = cli(*["train", str(captions), "--task", "retrieval", "--epochs", "8", "--batch-size", "32",
+                  "--out", str(run), "--set", "data.image_size=32"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((run / "eval-test.json").read_text())
+    chance = scores["chance_R@1"]
+    assert scores["n_examples"] >= 40 and chance == pytest.approx(1 / scores["n_examples"])
+    # margin: at least 8 times chance (measured: about 30 times, R@1 0.6 against 0.02)
+    assert scores["caption_to_image_R@1"] >= 8 * chance, scores
+    assert scores["image_to_caption_R@5"] > scores["image_to_caption_R@1"] or scores["image_to_caption_R@1"] == 1.0
+    for key in ("image_to_caption_R@10", "caption_to_image_median_rank", "caption_to_image_mean_rank"):
+        assert key in scores
+
+    # search: the caption of one training image finds that image among the top 5
+    rows = [line.split(",") for line in captions.read_text().splitlines()[1:]]
+    ident, image, caption = rows[0]
+    found = cli(*["predict", str(run), "--query-text", caption, "--index", str(captions), "-k", "5"])
+    assert found.exit_code == 0, found.output
+    hits = _lines(found.stdout)
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    assert all(hits[i]["score"] >= hits[i + 1]["score"] for i in range(4))
+    assert ident in [h["id"] for h in hits], hits
+
+    embedded = cli(*["predict", str(run), str(captions), "--embed"])
+    assert embedded.exit_code == 0, embedded.output
+    first = _lines(embedded.stdout)[0]
+    assert first["id"] == ident and set(first) == {"id", "image", "caption"}
+    vec = np.array(first["image"])
+    assert vec.shape == (128,) and np.linalg.norm(vec) == pytest.approx(1.0, abs=1e-4)
+
+    wrong = cli(*["predict", str(run), "--query-audio", "x.wav", "--index", str(captions)])
+    assert wrong.exit_code == 2 and "no audio modality" in wrong.output
+
+
+def test_retrieval_needs_two_modalities(cli, toy_small, tmp_path):
+    result = cli(*["train", str(toy_small), "--task", "retrieval", "--epochs", "1", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "--modalities" in result.output and "two modalities" in result.output
