@@ -185,7 +185,7 @@ def test_subsets_family_gives_shapley_values_that_add_up(toy_small, tmp_path):
 
 
 def test_bad_requests_exit_2(toy_small, tmp_path):
-    for args, message in [(["crossmodal"], "not available"), (["subset:image+smell"], "modalities of the data"),
+    for args, message in [(["crossmodal:translate:smell"], "no modality 'smell'"), (["subset:image+smell"], "modalities of the data"),
                           (["unimodal", "--metric", "f1"], "not a metric")]:
         result = cli("compare", *args, "--data", toy_small, "--out", tmp_path / "x", check=False)
         assert result.returncode == 2 and message in result.stderr, result.stderr

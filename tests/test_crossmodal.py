@@ -186,3 +186,29 @@ def test_toy_captioning_beats_the_constant_caption(cli, toy_small, tmp_path):
         assert out.exit_code == 0, out.output
         caption = _lines(out.stdout)[0]["caption"].split()
         assert caption and set(caption) <= vocab
+
+
+def test_compare_crossmodal_reports_translation_beside_the_unimodal_source(cli, toy_small, tmp_path):
+    out = tmp_path / "cmp"
+    result = cli(*["compare", "crossmodal", "--data", str(toy_small), "--modalities", "image,text", "--epochs", "3",
+                   "--out", str(out), "--jobs", "1", "--set", "data.image_size=32", "--set", "train.batch_size=16"])
+    assert result.exit_code == 0, result.output
+    summary = {r["variant"]: r for r in json.loads((out / "summary.json").read_text())}
+    assert set(summary) == {"crossmodal:align", "crossmodal:translate:image", "crossmodal:translate:text",
+                            "crossmodal:cross_attention", "unimodal:image", "unimodal:text"}
+    for source, other in (("image", "text"), ("text", "image")):
+        row = summary[f"crossmodal:translate:{source}"]
+        # scored with the other modality missing; the model reads only its source, so hiding
+        # the other changes nothing, while hiding the source does
+        assert row["others_missing"] == pytest.approx(row["mean"])
+        assert row[f"without_{other}"] == pytest.approx(row["mean"])
+        assert summary[f"unimodal:{source}"]["others_missing"] is None
+    report = (out / "report.md").read_text()
+    section = report.split("## Cross-modal translation")[1]
+    uni = summary["unimodal:text"]["mean"]
+    assert f"| crossmodal:translate:text | text | {summary['crossmodal:translate:text']['others_missing']:.4f} | {uni:.4f} |" in section
+    align = json.loads((out / "runs" / "crossmodal-align-seed0" / "provenance.json").read_text())
+    assert len(align["align_losses"]) == 3 and align["align_losses"][-1] < align["align_losses"][0]
+    config = (out / "runs" / "crossmodal-cross_attention-seed0" / "config.yaml").read_text()
+    assert "fusion: cross_attention" in config
+    assert "others missing" in result.stdout

@@ -71,6 +71,8 @@ class ModelConfig:
     dropout: float = 0.1
     modality_dropout: float = 0.0  # training: hide each modality of an example with this rate
     aux_loss_weight: float = 0.0  # weight of the per-modality auxiliary losses (0: none)
+    crossmodal: Optional[str] = None  # align (contrastive pre-alignment) or translate (MCTN-style; source = first modality)
+    translate_weight: float = 1.0  # translate: weight of the translation loss
 
 
 @dataclass
@@ -93,6 +95,7 @@ class TrainConfig:
     accumulate: int = 1  # batches per optimizer step (gradient accumulation)
     compile: bool = False  # torch.compile the encoders (opt-in: compiling takes a while)
     feature_cache: bool = True  # frozen encoders: compute their features once, into the cache folder
+    align_epochs: int = 3  # model.crossmodal=align: epochs of contrastive alignment before fine-tuning
 
 
 @dataclass
@@ -221,6 +224,10 @@ def validate(config: Config) -> None:
                          ("logger", ("none", "tensorboard"))):
         if getattr(config.train, key) not in allowed:
             raise ConfigError(f"config key 'train.{key}' must be one of {', '.join(allowed)}, got '{getattr(config.train, key)}'")
+    if config.model.crossmodal not in (None, "align", "translate"):
+        raise ConfigError(f"config key 'model.crossmodal' must be align or translate, got '{config.model.crossmodal}'")
+    if config.model.translate_weight < 0 or config.train.align_epochs < 0:
+        raise ConfigError("config keys 'model.translate_weight' and 'train.align_epochs' must not be negative")
     if config.model.loss not in (None, "mse", "huber"):
         raise ConfigError(f"config key 'model.loss' must be mse or huber (regression), got '{config.model.loss}'")
     if not config.data.label_separator:

@@ -68,6 +68,9 @@ class Model(nn.Module):
 
     def loss(self, batch: dict, task) -> torch.Tensor:
         """The fused loss, plus the auxiliary losses: blended, or their mean times aux_weight."""
+        if hasattr(self.head, "extra_losses"):  # translation: its translation and target losses too
+            outputs, features = self._forward(batch)
+            return task.loss(outputs, batch) + sum(self.head.extra_losses(features, batch, task).values())
         losses = self.head_losses(batch, task)
         if self.blend is not None:
             return sum(self.blend[k] * v for k, v in losses.items())
@@ -169,6 +172,12 @@ def build(config: Config, specs: dict[str, ModalitySpec], n_outputs: int) -> Mod
     def make_head(in_dim: int) -> nn.Module:
         return task.build_head(in_dim, n_outputs, hidden, dropout)
 
+    if config.model.crossmodal == "translate":
+        if len(modalities) < 2:
+            raise ConfigError("model.crossmodal=translate needs two or more modalities: the first is the source")
+        from mmcli.heads.translation import TranslationHead
+
+        return Model(encoders, None, TranslationHead(modalities[0], in_dims, make_head, hidden, config.model.translate_weight))
     factory = FUSIONS.get(fusion_name)
     options = dict(config.model.fusion_options)
     options.setdefault("dropout", dropout)

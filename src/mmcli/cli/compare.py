@@ -12,15 +12,16 @@ import typer
 from typing_extensions import Annotated
 
 from mmcli.cli.common import (CacheDirOpt, ConfigOpt, EncoderOpt, QuietOpt, SetOpt, WorkersOpt, cache_arg, encoder_flags,
-                              handles_errors, resolve_config, set_quiet)
+                              handles_errors, resolve_config, set_quiet, split_list)
 from mmcli.errors import UsageError
 
 
 @handles_errors
 def compare(
     ctx: typer.Context,
-    items: Annotated[Optional[list[str]], typer.Argument(help="Families (unimodal, multimodal, subsets) or variants (unimodal:image, multimodal:concat, subset:image+text); default: unimodal multimodal.", show_default=False)] = None,
+    items: Annotated[Optional[list[str]], typer.Argument(help="Families (unimodal, multimodal, subsets, crossmodal) or variants (unimodal:image, multimodal:concat, subset:image+text, crossmodal:translate:text); default: unimodal multimodal.", show_default=False)] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Manifest or folder; default: the built-in toy set.", show_default=False)] = None,
+    modalities: Annotated[Optional[str], typer.Option("--modalities", "-m", help="Comma-separated modalities to compare (default: all of the data's).", show_default=False)] = None,
     config: ConfigOpt = None,
     task: Annotated[Optional[str], typer.Option("--task", help="Task of every run: classification, multilabel or regression.", show_default=False)] = None,
     encoders: EncoderOpt = None,
@@ -46,7 +47,7 @@ def compare(
 
     set_quiet(quiet)
     if collect_dir is not None or job is not None:
-        _refuse_ignored(collect_dir, job, items=items, data=data, config=config, task=task, epochs=epochs, metric=metric,
+        _refuse_ignored(collect_dir, job, items=items, data=data, modalities=modalities, config=config, task=task, epochs=epochs, metric=metric,
                         seed=seed, sets=sets, print_jobs=print_jobs, overwrite=overwrite, seeds=seeds != 1, encoder=encoders)
     if collect_dir is not None:
         from mmcli.compare.collect import collect
@@ -65,7 +66,7 @@ def compare(
         result, reused = run_job(out, job, cache_arg(cache_dir))
         log(f"job {job}: {result['variant']} seed {result['seed']} {'already finished' if reused else 'finished'}")
         return
-    cfg = resolve_config(config, {"data.manifest": data, "train.epochs": epochs, "train.seed": seed, "model.task": task,
+    cfg = resolve_config(config, {"data.manifest": data, "model.modalities": split_list(modalities), "train.epochs": epochs, "train.seed": seed, "model.task": task,
                                   **encoder_flags(encoders)}, sets)
     n_jobs = _jobs(jobs, cfg.train.device)
     out = out or Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -185,16 +186,19 @@ def _show(result) -> None:
         return f"{v:+.4g}" if signed else f"{v:.4g}"
 
     mods = [m for m in result.modalities if any(r.get(f"without_{m}") is not None for r in result.summary)]
+    alone = any(r.get("others_missing") is not None for r in result.summary)  # translation: the source alone
     rows = []
     for r in result.summary:
         pm = "" if r["std"] is None else f" ± {f(r['std'])}"
         ci = "–" if r["ci_low"] is None else f"{f(r['ci_low'])}–{f(r['ci_high'])}"
         rows.append((r["variant"], r["n"], f"{f(r['mean'])}{pm}", ci, f(r["delta_vs_best_unimodal"], True),
                      "–" if r["p_value"] is None else f"{r['p_value']:.3g}",
-                     *[f(r.get(f"without_{m}")) for m in mods], r["verdict"]))
+                     *[f(r.get(f"without_{m}")) for m in mods], *([f(r.get("others_missing"))] if alone else []),
+                     r["verdict"]))
     unit = f"{result.metric} (%)" if rate else result.metric
     fmt = "table" if sys.stdout.isatty() else "csv"
-    headers = ["variant", "n", unit, "95% CI", "delta vs best unimodal", "p (paired t)", *[f"without {m}" for m in mods], "verdict"]
+    headers = ["variant", "n", unit, "95% CI", "delta vs best unimodal", "p (paired t)", *[f"without {m}" for m in mods],
+               *(["others missing"] if alone else []), "verdict"]
     show_table(f"compare: {unit}, mean ± std over seeds", headers, rows, fmt)
     a = result.attribution
     if a is not None and fmt == "table":

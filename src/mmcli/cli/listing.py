@@ -57,6 +57,9 @@ def _rows(what: What) -> list[tuple[str, ...]]:
             ("multimodal:all", "every registered fusion over all modalities"),
             ("subsets", "family: every non-empty subset of the modalities with model.fusion (for attribution)"),
             ("subset:<m1>+<m2>", "these modalities fused with model.fusion, e.g. subset:image+text"),
-            ("crossmodal", "family: not available in this version")]
+            ("crossmodal", "family: align, translate (once per source modality, beside its unimodal baseline), cross_attention"),
+            ("crossmodal:align", "encoders aligned contrastively (train.align_epochs), then fused and fine-tuned"),
+            ("crossmodal:translate:<m>", "MCTN-style: m translated into the others, predicting from m alone"),
+            ("crossmodal:cross_attention", "all modalities fused with cross_attention (MulT)")]
     rows += [(f"multimodal:{name}", f"all modalities fused with {name}") for name in FUSIONS.names() if name != "identity"]
     return rows

@@ -51,6 +51,7 @@ def collect(out: Path, plan: Plan | None = None, reused: set[int] | None = None)
                "value": r["scores"].get(plan.metric)}
         for m in plan.modalities:
             row[f"without_{m}"] = r["without"].get(m, {}).get(plan.metric)
+        row["others_missing"] = r.get("others_missing", {}).get(plan.metric)
         row.update({"best_epoch": r.get("best_epoch"), "seconds": r.get("seconds"), "run": cell["run"],
                     "reused": None if reused is None else k in reused})
         result.results.append(row)
@@ -84,9 +85,10 @@ def summarise(results: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]
         row.update(diff)
         row["test"] = stats.TEST_NAME
         row["verdict"] = stats.verdict(row, plan.higher_is_better)
-        for m in plan.modalities:  # robustness: the metric with each modality missing at test time
-            values = list(_values(results, row["variant"], f"without_{m}").values())
-            row[f"without_{m}"] = sum(values) / len(values) if values else None
+        for key in [f"without_{m}" for m in plan.modalities] + ["others_missing"]:
+            # robustness: the metric with a modality missing at test time (translation: all but the source)
+            values = list(_values(results, row["variant"], key).values())
+            row[key] = sum(values) / len(values) if values else None
     return rows
 
 
@@ -185,7 +187,8 @@ def _interval(low: Any, high: Any) -> str:
 
 
 def report_markdown(result: CompareResult, plan: Plan) -> str:
-    lines = _summary_section(result, plan) + _missing_section(result) + _attribution_section(result, plan)
+    lines = _summary_section(result, plan) + _missing_section(result) + _translation_section(result, plan)
+    lines += _attribution_section(result, plan)
     lines += _per_class_section(result, plan)
     lines += ["", "Files: results.csv (one row per run), summary.csv / summary.json (one row per variant), "
               "per_class.csv, attribution.json (with the subsets family), compare.png.", ""]
@@ -228,6 +231,23 @@ def _missing_section(result: CompareResult) -> list[str]:
             w = r.get(f"without_{m}")
             cells.append("–" if w is None else f"{w:.4f} ({w - r['mean']:+.4f})")
         lines.append(f"| {r['variant']} | {_f(r['mean'])} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _translation_section(result: CompareResult, plan: Plan) -> list[str]:
+    rows = [r for r in result.summary if r.get("others_missing") is not None]
+    if not rows:
+        return []
+    means = {r["variant"]: r["mean"] for r in result.summary}
+    lines = ["", "## Cross-modal translation", "",
+             f"{result.metric} of each translation variant on the test split with every modality but its source "
+             "missing, beside the unimodal model of the source (same seeds and budget).", "",
+             "| variant | source | others missing | unimodal source | difference |", "|---|---|---|---|---|"]
+    for r in rows:
+        source = next(v.modalities[0] for v in plan.variants if v.name == r["variant"])
+        uni = means.get(f"unimodal:{source}")
+        diff = "–" if uni is None else f"{r['others_missing'] - uni:+.4f}"
+        lines.append(f"| {r['variant']} | {source} | {_f(r['others_missing'])} | {_f(uni)} | {diff} |")
     return lines
 
 

@@ -95,6 +95,7 @@ def variant_config(base: Config, variant: Variant, seed_index: int) -> Config:
     cfg.model.modalities = list(variant.modalities)
     if variant.fusion:
         cfg.model.fusion = variant.fusion
+    cfg.model.crossmodal = variant.crossmodal
     cfg.train.seed = base.train.seed + seed_index
     return cfg
 
@@ -126,7 +127,6 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
         raise UsageError(f"--metric {metric}: not a metric of {task.name} (choose from {', '.join(task.metrics)})")
     base = config.copy()
     base.data.split_seed = config.train.seed if config.data.split_seed is None else config.data.split_seed
-    base.model.modalities = None
     base.eval.metric = metric
     check_config(base, task)  # before any preprocessing or run
     if base.data.manifest and not base.data.manifest.startswith(BUILTIN_PREFIX):
@@ -228,7 +228,12 @@ def _test_scores(outcome, cfg: Config) -> dict[str, Any]:
         for m in rd.modalities:
             hidden = dataclasses.replace(test, present={**test.present, m: torch.zeros_like(test.present[m])})
             without[m] = _scalars(task.evaluate(predict_logits(outcome.model, hidden, cfg, device), test.labels, rd.labels))
-    return {"scores": _scalars(scores), "per_class": scores.get("per_class"), "without": without}
+    out = {"scores": _scalars(scores), "per_class": scores.get("per_class"), "without": without}
+    if cfg.model.crossmodal == "translate":  # scored from the source alone: every other modality hidden
+        source = rd.modalities[0]
+        alone = dataclasses.replace(test, present={m: p if m == source else torch.zeros_like(p) for m, p in test.present.items()})
+        out["others_missing"] = _scalars(task.evaluate(predict_logits(outcome.model, alone, cfg, device), test.labels, rd.labels))
+    return out
 
 
 # --------------------------------------------------------------------------- drivers

@@ -7,7 +7,11 @@
   (`model.fusion`): the single modalities are the unimodal variants, the full set is
   `multimodal:<fusion>`, the others are named `subset:image+text`. It is what modality
   attribution (Shapley values) needs;
-- `crossmodal`: listed, but not available in this version.
+- `crossmodal`: `crossmodal:align` (encoders aligned contrastively, then fused with
+  `model.fusion` and fine-tuned), `crossmodal:translate:<m>` for every modality m as the
+  source (MCTN-style: predicts from m alone, scored with the others missing), each
+  beside its baseline `unimodal:<m>`, and `crossmodal:cross_attention` (the fusion).
+  `crossmodal:translate` alone takes the first modality as the source.
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ class Variant:
     family: str
     modalities: tuple[str, ...]
     fusion: str | None = None
+    crossmodal: str | None = None  # model.crossmodal: align or translate
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, value: dict[str, Any]) -> "Variant":
-        return cls(value["name"], value["family"], tuple(value["modalities"]), value.get("fusion"))
+        return cls(value["name"], value["family"], tuple(value["modalities"]), value.get("fusion"), value.get("crossmodal"))
 
 
 def expand(items: list[str], modalities: list[str], fusions: list[str], default_fusions: tuple[str, ...],
@@ -70,8 +75,8 @@ def _expand_one(item: str, modalities: list[str], fusions: list[str], default_fu
         return [subset_variant(c, modalities, subset_fusion)
                 for k in range(1, len(modalities) + 1) for c in combinations(modalities, k)]
     if item == "crossmodal" or item.startswith("crossmodal:"):
-        raise UsageError("the crossmodal family is not available in this version (it needs the retrieval and "
-                         "captioning tasks); compare unimodal, multimodal and subsets")
+        _need_two(modalities, item)
+        return _crossmodal(item, modalities, subset_fusion)
     family, _, arg = item.partition(":")
     if family == "unimodal" and arg:
         if arg not in modalities:
@@ -94,6 +99,29 @@ def _expand_one(item: str, modalities: list[str], fusions: list[str], default_fu
         return [subset_variant(parts, modalities, subset_fusion)]
     raise UsageError(f"unknown family or variant '{item}' (families: {', '.join(FAMILIES)}; variants look like "
                      "unimodal:image, multimodal:concat, subset:image+text)")
+
+
+def _crossmodal(item: str, modalities: list[str], fusion: str) -> list[Variant]:
+    def translate(source: str) -> list[Variant]:
+        if source not in modalities:
+            raise UsageError(f"variant '{item}': the data has no modality '{source}' (it has: {', '.join(modalities)})")
+        order = (source, *(m for m in modalities if m != source))
+        return [Variant(f"crossmodal:translate:{source}", "crossmodal", order, None, "translate"),
+                Variant(f"unimodal:{source}", "unimodal", (source,))]
+
+    align = Variant("crossmodal:align", "crossmodal", tuple(modalities), fusion, "align")
+    attention = Variant("crossmodal:cross_attention", "crossmodal", tuple(modalities), "cross_attention")
+    if item == "crossmodal":
+        return [align, *(v for m in modalities for v in translate(m)), attention]
+    arg = item.partition(":")[2]
+    if arg == "align":
+        return [align]
+    if arg == "cross_attention":
+        return [attention]
+    if arg == "translate" or arg.startswith("translate:"):
+        return translate(arg.partition(":")[2] or modalities[0])
+    raise UsageError(f"unknown cross-modal variant '{item}' (known: crossmodal:align, crossmodal:translate[:MODALITY], "
+                     "crossmodal:cross_attention)")
 
 
 def _need_two(modalities: list[str], item: str) -> None:

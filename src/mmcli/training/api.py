@@ -47,6 +47,10 @@ def variant_of(config: Config, modalities: list[str]) -> str:
         return f"captioning:{modalities[0]}-to-{config.data.label}"
     if task.crossmodal:
         return f"{task.name}:{'+'.join(modalities)}"
+    if config.model.crossmodal == "translate":
+        return f"crossmodal:translate:{modalities[0]}"
+    if config.model.crossmodal == "align":
+        return "crossmodal:align"
     if len(modalities) == 1:
         return f"unimodal:{modalities[0]}"
     return f"multimodal:{fusion_choice(config, modalities)}"
@@ -114,6 +118,11 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     info = runs.provenance(argv)
     info.update({"variant": variant, "data_key": data.table.key, "fingerprint": fingerprint(config, data.table.key),
                  "world_size": here.size})
+    if config.model.crossmodal == "align" and config.train.align_epochs:
+        from mmcli.training.align import align_encoders
+
+        info["align_losses"] = align_encoders(model, data.part("train"), config, generator)
+        LOG.info("aligned the encoders for %d epochs: contrastive loss %s", len(info["align_losses"]), info["align_losses"])
     work = runs.staging_dir(final)
     save_run_inputs(work, data)
     runs.write_json(work / "provenance.json", info)  # unfinished: --resume reads it

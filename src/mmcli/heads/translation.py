@@ -1,0 +1,45 @@
+"""`model.crossmodal: translate`: predict from one modality that has learned to translate
+itself into the others (MCTN-style; Pham et al., 2019, "Found in Translation").
+
+The source is the first of `model.modalities`. For every other modality t, a translator
+maps the source's pooled features to t's; the head reads the source's features and its
+translations, never t itself, so the model predicts with every other modality missing.
+Training adds, per target t, the translation loss (1 - cosine to t's features, which
+are held fixed for this loss, as MCTN's targets are) and the task's loss on t's own
+features through an auxiliary head, which is what teaches t's encoder features worth
+translating into. Examples without t skip t's losses.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TranslationHead(nn.Module):
+    def __init__(self, source: str, in_dims: dict[str, int], make_head, hidden: int, weight: float = 1.0):
+        super().__init__()
+        self.source, self.weight = source, weight
+        self.targets = [n for n in in_dims if n != source]
+        dim = in_dims[source]
+        self.translate = nn.ModuleDict({t: nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, in_dims[t]))
+                                        for t in self.targets})
+        self.head = make_head(dim + sum(in_dims[t] for t in self.targets))
+        self.aux = nn.ModuleDict({t: make_head(in_dims[t]) for t in self.targets})
+
+    def forward(self, features: dict, mask: dict, batch: dict) -> torch.Tensor:
+        z = features[self.source].pooled
+        return self.head(torch.cat([z, *(self.translate[t](z) for t in self.targets)], dim=1))
+
+    def extra_losses(self, features: dict, batch: dict, task) -> dict[str, torch.Tensor]:
+        z = features[self.source].pooled
+        out = {}
+        for t in self.targets:
+            have = batch["mask"][t]
+            if not bool(have.any()):
+                continue
+            guess, goal = self.translate[t](z[have]), features[t].pooled[have].detach()
+            out[f"translate:{t}"] = self.weight * (1 - nn.functional.cosine_similarity(guess, goal, dim=-1)).mean()
+            sub = {**batch, "label": batch["label"][have]}
+            out[f"target:{t}"] = task.loss(self.aux[t](features[t].pooled[have]), sub)
+        return out
