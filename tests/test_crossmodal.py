@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mmcli.heads.retrieval import TwoTowerHead, info_nce, retrieval_scores
+from conftest import SHARED_DATA
 
 
 def direct_scores(sim: np.ndarray) -> dict[str, float]:
@@ -212,3 +213,23 @@ def test_compare_crossmodal_reports_translation_beside_the_unimodal_source(cli, 
     config = (out / "runs" / "crossmodal-cross_attention-seed0" / "config.yaml").read_text()
     assert "fusion: cross_attention" in config
     assert "others missing" in result.stdout
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "coco-mini" / "annotations").is_dir(), reason="../shared/data/coco-mini is absent")
+def test_coco_mini_retrieval_and_captioning_end_to_end(cli, tmp_path):
+    """Real photos and captions: both tasks train and evaluate; the numbers are in docs/crossmodal.md."""
+    coco = tmp_path / "coco"
+    assert cli(*["datasets", "get", "coco-captions", str(coco), "--source", str(SHARED_DATA), "--quiet"]).exit_code == 0
+    common = ["--modalities", "image,text", "--epochs", "2", "--set", "data.image_size=48", "--set", "data.val_fraction=0"]
+    for task in ("retrieval", "captioning"):
+        result = cli(*["train", str(coco / "manifest.csv"), "--task", task, *common, "--out", str(tmp_path / task)])
+        assert result.exit_code == 0, result.output
+        scores = json.loads((tmp_path / task / "eval-test.json").read_text())
+        assert scores["n_examples"] == 79  # COCO's val2017 photos of coco-mini
+        if task == "retrieval":
+            assert 0 <= scores["image_to_text_R@1"] <= scores["image_to_text_R@5"] <= scores["image_to_text_R@10"] <= 1
+            assert 1 <= scores["text_to_image_median_rank"] <= 79 and 1 <= scores["text_to_image_mean_rank"] <= 79
+        else:
+            assert 0 <= scores["bleu4"] <= scores["bleu1"] <= 1 and len(scores["samples"]) == 5
+    again = cli(*["evaluate", str(tmp_path / "retrieval"), "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["n_examples"] == 79

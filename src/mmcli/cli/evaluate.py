@@ -73,6 +73,8 @@ def _show(scores: dict) -> None:
     if per_label:
         show_table("per label", ["label", "f1", "support", "threshold"],
                    [(k, f"{v['f1']:.3f}", v["support"], f"{v['threshold']:.2f}") for k, v in per_label.items()], "table")
+    if scores.get("samples"):  # captioning
+        show_table("first captions", ["generated", "reference"], [(s["generated"], s["reference"]) for s in scores["samples"]], "table")
     cm = scores.get("confusion_matrix")
     if cm:
         short = [str(i) for i in range(len(cm["labels"]))]

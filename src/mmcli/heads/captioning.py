@@ -50,7 +50,9 @@ def bleu(hypotheses: list[list[str]], references: list[list[list[str]]]) -> dict
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # NLTK warns when a higher-order BLEU is 0
         values = corpus_bleu(references, hypotheses, weights=list(BLEU_WEIGHTS))
-    return {f"bleu{n}": float(v) for n, v in enumerate(values, start=1)}
+    # without any matching n-gram NLTK takes the smallest float for the precision's log, which
+    # leaves values like 1e-233 where BLEU is 0
+    return {f"bleu{n}": float(v) if v > 1e-12 else 0.0 for n, v in enumerate(values, start=1)}
 
 
 def cider(hypotheses: list[list[str]], references: list[list[list[str]]]) -> float | None:
