@@ -122,6 +122,9 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
     if seeds < 1:
         raise UsageError("--seeds must be at least 1")
     task = make_task(config)
+    if task.crossmodal:
+        raise UsageError(f"compare runs ablations for classification, multilabel and regression; train the {task.name} "
+                         "task with mmcli train (the crossmodal family compares cross-modal variants for a label)")
     metric = metric or config.eval.metric or task.default_metric
     if metric not in task.metrics:
         raise UsageError(f"--metric {metric}: not a metric of {task.name} (choose from {', '.join(task.metrics)})")
