@@ -32,7 +32,7 @@ def inspect(run: Annotated[Path, typer.Argument(help="Run folder written by mmcl
         ("data", f"{data.get('source')} (cache {data.get('data_key')})"),
         ("modalities", ", ".join(f"{n} ({m['kind']})" for n, m in data["modalities"].items())),
         ("splits", ", ".join(f"{k} {v}" for k, v in data.get("splits", {}).items())),
-        ("fusion / task", f"{cfg.model.fusion if len(data['modalities']) > 1 else 'identity'} / {cfg.model.task}"),
+        ("fusion / task", f"{_fusion(cfg, len(data['modalities']))} / {cfg.model.task}"),
         ("parameters", prov.get("parameters", "?")),
         ("epochs run", f"{len(history)} of {cfg.train.epochs}; best {prov.get('best_epoch', '?')}"),
     ]
@@ -45,3 +45,9 @@ def inspect(run: Annotated[Path, typer.Argument(help="Run folder written by mmcl
     rows += [("size on disk", f"{size / 1e6:.1f} MB"), ("trained with", prov.get("command", "?")),
              ("versions", f"mmcli {prov.get('mmcli')}, torch {prov.get('torch')}, python {prov.get('python')}")]
     show_table(str(run), ["", ""], rows, "table" if sys.stdout.isatty() else "csv")
+
+
+def _fusion(cfg, n_modalities: int) -> str:
+    if cfg.model.task in ("retrieval", "captioning") or cfg.model.crossmodal == "translate":
+        return "none (the task's head reads each encoder)"
+    return cfg.model.fusion if n_modalities > 1 else "identity"
