@@ -90,6 +90,9 @@ class Captioning(Task):
                 raise ConfigError("the captioning task needs a source and a text target: choose them with "
                                   f"--modalities SOURCE,TARGET (the data has: {', '.join(kinds) or 'none found'})")
             pair = [sources[0], texts[0]]
+        if len(pair) == 1:  # the source alone: the target is the label column (a saved run's config)
+            pair = [pair[0], config.data.label]
+            kinds = {**kinds, config.data.label: "text"} if kinds else kinds
         if len(pair) != 2:
             raise ConfigError(f"the captioning task reads --modalities SOURCE,TARGET, two names, not {','.join(pair)}")
         source, target = pair
