@@ -62,7 +62,7 @@ def test_two_tower_outputs_are_scaled_cosines_with_a_capped_temperature():
     head = TwoTowerHead({"a": 6, "b": 4}, 8, temperature=0.07, max_scale=100.0)
     feats = {"a": SimpleNamespace(pooled=torch.randn(5, 6)), "b": SimpleNamespace(pooled=torch.randn(5, 4))}
     out = head(feats, {}, {})
-    unit = head.embed(feats)
+    unit = head.embed_modalities(feats)
     cos = unit["a"] @ unit["b"].t()
     assert torch.allclose(out[:, 0] @ out[:, 1].t(), cos / 0.07, atol=1e-4)
     with torch.no_grad():
@@ -88,11 +88,12 @@ def test_toy_retrieval_ranks_the_paired_image_far_above_chance(cli, toy_small, t
     assert scores["n_examples"] >= 40 and chance == pytest.approx(1 / scores["n_examples"])
     # margin: at least 8 times chance (measured: about 30 times, R@1 0.6 against 0.02)
     assert scores["caption_to_image_R@1"] >= 8 * chance, scores
-    assert scores["image_to_caption_R@5"] > scores["image_to_caption_R@1"] or scores["image_to_caption_R@1"] == 1.0
+    assert scores["image_to_caption_R@5"] >= scores["image_to_caption_R@1"] and scores["n_incomplete"] == 0
     for key in ("image_to_caption_R@10", "caption_to_image_median_rank", "caption_to_image_mean_rank"):
         assert key in scores
 
-    # search: the caption of one training image finds that image among the top 5
+    # search: the caption of one training image finds that image among the top 5 (or
+    # five images with that very caption)
     rows = [line.split(",") for line in captions.read_text().splitlines()[1:]]
     ident, image, caption = rows[0]
     found = cli(*["predict", str(run), "--query-text", caption, "--index", str(captions), "-k", "5"])
@@ -100,7 +101,8 @@ def test_toy_retrieval_ranks_the_paired_image_far_above_chance(cli, toy_small, t
     hits = _lines(found.stdout)
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
     assert all(hits[i]["score"] >= hits[i + 1]["score"] for i in range(4))
-    assert ident in [h["id"] for h in hits], hits
+    same = {r[0] for r in rows if r[2] == caption}
+    assert ident in [h["id"] for h in hits] or {h["id"] for h in hits} <= same, hits
 
     embedded = cli(*["predict", str(run), str(captions), "--embed"])
     assert embedded.exit_code == 0, embedded.output
@@ -109,8 +111,32 @@ def test_toy_retrieval_ranks_the_paired_image_far_above_chance(cli, toy_small, t
     vec = np.array(first["image"])
     assert vec.shape == (128,) and np.linalg.norm(vec) == pytest.approx(1.0, abs=1e-4)
 
-    wrong = cli(*["predict", str(run), "--query-audio", "x.wav", "--index", str(captions)])
-    assert wrong.exit_code == 2 and "no audio modality" in wrong.output
+    for args, message in ((["--query-audio", "x.wav", "--index", str(captions)], "no audio modality"),
+                          ([str(captions)], "has no labels to predict"), (["--embed", str(captions), "--format", "csv"], "--embed"),
+                          (["--query-text", "a", "--index", str(captions), "--embed"], "other modes"),
+                          (["--beam", "2", "--embed", str(captions)], "--beam")):
+        wrong = cli(*["predict", str(run), *args])
+        assert wrong.exit_code == 2 and message in wrong.output, (args, wrong.output)
+
+
+def test_retrieval_leaves_out_pairs_with_a_missing_side():
+    from mmcli.config import Config
+    from mmcli.heads.retrieval import Retrieval, pair_loss
+
+    torch.manual_seed(1)
+    out = torch.nn.functional.normalize(torch.randn(6, 2, 4), dim=-1) * 3.0
+    mask = {"a": torch.tensor([True] * 6), "b": torch.tensor([True, True, False, True, True, True])}
+    keep = mask["b"]
+    want = info_nce(out[keep, 0] @ out[keep, 1].t())
+    assert float(pair_loss(out, mask, ["a", "b"])) == pytest.approx(float(want), abs=1e-6)
+    config = Config()
+    config.model.modalities = ["a", "b"]
+    task = Retrieval(config)
+    absent = out.clone()
+    absent[2, 1] = 0.0  # what the head outputs for a missing modality
+    scores = task.evaluate(absent, torch.zeros(6), ["pair"])
+    assert scores["n_examples"] == 5 and scores["n_incomplete"] == 1
+    assert scores["loss"] == pytest.approx(float(want), abs=1e-5)
 
 
 def test_retrieval_needs_two_modalities(cli, toy_small, tmp_path):
@@ -161,12 +187,12 @@ def test_caption_words_and_references_with_unknown_words():
     vocab = task.names(["a red circle", "a blue square", "a red square"])
     assert vocab[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"] and vocab[4:7] == ["a", "red", "square"]
     targets = task.encode(["a green circle"], vocab)  # "green" is not in the vocabulary
-    generated = task.encode(["a zebra circle"], vocab)[:, 1:]  # generating <unk> must not match it
+    assert targets[0, 2] >= len(vocab)  # an id past the vocabulary, not <unk>
+    generated = torch.tensor([[vocab.index("a"), 3, vocab.index("circle"), 2]])  # a model's <unk> (id 3)
     scores = task.evaluate(generated, targets, vocab)
-    # both generated words match; the brevity penalty of 2 words against 3 (a generated
-    # "<unk>" kept and matched would give 1.0)
-    assert scores["bleu1"] == pytest.approx(math.exp(1 - 3 / 2))
-    assert scores["samples"][0] == {"generated": "a circle", "reference": "a <unk> circle"}
+    # "a" and "circle" match, the two unknown words do not match each other; no brevity penalty
+    assert scores["bleu1"] == pytest.approx(2 / 3)
+    assert scores["samples"][0] == {"generated": "a <unk:3> circle", "reference": f"a <unk:{len(vocab)}> circle"}
 
 
 def test_toy_captioning_beats_the_constant_caption(cli, toy_small, tmp_path):
@@ -186,7 +212,10 @@ def test_toy_captioning_beats_the_constant_caption(cli, toy_small, tmp_path):
         out = cli(*["predict", str(run), "--image", str(image), "--beam", beam])
         assert out.exit_code == 0, out.output
         caption = _lines(out.stdout)[0]["caption"].split()
-        assert caption and set(caption) <= vocab
+        assert caption and set(caption) <= vocab - {"<unk>", "<pad>", "<bos>", "<eos>"}
+    embedded = cli(*["predict", str(run), "--image", str(image), "--embed"])  # the encoder's pooled features
+    assert embedded.exit_code == 0, embedded.output
+    assert len(_lines(embedded.stdout)[0]["image"]) == 128
 
 
 def test_compare_crossmodal_reports_translation_beside_the_unimodal_source(cli, toy_small, tmp_path):

@@ -31,7 +31,8 @@ def embed(run: LoadedRun, records: list[Record], device: str = "auto") -> tuple[
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in model.modalities}
     for batch in iterate(encoded, run.config.data, run.config.eval.batch_size):
         features = model.encode(to_device(batch, target))
-        vectors = model.head.embed(features) if hasattr(model.head, "embed") else {n: f.pooled for n, f in features.items()}
+        own = getattr(model.head, "embed_modalities", None)  # retrieval: the aligned unit vectors
+        vectors = own(features) if own is not None else {n: f.pooled for n, f in features.items()}
         for name in parts:
             parts[name].append((vectors[name].float() * batch["mask"][name].unsqueeze(1).to(vectors[name].device)).cpu())
     return {n: torch.cat(v) for n, v in parts.items() if v}, used

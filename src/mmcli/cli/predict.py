@@ -44,21 +44,38 @@ def predict(
     if input is not None and any(v is not None for v in single.values()):
         raise UsageError("give either INPUT or --image/--text/--audio, not both")
     queries = {k: [str(v) for v in q] for k, q in (("text", query_text), ("image", query_image), ("audio", query_audio)) if q}
+    _check_modes(queries, index, embed, beam, explain, fmt)
     loaded = load_run(run, weights)
     if queries:
         _write(_search(loaded, queries, index, input, single, top_k, device), fmt)
         return
-    if index is not None:
-        raise UsageError("--index is the data a --query-text/--query-image/--query-audio searches; give a query")
+    task = loaded.task.name
+    if beam is not None and task != "captioning":
+        raise UsageError(f"--beam is for captioning runs; this one is {task}")
+    if task == "retrieval" and not embed:
+        raise UsageError("a retrieval run searches (--query-text/--query-image/--query-audio with --index DATA) "
+                         "or writes embeddings (--embed); it has no labels to predict")
     records = _records(loaded, input, single)
     if embed:
         from mmcli.search import embedding_rows
 
         _write(embedding_rows(loaded, records, device), "jsonl")
         return
-    if beam is not None and hasattr(loaded.model.head, "beam_size"):
+    if beam is not None:
         loaded.model.head.beam_size = beam
     _write(predict_records(loaded, records, top_k, explain, device), fmt)
+
+
+def _check_modes(queries: dict, index, embed: bool, beam, explain: bool, fmt: str) -> None:
+    """Options that belong to different modes, refused before the run is loaded."""
+    from mmcli.errors import UsageError
+
+    if index is not None and not queries:
+        raise UsageError("--index is the data a --query-text/--query-image/--query-audio searches; give a query")
+    if queries and (embed or beam is not None or explain):
+        raise UsageError("--query-* searches; --embed, --beam and --explain belong to other modes")
+    if embed and (beam is not None or explain or fmt != "jsonl"):
+        raise UsageError("--embed writes JSON lines of vectors; --beam, --explain and --format csv do not apply")
 
 
 def _search(loaded, queries: dict, index, input, single: dict, top_k: int, device: str) -> list[dict]:

@@ -27,6 +27,7 @@ from mmcli.heads.decoders import BOS, EOS, PAD, SPECIALS, UNK, CaptionHead
 
 BLEU_WEIGHTS = ((1.0,), (0.5, 0.5), (1 / 3,) * 3, (0.25,) * 4)
 BASELINE_CANDIDATES = 40
+BASELINE_REFERENCES = 2000
 
 
 @lru_cache(maxsize=1)
@@ -115,17 +116,25 @@ class Captioning(Task):
         return [(i, f"the caption ({where[i]}) has no word") for i, v in enumerate(values) if not words(v)]
 
     def encode(self, values: list[str], names: list[str]) -> torch.Tensor:
+        """<bos> words <eos>, whole (the references are scored whole; training reads the
+        first max_len + 1). A word outside the vocabulary gets an id of its own past the
+        vocabulary's end, the same for the same word within one call, so that a reference
+        keeps its length and its n-grams while no generated word can match it; the decoder
+        reads and predicts it as <unk>."""
         index = {w: i for i, w in enumerate(names)}
-        width = int(self.option("max_len")) + 2
-        out = torch.full((len(values), width), PAD, dtype=torch.long)
-        for row, value in enumerate(values):
-            ids = [BOS] + [index.get(w, UNK) for w in words(value)][: width - 2] + [EOS]
-            out[row, : len(ids)] = torch.tensor(ids)
+        unknown: dict[str, int] = {}
+        rows = [[BOS] + [index.get(w) or unknown.setdefault(w, len(names) + len(unknown)) for w in words(v)] + [EOS]
+                for v in values]
+        out = torch.full((len(values), max((len(r) for r in rows), default=2)), PAD, dtype=torch.long)
+        for i, ids in enumerate(rows):
+            out[i, : len(ids)] = torch.tensor(ids)
         return out
 
     def fit_state(self, train_values: list[str], names: list[str]) -> dict[str, Any]:
-        """The constant caption with the best training BLEU-4, among the most frequent ones."""
-        refs = [[words(v)] for v in train_values]
+        """The constant caption with the best training BLEU-4 (on up to 2,000 training
+        captions), among the most frequent ones."""
+        step = max(1, len(train_values) // BASELINE_REFERENCES)
+        refs = [[words(v)] for v in train_values[::step]]
         candidates = [c for c, _ in Counter(" ".join(words(v)) for v in train_values).most_common(BASELINE_CANDIDATES)]
         best = max(candidates, key=lambda c: bleu([c.split()] * len(refs), refs)["bleu4"]) if candidates else ""
         return {"constant_caption": best}
@@ -138,28 +147,28 @@ class Captioning(Task):
                            int(self.option("beam_size")))
 
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
-        target = batch["label"][:, 1:]
+        target = batch["label"][:, 1: outputs.shape[1] + 1]
+        target = target.masked_fill(target >= outputs.shape[-1], UNK)
         return nn.functional.cross_entropy(outputs.reshape(-1, outputs.shape[-1]).float(), target.reshape(-1), ignore_index=PAD)
 
-    def decode(self, ids: torch.Tensor, names: list[str], keep_unknown: bool = False) -> list[list[str]]:
-        """Word ids -> words, up to <eos>. A reference keeps "<unk>" for a word outside the
-        vocabulary (it counts in its length, and no generated word matches it); generated
-        captions drop it."""
+    def decode(self, ids: torch.Tensor, names: list[str]) -> list[list[str]]:
+        """Word ids -> words, up to <eos>. A word outside the vocabulary (a reference's)
+        becomes "<unk:ID>", the same token for the same word, which nothing generated matches."""
         out = []
         for row in ids.long().tolist():
             sentence = []
             for i in row:
                 if i in (EOS, PAD):
                     break
-                if i == UNK or i >= len(names):
-                    sentence += [SPECIALS[UNK]] if keep_unknown else []
+                if i >= len(names) or i == UNK:
+                    sentence.append(f"<unk:{i}>")
                 elif i != BOS:
                     sentence.append(names[i])
             out.append(sentence)
         return out
 
     def evaluate(self, outputs: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict[str, Any]:
-        hyps, refs = self.decode(outputs, names), [[r] for r in self.decode(labels, names, keep_unknown=True)]
+        hyps, refs = self.decode(outputs, names), [[r] for r in self.decode(labels, names)]
         scores: dict[str, Any] = {"n_examples": len(hyps), **bleu(hyps, refs)}
         value = cider(hyps, refs)
         if value is not None:

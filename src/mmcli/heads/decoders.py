@@ -70,12 +70,16 @@ class CaptionHead(nn.Module):
         [B, max_len + 1] (ending with <eos>, then padding)."""
         memory, pad = self.memory(features)
         if self.training:
-            return self.logits(batch["label"][:, :-1], memory, pad)
+            prefix = batch["label"][:, :-1][:, : self.max_len + 1]  # the longest captions are cut
+            return self.logits(prefix.masked_fill(prefix >= self.out.out_features, UNK), memory, pad)
         return self.generate(memory, pad, self.beam_size)
 
     @torch.no_grad()
     def generate(self, memory: torch.Tensor, pad: torch.Tensor, beam: int) -> torch.Tensor:
-        """Beam search with length-normalized scores (the mean log-probability per word)."""
+        """Beam search: the k best prefixes by summed log-probability are kept at each step
+        (a finished caption stays, growing only padding); the final pick among the k is by
+        the mean log-probability per word, so short captions are not favoured. <unk> is
+        never generated."""
         b, k, width = len(memory), max(1, beam), self.max_len + 1
         memory, pad = memory.repeat_interleave(k, 0), pad.repeat_interleave(k, 0)
         seqs = torch.full((b * k, 1), BOS, dtype=torch.long, device=memory.device)
@@ -84,7 +88,7 @@ class CaptionHead(nn.Module):
         done = torch.zeros(b * k, dtype=torch.bool, device=memory.device)
         for _ in range(width):
             logp = torch.log_softmax(self.logits(seqs, memory, pad)[:, -1].float(), dim=-1)
-            logp[:, PAD] = logp[:, BOS] = float("-inf")
+            logp[:, PAD] = logp[:, BOS] = logp[:, UNK] = float("-inf")
             logp[done] = float("-inf")
             logp[done, PAD] = 0.0  # a finished caption only grows padding, at no cost
             vocab = logp.shape[1]

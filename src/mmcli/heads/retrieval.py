@@ -61,8 +61,21 @@ def retrieval_scores(similarity: torch.Tensor, a: str, b: str) -> dict[str, floa
     return out
 
 
+def pair_loss(outputs: torch.Tensor, mask: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
+    """Mean InfoNCE over every pair of modalities ([N, M, D] outputs, `names` in that
+    order), each on the examples that have both; zero (with a graph) when none has two."""
+    losses = []
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            both = mask[names[i]] & mask[names[j]]
+            if int(both.sum()) >= 2:
+                losses.append(info_nce(outputs[both, i].float() @ outputs[both, j].float().t()))
+    return torch.stack(losses).mean() if losses else outputs.sum() * 0.0
+
+
 class TwoTowerHead(nn.Module):
-    """Per-modality projection of the pooled features into one space, and the logit scale."""
+    """Per-modality projection of the pooled features into one space, and the logit scale.
+    An absent modality's embedding is zeros (evaluation leaves such pairs out)."""
 
     def __init__(self, in_dims: dict[str, int], embed_dim: int, temperature: float, max_scale: float):
         super().__init__()
@@ -74,12 +87,20 @@ class TwoTowerHead(nn.Module):
     def scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(max=self.max_log_scale).exp()
 
-    def embed(self, features: dict) -> dict[str, torch.Tensor]:
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Clamp the parameter itself after each optimizer step (as OpenCLIP does), so it
+        never sits above the cap where its gradient would be zero."""
+        self.logit_scale.clamp_(0.0, self.max_log_scale)
+
+    def embed_modalities(self, features: dict) -> dict[str, torch.Tensor]:
         return {n: nn.functional.normalize(self.proj[n](features[n].pooled).float(), dim=-1) for n in self.names}
 
     def forward(self, features: dict, mask: dict, batch: dict) -> torch.Tensor:
-        unit = self.embed(features)
-        return torch.stack([unit[n] for n in self.names], dim=1) * self.scale().sqrt()
+        unit = self.embed_modalities(features)
+        out = torch.stack([unit[n] * mask[n].unsqueeze(-1).to(unit[n].dtype) if n in mask else unit[n]
+                           for n in self.names], dim=1)
+        return out * self.scale().sqrt()
 
 
 class Retrieval(Task):
@@ -119,17 +140,17 @@ class Retrieval(Task):
                             float(self.option("max_scale")))
 
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
-        both = torch.stack(list(batch["mask"].values()), dim=1).all(dim=1)
-        kept = outputs[both] if not bool(both.all()) else outputs
-        if len(kept) < 2:  # no negatives: nothing to contrast
-            return outputs.sum() * 0.0
-        return info_nce(pair_logits(kept))
+        return pair_loss(outputs, batch["mask"], list(self.config.model.modalities))
 
     def evaluate(self, outputs: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict[str, Any]:
+        """Scores over the split's complete pairs; a row that lacks a side (zero embedding) is left out."""
         a, b = self.config.model.modalities if self.config is not None else ("a", "b")
+        whole = (outputs.float().norm(dim=-1) > 0).all(dim=1)
+        outputs = outputs[whole]
         logits = pair_logits(outputs)
         scores = retrieval_scores(logits, a, b) if len(logits) else {"mean_recall": 0.0}
-        scores.update({"n_examples": len(outputs), "loss": float(info_nce(logits)) if len(logits) else float("nan"),
+        scores.update({"n_examples": len(outputs), "n_incomplete": int((~whole).sum()),
+                       "loss": float(info_nce(logits)) if len(logits) else float("nan"),
                        "chance_R@1": 1.0 / max(1, len(outputs))})
         return scores
 

@@ -10,34 +10,25 @@ this is where unlabelled pairs would help; here it uses the training split's pai
 
 from __future__ import annotations
 
-from itertools import combinations
-
 import torch
 
 from mmcli.config import Config
 from mmcli.data.dataset import Encoded, iterate
 from mmcli.errors import ConfigError
-from mmcli.heads.retrieval import TwoTowerHead, info_nce
+from mmcli.heads.retrieval import TwoTowerHead, pair_loss
 from mmcli.training.loop import to_device
 from mmcli.training.setup import pick_device
 
 
-def pair_loss(outputs: torch.Tensor, mask: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
-    """Mean InfoNCE over every pair of modalities, on the examples that have both."""
-    losses = []
-    for i, j in combinations(range(len(names)), 2):
-        both = mask[names[i]] & mask[names[j]]
-        if int(both.sum()) >= 2:
-            a, b = outputs[both, i].float(), outputs[both, j].float()
-            losses.append(info_nce(a @ b.t()))
-    return torch.stack(losses).mean() if losses else outputs.sum() * 0.0
-
-
 def align_encoders(model, train: Encoded, config: Config, generator: torch.Generator) -> list[float]:
     """Train the encoders (and a throw-away two-tower head) contrastively; the mean loss per epoch."""
+    from mmcli.training.distributed import world
+
     names = model.modalities
     if len(names) < 2:
         raise ConfigError("model.crossmodal=align needs two or more modalities to align")
+    if world().active:
+        raise ConfigError("model.crossmodal=align does not run distributed (--nproc) yet; train it in one process")
     device = pick_device(config.train.device)
     model.to(device).train()
     towers = TwoTowerHead({n: e.out_dim for n, e in model.encoders.items()}, config.model.feature_dim, 0.07, 100.0).to(device)
@@ -53,6 +44,7 @@ def align_encoders(model, train: Encoded, config: Config, generator: torch.Gener
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip or float("inf"))
             optimizer.step()
+            towers.after_step()
             total, count = total + loss.item() * len(batch["index"]), count + len(batch["index"])
         history.append(round(total / max(1, count), 6))
     return history

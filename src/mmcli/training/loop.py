@@ -95,6 +95,9 @@ class Stepper:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        after = getattr(getattr(model, "head", None), "after_step", None)
+        if after is not None:  # retrieval: clamp the logit scale, as OpenCLIP does
+            after()
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
