@@ -195,7 +195,10 @@ def test_list_piped_gives_names_first(toy_small):
     assert enc == ENCODERS.names()
     fus = [line.split()[0] for line in ok(run("list", "fusions")).stdout.splitlines()]
     assert fus == FUSIONS.names() and {"concat", "sum", "weighted", "attention"} <= set(fus)
-    assert ok(run("list", "tasks")).stdout.split()[0] == "classification"
+    from mmcli.heads import TASKS
+
+    tasks = [line.split()[0] for line in ok(run("list", "tasks")).stdout.splitlines()]
+    assert tasks == TASKS.names() and {"classification", "retrieval", "captioning"} <= set(tasks)
     assert "multimodal:concat" in ok(run("list", "variants")).stdout
 
 
@@ -230,7 +233,9 @@ def test_train_without_data_uses_the_builtin_toy_set(tmp_path, monkeypatch):
     ok(run("train", "--epochs", "1", "--modalities", "audio", "--out", out))
     data = json.loads((out / "data.json").read_text())
     assert data["source"] == "builtin:toy" and sum(data["splits"].values()) == 48
-    assert (tmp_path / "cache" / "datasets" / "toy-v1-n48-seed0" / "manifest.csv").is_file()
+    from mmcli.data.builtin import TOY_VERSION
+
+    assert (tmp_path / "cache" / "datasets" / f"toy-{TOY_VERSION}-n48-seed0" / "manifest.csv").is_file()
     assert json.loads((out / "provenance.json").read_text())["variant"] == "unimodal:audio"
     scores = json.loads(ok(run("evaluate", out, "--json")).stdout)
     assert scores["modalities"] == ["audio"]

@@ -49,7 +49,8 @@ def interrupt(toy: Path, out: Path, sig: int, after_epochs: int) -> subprocess.C
     # Somewhere inside the next epoch: a random part of half an epoch's length, as
     # measured on this machine (toy epochs last tens of milliseconds, so a fixed delay
     # could let the run finish before the signal).
-    epoch_s = seen[after_epochs] - seen[after_epochs - 1] if after_epochs - 1 in seen and after_epochs in seen else 0.0
+    # (from the first epoch on: "0 epochs done" is first seen while Python and torch still start)
+    epoch_s = seen[after_epochs] - seen[after_epochs - 1] if after_epochs >= 2 and {after_epochs - 1, after_epochs} <= set(seen) else 0.0
     time.sleep(random.Random(after_epochs).uniform(0.0, 0.5) * epoch_s)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
@@ -73,7 +74,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(toy_small, tmp_path)
 
 def test_ctrl_c_exits_130_and_says_how_to_resume(toy_small, tmp_path):
     out = tmp_path / "stopped"
-    code, err = interrupt(toy_small, out, signal.SIGINT, after_epochs=1)
+    code, err = interrupt(toy_small, out, signal.SIGINT, after_epochs=2)  # a checkpoint exists by then
     assert code == 130, err
     assert f"mmcli train --resume {out}" in err and "Traceback" not in err
     mmcli("train", "--resume", out)
