@@ -384,6 +384,7 @@ def run_parallel(out: Path, plan: Plan, cache_dir: str | None, todo: list[int], 
 
 def _stop(pool) -> None:
     """Cancel what has not started and end the workers now, not after their current run."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
     pool.shutdown(wait=False, cancel_futures=True)
-    for process in list(getattr(pool, "_processes", {}).values()):
+    for process in processes:
         process.terminate()
