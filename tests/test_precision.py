@@ -53,10 +53,11 @@ def test_gpu_check_script_runs_its_checks_on_the_cpu(tmp_path, capsys, monkeypat
     spec = importlib.util.spec_from_file_location("gpu_check", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.main(["--device", "cpu", "--n", "240", "--batch-size", "32"]) == 0
+    assert module.main(["--device", "cpu", "--n", "240", "--batch-size", "32", "--loader-workers", "2"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["available"] and report["bf16_vs_fp32"] < 0.05
     assert report["bf16_step_ms"] > 0 and report["batch_load_ms"] > 0
+    assert report["loader_workers"] == 2 and report["loader_batch_ms"] > 0
     if not torch.cuda.is_available():
         assert module.main([]) == 0
         assert json.loads(capsys.readouterr().out)["available"] is False

@@ -96,6 +96,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the encoders (opt-in: compiling takes a while)
     feature_cache: bool = True  # frozen encoders: compute their features once, into the cache folder
     align_epochs: int = 3  # model.crossmodal=align: epochs of contrastive alignment before fine-tuning
+    loader_workers: Optional[int] = None  # processes that assemble batches; None: 0 on the CPU, up to 4 with a GPU
+    prefetch: int = 2  # batches each loader worker prepares ahead
 
 
 @dataclass
@@ -218,6 +220,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"config key 'model.{key}' must be in [0, 1), got {getattr(config.model, key)}")
     if config.model.aux_loss_weight < 0:
         raise ConfigError("config key 'model.aux_loss_weight' must not be negative")
+    if config.train.loader_workers is not None and config.train.loader_workers < 0:
+        raise ConfigError(f"config key 'train.loader_workers' must be 0 or more, got {config.train.loader_workers}")
+    if config.train.prefetch < 1:
+        raise ConfigError(f"config key 'train.prefetch' must be at least 1, got {config.train.prefetch}")
     if config.train.accumulate < 1:
         raise ConfigError(f"config key 'train.accumulate' must be at least 1, got {config.train.accumulate}")
     for key, allowed in (("class_weights", ("none", "balanced")), ("sampler", ("random", "weighted")), ("precision", ("fp32", "bf16", "fp16")),

@@ -16,7 +16,7 @@ import torch
 from mmcli.errors import UsageError
 from mmcli.inference import Record, encode_records, records_from_manifest
 from mmcli.pipeline import LoadedRun
-from mmcli.training.loop import to_device
+from mmcli.data.loader import to_device
 from mmcli.training.setup import pick_device
 
 

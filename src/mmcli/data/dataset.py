@@ -62,25 +62,24 @@ def encode_table(table: Table, modalities: list[str], tokenizers: dict, targets=
 
 
 def make_batch(data: Encoded, index: torch.Tensor, config: DataConfig) -> dict:
+    """The batch of rows `index`, ready for a model (on the CPU)."""
+    return finish_batch(gather_batch(data, index), data.kinds, config)
+
+
+def gather_batch(data: Encoded, index: torch.Tensor) -> dict:
+    """Rows `index`, still as stored (images uint8, audio float16: what a loader worker
+    sends, at a quarter and a half of the float32 size); `finish_batch` completes it."""
     batch: dict = {"lengths": {}, "mask": {}, "index": index}
     if data.features:
-        batch["features"] = {n: raw[index].float() for n, (raw, _) in data.features.items()}
+        batch["features"] = {n: raw[index] for n, (raw, _) in data.features.items()}
         batch["feature_mask"] = {n: mask[index] for n, (_, mask) in data.features.items()}
         batch["mask"].update({n: data.present[n][index] for n in data.features})
     for name, tensor in data.inputs.items():
-        kind = data.kinds[name]
         x = tensor[index]
-        if kind in ("text", "audio") and name in data.lengths and len(index):
+        if data.kinds[name] in ("text", "audio") and name in data.lengths and len(index):
             x = x[..., : max(1, int(data.lengths[name][index].max()))]  # pad to the batch's longest
-        if kind == "image":
-            x = decode.normalize_image(x, config)
-        elif kind == "audio":
-            x = decode.normalize_audio(x)
-        mask = data.present[name][index]
-        if kind != "text":
-            x = x * mask.view(-1, *([1] * (x.dim() - 1)))
         batch[name] = x
-        batch["mask"][name] = mask
+        batch["mask"][name] = data.present[name][index]
         if name in data.lengths:
             batch["lengths"][name] = data.lengths[name][index]
     if data.labels is not None:
@@ -88,19 +87,45 @@ def make_batch(data: Encoded, index: torch.Tensor, config: DataConfig) -> dict:
     return batch
 
 
-def iterate(data: Encoded, config: DataConfig, batch_size: int, shuffle: bool = False,
-            generator: torch.Generator | None = None, weights: torch.Tensor | None = None,
-            shard=None) -> Iterator[dict]:
-    """Batches in order, shuffled, or (with `weights`) drawn with replacement in proportion
-    to the weights, as many as the data has (a weighted sampler). `shard` picks this
-    process's part of each batch in distributed training."""
+def finish_batch(batch: dict, kinds: dict[str, str], config: DataConfig) -> dict:
+    """Normalise images and audio, and zero the inputs of missing modalities, on whatever
+    device the gathered batch is (the GPU, after a loader's copy)."""
+    if "features" in batch:
+        batch["features"] = {n: x.float() for n, x in batch["features"].items()}
+    for name, kind in kinds.items():
+        if name not in batch:
+            continue
+        x = batch[name]
+        if kind == "image":
+            x = decode.normalize_image(x, config)
+        elif kind == "audio":
+            x = decode.normalize_audio(x)
+        mask = batch["mask"][name]
+        if kind != "text" and not bool(mask.all()):  # zeros where the modality is missing
+            x = x * mask.view(-1, *([1] * (x.dim() - 1)))
+        batch[name] = x
+    return batch
+
+
+def batch_order(n: int, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                weights: torch.Tensor | None = None, shard=None) -> Iterator[torch.Tensor]:
+    """The indices of each batch: in order, shuffled, or (with `weights`) drawn with
+    replacement in proportion to the weights, as many as the data has (a weighted
+    sampler). `shard` picks this process's part of each batch in distributed training."""
     if weights is not None:
-        order = torch.multinomial(weights.double(), len(data), replacement=True, generator=generator)
+        order = torch.multinomial(weights.double(), n, replacement=True, generator=generator)
     else:
-        order = torch.randperm(len(data), generator=generator) if shuffle else torch.arange(len(data))
-    for start in range(0, len(data), batch_size):
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
         index = order[start:start + batch_size]
-        yield make_batch(data, shard(index) if shard is not None else index, config)
+        yield shard(index) if shard is not None else index
+
+
+def iterate(data: Encoded, config: DataConfig, batch_size: int, **order) -> Iterator[dict]:
+    """The batches, assembled in this process, in `batch_order(**order)`
+    (mmcli.data.loader.Loader can assemble them in worker processes)."""
+    for index in batch_order(len(data), batch_size, **order):
+        yield make_batch(data, index, config)
 
 
 def n_batches(data: Encoded, batch_size: int) -> int:

@@ -92,12 +92,28 @@ def log_mel(samples: np.ndarray, rate: int, config: DataConfig) -> tuple[torch.T
     return torch.from_numpy(out).to(torch.float16), length
 
 
+def warm_up(kinds: set[str], config: DataConfig) -> None:
+    """Decode a blank image and a short silence: the libraries the decoders import on
+    first use (torchvision's, librosa's, about 3 s of imports) are then loaded in this
+    process, which the forked preprocessing workers inherit instead of each loading them."""
+    if "image" in kinds:
+        from torchvision.transforms.v2 import functional as F
+
+        F.resize(torch.zeros(3, 8, 8, dtype=torch.uint8), [4, 4], antialias=True)
+    if "audio" in kinds:
+        silence = np.zeros(max(config.n_fft, config.sample_rate // 10), dtype=np.float32)
+        log_mel(silence, config.sample_rate * 2, config)  # with a resampling, as for files at another rate
+        import soundfile  # noqa: F401
+
+
 def normalize_audio(db: torch.Tensor) -> torch.Tensor:
     """dB values to roughly unit scale; silence (-100 dB) maps to -1.5."""
-    return (db.float() + 40.0) / 40.0
+    return db.float().add_(40.0).div_(40.0)  # in place on the new float copy: one pass each
 
 
 def normalize_image(pixels: torch.Tensor, config: DataConfig) -> torch.Tensor:
-    mean = torch.tensor(config.image_mean).view(1, -1, 1, 1)
-    std = torch.tensor(config.image_std).view(1, -1, 1, 1)
-    return (pixels.float() / 255.0 - mean) / std
+    """uint8 [N, 3, H, W] to (x / 255 - mean) / std, as one multiply and one add per pixel."""
+    std = torch.tensor(config.image_std, device=pixels.device)
+    scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
+    shift = (-torch.tensor(config.image_mean, device=pixels.device) / std).view(1, -1, 1, 1)
+    return pixels.float().mul_(scale).add_(shift)

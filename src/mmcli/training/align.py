@@ -16,7 +16,7 @@ from mmcli.config import Config
 from mmcli.data.dataset import Encoded, iterate
 from mmcli.errors import ConfigError
 from mmcli.heads.retrieval import TwoTowerHead, pair_loss
-from mmcli.training.loop import to_device
+from mmcli.data.loader import to_device
 from mmcli.training.setup import pick_device
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from mmcli.data.dataset import Encoded, iterate
-from mmcli.training.loop import to_device
+from mmcli.data.loader import to_device
 
 FLOOR = 0.01
 MIN_OVERFIT = 1e-3

@@ -17,7 +17,8 @@ import torch
 
 from mmcli import runs
 from mmcli.config import Config
-from mmcli.data.dataset import Encoded, iterate, n_batches
+from mmcli.data.dataset import Encoded, n_batches
+from mmcli.data.loader import Loader
 from mmcli.errors import ConfigError, RunFailed
 from mmcli.training.setup import make_optimizer, pick_device
 
@@ -47,18 +48,6 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     examples_per_rank: list[int] = field(default_factory=list)  # training examples each process stepped on
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    if device.type == "cpu":
-        return batch
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, dict):
-            out[key] = {k: v.to(device, non_blocking=True) for k, v in value.items()}
-        else:
-            out[key] = value.to(device, non_blocking=True)
-    return out
 
 
 def autocast(config: Config, device: torch.device):
@@ -111,44 +100,57 @@ class Stepper:
 
 
 def train_one_epoch(model, task, data: Encoded, config: Config, stepper: Stepper, device,
-                    generator: torch.Generator, progress: FitProgress, weights: torch.Tensor | None = None) -> float:
-    from functools import partial
-
-    from mmcli.training.distributed import mean_across, shard
+                    generator: torch.Generator, progress: FitProgress, weights: torch.Tensor | None = None,
+                    loader: Loader | None = None) -> float:
+    """One pass over `loader` (by default, batches of `data` assembled in this process)."""
+    from mmcli.training.distributed import mean_across
 
     (stepper.ddp or model).train()
     total, count = 0.0, 0
-    batches = n_batches(data, config.train.batch_size)
+    loader = loader or train_loader(data, config, generator, weights, stepper.world, workers=0, device=device)
+    batches = len(loader)
     stepper.optimizer.zero_grad(set_to_none=True)
-    for i, batch in enumerate(iterate(data, config.data, config.train.batch_size, shuffle=True, generator=generator,
-                                      weights=weights, shard=partial(shard, w=stepper.world))):
-        batch = to_device(batch, device)
+    for i, batch in enumerate(loader):  # on the device, normalised
         with autocast(config, device):
             loss = stepper.ddp(batch) if stepper.ddp is not None else model.loss(batch, task)
-        if not torch.isfinite(loss):
-            raise RunFailed(f"the training loss became {loss.item()}; lower --lr (now {config.train.lr})")
+        value = loss.item()  # one synchronisation per batch
+        if not math.isfinite(value):
+            raise RunFailed(f"the training loss became {value}; lower --lr (now {config.train.lr})")
         stepper.backward(model, loss, i, last=i == batches - 1)
         n = len(batch["index"])
-        total += loss.item() * n
+        total += value * n
         count += n
-        progress.batch_end(loss.item())
+        progress.batch_end(value)
     stepper.seen += count
     return mean_across(total / max(1, count), stepper.world)
 
 
-@torch.no_grad()
-def predict_logits(model, data: Encoded, config: Config, device: torch.device) -> torch.Tensor:
-    return predict_outputs(model, data, config, device)[0]
+def train_loader(data: Encoded, config: Config, generator: torch.Generator, weights, world,
+                 workers: int, pin_memory: bool = False, device: torch.device | None = None) -> Loader:
+    """The shuffled (or weighted) batches of this process's share of each global batch."""
+    from functools import partial
+
+    from mmcli.training.distributed import shard
+
+    return Loader(data, config.data, config.train.batch_size, shuffle=True, generator=generator, weights=weights,
+                  shard=partial(shard, w=world), workers=workers, prefetch=config.train.prefetch, pin_memory=pin_memory,
+                  device=device)
 
 
 @torch.no_grad()
-def predict_outputs(model, data: Encoded, config: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def predict_logits(model, data: Encoded, config: Config, device: torch.device, loader: Loader | None = None) -> torch.Tensor:
+    return predict_outputs(model, data, config, device, loader)[0]
+
+
+@torch.no_grad()
+def predict_outputs(model, data: Encoded, config: Config, device: torch.device,
+                    loader: Loader | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Outputs [N, C] and, for fusions that weigh modalities, their weights [N, M]."""
     model.eval()
     outs, weights = [], []
-    for batch in iterate(data, config.data, config.eval.batch_size):
+    for batch in loader or Loader(data, config.data, config.eval.batch_size, device=device):
         with autocast(config, device):
-            outs.append(model(to_device(batch, device)).float().cpu())
+            outs.append(model(batch).float().cpu())
         w = getattr(model.fusion, "last_weights", None)
         if w is not None:
             weights.append(w.float().cpu())
@@ -215,12 +217,14 @@ def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path
         generator.set_state(resume["generator"])
         result.best_epoch, result.best_metric = resume["best_epoch"], resume["best_metric"]
         result.history = _history(run_dir, resume["epoch"])
-    weights = _sample_weights(task, train, config)
+    loaders = _loaders(task, train, val, config, generator, here, device)
     logger = _logger(config, run_dir)
     try:
         _epochs(model, task, train, val, config, run_dir, labels, generator, progress, device, steps, stepper,
-                metric, result, blender, weights, logger, resume)
+                metric, result, blender, loaders, logger, resume)
     finally:
+        for loader in loaders:
+            loader.close()
         if logger is not None:
             logger.close()
     result.seconds = time.monotonic() - start
@@ -257,6 +261,17 @@ def load_checkpoint(run_dir: Path) -> dict:
         raise UsageError(f"{run_dir / CHECKPOINT}: cannot read the checkpoint ({exc})") from None
 
 
+def _loaders(task, train: Encoded, val: Encoded, config: Config, generator, world, device) -> tuple[Loader, Loader]:
+    """The training and validation batches, by `train.loader_workers` processes (kept from
+    epoch to epoch) and into pinned memory on a GPU (mmcli.data.loader)."""
+    from mmcli.data.loader import auto_workers
+
+    workers, pin = auto_workers(config.train.loader_workers, device), device.type == "cuda"
+    return (train_loader(train, config, generator, _sample_weights(task, train, config), world, workers, pin, device),
+            Loader(val, config.data, config.eval.batch_size, workers=workers if len(val) else 0,
+                   prefetch=config.train.prefetch, pin_memory=pin, device=device))
+
+
 def _sample_weights(task, train: Encoded, config: Config) -> torch.Tensor | None:
     if config.train.sampler != "weighted":
         return None
@@ -277,17 +292,17 @@ def _logger(config: Config, run_dir: Path):
 
 
 def _epochs(model, task, train, val, config, run_dir, labels, generator, progress, device, steps, stepper,
-            metric, result, blender, weights, logger, resume=None) -> None:
+            metric, result, blender, loaders, logger, resume=None) -> None:
     start, stale = time.monotonic(), (resume or {}).get("stale", 0)
     first = (resume or {}).get("epoch", 0) + 1
     if resume is not None and config.train.patience > 0 and stale >= config.train.patience:
         return  # it had stopped early already
     for epoch in range(first, config.train.epochs + 1):
         progress.epoch_start(epoch, config.train.epochs, steps)
-        train_loss = train_one_epoch(model, task, train, config, stepper, device, generator, progress, weights)
+        train_loss = train_one_epoch(model, task, train, config, stepper, device, generator, progress, loader=loaders[0])
         record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": stepper.scheduler.get_last_lr()[0]}
         if len(val):
-            scores = task.evaluate(predict_logits(model, val, config, device), val.labels, labels)
+            scores = task.evaluate(predict_logits(model, val, config, device, loaders[1]), val.labels, labels)
             record.update({f"val_{k}": v for k, v in scores.items() if isinstance(v, (int, float))})
         if blender is not None:
             record["blend_weights"] = blender.step(model, task, train, val, config, device)
