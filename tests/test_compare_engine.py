@@ -216,3 +216,14 @@ def test_a_job_refuses_to_run_twice_or_on_changed_data(tmp_path):
     os.utime(clip, ns=(time.time_ns(), time.time_ns()))
     changed = cli("compare", "--out", out, "--job", "0", check=False)
     assert changed.returncode == 2 and "changed since the comparison" in changed.stderr
+
+
+def test_a_failing_job_among_parallel_ones_reports_its_own_error(toy_small, tmp_path):
+    """A learning rate that makes the loss infinite: with --jobs 2 the job's error (exit 1,
+    lower --lr) comes back, the other workers are stopped, and no internal error."""
+    out = tmp_path / "cmp"
+    result = cli("compare", "unimodal:audio", "unimodal:text", "--data", toy_small, "--epochs", "2", "--jobs", "2",
+                 "--set", "train.lr=1e30", "--set", "train.grad_clip=0", "--out", out, check=False)
+    assert result.returncode == 1, result.stderr
+    assert "the training loss became" in result.stderr and "lower --lr" in result.stderr
+    assert "AttributeError" not in result.stderr and "internal error" not in result.stderr
