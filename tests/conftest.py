@@ -35,6 +35,15 @@ def toy_small(tmp_path_factory) -> Path:
     return make_toy(out, n=240, seed=3)
 
 
+@pytest.fixture(scope="session")
+def toy_1200(tmp_path_factory) -> Path:
+    """The 1,200-example toy set (seed 11) that test_fusion_training.py and
+    test_robustness.py train on: made, and preprocessed into the cache, once for both."""
+    from mmcli.data.toy import make_toy
+
+    return make_toy(tmp_path_factory.mktemp("toy1200") / "toy", n=1200, seed=11)
+
+
 def write_own_manifest(folder: Path, n: int = 36, fmt: str = "csv") -> Path:
     """A user's own data: PNG photos, WAV clips at 8 kHz and captions; label from colour."""
     import soundfile

@@ -9,6 +9,14 @@ shaped for each task (`photos.csv` multi-label, `listings.csv` regression, ...),
 trained run `RUN`, a class-per-folder `photos/` with `captions.csv`. `MMCLI_CONFIG`
 gives every command a one-epoch budget on 32-pixel images (flags such as `--epochs`
 still win): the commands run as written, only smaller.
+
+Where the system can (fork and passing file descriptors over a Unix socket), `mmcli` in
+the examples is a bash function that hands the command to a fork server
+(mmcli_forkserver.py): torch is imported once instead of about 80 times, the command
+still runs `mmcli.cli.main()` in a process of its own with the example's arguments,
+folder, environment, stdin, stdout, stderr and exit status. Commands that mmcli itself
+starts (`python -m mmcli` jobs, torchrun) and the workspace's training run start as
+usual.
 """
 
 from __future__ import annotations
@@ -17,9 +25,11 @@ import csv
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -40,6 +50,12 @@ def test_the_docs_the_issue_lists_exist():
         assert (ROOT / "docs" / f"{name}.md").is_file(), name
     index = (ROOT / "docs" / "index.md").read_text()
     assert all(f"({n}.md)" in index for n in ("quickstart", "your-data", "compare", "cookbook", "cli"))
+
+
+def test_every_page_is_linked_from_the_index():
+    index = (ROOT / "docs" / "index.md").read_text()
+    pages = sorted(p.name for p in (ROOT / "docs").glob("*.md") if p.name != "index.md")
+    assert [p for p in pages if f"({p})" not in index] == []
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +126,7 @@ def _skip_reason(doc: Path) -> str | None:
     return None
 
 
-def _run_doc(doc: Path, workspace: Path, folder: Path) -> subprocess.CompletedProcess:
+def _run_doc(doc: Path, workspace: Path, folder: Path, client: str | None) -> subprocess.CompletedProcess:
     """All bash blocks of one document, in order, in a copy of the workspace."""
     blocks = runnable_blocks(doc)
     ws = folder / "ws"
@@ -118,21 +134,89 @@ def _run_doc(doc: Path, workspace: Path, folder: Path) -> subprocess.CompletedPr
     if (workspace.parent / "shared").exists():
         (folder / "shared").symlink_to((workspace.parent / "shared").resolve())
     script = "set -eu\n" + "".join(f"echo '### block {k + 1}' >&2\n{block}\n" for k, block in enumerate(blocks))
-    env = {**os.environ, "MMCLI_CONFIG": str(ws / "defaults.yaml"), "MMCLI_NO_PROGRESS": "1",
-           "MMCLI_CACHE_DIR": str(workspace.parent / "cache"), "OMP_NUM_THREADS": "1",  # two documents at once
+    return _bash(script, ws, ws / "defaults.yaml", workspace.parent / "cache", client)
+
+
+def _bash(script: str, cwd: Path, config: Path, cache: Path, client: str | None) -> subprocess.CompletedProcess:
+    """Run a script as the examples run; `mmcli` is `client` where there is one."""
+    if client:  # a function wins over PATH, also after `source .venv/bin/activate`
+        script = f"mmcli() {{ {shlex.quote(client)} \"$@\"; }}\n" + script
+    env = {**os.environ, "MMCLI_CONFIG": str(config), "MMCLI_NO_PROGRESS": "1",
+           "MMCLI_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1",  # two documents at once
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(["bash", "-c", script], cwd=ws, env=env, capture_output=True, text=True, timeout=1200)
+    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+
+
+class ForkServer:
+    """mmcli_forkserver.py in a process of its own; `client()` is the command that runs
+    `mmcli ARGS` through it, or None where it cannot run."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.folder = tempfile.mkdtemp(prefix="mmcli-fs-")  # short: a socket path has ~100 characters at most
+        self.socket = os.path.join(self.folder, "s")
+        self._client: str | None = None
+        script = Path(sys.executable).parent / "mmcli"
+        self.log = open(os.path.join(self.folder, "server.log"), "wb")
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "mmcli_forkserver.py"), self.socket, str(script)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env)
+
+    @staticmethod
+    def possible() -> bool:
+        import socket
+
+        return hasattr(os, "fork") and hasattr(socket, "AF_UNIX") and hasattr(socket, "send_fds")
+
+    def client(self) -> str | None:
+        import select
+        import warnings
+
+        from mmcli_forkserver import write_client
+
+        if self._client is None:
+            ready, _, _ = select.select([self.process.stdout], [], [], 300)
+            if ready and self.process.stdout.readline() == b"ready\n":
+                self._client = write_client(os.path.join(self.folder, "mmcli"), self.socket)
+            else:
+                self._client = ""
+                self.log.flush()
+                log = Path(self.folder, "server.log").read_text(errors="replace")[-2000:]
+                warnings.warn(f"the mmcli fork server did not start; the examples start mmcli as usual (slower)\n{log}")
+        return self._client or None
+
+    def stop(self) -> None:
+        self.process.stdin.close()  # the server's signal to stop
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+        self.log.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 RUNNABLE = [d for d in DOCS if bash_blocks(d)]
 
 
 @pytest.fixture(scope="module")
-def doc_runs(workspace, tmp_path_factory) -> dict[str, subprocess.CompletedProcess | str]:
-    """Run every document's examples, two documents at a time: most of their time is
-    Python and torch starting up, one core each."""
+def fork_server():
+    """Started before the workspace is built, so that its imports overlap that work."""
+    if not ForkServer.possible():
+        yield None
+        return
+    # each command brings its whole environment; the server's own matters for what the
+    # libraries read when imported (OMP_NUM_THREADS)
+    server = ForkServer({**os.environ, "MMCLI_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def doc_runs(fork_server, workspace, tmp_path_factory) -> dict[str, subprocess.CompletedProcess | str]:
+    """Run every document's examples, two documents at a time: one core each."""
     from concurrent.futures import ThreadPoolExecutor
 
+    client = fork_server.client() if fork_server else None
     results: dict[str, subprocess.CompletedProcess | str] = {}
     todo = []
     for doc in sorted(RUNNABLE, key=lambda d: -len("".join(bash_blocks(d)))):  # the longest first
@@ -142,7 +226,7 @@ def doc_runs(workspace, tmp_path_factory) -> dict[str, subprocess.CompletedProce
         else:
             todo.append(doc)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {doc.name: pool.submit(_run_doc, doc, workspace, tmp_path_factory.mktemp(doc.stem)) for doc in todo}
+        futures = {doc.name: pool.submit(_run_doc, doc, workspace, tmp_path_factory.mktemp(doc.stem), client) for doc in todo}
         results.update({name: future.result() for name, future in futures.items()})
     return results
 
@@ -155,3 +239,30 @@ def test_doc_examples_run(doc: Path, doc_runs):
     last_block = ([line for line in result.stderr.splitlines() if line.startswith("### block")] or ["before any block"])[-1]
     assert result.returncode == 0, f"{doc.name}, {last_block} failed:\n{result.stderr[-3000:]}"
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr[-3000:]
+
+
+def test_the_examples_mmcli_keeps_exit_codes_streams_folder_and_environment(fork_server, workspace, tmp_path):
+    """`mmcli` as the examples run it (through the fork server where it runs) behaves as
+    the command: exit status, stdin, stdout, stderr, and each call's folder and environment."""
+    from mmcli import __version__
+
+    script = f"""set -eu
+mmcli --version
+echo '{{"text": "a crimson roundish thing"}}' | mmcli predict {workspace / "RUN"} - > predicted.jsonl
+mmcli train does-not-exist.csv --quiet 2> error.txt || echo "train: exit $?"
+MMCLI_CONFIG=nope.yaml mmcli preprocess {workspace / "data"} --quiet 2>&1 || echo "preprocess: exit $?"
+(cd {workspace} && mmcli evaluate RUN --json) > evaluated.json
+mmcli no-such-command
+echo "not reached"
+"""
+    result = _bash(script, tmp_path, workspace / "defaults.yaml", workspace.parent / "cache",
+                   fork_server.client() if fork_server else None)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "No such command 'no-such-command'" in result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"mmcli {__version__}"
+    assert "train: exit 2" in lines and "preprocess: exit 2" in lines and "not reached" not in lines, result.stdout
+    assert "MMCLI_CONFIG=nope.yaml: no such file" in result.stdout
+    assert "does-not-exist.csv" in (tmp_path / "error.txt").read_text()
+    assert json.loads((tmp_path / "predicted.jsonl").read_text())["modalities_used"] == ["text"]
+    assert "accuracy" in json.loads((tmp_path / "evaluated.json").read_text())
