@@ -220,16 +220,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"config key 'model.{key}' must be in [0, 1), got {getattr(config.model, key)}")
     if config.model.aux_loss_weight < 0:
         raise ConfigError("config key 'model.aux_loss_weight' must not be negative")
-    if config.train.loader_workers is not None and config.train.loader_workers < 0:
-        raise ConfigError(f"config key 'train.loader_workers' must be 0 or more, got {config.train.loader_workers}")
-    if config.train.prefetch < 1:
-        raise ConfigError(f"config key 'train.prefetch' must be at least 1, got {config.train.prefetch}")
-    if config.train.accumulate < 1:
-        raise ConfigError(f"config key 'train.accumulate' must be at least 1, got {config.train.accumulate}")
-    for key, allowed in (("class_weights", ("none", "balanced")), ("sampler", ("random", "weighted")), ("precision", ("fp32", "bf16", "fp16")),
-                         ("logger", ("none", "tensorboard"))):
-        if getattr(config.train, key) not in allowed:
-            raise ConfigError(f"config key 'train.{key}' must be one of {', '.join(allowed)}, got '{getattr(config.train, key)}'")
+    _validate_train(config.train)
     if config.model.crossmodal not in (None, "align", "translate"):
         raise ConfigError(f"config key 'model.crossmodal' must be align or translate, got '{config.model.crossmodal}'")
     if config.model.translate_weight < 0 or config.train.align_epochs < 0:
@@ -240,6 +231,19 @@ def validate(config: Config) -> None:
         raise ConfigError("config key 'data.label_separator' must not be empty")
     if config.train.lr <= 0:
         raise ConfigError(f"config key 'train.lr' must be positive, got {config.train.lr}")
+
+
+def _validate_train(train: TrainConfig) -> None:
+    if train.loader_workers is not None and train.loader_workers < 0:
+        raise ConfigError(f"config key 'train.loader_workers' must be 0 or more, got {train.loader_workers}")
+    if train.prefetch < 1:
+        raise ConfigError(f"config key 'train.prefetch' must be at least 1, got {train.prefetch}")
+    if train.accumulate < 1:
+        raise ConfigError(f"config key 'train.accumulate' must be at least 1, got {train.accumulate}")
+    for key, allowed in (("class_weights", ("none", "balanced")), ("sampler", ("random", "weighted")), ("precision", ("fp32", "bf16", "fp16")),
+                         ("logger", ("none", "tensorboard"))):
+        if getattr(train, key) not in allowed:
+            raise ConfigError(f"config key 'train.{key}' must be one of {', '.join(allowed)}, got '{getattr(train, key)}'")
 
 
 class _Loader(yaml.SafeLoader):
