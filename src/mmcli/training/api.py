@@ -189,7 +189,10 @@ def resume(run: Path, cache_dir: str | None = None, progress: FitProgress | None
     generator = seed_everything(config.train.seed, config.train.deterministic)
     with skip_pretrained():  # the checkpoint's weights replace them
         model = build(config, data.specs, task.n_outputs(data.labels))
-    runs.load_weights(model, work / "last.safetensors")
+    if "model" in checkpoint:  # the weights of the checkpoint's own epoch
+        model.load_state_dict(checkpoint["model"])
+    else:  # a checkpoint written before the weights went into it
+        runs.load_weights(model, work / "last.safetensors")
     info = runs.read_json(work / "provenance.json")
     info["resumed_from_epoch"] = checkpoint["epoch"]
     return _fit_and_publish(model, task, data, config, work, run, generator, progress, info, True, checkpoint, cache_dir)

@@ -190,8 +190,8 @@ CHECKPOINT = "checkpoint.pt"
 def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path, labels: list[str],
         generator: torch.Generator, progress: FitProgress | None = None, resume: dict | None = None,
         cache_dir: str | None = None) -> FitResult:
-    """Train with early stopping. After every epoch the optimizer, scheduler, random states
-    and early-stopping counters go to checkpoint.pt beside last.safetensors, so `resume`
+    """Train with early stopping. After every epoch the weights, optimizer, scheduler, random states
+    and early-stopping counters go to checkpoint.pt (one file), so `resume`
     (that checkpoint, loaded) continues exactly where an interrupted run stopped."""
     from mmcli.training import distributed
 
@@ -249,11 +249,15 @@ def _history(run_dir: Path, epochs: int) -> list[dict[str, Any]]:
     return kept
 
 
-def _save_checkpoint(run_dir: Path, epoch: int, stepper: Stepper, generator, result, stale: int) -> None:
+def _save_checkpoint(run_dir: Path, epoch: int, stepper: Stepper, generator, result, stale: int, model) -> None:
+    """Everything `--resume` needs, in one file written atomically: the weights too, since
+    a kill between writing last.safetensors and this file would otherwise pair one
+    epoch's weights with the previous epoch's optimizer and random states."""
     import io
 
     buffer = io.BytesIO()
-    torch.save({"epoch": epoch, **stepper.state_dict(),
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"epoch": epoch, "model": weights, **stepper.state_dict(),
                 "torch_rng": torch.get_rng_state(), "generator": generator.get_state(),
                 "best_epoch": result.best_epoch, "best_metric": result.best_metric, "stale": stale}, buffer)
     runs.write_atomic(run_dir / CHECKPOINT, buffer.getvalue())
@@ -328,7 +332,7 @@ def _epochs(model, task, train, val, config, run_dir, labels, generator, progres
         with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         result.history.append(record)
-        _save_checkpoint(run_dir, epoch, stepper, generator, result, stale)
+        _save_checkpoint(run_dir, epoch, stepper, generator, result, stale, model)
         progress.epoch_end(record)
         if logger is not None:  # metrics.jsonl stays the source of truth; this is a view of it
             for key, v in record.items():
