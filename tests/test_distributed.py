@@ -29,12 +29,14 @@ def test_two_processes_train_like_one_with_the_same_global_batch(toy_small, tmp_
     scratch = tmp_path / "tmp"  # where the other ranks' throwaway folders go
     scratch.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch)}
-    ddp = _mmcli("train", toy_small, *ARGS, "--nproc", "2", "--out", tmp_path / "ddp", env=env)
+    # each rank's batches come from a loader worker of its own (the shard is taken in the rank)
+    ddp = _mmcli("train", toy_small, *ARGS, "--nproc", "2", "--loader-workers", "1", "--out", tmp_path / "ddp", env=env)
     _mmcli("train", toy_small, *ARGS, "--out", tmp_path / "single")
     info = json.loads((tmp_path / "ddp" / "provenance.json").read_text())
     train_examples = json.loads((tmp_path / "ddp" / "data.json").read_text())["splits"]["train"]
     # both ranks took part, each on half of every global batch
     assert info["world_size"] == 2
+    assert "loader_workers: 1" in (tmp_path / "ddp" / "config.yaml").read_text()
     assert sum(info["examples_per_rank"]) == 3 * train_examples and min(info["examples_per_rank"]) >= train_examples
     # only rank 0 wrote: one run folder, no other folder left anywhere
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "single", "tmp"]
