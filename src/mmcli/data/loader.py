@@ -103,8 +103,8 @@ class _Order(torch.utils.data.Sampler):
         return (self.n + self.batch_size - 1) // self.batch_size
 
 
-def _keep(batch: dict) -> dict:
-    return batch  # no collation: a worker's batch is already whole
+def _keep(packed: tuple[torch.Tensor, list]) -> tuple[torch.Tensor, list]:
+    return packed  # no collation: a worker's batch is already whole
 
 
 class Loader:
@@ -114,10 +114,7 @@ class Loader:
                  generator: torch.Generator | None = None, weights: torch.Tensor | None = None,
                  shard: Callable | None = None, workers: int = 0, prefetch: int = 2, pin_memory: bool = False,
                  device: torch.device | None = None) -> None:
-        if workers < 0:
-            raise ValueError(f"loader workers must be 0 or more, got {workers}")
-        self.data, self.config, self.batch_size, self.device = data, config, batch_size, device
-        self.workers, self.pin_memory = workers, pin_memory
+        self.data, self.config, self.device = data, config, device
         self.sampler = _Order(len(data), batch_size, shuffle=shuffle, generator=generator, weights=weights, shard=shard)
         self._loader = None
         if workers > 0 or pin_memory:
