@@ -219,11 +219,13 @@ def test_a_job_refuses_to_run_twice_or_on_changed_data(tmp_path):
 
 
 def test_a_failing_job_among_parallel_ones_reports_its_own_error(toy_small, tmp_path):
-    """A learning rate that makes the loss infinite: with --jobs 2 the job's error (exit 1,
-    lower --lr) comes back, the other workers are stopped, and no internal error."""
+    """A learning rate that makes the loss overflow (the largest one allowed, in fp16): with
+    --jobs 2 the job's error (exit 1, lower --lr) comes back, the other workers are
+    stopped, and no internal error."""
     out = tmp_path / "cmp"
-    result = cli("compare", "unimodal:audio", "unimodal:text", "--data", toy_small, "--epochs", "2", "--jobs", "2",
-                 "--set", "train.lr=1e30", "--set", "train.grad_clip=0", "--out", out, check=False)
+    result = cli("compare", "unimodal:audio", "unimodal:text", "--data", toy_small, "--epochs", "3", "--jobs", "2",
+                 "--set", "train.lr=10", "--set", "train.grad_clip=0", "--set", "train.precision=fp16", "--out", out,
+                 check=False)
     assert result.returncode == 1, result.stderr
     assert "the training loss became" in result.stderr and "lower --lr" in result.stderr
     assert "AttributeError" not in result.stderr and "internal error" not in result.stderr

@@ -58,6 +58,31 @@ def test_every_page_is_linked_from_the_index():
     assert [p for p in pages if f"({p})" not in index] == []
 
 
+TEST_ID = re.compile(r"^(tests/[\w/]+\.py)::(\w+)(?:\[(.+)\])?$")
+
+
+def hostile_rows() -> list[list[str]]:
+    text = (ROOT / "docs" / "hostile-inputs.md").read_text(encoding="utf-8")
+    rows = [line.strip().strip("|").split(" | ") for line in text.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row] for row in rows if row[0].strip() != "input or fault"]
+
+
+def test_every_hostile_input_in_the_table_is_driven_by_a_test_that_exists():
+    """docs/hostile-inputs.md: at least 80 inputs and faults, each naming a test function
+    that exists (and, for a parametrized case, whose case id appears in its file)."""
+    rows = hostile_rows()
+    assert len(rows) >= 80, len(rows)
+    assert len({r[0] for r in rows}) == len(rows), "an input is listed twice"
+    for row in rows:
+        assert len(row) == 3 and row[1], row
+        match = TEST_ID.match(row[2])
+        assert match, f"not a test id: {row[2]!r}"
+        path, function, case = match.groups()
+        source = (ROOT / path).read_text(encoding="utf-8")
+        assert re.search(rf"^def {function}\(", source, re.M), row[2]
+        assert case is None or case in source, row[2]
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     from typer.testing import CliRunner

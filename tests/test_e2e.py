@@ -269,7 +269,10 @@ def test_evaluate_on_other_data_keeps_the_test_score(toy_small, tmp_path):
     ok(run("train", toy_small, "--epochs", "1", "--modalities", "text", "--out", out))
     test_score = (out / "eval-test.json").read_text()
     scores = json.loads(ok(run("evaluate", out, "--data", toy_small, "--json")).stdout)
-    assert scores["split"] == "all" and scores["n_examples"] == 240
+    # every row, less those the run was trained or validated on (tests/test_splits_record.py)
+    seen = sum(json.loads((out / "data.json").read_text())["splits"][s] for s in ("train", "val"))
+    assert scores["split"] == "all" and scores["n_examples"] + scores["left_out_seen_rows"] == 240
+    assert scores["left_out_seen_rows"] >= seen
     assert (out / "eval-test.json").read_text() == test_score
     assert (out / "eval-manifest-all.json").is_file()
 

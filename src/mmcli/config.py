@@ -1,14 +1,16 @@
 """Typed, validated configuration: one dataclass per section, YAML in and out.
 
 A config comes from defaults, then a YAML file, then command-line flags, then
-`--set section.key=value` expressions, in that order. Unknown keys and wrong types are
-a `ConfigError` that names the key. The resolved config is saved in every run folder.
+`--set section.key=value` expressions, in that order. Unknown keys, wrong types and values
+outside the range a key declares (`ranged`) are a `ConfigError` that names the key and what
+it must be. YAML files are read within bounds (mmcli.yamlio). The resolved config is saved
+in every run folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,8 +20,47 @@ from typing import Any, Optional, Union
 import yaml
 
 from mmcli.errors import ConfigError
+from mmcli.yamlio import YamlTooBig, load_yaml, read_yaml  # noqa: F401  (re-exported: config files are read there)
 
 MODALITY_KINDS = ("image", "text", "audio", "tabular")
+SEEDS = (0, 2**63 - 1)  # what every random number generator mmcli seeds accepts
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric config key (or each item of a list key) may take; `length`:
+    how many items a list key holds. Declared beside each field, checked in `_check_range`."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+    length: Optional[tuple[int, int]] = None
+
+    def holds(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = self.lo < value if self.lo_open else self.lo <= value
+        return above and (value < self.hi if self.hi_open else value <= self.hi)
+
+    def describe(self, integer: bool) -> str:
+        """What a key with this range must be, as the messages and docs/hostile-inputs.md say it."""
+        if self.length is not None:
+            lo, hi = self.length
+            each = dataclasses.replace(self, length=None).describe(False)
+            return f"a list of {lo if lo == hi else f'{lo} to {hi}'} numbers, each {each}"
+        if integer:
+            return f"an integer in {self.lo}..{self.hi}"
+        return f"a number in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+def ranged(default: Any, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False,
+           length: Optional[tuple[int, int]] = None) -> Any:
+    """A dataclass field with its allowed range; a callable default is a list's factory."""
+    meta = {"range": Range(lo, hi, lo_open, hi_open, length)}
+    if callable(default):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -37,22 +78,23 @@ class DataConfig:
     id_column: str = "id"
     split_column: str = "split"
     modalities: dict[str, ModalityConfig] = field(default_factory=dict)
-    split_seed: Optional[int] = None  # None: the training seed
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    image_size: int = 64
-    image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    image_std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
-    text_max_len: int = 32
-    vocab_size: int = 2000
-    sample_rate: int = 16000
-    n_mels: int = 64
-    n_fft: int = 512
-    hop_length: int = 256
-    win_length: Optional[int] = None  # audio: the analysis window's length in samples (None: n_fft)
+    split_seed: Optional[int] = ranged(None, *SEEDS)  # None: the training seed
+    val_fraction: float = ranged(0.1, 0, 1, hi_open=True)
+    test_fraction: float = ranged(0.2, 0, 1, hi_open=True)
+    image_size: int = ranged(64, 4, 1024)  # 4: the default image.cnn's stem reads 4x4 patches
+    image_mean: list[float] = ranged(lambda: [0.5, 0.5, 0.5], 0, 1, length=(3, 3))  # per RGB channel, pixels in [0, 1]
+    image_std: list[float] = ranged(lambda: [0.25, 0.25, 0.25], 0.001, 10, length=(3, 3))
+    text_max_len: int = ranged(32, 1, 1024)
+    vocab_size: int = ranged(2000, 3, 1_000_000)
+    sample_rate: int = ranged(16000, 1000, 384_000)
+    n_mels: int = ranged(64, 1, 512)
+    n_fft: int = ranged(512, 8, 16384)
+    hop_length: int = ranged(256, 1, 16384)
+    win_length: Optional[int] = ranged(None, 1, 16384)  # audio: the analysis window's length in samples (None: n_fft)
     window: str = "hann"  # audio: the window's shape (any that scipy.signal.get_window knows: hann, hamming, ...)
-    max_seconds: float = 2.0
+    max_seconds: float = ranged(2.0, 0, 3600, lo_open=True)
     on_error: str = "fail"
+    missing: str = "fail"  # a row lacking some modality: fail (a bad row) or allow (kept, masked as in predict)
     label_separator: str = "|"  # multilabel: labels joined by this in the label column
 
 
@@ -66,25 +108,25 @@ class ModelConfig:
     task: str = "classification"
     task_options: dict[str, Any] = field(default_factory=dict)  # retrieval and captioning settings
     loss: Optional[str] = None  # None: the task's own; regression: mse or huber
-    feature_dim: int = 128
-    hidden_dim: int = 128
-    dropout: float = 0.1
-    modality_dropout: float = 0.0  # training: hide each modality of an example with this rate
-    aux_loss_weight: float = 0.0  # weight of the per-modality auxiliary losses (0: none)
+    feature_dim: int = ranged(128, 1, 4096)
+    hidden_dim: int = ranged(128, 1, 4096)
+    dropout: float = ranged(0.1, 0, 1, hi_open=True)
+    modality_dropout: float = ranged(0.0, 0, 1, hi_open=True)  # training: hide each modality of an example with this rate
+    aux_loss_weight: float = ranged(0.0, 0, 1000)  # weight of the per-modality auxiliary losses (0: none)
     crossmodal: Optional[str] = None  # align (contrastive pre-alignment) or translate (MCTN-style; source = first modality)
-    translate_weight: float = 1.0  # translate: weight of the translation loss
+    translate_weight: float = ranged(1.0, 0, 1000)  # translate: weight of the translation loss
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 0.01
-    warmup_epochs: float = 1.0
-    patience: int = 5
-    grad_clip: float = 1.0
-    seed: int = 0
+    epochs: int = ranged(12, 1, 100_000)
+    batch_size: int = ranged(64, 1, 65536)
+    lr: float = ranged(3e-3, 0, 10, lo_open=True)
+    weight_decay: float = ranged(0.01, 0, 10)
+    warmup_epochs: float = ranged(1.0, 0, 100_000)
+    patience: int = ranged(5, 0, 100_000)  # 0: no early stopping
+    grad_clip: float = ranged(1.0, 0, 1e6)  # 0: no clipping
+    seed: int = ranged(0, *SEEDS)
     device: str = "auto"
     deterministic: bool = False
     gradient_blending: bool = False  # weigh the fused and per-modality losses (Wang et al., 2020)
@@ -92,19 +134,19 @@ class TrainConfig:
     sampler: str = "random"  # classification: random or weighted (rare classes drawn as often as common)
     logger: str = "none"  # none or tensorboard (events in the run folder's tensorboard/)
     precision: str = "fp32"  # fp32, bf16 or fp16 (through torch.autocast; fp16 with a gradient scaler)
-    accumulate: int = 1  # batches per optimizer step (gradient accumulation)
+    accumulate: int = ranged(1, 1, 1024)  # batches per optimizer step (gradient accumulation)
     compile: bool = False  # torch.compile the encoders (opt-in: compiling takes a while)
     feature_cache: bool = True  # frozen encoders: compute their features once, into the cache folder
-    align_epochs: int = 3  # model.crossmodal=align: epochs of contrastive alignment before fine-tuning
-    loader_workers: Optional[int] = None  # processes that assemble batches; None: 0 on the CPU, up to 4 with a GPU
-    prefetch: int = 2  # batches each loader worker prepares ahead
+    align_epochs: int = ranged(3, 0, 100_000)  # model.crossmodal=align: epochs of contrastive alignment before fine-tuning
+    loader_workers: Optional[int] = ranged(None, 0, 64)  # processes that assemble batches; None: 0 on the CPU, up to 4 with a GPU
+    prefetch: int = ranged(2, 1, 64)  # batches each loader worker prepares ahead
 
 
 @dataclass
 class EvalConfig:
     split: str = "test"
     metric: Optional[str] = None  # None: the task's own (accuracy, micro_f1, mae)
-    batch_size: int = 256
+    batch_size: int = ranged(256, 1, 65536)
 
 
 @dataclass
@@ -176,8 +218,41 @@ def from_dict(values: dict[str, Any] | None) -> Config:
     return config
 
 
+def _check_ranges(section: Any, prefix: str) -> None:
+    """Every numeric key (and every item of a list key) against the range its field declares."""
+    for f in dataclasses.fields(section):
+        limits, value, key = f.metadata.get("range"), getattr(section, f.name), f"{prefix}.{f.name}"
+        if limits is None or value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        lo, hi = limits.length or (1, 1)
+        if not lo <= len(items) <= hi or not all(limits.holds(v) for v in items):
+            raise ConfigError(f"config key '{key}' must be {limits.describe(isinstance(value, int))}, got {value!r:.80}")
+
+
+# the input values of one batch of images or spectrograms, as float32: beyond this, one
+# batch alone would take more than 2 GiB
+BATCH_VALUES = 2**29
+
+
+def _check_batch_size(config: Config) -> None:
+    d = config.data
+    frames = int(d.max_seconds * d.sample_rate) // d.hop_length + 1  # as mmcli.data.decode.audio_frames
+    for key, batch in (("train.batch_size", config.train.batch_size), ("eval.batch_size", config.eval.batch_size)):
+        for what, per_example in ((f"images of data.image_size={d.image_size}", 3 * d.image_size**2),
+                                  (f"spectrograms of data.n_mels={d.n_mels} x {frames} frames (data.max_seconds, "
+                                   f"sample_rate, hop_length)", d.n_mels * frames)):
+            if batch * per_example > BATCH_VALUES:
+                raise ConfigError(f"config key '{key}': one batch of {batch} {what} would take "
+                                  f"{batch * per_example * 4 / 2**30:.1f} GiB (at most {BATCH_VALUES * 4 // 2**30} GiB); "
+                                  f"lower {key} to at most {BATCH_VALUES // per_example} or make the inputs smaller")
+
+
 def validate(config: Config) -> None:
-    """Checks that span keys; types were checked while building."""
+    """Each key against its declared range, then the checks that span keys; types were
+    checked while building."""
+    for section in dataclasses.fields(config):
+        _check_ranges(getattr(config, section.name), section.name)
     for name, mod in config.data.modalities.items():
         if mod.kind not in MODALITY_KINDS:
             raise ConfigError(
@@ -193,17 +268,12 @@ def validate(config: Config) -> None:
             raise ConfigError(f"config key 'data.modalities.{name}.column' is missing: the column that holds the {mod.kind}")
     if config.data.on_error not in ("fail", "skip"):
         raise ConfigError("config key 'data.on_error' must be 'fail' or 'skip'")
-    for key in ("val_fraction", "test_fraction"):
-        value = getattr(config.data, key)
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"config key 'data.{key}' must be in [0, 1), got {value}")
-    if config.train.epochs < 1 or config.train.batch_size < 1:
-        raise ConfigError("config keys 'train.epochs' and 'train.batch_size' must be at least 1")
-    for section, keys in (("data", ("image_size", "n_mels", "n_fft", "hop_length", "sample_rate", "text_max_len", "max_seconds")),
-                          ("model", ("feature_dim", "hidden_dim")), ("eval", ("batch_size",))):
-        for key in keys:
-            if getattr(getattr(config, section), key) <= 0:
-                raise ConfigError(f"config key '{section}.{key}' must be positive, got {getattr(getattr(config, section), key)}")
+    if config.data.missing not in ("fail", "allow"):
+        raise ConfigError(f"config key 'data.missing' must be 'fail' or 'allow', not '{config.data.missing}'")
+    if config.data.val_fraction + config.data.test_fraction >= 1:
+        raise ConfigError(f"config keys 'data.val_fraction' + 'data.test_fraction' must be below 1 (training needs rows), "
+                          f"got {config.data.val_fraction} + {config.data.test_fraction}")
+    _check_batch_size(config)
     if config.data.win_length is not None and not 0 < config.data.win_length <= config.data.n_fft:
         raise ConfigError(f"config key 'data.win_length' must be in 1..n_fft ({config.data.n_fft}), got {config.data.win_length}")
     if config.data.window != "hann":
@@ -213,66 +283,20 @@ def validate(config: Config) -> None:
             get_window(config.data.window, 16)
         except ValueError:
             raise ConfigError(f"config key 'data.window': unknown window '{config.data.window}' (e.g. hann, hamming, blackman)") from None
-    if config.data.vocab_size < 3:
-        raise ConfigError(f"config key 'data.vocab_size' must be at least 3, got {config.data.vocab_size}")
-    for key in ("modality_dropout", "dropout"):
-        if not 0.0 <= getattr(config.model, key) < 1.0:
-            raise ConfigError(f"config key 'model.{key}' must be in [0, 1), got {getattr(config.model, key)}")
-    if config.model.aux_loss_weight < 0:
-        raise ConfigError("config key 'model.aux_loss_weight' must not be negative")
     _validate_train(config.train)
     if config.model.crossmodal not in (None, "align", "translate"):
         raise ConfigError(f"config key 'model.crossmodal' must be align or translate, got '{config.model.crossmodal}'")
-    if config.model.translate_weight < 0 or config.train.align_epochs < 0:
-        raise ConfigError("config keys 'model.translate_weight' and 'train.align_epochs' must not be negative")
     if config.model.loss not in (None, "mse", "huber"):
         raise ConfigError(f"config key 'model.loss' must be mse or huber (regression), got '{config.model.loss}'")
     if not config.data.label_separator:
         raise ConfigError("config key 'data.label_separator' must not be empty")
-    if config.train.lr <= 0:
-        raise ConfigError(f"config key 'train.lr' must be positive, got {config.train.lr}")
 
 
 def _validate_train(train: TrainConfig) -> None:
-    if train.loader_workers is not None and train.loader_workers < 0:
-        raise ConfigError(f"config key 'train.loader_workers' must be 0 or more, got {train.loader_workers}")
-    if train.prefetch < 1:
-        raise ConfigError(f"config key 'train.prefetch' must be at least 1, got {train.prefetch}")
-    if train.accumulate < 1:
-        raise ConfigError(f"config key 'train.accumulate' must be at least 1, got {train.accumulate}")
     for key, allowed in (("class_weights", ("none", "balanced")), ("sampler", ("random", "weighted")), ("precision", ("fp32", "bf16", "fp16")),
                          ("logger", ("none", "tensorboard"))):
         if getattr(train, key) not in allowed:
             raise ConfigError(f"config key 'train.{key}' must be one of {', '.join(allowed)}, got '{getattr(train, key)}'")
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads 1e-3 as a float (YAML 1.1 wants a dot: 1.0e-3)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
-
-
-def read_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
-
-
-def load_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    try:
-        values = read_yaml(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections")
-    return values
 
 
 def parse_set(expr: str) -> tuple[list[str], Any]:

@@ -6,7 +6,10 @@ Exit codes: 2 for bad input or usage (`UsageError`, `DataError`, `ConfigError`),
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
+from typing import Iterator
 
 
 class MmcliError(Exception):
@@ -74,3 +77,16 @@ class DataError(UsageError):
         if len(self.rows) > len(shown):
             lines.append(f"  ... and {len(self.rows) - len(shown)} more")
         return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Name `path` in an OSError raised while writing there: write() on a full disk raises
+    ENOSPC without a file name, and "No space left on device" alone does not say which
+    disk (the CLI reports an OSError as "FILE: reason")."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc

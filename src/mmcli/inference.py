@@ -8,6 +8,7 @@ modalities were used. An example with none of the run's modalities is an error.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,10 +18,13 @@ import torch
 from mmcli.data import decode, tabular
 from mmcli.data import text as text_mod
 from mmcli.data.dataset import Encoded
+from mmcli.data.manifest import media_path
 from mmcli.errors import BadRow, DataError
 from mmcli.pipeline import LoadedRun
 from mmcli.training.loop import predict_outputs
 from mmcli.training.setup import pick_device
+
+LOG = logging.getLogger("mmcli")
 
 
 @dataclass
@@ -88,13 +92,13 @@ def _decode_record(run: LoadedRun, rec: Record) -> tuple[dict[str, Any], list[Ba
             problems += [BadRow(rec.source, rec.row, c, f"'{v}' is not a number", rec.line) for c, v in bad]
             values[name] = cells
             continue
-        path = Path(raw) if Path(raw).is_absolute() else rec.base / raw
         try:
-            if not path.is_file():
-                raise decode.DecodeError(f"file not found: {raw}")
-            values[name] = decode.decode_image(path, run.config.data) if spec.kind == "image" else decode.decode_audio(path, run.config.data)
+            tensor, length, warned = decode.decode_file(spec.kind, media_path(rec.base, raw), run.config.data)
+            values[name] = tensor if spec.kind == "image" else (tensor, length)
+            for text in warned:
+                LOG.warning("%s", BadRow(rec.source, rec.row, run.columns[name], f"{raw}: {text}", rec.line))
         except decode.DecodeError as exc:
-            problems.append(BadRow(rec.source, rec.row, run.columns[name], str(exc), rec.line))
+            problems.append(BadRow(rec.source, rec.row, run.columns[name], f"{exc}: {raw}", rec.line))
     if not values and not problems:
         wanted = ", ".join(run.specs)
         problems.append(BadRow(rec.source, rec.row, None, f"has none of the modalities this model reads ({wanted})", rec.line))

@@ -193,8 +193,8 @@ def build(config: Config, specs: dict[str, ModalitySpec], n_outputs: int) -> Mod
 def _construct(factory: Any, what: str, *args: Any, **kwargs: Any) -> nn.Module:
     try:
         return factory(*args, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"cannot build {what}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: torch refusing a size (negative, too large)
+        raise ConfigError(f"cannot build {what}: {str(exc)[:300]}") from None
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -7,23 +7,24 @@ run's own label map and tokenizers, so evaluate and predict see what training sa
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmcli import runs
-from mmcli.config import Config, ModalityConfig, from_dict, load_yaml
+from mmcli.config import Config, ModalityConfig
 from mmcli.data import text as text_mod
 from mmcli.data.dataset import Encoded, encode_table
 from mmcli.data.decode import audio_frames
-from mmcli.data.preprocess import BUILTIN_PREFIX, Progress, preprocess
+from mmcli.data.preprocess import BUILTIN_PREFIX, Progress, preprocess, warn_skipped
 from mmcli.data.splits import assign_splits
 from mmcli.data.table import Table
 from mmcli.data.tabular import TabularCodec
-from mmcli.encoders import ENCODERS, ModalitySpec, skip_pretrained
-from mmcli.errors import BadRow, DataError, MmcliError
+from mmcli.encoders import ENCODERS, ModalitySpec
+from mmcli.errors import BadRow, DataError, MmcliError, UsageError
 from mmcli.heads import make_task
-from mmcli.models import Model, build, chosen_modalities, encoder_choice
+from mmcli.models import Model, chosen_modalities, encoder_choice
 
 
 @dataclass
@@ -91,8 +92,8 @@ def modality_kinds(config: Config) -> dict[str, str]:
 
             return {n: m["kind"] for n, m in json.loads((path / "table.json").read_text())["modalities"].items()}
         return {n: m.kind for n, m in detect_modalities(read_manifest(path), config.data).items()}
-    except (MmcliError, OSError, ValueError, KeyError):
-        return {}
+    except (MmcliError, OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return {}  # a damaged table.json is named when it is loaded
 
 
 def pretrained_text_model(config: Config, name: str) -> str | None:
@@ -115,6 +116,7 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
     task = make_task(config)
     table = preprocess(config.data.manifest, config.data, cache_dir, workers, progress, task.needs_label)
     values = task.target_values(table)
+    warn_skipped(table, cache_dir, values if task.stratify else None, config.data.label)  # before any error below
     if values is None:
         raise DataError(f"{table.source}: no label column '{config.data.label}'")
     splits = assign_splits(task.split_keys(values), table.given_splits, split_seed(config),
@@ -127,6 +129,10 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
     labels = task.names(train_values)
     if not labels:
         raise DataError(f"{table.source}: the training split has no label in column '{config.data.label}'")
+    if task.name == "classification" and len(labels) == 1:  # the loss is 0 and every score perfect from the start
+        logging.getLogger("mmcli").warning(
+            "%s: only one class ('%s') in the training data: the model can only predict it, so its accuracy "
+            "(1.0) and other metrics mean nothing; is '%s' the label column?", table.source, labels[0], config.data.label)
     _check_targets(task, table, splits, labels)  # before fit_state: it reads only usable values
     state = task.fit_state(train_values, labels)
     tokenizers = {name: make_tokenizer(config, name, [table.texts[name][i] for i in train_rows])
@@ -137,13 +143,14 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
     return RunData(config, table, splits, modalities, labels, tokenizers, specs, state)
 
 
-def _check_targets(task, table: Table, splits: list[str], labels: list[str]) -> None:
+def _check_targets(task, table: Table, splits: list[str], labels: list[str], rows: list[int] | None = None) -> None:
     """Every row's target must be usable by the task (a number for regression, a label seen
-    in training for classification); all problems are reported at once."""
+    in training for classification); all problems are reported at once. `rows`: the row of
+    the data each row of `table` came from, where `table` is a subset."""
     problems = task.check(task.target_values(table), splits, labels)
     if problems:
         column = task.config.data.label
-        bad = [BadRow(table.source, i + 1, column, reason) for i, reason in problems]
+        bad = [BadRow(table.source, (i if rows is None else rows[i]) + 1, column, reason) for i, reason in problems]
         what = "labels unseen in training" if task.name == "classification" else f"targets the {task.name} task cannot use"
         raise DataError(f"{table.source}: {what}", bad)
 
@@ -176,6 +183,10 @@ def save_run_inputs(run_dir: Path, rd: RunData) -> None:
         "splits": rd.counts(),
         "n_classes": len(rd.labels),
     })
+    from mmcli.data import membership
+
+    runs.write_json(run_dir / membership.FILE,
+                    membership.record(rd.table, rd.splits, rd.modalities, rd.task.target_values(rd.table)))
 
 
 @dataclass
@@ -201,26 +212,20 @@ class LoadedRun:
 
 
 def load_run(run_dir: Path, weights: str = "best") -> LoadedRun:
+    """A saved run, every file checked as it is read (mmcli.runfiles): a damaged or foreign
+    file is a UsageError that names it."""
+    from mmcli import runfiles
+
     runs.check_run_dir(run_dir)
-    config = from_dict(load_yaml(run_dir / "config.yaml"))
-    labels = runs.read_json(run_dir / "labels.json")
-    data = runs.read_json(run_dir / "data.json")
-    specs, columns = {}, {}
-    for name, spec in data["modalities"].items():
-        columns[name] = ModalityConfig(column=spec.pop("column"), kind=spec["kind"], columns=spec.pop("columns", []),
-                                       categorical=spec.pop("categorical", []))
-        specs[name] = ModalitySpec(**{**spec, "categories": tuple(spec.get("categories", ()))})
-    tokenizers = {n: text_mod.load_tokenizer(run_dir / fitted_file(n, "text"), config.data.text_max_len,
-                                             pretrained=s.tokenizer == "pretrained")
-                  for n, s in specs.items() if s.kind == "text"}
-    tokenizers.update({n: TabularCodec.load(run_dir / fitted_file(n, "tabular")) for n, s in specs.items() if s.kind == "tabular"})
-    state = runs.read_json(run_dir / "target.json") if (run_dir / "target.json").is_file() else {}
-    state.pop("task", None)
+    config = runfiles.read_config(run_dir)
+    specs, columns, n_classes = runfiles.read_data(run_dir, config)
+    labels = runfiles.read_labels(run_dir, n_classes)
+    tokenizers = runfiles.read_fitted(run_dir, config, specs, columns)
+    state = runfiles.read_target(run_dir, config, labels)
     task = make_task(config, state)
     if hasattr(task, "check_state"):
         task.check_state(str(run_dir))
-    with skip_pretrained():  # the run's own weights replace any pretrained ones
-        model = build(config, specs, task.n_outputs(labels))
+    model = runfiles.build_model(run_dir, config, specs, task.n_outputs(labels))
     meta = runs.load_weights(model, run_dir / f"{weights}.safetensors")
     model.eval()
     return LoadedRun(run_dir, config, labels, specs, columns, tokenizers, model, meta, state)
@@ -234,38 +239,90 @@ def run_manifest(run: LoadedRun) -> str:
     return str((run.path / manifest).resolve())
 
 
+@dataclass
+class RunRows:
+    """The rows `data_for_run` chose, encoded, with what the user must be told about them."""
+
+    encoded: Encoded
+    table: Table
+    split: str  # the split scored, or "all" for every row of other data
+    warnings: list[str] = field(default_factory=list)
+    left_out: int = 0  # rows of other data that the run was trained or validated on
+
+
 def data_for_run(run: LoadedRun, data: str | None, split: str | None, cache_dir: str | None = None,
-                 progress: Progress | None = None, require_label: bool = True,
-                 transform=None) -> tuple[Encoded, Table]:
+                 progress: Progress | None = None, require_label: bool = True, transform=None) -> RunRows:
     """Rows of `data` (default: the run's training data) encoded as the run expects.
 
-    On the run's own data the split is recomputed exactly as in training; on other data,
-    the split column is used when present, else every row is taken.
+    On the run's own data: the rows of `split` (default test) recorded in the run's
+    splits.json (mmcli.data.membership), or drawn again as in training for a run folder
+    without it. On other data: the split column's rows when it has one, else every row
+    (asking for a split of data without a split column is an error); either way without
+    the rows the run was trained or validated on.
     """
     same = data is None
     source = run_manifest(run) if same else data
     config = run.config.copy()
     if not same:
         config.data.modalities = {n: m for n, m in run.sources.items()}
+        config.data.missing = "allow"  # as predict does: a row lacking a modality is scored with it masked
     task = run.task
     require_label = require_label and task.needs_label
     table = preprocess(source, config.data, cache_dir, 1, progress, require_label)
     missing = [n for n in run.specs if n not in table.modalities]
     if missing:
         raise DataError(f"{source}: lacks the modalities this run uses: {', '.join(missing)}")
-    if same or (table.given_splits is not None and any(table.given_splits)):
+    chosen = _choose_rows(run, table, same, split, str(source))
+    table = table.subset(chosen.rows)
+    values = task.target_values(table)
+    if require_label and values is not None:
+        _check_targets(task, table, ["given"] * len(table), run.labels, chosen.rows)
+    if transform is not None:  # drop or corrupt a modality (robustness evaluation)
+        table = transform(table)
+    targets = (lambda v: task.encode(v, run.labels)) if values is not None else None
+    encoded = encode_table(table, list(run.specs), run.tokenizers, targets, values)
+    return RunRows(encoded, table, chosen.split, chosen.warnings, chosen.left_out)
+
+
+@dataclass
+class _Chosen:
+    rows: list[int]
+    split: str
+    warnings: list[str] = field(default_factory=list)
+    left_out: int = 0
+
+
+def _choose_rows(run: LoadedRun, table: Table, same: bool, split: str | None, source: str) -> _Chosen:
+    from mmcli.data import membership
+
+    task, config = run.task, run.config
+    has_column = table.given_splits is not None and any(table.given_splits)
+    if not same and not has_column:
+        if split is not None:
+            raise UsageError(f"{source}: has no split column, so --split {split} selects nothing; leave --split out "
+                             f"to score every row (rows this run was trained on are left out)")
+        rows, scope = list(range(len(table))), "all"
+    else:
+        scope = split or "test"
         values = task.target_values(table)
         keys = task.split_keys(values) if values is not None else None
         splits = assign_splits(keys, table.given_splits, split_seed(config),
                                config.data.val_fraction, config.data.test_fraction, table.source)
-        rows = [i for i, s in enumerate(splits) if split is None or s == split]
-        if not rows:
-            raise DataError(f"{source}: the {split} split is empty")
-        table = table.subset(rows)
-    values = task.target_values(table)
-    if require_label and values is not None:
-        _check_targets(task, table, ["given"] * len(table), run.labels)
-    if transform is not None:  # drop or corrupt a modality (robustness evaluation)
-        table = transform(table)
-    targets = (lambda v: task.encode(v, run.labels)) if values is not None else None
-    return encode_table(table, list(run.specs), run.tokenizers, targets, values), table
+        rows = [i for i, s in enumerate(splits) if s == scope]
+    record = membership.read_record(run.path)
+    chosen = _Chosen(rows, scope)
+    if record is None:
+        if same:
+            chosen.warnings.append(f"{run.path} records no split (an mmcli older than splits.json wrote it): the "
+                                   f"{scope} split was drawn again from {source} as it is now; rows added since "
+                                   f"training may have been training rows")
+    else:
+        prints = membership.fingerprints(table, list(run.specs), task.target_values(table))
+        if same:
+            picked = membership.own_rows(record, table, prints, scope, rows, source, run.path)
+        else:
+            picked = membership.unseen_rows(record, prints, rows, source)
+        chosen = _Chosen(picked.rows, scope, picked.warnings, picked.left_out)
+    if not chosen.rows:
+        raise DataError(f"{source}: the {scope} split is empty")
+    return chosen

@@ -39,9 +39,20 @@ def list_cache(cache_dir: CacheDirOpt = None) -> None:
 @app.command("clean")
 @handles_errors
 def clean_cache(cache_dir: CacheDirOpt = None) -> None:
-    """Delete every preprocessed entry and stored features (the built-in data sets are kept)."""
+    """Delete every preprocessed entry and stored features (the built-in data sets are kept).
+    Only what mmcli wrote goes: other files in the cache folders are kept and named."""
     from mmcli.data.cache import cache_root, clean
     from mmcli.reporting.console import log
 
-    count, freed = clean(cache_root(cache_dir))
-    log(f"removed {count} cache entries, {_size(freed)}")
+    root = cache_root(cache_dir)
+    done = clean(root)
+    log(f"removed {done.entries} cache entries, {_size(done.freed)}")
+    if done.busy:
+        log(f"left {len(done.busy)} entries that a running mmcli is preprocessing: {_names(root, done.busy)}")
+    if done.kept:
+        log(f"kept {len(done.kept)} files or folders that mmcli did not write: {_names(root, done.kept)}")
+
+
+def _names(root, paths, most: int = 5) -> str:
+    shown = [str(p.relative_to(root)) for p in paths[:most]]
+    return ", ".join(shown) + (f" and {len(paths) - most} more" if len(paths) > most else "")

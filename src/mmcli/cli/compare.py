@@ -30,7 +30,7 @@ def compare(
     metric: Annotated[Optional[str], typer.Option("--metric", help="Metric of the summary, the statistics and the verdicts (default: the task's, accuracy for classification).", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Base seed: the split's seed, and seed i trains with base + i.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for runs and results (default: runs/compare-<timestamp>). Rerunning into the same folder skips finished runs.", show_default=False)] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an existing comparison folder.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an existing comparison folder: deletes the files mmcli wrote there, and refuses if the folder holds any other file.")] = False,
     jobs: Annotated[str, typer.Option("--jobs", "-j", help="Runs at once, in separate processes that share the CPU cores; auto: one per core (at most 4) on the CPU, 1 on a GPU.")] = "auto",
     print_jobs: Annotated[bool, typer.Option("--print-jobs", help="Plan the comparison into --out, print one shell command per run and nothing else (for xargs -P, GNU parallel or a Slurm array); then use --collect.")] = False,
     job: Annotated[Optional[int], typer.Option("--job", min=0, help="Run only job K of the comparison planned in --out (what --print-jobs prints).", show_default=False)] = None,

@@ -17,7 +17,7 @@ from mmcli.cli.common import CacheDirOpt, QuietOpt, cache_arg, handles_errors, s
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder written by mmcli train.")],
     data: Annotated[Optional[str], typer.Option("--data", help="Other data to score (default: the run's training data, same split).", show_default=False)] = None,
-    split: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
+    split: Annotated[Optional[str], typer.Option("--split", help="train, val or test (default test; for --data without a split column, every row). Rows the run was trained or validated on are never scored as other data.", show_default=False)] = None,
     weights: Annotated[str, typer.Option("--weights", help="best or last.")] = "best",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout instead of tables.")] = False,
     drop: Annotated[Optional[list[str]], typer.Option("--drop", help="Evaluate with this modality absent, through the model's mask (repeatable).", show_default=False)] = None,
@@ -37,7 +37,7 @@ def evaluate(
     from mmcli.reporting.console import log, task_bar
 
     set_quiet(quiet)
-    if split not in ("train", "val", "test"):
+    if split is not None and split not in ("train", "val", "test"):
         raise UsageError(f"--split must be train, val or test, not '{split}'")
     if weights not in ("best", "last"):
         raise UsageError(f"--weights must be best or last, not '{weights}'")
@@ -48,6 +48,8 @@ def evaluate(
     with task_bar("preprocessing") as update:
         scores = evaluate_run(run, data, split, cache_arg(cache_dir), weights, update, device=device,
                               drops=drop or [], corruptions=corrupt or [], seed=seed)
+    for warning in scores.get("warnings", []):
+        log(f"warning: {warning}")
     if plots:
         from mmcli.evaluation.api import write_plots
 
@@ -82,13 +84,15 @@ def _show(scores: dict) -> None:
         show_table("confusion matrix (rows: true, columns: predicted)", ["true \\ pred", *short], rows, "table")
 
 
-def _robustness(run: Path, data, split: str, cache_dir, device: str, seed: int, as_json: bool) -> None:
+def _robustness(run: Path, data, split: str | None, cache_dir, device: str, seed: int, as_json: bool) -> None:
     from mmcli.evaluation.robustness import sweep
     from mmcli.reporting.console import log, task_bar
     from mmcli.reporting.tables import show_table
 
     with task_bar("robustness sweep") as update:
         result = sweep(run, data, split, cache_dir, device, seed, on_step=update)
+    for warning in result.get("warnings", []):
+        log(f"warning: {warning}")
     log(f"wrote {run / 'robustness.json'} and {', '.join(result['plots'])}")
     if as_json or not sys.stdout.isatty():
         sys.stdout.write(json.dumps(result) + "\n")

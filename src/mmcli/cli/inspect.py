@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -15,17 +14,16 @@ from mmcli.cli.common import handles_errors
 @handles_errors
 def inspect(run: Annotated[Path, typer.Argument(help="Run folder written by mmcli train.")]) -> None:
     """Summarise a run: variant, data, model, best epoch, metrics and size on disk."""
-    from mmcli import runs
-    from mmcli.config import from_dict, load_yaml
+    from mmcli import runfiles, runs
     from mmcli.reporting.tables import show_table
 
     runs.check_run_dir(run)
-    cfg = from_dict(load_yaml(run / "config.yaml"))
-    data = runs.read_json(run / "data.json")
-    prov = json.loads((run / "provenance.json").read_text(encoding="utf-8")) if (run / "provenance.json").is_file() else {}
-    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()] \
-        if (run / "metrics.jsonl").is_file() else []
-    evals = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(run.glob("eval-*.json"))}
+    cfg = runfiles.read_config(run)
+    runfiles.read_data(run, cfg)  # checked: a damaged data.json is named, not a crash below
+    data = runs.read_json(run / "data.json", dict)
+    prov = runs.read_json(run / "provenance.json", dict) if (run / "provenance.json").exists() else {}
+    history = runs.read_metrics(run)
+    evals = {p.stem: runs.read_json(p, dict) for p in sorted(run.glob("eval-*.json"))}
     size = sum(p.stat().st_size for p in run.rglob("*") if p.is_file())
     rows = [
         ("variant", prov.get("variant", "?")),

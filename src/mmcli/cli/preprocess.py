@@ -39,12 +39,12 @@ def preprocess(
         table = run(cfg.data.manifest, cfg.data, cache_arg(out or cache_dir), workers, update)
     log(f"{len(table)} examples in cache {table.key}; modalities: "
         + ", ".join(f"{n} ({m.kind}, " + (f"columns {', '.join(m.columns)})" if m.kind == "tabular" else f"column {m.column})")
-                    for n, m in table.modalities.items()))
-    if table.bad_rows:
-        from mmcli.data.cache import cache_root, tensor_dir
+                    + _lacking(table, n) for n, m in table.modalities.items()))
+    from mmcli.data.preprocess import skipped_message
 
-        listed = tensor_dir(cache_root(cache_arg(out or cache_dir))) / table.key / "bad_rows.csv"
-        log(f"skipped {len({r.row for r in table.bad_rows})} bad rows, listed in {listed}")
+    skipped = skipped_message(table, cache_arg(out or cache_dir))
+    if skipped:
+        log(skipped)
     if table.labels is None:
         return
     seed_value = cfg.train.seed if cfg.data.split_seed is None else cfg.data.split_seed
@@ -62,3 +62,9 @@ def preprocess(
             for label in sorted(set(table.labels))]
     rows.append(("all", *(splits.count(s) for s in ("train", "val", "test")), len(splits)))
     show_table("examples per split and class", ["label", "train", "val", "test", "total"], rows)
+
+
+def _lacking(table, name: str) -> str:
+    """' missing in N rows' for a modality that data.missing=allow kept rows without."""
+    absent = int((~table.present[name]).sum()) if name in table.present else 0
+    return f" missing in {absent} rows" if absent else ""

@@ -31,7 +31,7 @@ def train(
     precision: Annotated[Optional[str], typer.Option("--precision", help="fp32, bf16 or fp16 (mixed precision through torch.autocast; fp16 with a gradient scaler).", show_default=False)] = None,
     loader_workers: Annotated[Optional[int], typer.Option("--loader-workers", min=0, help="Processes that assemble batches from the cache while the model trains, kept from epoch to epoch (default: 0 on the CPU, up to 4 with a GPU, where batches also go to pinned memory).", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: runs/<variant>-<timestamp>).", show_default=False)] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder at --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder at --out, when the run ends; refused if the folder holds a file that mmcli did not write.")] = False,
     resume_run: Annotated[Optional[Path], typer.Option("--resume", help="Continue the interrupted training of this run folder (Ctrl-C or a kill) from its last finished epoch; its saved config is used.", show_default=False)] = None,
     sets: SetOpt = None,
     cache_dir: CacheDirOpt = None,

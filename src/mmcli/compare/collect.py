@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmcli import runs
+from mmcli import ledger, runs
 from mmcli.compare import attribution as attr
 from mmcli.compare import stats
 from mmcli.compare.runner import Plan, load_plan, read_cell
 from mmcli.compare.variants import subset_variant
+
+LOG = logging.getLogger("mmcli")
 
 
 @dataclass
@@ -149,8 +152,13 @@ def per_class(plan: Plan, saved: dict[int, dict[str, Any]], summary: list[dict[s
 
 # --------------------------------------------------------------------------- files
 
+OUTPUTS = ("results.csv", "summary.csv", "summary.json", "report.md", "attribution.json", "per_class.csv", "compare.png")
+
+
 def write_outputs(result: CompareResult, plan: Plan) -> None:
     out = result.out
+    for name in OUTPUTS:  # all or none: a user's file among them stops the writing before the first
+        ledger.check_replace(out / name)
     runs.write_atomic(out / "results.csv", to_csv(result.results))
     runs.write_atomic(out / "summary.csv", to_csv(result.summary))
     runs.write_json(out / "summary.json", result.summary)
@@ -158,8 +166,9 @@ def write_outputs(result: CompareResult, plan: Plan) -> None:
     optional = {"attribution.json": result.attribution is not None, "per_class.csv": bool(result.per_class),
                 "compare.png": any(r["mean"] is not None for r in result.summary)}
     for name, wanted in optional.items():
-        if not wanted:  # a file of an earlier plan in this folder would contradict the report
-            (out / name).unlink(missing_ok=True)
+        if not wanted and not ledger.discard(out / name):  # one of an earlier plan would contradict the report
+            LOG.warning("%s: kept, as mmcli cannot tell that it wrote it; it is not part of this comparison's report",
+                        out / name)
     if result.attribution is not None:
         runs.write_json(out / "attribution.json", {**result.attribution, "higher_is_better": plan.higher_is_better})
     if result.per_class:

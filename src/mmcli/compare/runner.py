@@ -16,14 +16,14 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from mmcli import runs
+from mmcli import ledger, runs
 from mmcli.compare.locking import job_lock
+from mmcli.compare.outdir import prepare_out  # noqa: F401 (the CLI imports it from here)
 from mmcli.compare.variants import Variant, expand
 from mmcli.config import Config, from_dict
 from mmcli.errors import UsageError
@@ -79,15 +79,6 @@ def load_plan(out: Path) -> Plan:
         return Plan.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{path}: cannot read the comparison plan ({exc})") from None
-
-
-def prepare_out(out: Path, overwrite: bool) -> None:
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / MARKER).is_file():
-            raise UsageError(f"{out}: folder exists, is not empty and holds no comparison; choose another --out")
-        if overwrite:
-            shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def variant_config(base: Config, variant: Variant, seed_index: int) -> Config:
@@ -203,7 +194,8 @@ def run_cell(plan: Plan, data: RunData, k: int, out: Path, fit_progress=None,
         if saved is not None:
             return saved, True
         for stale in folder.parent.glob(f".{folder.name}.partial-*"):  # left by a run that was killed
-            shutil.rmtree(stale, ignore_errors=True)
+            if (ledger.header(stale) or {}).get("kind") == "staging":  # only mmcli's, and only its files
+                ledger.remove_written(stale)
         outcome = train(cfg, folder, overwrite=True, data=data, progress=fit_progress, cache_dir=cache_dir)
         result = {"fingerprint": cell["fingerprint"], "variant": variant.name, "family": variant.family,
                   "seed": cell["seed"], "best_epoch": outcome.result.best_epoch,

@@ -9,6 +9,10 @@ is fitted on the training split, turns it into ids.
 
 from __future__ import annotations
 
+import math
+import os
+import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,50 @@ class DecodeError(Exception):
     """A file cannot be turned into a tensor; the message says why."""
 
 
+_FILE_TYPES = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_problem(path: Path) -> str | None:
+    """Why `path` is not a file to decode, or None. Asked of `stat` before anything opens
+    it: opening a FIFO would wait for a writer forever, and a device such as /dev/zero
+    never ends. Symbolic links are followed wherever they point, as absolute paths may."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return f"broken symbolic link (to {os.readlink(path)})" if os.path.islink(path) else "file not found"
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+    except ValueError:  # a NUL character, which no file name can hold
+        return "not a file name (it holds a NUL character)"
+    if stat.S_ISREG(mode):
+        return None
+    what = next((name for test, name in _FILE_TYPES if test(mode)), "something else")
+    return f"{what}, not a file" if what == "a folder" else f"{what}, not a regular file"
+
+
+def decode_file(kind: str, path: Path, config: DataConfig) -> tuple[torch.Tensor, int, list[str]]:
+    """One image or audio file: (tensor, audio frame count or 0, the decoders' warnings).
+
+    Every failure is the file's, whatever the library raises (Pillow, libsndfile and
+    librosa each have their own exceptions, and new ones with new versions), so one bad
+    file is one bad row, never a crash of the whole run. The decoders' warnings are
+    returned, not printed, for the caller to report with the row they belong to."""
+    problem = file_problem(path)
+    if problem is not None:
+        raise DecodeError(problem)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            value, length = (decode_image(path, config), 0) if kind == "image" else decode_audio(path, config)
+        except DecodeError:
+            raise
+        except Exception as exc:  # noqa: BLE001: see above
+            raise DecodeError(f"cannot decode {kind} ({type(exc).__name__}: {exc})") from None
+    notes = list(dict.fromkeys(str(w.message).strip() for w in caught))
+    return value, length, notes
+
+
 def decode_image(path: Path, config: DataConfig) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2 import functional as F
@@ -33,6 +81,8 @@ def decode_image(path: Path, config: DataConfig) -> torch.Tensor:
             img = _to_rgb(img)
     except UnidentifiedImageError:
         raise DecodeError("not an image that Pillow can read") from None
+    except Image.DecompressionBombError as exc:  # read from the header, before any pixel is decoded
+        raise DecodeError(f"image too large to decode safely: {exc.args[0].split(', could be')[0]}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise DecodeError(f"cannot decode image ({exc})") from None
     tensor = F.pil_to_tensor(img)
@@ -65,12 +115,23 @@ def decode_audio(path: Path, config: DataConfig) -> tuple[torch.Tensor, int]:
     import soundfile
 
     try:
-        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        with soundfile.SoundFile(str(path)) as handle:
+            rate = handle.samplerate
+            samples = handle.read(frames=_frames_used(rate, config), dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError, ValueError) as exc:
         raise DecodeError(f"cannot decode audio ({exc})") from None
     if samples.shape[0] == 0:
         raise DecodeError("audio has no samples")
+    if not np.isfinite(samples).all():  # float WAVs can hold them; the spectrogram of one is all NaN
+        raise DecodeError("audio holds NaN or infinite samples")
     return log_mel(samples.mean(axis=1), rate, config)
+
+
+def _frames_used(rate: int, config: DataConfig) -> int:
+    """The frames of a file at `rate` that make `max_seconds`, and a tenth of a second
+    more so that resampling sees what follows the cut: only these are read, so a file of
+    hours (or a header that claims 4 GB) costs what a short one does."""
+    return math.ceil(config.max_seconds * rate) + rate // 10 + 1
 
 
 def log_mel(samples: np.ndarray, rate: int, config: DataConfig) -> tuple[torch.Tensor, int]:
@@ -84,6 +145,9 @@ def log_mel(samples: np.ndarray, rate: int, config: DataConfig) -> tuple[torch.T
         win_length=config.win_length, window=config.window, n_mels=config.n_mels, center=True,
     )
     db = librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=None)
+    if not np.isfinite(db).all():  # float samples far outside [-1, 1] overflow the power to inf, then NaN
+        peak = float(np.abs(samples).max())
+        raise DecodeError(f"audio too loud to analyse: samples reach {peak:.3g} (float audio lies within [-1, 1])")
     db = np.clip(db, SILENCE_DB, 40.0)
     frames = audio_frames(config)
     out = np.full((config.n_mels, frames), SILENCE_DB, dtype=np.float32)

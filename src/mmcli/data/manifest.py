@@ -1,8 +1,8 @@
 """Reading manifests (CSV, TSV, JSONL) and finding their modalities.
 
 A manifest has one row per example; columns hold an image path, an audio path or text.
-Paths are relative to the manifest's folder. Modalities are detected from the columns
-(file extensions, strings) unless the config declares them.
+A path is absolute, `~/...`, or relative to the manifest's folder. Modalities are
+detected from the columns (file extensions, strings) unless the config declares them.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from mmcli.errors import BadRow, DataError, UsageError
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 
+LOG = logging.getLogger("mmcli")
+_TOLD: set[tuple] = set()  # sparse columns already warned about: detection runs several times a command
+
 
 @dataclass
 class Manifest:
@@ -26,6 +30,7 @@ class Manifest:
     columns: list[str]
     rows: list[dict[str, str]]
     lines: list[int]  # the line in the file where each row starts
+    keys: list[set[str]] | None = None  # JSONL: the keys each row has (a CSV row has every column)
 
     @property
     def root(self) -> Path:
@@ -35,6 +40,18 @@ class Manifest:
         return BadRow(self.path.name, index + 1, column, reason, self.lines[index])
 
 
+def media_path(root: Path, value: str) -> Path:
+    """The file a manifest cell names: an absolute path, `~/...`, or a path relative to
+    the manifest's folder (`root`), which may lead out of it (`../photos/a.jpg`)."""
+    path = Path(value)
+    if value.startswith("~"):
+        try:
+            path = path.expanduser()
+        except RuntimeError:  # ~someone who does not exist: a relative name that starts with ~
+            pass
+    return root / path  # an absolute `path` replaces `root`
+
+
 def find_manifest(data: str | Path) -> Path:
     path = Path(data)
     if path.is_dir():
@@ -42,8 +59,10 @@ def find_manifest(data: str | Path) -> Path:
             if (path / name).is_file():
                 return path / name
         raise UsageError(f"{path}: folder holds no manifest.csv, manifest.tsv or manifest.jsonl")
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"{path}: no such file or folder")
+    if not path.is_file():  # a FIFO would block the read below; a device would never end
+        raise UsageError(f"{path}: not a regular file (a manifest is a CSV, TSV or JSONL file)")
     return path
 
 
@@ -69,11 +88,16 @@ def read_manifest(data: str | Path) -> Manifest:
 
 def _read_delimited(path: Path, text: str, delimiter: str) -> Manifest:
     # lines end at \n or \r only: str.splitlines would also cut at \v, \f, \x1c-\x1e, U+2028 inside a caption
+    # a cell may be as long as the file: JSONL takes a text of any length, so CSV must too
+    # (Python's csv refuses fields over 131,072 characters by default)
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
     except StopIteration:
         raise DataError(f"{path}: the manifest is empty") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: line 1: {exc}") from None
     header = [h.strip() for h in header]
     if len(header) == 1 and delimiter == "," and ("\t" in header[0] or ";" in header[0]):
         raise DataError(f"{path}: header has one column '{header[0]}': is the delimiter a comma?")
@@ -88,6 +112,8 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Manifest:
             values = next(reader)
         except StopIteration:
             break
+        except csv.Error as exc:
+            raise DataError(f"{path}: cannot read", [BadRow(path.name, len(rows) + 1, None, str(exc), line)]) from None
         if not any(v.strip() for v in values):
             continue
         if len(values) != len(header):
@@ -118,7 +144,8 @@ def _read_jsonl(path: Path, text: str) -> Manifest:
         lines.append(number)
     if problems:
         raise DataError(f"{path}: lines that are not JSON objects", problems)
-    return Manifest(path, list(columns), [{c: r.get(c, "") for c in columns} for r in rows], lines)
+    return Manifest(path, list(columns), [{c: r.get(c, "") for c in columns} for r in rows], lines,
+                    [set(r) for r in rows])
 
 
 def detect_modalities(manifest: Manifest, config: DataConfig) -> dict[str, ModalityConfig]:
@@ -132,11 +159,16 @@ def detect_modalities(manifest: Manifest, config: DataConfig) -> dict[str, Modal
         return dict(config.modalities)
     reserved = {config.label, config.id_column, config.split_column}
     found: dict[str, ModalityConfig] = {}
-    numbers = []
+    numbers, sparse = [], []
     for column in manifest.columns:
         if column in reserved:
             continue
-        kind = _column_kind([row[column] for row in manifest.rows if row[column]])
+        values = [row[column] for row in manifest.rows if row[column].strip()]
+        if values and 2 * len(values) < len(manifest.rows):
+            sparse.append(column)  # filled in a few rows: notes, or one row's stray key, not what every row has
+            _tell_sparse(manifest, column, len(values))
+            continue
+        kind = _column_kind(values)
         if kind == "number":
             numbers.append(column)
         elif kind is not None:
@@ -146,10 +178,21 @@ def detect_modalities(manifest: Manifest, config: DataConfig) -> dict[str, Modal
         found[name] = ModalityConfig(kind="tabular", columns=numbers)
     if not found:
         raise DataError(
-            f"{manifest.path}: no image, audio, text or numeric column found among {manifest.columns}; "
-            "declare them under data.modalities in the config"
+            f"{manifest.path}: no image, audio, text or numeric column found among {manifest.columns}"
+            + (f" (filled in fewer than half the rows, so not detected: {', '.join(sparse)})" if sparse else "")
+            + "; declare them under data.modalities in the config"
         )
     return found
+
+
+def _tell_sparse(manifest: Manifest, column: str, filled: int) -> None:
+    told = (str(manifest.path), column, filled, len(manifest.rows))
+    if told in _TOLD:
+        return
+    _TOLD.add(told)
+    LOG.warning("%s: column '%s' is filled in only %d of %d rows, so it is not used as a modality; to use it, "
+                "declare it under data.modalities (and set data.missing=allow to keep the rows that leave it empty)",
+                manifest.path.name, column, filled, len(manifest.rows))
 
 
 def _column_kind(values: list[str]) -> str | None:

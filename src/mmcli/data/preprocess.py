@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -17,10 +16,10 @@ from typing import Callable
 import torch
 
 from mmcli.config import DataConfig, ModalityConfig
-from mmcli.data import cache, stream, tabular
-from mmcli.data.manifest import Manifest, detect_modalities, read_manifest
-from mmcli.data.table import Table, is_table, load_table
-from mmcli.errors import BadRow, DataError
+from mmcli.data import cache, decode, stream, tabular
+from mmcli.data.manifest import Manifest, detect_modalities, media_path, read_manifest
+from mmcli.data.table import Table, check_settings, is_table, load_table
+from mmcli.errors import BadRow, DataError, MmcliError, writing
 
 Progress = Callable[[int, int], None]
 BUILTIN_PREFIX = "builtin:"
@@ -47,7 +46,7 @@ def preprocess(data: str | Path | None, config: DataConfig, cache_dir: str | Pat
     root = cache.cache_root(cache_dir)
     source = resolve_source(data, root)
     if source.is_dir() and is_table(source):
-        return load_table(source)
+        return check_settings(load_table(source), config, source)
     manifest = read_manifest(source)
     modalities = detect_modalities(manifest, config)
     files = _referenced_files(manifest, modalities)
@@ -58,7 +57,7 @@ def preprocess(data: str | Path | None, config: DataConfig, cache_dir: str | Pat
         table = load_table(folder)
         table.source = _source_name(data)
         return table
-    with stream.building(folder):
+    with writing(folder), stream.building(folder):  # a full disk names the cache entry
         if not is_table(folder):  # else another process made it while this one waited
             LOG.info("cache miss: decoding %d rows of %s into %s", len(manifest.rows), manifest.path, folder)
             table = build_table(manifest, modalities, config, workers, progress, require_label, folder)
@@ -81,7 +80,7 @@ def _referenced_files(manifest: Manifest, modalities: dict[str, ModalityConfig])
     for row in manifest.rows:
         for m in modalities.values():
             if m.kind in ("image", "audio") and row.get(m.column):
-                out.append(manifest.root / row[m.column])
+                out.append(media_path(manifest.root, row[m.column]))
     return out
 
 
@@ -96,20 +95,54 @@ def check_rows(manifest: Manifest, modalities: dict[str, ModalityConfig], config
             [BadRow(manifest.path.name, None, config.label, "column missing")],
         )
     seen: dict[str, int] = {}
+    known = {config.label, config.id_column, config.split_column}
+    known |= {c for m in modalities.values() for c in [m.column, *m.columns]}
     for i, row in enumerate(manifest.rows):
         problems = []
         if require_label and not row.get(config.label, ""):
-            problems.append(manifest.bad(i, config.label, "label is empty"))
+            problems.append(manifest.bad(i, config.label, _empty(manifest, i, config.label, "label is empty", known)))
         ident = row.get(config.id_column)
         if ident:
             if ident in seen:
                 problems.append(manifest.bad(i, config.id_column, f"id '{ident}' repeats row {seen[ident] + 1}"))
             seen.setdefault(ident, i)
-        for name, m in modalities.items():
-            problems.extend(_check_cell(manifest, i, m))
+        problems.extend(_modality_problems(manifest, i, modalities, config, known))
         if problems:
             bad[i] = problems
     return bad
+
+
+def is_absent(row: dict[str, str], m: ModalityConfig) -> bool:
+    """The row lacks the modality (an empty cell or a missing key). A tabular modality is
+    never absent: its empty cells are missing values, filled in by its statistics."""
+    return m.kind != "tabular" and not row.get(m.column, "").strip()
+
+
+def _modality_problems(manifest: Manifest, i: int, modalities: dict[str, ModalityConfig], config: DataConfig,
+                       known: set[str]) -> list[BadRow]:
+    """An absent modality makes a bad row with data.missing=fail; with allow the row is kept
+    and the modality masked, as predict does, unless the row has none of its modalities."""
+    absent = [n for n, m in modalities.items() if is_absent(manifest.rows[i], m)]
+    problems = []
+    for name, m in modalities.items():
+        if name not in absent:
+            problems.extend(_check_cell(manifest, i, m))
+        elif config.missing == "fail":
+            problems.append(manifest.bad(i, m.column, _empty(manifest, i, m.column, f"{m.kind} is empty", known)))
+    if config.missing == "allow" and len(absent) == len(modalities):
+        columns = ", ".join(f"'{modalities[n].column}'" for n in absent)
+        problems.append(manifest.bad(i, None, f"has none of its modalities: {columns} all empty"))
+    return problems
+
+
+def _empty(manifest: Manifest, i: int, column: str, reason: str, known: set[str]) -> str:
+    """Why a cell is empty; a JSONL row may lack the key, and hold another that no column
+    reads (a mistyped key): the row is blamed, not the rows that spell it right."""
+    if manifest.keys is None or column in manifest.keys[i]:
+        return reason
+    stray = sorted(manifest.keys[i] - known)
+    return f"has no key '{column}'" + (f" (it has {', '.join(repr(k) for k in stray)}, which mmcli does not read: a typo?)"
+                                       if stray else "")
 
 
 def _check_cell(manifest: Manifest, i: int, m: ModalityConfig) -> list[BadRow]:
@@ -120,16 +153,10 @@ def _check_cell(manifest: Manifest, i: int, m: ModalityConfig) -> list[BadRow]:
         return [manifest.bad(i, m.column, f"{m.kind} is empty")]
     if m.kind == "text":
         return []
-    path = Path(value)
-    if path.is_absolute():
-        return [manifest.bad(i, m.column, f"path '{value}' is absolute; paths are relative to the manifest's folder")]
-    # checked on the text of the path, so symlinked folders inside the data folder work
-    if os.path.normpath(value).split(os.sep)[0] == os.pardir:
-        return [manifest.bad(i, m.column, f"path '{value}' leads outside the manifest's folder")]
-    full = manifest.root / path
-    if not full.is_file():
-        return [manifest.bad(i, m.column, f"file not found: {value}")]
-    return []
+    # absolute, ~ and ../ paths and symbolic links may lead anywhere the user can read, as
+    # in other tools; only what is not a readable regular file is refused
+    problem = decode.file_problem(media_path(manifest.root, value))
+    return [manifest.bad(i, m.column, f"{problem}: {value}")] if problem else []
 
 
 def build_table(manifest: Manifest, modalities: dict[str, ModalityConfig], config: DataConfig,
@@ -150,7 +177,9 @@ def build_table(manifest: Manifest, modalities: dict[str, ModalityConfig], confi
     rows = [r for i in sorted(bad) for r in bad[i]]
     if bad and config.on_error == "fail":
         shutil.rmtree(partial, ignore_errors=True)
-        raise DataError(f"{manifest.path}: {len(bad)} bad rows (use --on-error skip to leave them out)", rows)
+        lacking = config.missing == "fail" and any(is_absent(manifest.rows[i], m) for i in bad for m in modalities.values())
+        raise DataError(f"{manifest.path}: {len(bad)} bad rows (use --on-error skip to leave them out"
+                        + (", or --set data.missing=allow to keep the rows that lack a modality" if lacking else "") + ")", rows)
     keep = [i for i in good if i not in decode_bad]
     if not keep:
         shutil.rmtree(partial, ignore_errors=True)
@@ -172,12 +201,53 @@ def _assemble(manifest: Manifest, keep: list[int], modalities: dict[str, Modalit
         modalities=dict(modalities),
     )
     for name, m in modalities.items():
-        table.present[name] = torch.ones(len(rows), dtype=torch.bool)
+        table.present[name] = torch.tensor([not is_absent(r, m) for r in rows], dtype=torch.bool)
         if m.kind == "text":
             table.texts[name] = [r[m.column] for r in rows]
         elif m.kind == "tabular":
             table.texts[name] = tabular.cells(rows, m)
     return table
+
+
+def skipped_message(table: Table, cache_dir: str | Path | None) -> str | None:
+    """What `preprocess` and `train` say about the rows data.on_error=skip left out (None: none)."""
+    if not table.bad_rows:
+        return None
+    listed = cache.tensor_dir(cache.cache_root(cache_dir)) / table.key / "bad_rows.csv"
+    return f"skipped {len({r.row for r in table.bad_rows})} bad rows, listed in {listed}"
+
+
+def warn_skipped(table: Table, cache_dir: str | Path | None, classes: list[str] | None, label: str) -> None:
+    """Before training: the rows skipped, and loudly when so many went that the model is not
+    the one the data describes: more than half the rows, or every row of a class (`classes`:
+    the labels of the rows kept, None for tasks without classes)."""
+    message = skipped_message(table, cache_dir)
+    if message is None:
+        return
+    LOG.warning(message)
+    skipped = len({r.row for r in table.bad_rows})
+    if 2 * skipped > skipped + len(table):
+        first = table.bad_rows[0]
+        LOG.warning("%s: %d of %d rows are bad and were skipped, so the model learns from %d; the first: row %s, "
+                    "column '%s': %s", table.source, skipped, skipped + len(table), len(table), first.row,
+                    first.column, first.reason)
+    lost = _skipped_classes(table, classes, label)
+    if lost:
+        LOG.warning("%s: every row of class %s was skipped as bad, so the model will never predict it",
+                    table.source, ", ".join(f"'{c}'" for c in lost))
+
+
+def _skipped_classes(table: Table, classes: list[str] | None, label: str) -> list[str]:
+    """Labels of skipped rows that no row kept has (read again from the manifest)."""
+    if classes is None:
+        return []
+    try:
+        manifest = read_manifest(table.source)
+    except (MmcliError, OSError):  # data given as a cache folder: its manifest may be gone
+        return []
+    rows = {r.row for r in table.bad_rows if isinstance(r.row, int) and 0 < r.row <= len(manifest.rows)}
+    labels = {manifest.rows[i - 1].get(label, "") for i in rows}
+    return sorted(v for v in labels - set(classes) if v.strip())
 
 
 def write_bad_rows(rows: list[BadRow], path: Path) -> None:

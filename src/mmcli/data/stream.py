@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -24,12 +25,14 @@ import torch
 
 from mmcli.config import DataConfig, ModalityConfig
 from mmcli.data import decode
-from mmcli.data.manifest import Manifest
+from mmcli.data.manifest import Manifest, media_path
 from mmcli.data.table import Table, array_file, map_array, table_meta, write_array
 from mmcli.errors import BadRow
 
 CHUNK = 64  # rows per task: what a worker holds at a time
 PROGRESS = "progress.json"
+MAX_WARNINGS = 20  # decoder warnings logged per preprocess; a count of the rest follows
+LOG = logging.getLogger("mmcli")
 
 
 def partial_dir(folder: Path) -> Path:
@@ -67,23 +70,25 @@ def _blank(kind: str, config: DataConfig) -> tuple[torch.Tensor, int]:
 
 
 def decode_chunk(task: tuple[str, list[tuple[int, dict[str, str]]], dict[str, str], DataConfig]):
-    """One chunk, in a worker: {tensor name: stacked tensor}, and {row: [(column name, reason)]}."""
+    """One chunk, in a worker: {tensor name: stacked tensor}, {row: [(modality, reason)]}
+    for the rows that failed, and {row: [(modality, warning)]} for the decoders' warnings."""
     root, rows, kinds, config = task
     out: dict[str, list] = {}
     problems: dict[int, list[tuple[str, str]]] = {}
+    notes: dict[int, list[tuple[str, str]]] = {}
     for i, cells in rows:
         for name, kind in kinds.items():
-            try:
-                path = Path(root) / cells[name]
-                value = decode.decode_image(path, config) if kind == "image" else decode.decode_audio(path, config)
-                value = value if kind == "audio" else (value, 0)
-            except decode.DecodeError as exc:
-                problems.setdefault(i, []).append((name, f"{cells[name]}: {exc}"))
-                value = _blank(kind, config)
+            value = _blank(kind, config)  # what a missing modality (data.missing=allow) keeps: its mask hides it
+            if cells[name].strip():
+                try:
+                    *value, warned = decode.decode_file(kind, media_path(Path(root), cells[name]), config)
+                    notes.setdefault(i, []).extend((name, f"{cells[name]}: {w}") for w in warned)
+                except decode.DecodeError as exc:
+                    problems.setdefault(i, []).append((name, f"{cells[name]}: {exc}"))
             out.setdefault(name, []).append(value[0])
             if kind == "audio":
                 out.setdefault(f"{name}.lengths", []).append(torch.tensor(value[1]))
-    return {k: torch.stack(v) for k, v in out.items()}, problems
+    return {k: torch.stack(v) for k, v in out.items()}, problems, {i: v for i, v in notes.items() if v}
 
 
 def _chunks(manifest: Manifest, rows: list[int], media: dict[str, ModalityConfig], config: DataConfig, start: int):
@@ -140,13 +145,14 @@ def decode_into(partial: Path, manifest: Manifest, rows: list[int], modalities: 
         return {}
     done, problems = _resume(partial, rows, names)
     if done:
-        import logging
-
-        logging.getLogger("mmcli").info("resuming preprocessing at row %d of %d", min(done * CHUNK, len(rows)), len(rows))
+        LOG.info("resuming preprocessing at row %d of %d", min(done * CHUNK, len(rows)), len(rows))
     sizes = {n: array_file(partial, n).stat().st_size if array_file(partial, n).exists() else 0 for n in names}
     total = len(rows)
-    for k, (arrays, found) in enumerate(_decoded(_chunks(manifest, rows, media, config, done), workers,
-                                                        {m.kind for m in media.values()}, config), start=done):
+    columns = {n: m.column for n, m in media.items()}
+    told = 0
+    for k, (arrays, found, notes) in enumerate(_decoded(_chunks(manifest, rows, media, config, done), workers,
+                                                               {m.kind for m in media.values()}, config), start=done):
+        told = _tell_warnings(manifest, columns, notes, told)
         for name, tensor in arrays.items():
             with open(array_file(partial, name), "ab") as handle:
                 handle.write(tensor.contiguous().numpy().tobytes())
@@ -158,8 +164,21 @@ def decode_into(partial: Path, manifest: Manifest, rows: list[int], modalities: 
         os.replace(tmp, partial / PROGRESS)
         if progress is not None:
             progress(min((k + 1) * CHUNK, total), total)
-    columns = {n: m.column for n, m in media.items()}
+    if told > MAX_WARNINGS:
+        LOG.warning("%s: %d more warnings of the decoders not shown", manifest.path.name, told - MAX_WARNINGS)
     return {i: [manifest.bad(i, columns[n], reason) for n, reason in v] for i, v in problems.items()}
+
+
+def _tell_warnings(manifest: Manifest, columns: dict[str, str], notes: dict[int, list[tuple[str, str]]],
+                   told: int) -> int:
+    """Log the decoders' warnings as mmcli's own, each with its file, row and column (a
+    library's warning names only its own source line); the first MAX_WARNINGS of a run."""
+    for i in sorted(notes):
+        for name, text in notes[i]:
+            if told < MAX_WARNINGS:
+                LOG.warning("%s", manifest.bad(i, columns[name], text))
+            told += 1
+    return told
 
 
 def _shapes(modalities: dict[str, ModalityConfig], config: DataConfig) -> dict[str, tuple[str, list[int]]]:

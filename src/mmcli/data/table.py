@@ -125,13 +125,27 @@ def map_array(path: Path, dtype: str, shape: list[int]) -> torch.Tensor:
 
 
 def load_table(folder: Path) -> Table:
+    """The table saved in `folder`; table.json is checked first (a cache folder may be
+    given as DATA, and may come from elsewhere): a damaged one is a UsageError naming it."""
+    path = folder / "table.json"
     try:
-        meta = json.loads((folder / "table.json").read_text(encoding="utf-8"))
-        if meta.get("format") != TABLE_FORMAT:
-            raise UsageError(f"{folder}: cache format {meta.get('format')} is not {TABLE_FORMAT}; run mmcli cache clean")
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UsageError(f"{folder}: not a readable mmcli cache ({str(exc)[:200]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != TABLE_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise UsageError(f"{folder}: cache format {found} is not {TABLE_FORMAT}; run mmcli cache clean")
+    problem = _meta_problem(meta)
+    if problem:
+        raise UsageError(f"{path}: damaged cache entry: {problem}; run mmcli cache clean (or preprocess again)")
+    try:
         tensors = {k: map_array(array_file(folder, k), a["dtype"], a["shape"]) for k, a in meta["arrays"].items()}
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise UsageError(f"{folder}: not a readable mmcli cache ({exc})") from None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UsageError(f"{folder}: not a readable mmcli cache ({str(exc)[:200]})") from None
+    for name in meta["modalities"]:
+        lengths = tensors.get(f"{name}.lengths")
+        if lengths is not None and len(lengths) and not 0 <= int(lengths.min()) <= int(lengths.max()) <= tensors[name].shape[-1]:
+            raise UsageError(f"{path}: damaged cache entry: {name}.lengths are not in 0..{tensors[name].shape[-1]} frames")
     present = {k[: -len(".present")]: v.bool() for k, v in tensors.items() if k.endswith(".present")}
     return Table(
         ids=meta["ids"],
@@ -145,3 +159,87 @@ def load_table(folder: Path) -> Table:
         source=meta["source"],
         bad_rows=[BadRow(**r) for r in meta["bad_rows"]],
     )
+
+
+def check_settings(table: Table, config, folder: Path) -> Table:
+    """A cache folder given as DATA was made with some data settings: the config in force
+    must have the same, or the model would be built (and the run saved) for other inputs
+    than it trains on."""
+    from mmcli.data.decode import audio_frames
+
+    for name, m in table.modalities.items():
+        if m.kind == "image":
+            want, keys = [3, config.image_size, config.image_size], f"data.image_size={config.image_size} gives"
+        elif m.kind == "audio":
+            want, keys = [config.n_mels, audio_frames(config)], "data.n_mels, max_seconds, sample_rate and hop_length give"
+        else:
+            continue
+        got = list(table.tensors[name].shape[1:])
+        if got != want:
+            raise UsageError(f"{folder}: this cache holds '{name}' of shape {got}, but {keys} {want}; set them as the cache "
+                             f"was made (--set), or give the manifest instead")
+    return table
+
+
+def _strings(value: object, n: int | None = None, optional: bool = False) -> bool:
+    if value is None:
+        return optional
+    return isinstance(value, list) and (n is None or len(value) == n) and all(isinstance(v, str) for v in value)
+
+
+# each kind's arrays in a cache entry: name suffix -> (dtype, dimensions of one row)
+ROW_SHAPES = {"image": {"": ("uint8", 3)}, "audio": {"": ("float16", 2), ".lengths": ("int64", 0)}}
+
+
+def _meta_problem(meta: dict) -> str | None:
+    """What is wrong with table.json, or None: every key and type `table_meta` writes,
+    one length for every per-row list and tensor, each modality's own tensors or texts."""
+    keys = set(table_meta(Table([], None, None, {}), {}))
+    if set(meta) != keys:
+        return f"its keys are not {sorted(keys)}"
+    if not (isinstance(meta["key"], str) and isinstance(meta["source"], str) and _strings(meta["ids"])):
+        return "key, source and ids must be a text, a text and a list of texts"
+    n = len(meta["ids"])
+    if not (_strings(meta["labels"], n, True) and _strings(meta["given_splits"], n, True)):
+        return f"labels and given_splits must be null or {n} texts, one per id"
+    fields, needed = {f.name for f in dataclasses.fields(BadRow)}, {"file", "row", "column", "reason"}
+    if not isinstance(meta["bad_rows"], list) or \
+            not all(isinstance(r, dict) and needed <= set(r) <= fields for r in meta["bad_rows"]):
+        return "bad_rows must be a list of rows with file, row, column and reason"
+    if not isinstance(meta["modalities"], dict) or not isinstance(meta["texts"], dict) or not isinstance(meta["arrays"], dict):
+        return "modalities, texts and arrays must be objects"
+    wanted: dict[str, tuple[str, int]] = {}
+    for name, m in meta["modalities"].items():
+        problem = _modality_problem(name, m, meta["texts"].get(name), n)
+        if problem:
+            return problem
+        wanted[f"{name}.present"] = ("uint8", 0)
+        wanted.update({name + suffix: spec for suffix, spec in ROW_SHAPES.get(m["kind"], {}).items()})
+    if set(meta["texts"]) - set(meta["modalities"]) or set(meta["arrays"]) != set(wanted):
+        return f"its arrays ({sorted(meta['arrays'])}) and texts are not those of its modalities ({sorted(wanted)})"
+    for name, (dtype, dims) in wanted.items():
+        a = meta["arrays"][name]
+        shape = a.get("shape") if isinstance(a, dict) else None
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape) or \
+                a.get("dtype") != dtype or len(shape) != dims + 1 or shape[0] != n:
+            return f"array '{name}' must be {dtype} of {dims + 1} dimensions with {n} rows, got {a!r:.80}"
+    images = [name for name, m in meta["modalities"].items() if m["kind"] == "image"]
+    if any(meta["arrays"][name]["shape"][1] != 3 for name in images):
+        return "an image array must hold 3 colour channels"
+    return None
+
+
+def _modality_problem(name: str, m: object, texts: object, n: int) -> str | None:
+    from mmcli.config import MODALITY_KINDS
+
+    fields = [f.name for f in dataclasses.fields(ModalityConfig)]
+    if not isinstance(m, dict) or not set(m) <= set(fields) or m.get("kind") not in MODALITY_KINDS or \
+            not isinstance(m.get("column", ""), str) or not _strings(m.get("columns", [])) or \
+            not _strings(m.get("categorical", [])):
+        return f"modality '{name}' must have {', '.join(fields)} (kind one of {', '.join(MODALITY_KINDS)})"
+    if m["kind"] == "text" and not _strings(texts, n):
+        return f"texts of '{name}' must be {n} texts, one per id"
+    if m["kind"] == "tabular" and not (isinstance(texts, list) and len(texts) == n and
+                                       all(_strings(row, len(m.get("columns", []))) for row in texts)):
+        return f"texts of '{name}' must be {n} rows of {len(m.get('columns', []))} cells"
+    return None

@@ -93,5 +93,5 @@ class TabularCodec:
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
             return cls(d["numeric"], d["categorical"], d["stats"], d["values"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"{path}: cannot read the tabular statistics ({exc})") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise UsageError(f"{path}: cannot read the tabular statistics ({str(exc)[:200]})") from None

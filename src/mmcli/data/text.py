@@ -24,8 +24,6 @@ def _pipeline():
 
 
 def fit_tokenizer(texts: list[str], vocab_size: int, max_len: int):
-    from tokenizers import Tokenizer, decoders, models
-
     normalizer, pre_tokenizer = _pipeline()
     words: Counter[str] = Counter()
     for text in texts:
@@ -35,7 +33,15 @@ def fit_tokenizer(texts: list[str], vocab_size: int, max_len: int):
     known = set(vocab)
     ranked = sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))
     vocab += [w for w, _ in ranked if w not in known][: max(0, vocab_size - len(vocab))]
-    tokenizer = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token=UNK, max_input_chars_per_word=100))
+    return _wordpiece({t: i for i, t in enumerate(vocab)}, max_len)
+
+
+def _wordpiece(vocab: dict[str, int], max_len: int):
+    """The tokenizer mmcli fits, around a vocabulary: the one place it is put together."""
+    from tokenizers import Tokenizer, decoders, models
+
+    normalizer, pre_tokenizer = _pipeline()
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=UNK, max_input_chars_per_word=100))
     tokenizer.normalizer = normalizer
     tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = decoders.WordPiece()
@@ -49,6 +55,9 @@ def _set_lengths(tokenizer, max_len: int) -> None:
 
 
 def load_tokenizer(path: Path, max_len: int, pretrained: bool = False):
+    """A run folder's tokenizer. mmcli's own is rebuilt around the file's vocabulary, as
+    `fit_tokenizer` builds it: nothing else of a file from elsewhere (normalizers, regular
+    expressions, templates with ids of their own) is taken. A pretrained model's is read whole."""
     from tokenizers import Tokenizer
 
     from mmcli.errors import UsageError
@@ -56,13 +65,34 @@ def load_tokenizer(path: Path, max_len: int, pretrained: bool = False):
     if not path.is_file():
         raise UsageError(f"{path.parent}: run folder has no {path.name}")
     try:
-        tokenizer = Tokenizer.from_file(str(path))
-    except Exception as exc:  # tokenizers raises a bare Exception for a broken file
+        if not pretrained:
+            return _wordpiece(_own_vocab(path), max_len)
+        return PretrainedTokenizer(Tokenizer.from_file(str(path)), max_len)
+    except UsageError:
+        raise
+    except BaseException as exc:  # tokenizers raises bare Exceptions, and a Rust panic is a BaseException
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise
+        raise UsageError(f"{path}: not a tokenizer file ({str(exc)[:200]})") from None
+
+
+def _own_vocab(path: Path) -> dict[str, int]:
+    """The WordPiece vocabulary of a tokenizer file mmcli wrote: token -> id, the ids
+    0..n-1 with [PAD] 0 and [UNK] 1, as `fit_tokenizer` numbers them."""
+    import json
+
+    from mmcli.errors import UsageError
+
+    try:
+        model = json.loads(path.read_text(encoding="utf-8"))["model"]
+        vocab = model["vocab"] if model.get("type") == "WordPiece" else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UsageError(f"{path}: not a tokenizer file ({exc})") from None
-    if pretrained:
-        return PretrainedTokenizer(tokenizer, max_len)
-    _set_lengths(tokenizer, max_len)
-    return tokenizer
+    if not isinstance(vocab, dict) or not all(isinstance(t, str) and type(i) is int for t, i in vocab.items()):
+        raise UsageError(f"{path}: not a tokenizer mmcli wrote (no WordPiece vocabulary of tokens and ids)")
+    if sorted(vocab.values()) != list(range(len(vocab))) or vocab.get(PAD) != 0 or vocab.get(UNK) != 1:
+        raise UsageError(f"{path}: the vocabulary's ids are not 0..{len(vocab) - 1} with {PAD} 0 and {UNK} 1")
+    return vocab
 
 
 class PretrainedTokenizer:

@@ -31,6 +31,7 @@ ARCHS = {
     "vit_b_16": "ViT-B/16 (Dosovitskiy et al., 2021), 768 features; 224x224 with pretrained weights",
 }
 TOKENS_GRID = 4  # feature maps are pooled to 4x4 region tokens, as the small CNN's
+MIN_IMAGE_SIZE = {"convnext_tiny": 32}  # smaller images vanish before its last 2x2 downsampling
 
 
 def image_preprocessing(arch: str) -> dict[str, Any]:
@@ -117,6 +118,8 @@ class TorchvisionBackbone(Encoder):
     def __init__(self, spec: ModalitySpec, out_dim: int, arch: str = "resnet18", pretrained: bool = False,
                  weights: str | None = None, **_: object):
         super().__init__()
+        if spec.image_size < MIN_IMAGE_SIZE.get(arch, 1):
+            raise ValueError(f"{arch} needs data.image_size of at least {MIN_IMAGE_SIZE[arch]}, got {spec.image_size}")
         tv = _torchvision_model(arch, pretrained, weights)
         self.body, self._blocks, channels = _stages(arch, tv)
         self.pool_grid = nn.AdaptiveAvgPool2d(TOKENS_GRID)
@@ -143,7 +146,7 @@ class ViTBackbone(Encoder):
             raise ValueError(f"vit_b_16 with pretrained weights reads 224x224 images, not {spec.image_size} "
                              "(leave data.image_size unset)")
         if size % 16:
-            raise ValueError(f"vit_b_16 needs an image size divisible by 16, not {size}")
+            raise ValueError(f"vit_b_16 needs data.image_size divisible by 16, not {size}")
         self.vit = _torchvision_model("vit_b_16", pretrained, weights, image_size=size)
         self.vit.heads = nn.Identity()
         self.pool_grid = nn.AdaptiveAvgPool2d(TOKENS_GRID)

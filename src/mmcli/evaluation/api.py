@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +47,16 @@ def _perturbation(run, drops: list[str], corruptions: list[str], seed: int):
     return (lambda table: corrupt.perturb(table, drops, parsed, seed)), tag
 
 
-def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test", cache_dir: str | None = None,
+def evaluate_run(run_dir: Path, data: str | None = None, split: str | None = None, cache_dir: str | None = None,
                  weights: str = "best", progress=None, save: bool = True, device: str = "auto",
                  drops: list[str] | None = None, corruptions: list[str] | None = None, seed: int = 0) -> dict[str, Any]:
-    """Scores of the run on `split` (or other data); `drops` evaluate with those modalities
+    """Scores of the run on `split` (default test; every row of other data without a split
+    column), less any row the run was trained on; `drops` evaluate with those modalities
     absent (through the mask), `corruptions` (MODALITY:KIND@LEVEL) with degraded inputs."""
     run = load_run(run_dir, weights)
     transform, tag = _perturbation(run, drops or [], corruptions or [], seed)
-    encoded, table = data_for_run(run, data, split, cache_dir, progress, transform=transform)
+    chosen = data_for_run(run, data, split, cache_dir, progress, transform=transform)
+    encoded = chosen.encoded
     if encoded.labels is None:
         raise DataError(f"{data}: no label column '{run.config.data.label}' to score against")
     task = run.task
@@ -65,7 +66,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test", ca
     scores = task.evaluate(logits, encoded.labels, run.labels)
     if fusion_weights is not None and task.name == "classification":  # per class: needs one class per example
         scores["modality_weights_per_class"] = weights_per_class(fusion_weights, encoded.labels, run.labels, run.model.modalities)
-    scope = split if data is None or table.given_splits else "all"
+    scope = chosen.split
     scores.update({
         "split": scope,
         "data": "training data" if data is None else str(data),
@@ -74,9 +75,11 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str = "test", ca
         "modalities": list(run.specs),
         "dropped": list(drops or []),
         "corrupted": list(corruptions or []),
+        "left_out_seen_rows": chosen.left_out,
+        "warnings": chosen.warnings,
     })
     if save:
-        name = eval_file_name(data, split, scope, weights, tag)
+        name = eval_file_name(data, scope, scope, weights, tag)
         runs.write_json(run_dir / name, scores)
         scores["saved_as"] = name
     return scores
@@ -88,10 +91,10 @@ def write_plots(run_dir: Path, scores: dict[str, Any]) -> list[Path]:
     from mmcli.reporting import plots
 
     written = []
-    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if (run_dir / "metrics.jsonl").is_file() else []
-    records = [json.loads(line) for line in lines if line.strip()]
+    records = runs.read_metrics(run_dir)
     if records:
-        best = json.loads((run_dir / "provenance.json").read_text()).get("best_epoch") if (run_dir / "provenance.json").is_file() else None
+        best = runs.read_json(run_dir / "provenance.json", dict).get("best_epoch") if (run_dir / "provenance.json").is_file() else None
+        best = best if type(best) is int else None
         written.append(plots.learning_curves(records, run_dir / "curves.png", best))
     cm = scores.get("confusion_matrix")
     if cm:

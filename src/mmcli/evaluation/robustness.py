@@ -33,11 +33,12 @@ def effective_robustness(curve: list[float]) -> float:
     return sum(a - curve[0] for a in curve)
 
 
-def sweep(run_dir: Path, data: str | None = None, split: str = "test", cache_dir: str | None = None,
+def sweep(run_dir: Path, data: str | None = None, split: str | None = None, cache_dir: str | None = None,
           device: str = "auto", seed: int = 0, metric: str | None = None,
           on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     run = load_run(run_dir)
-    _, table = data_for_run(run, data, split, cache_dir)
+    chosen = data_for_run(run, data, split, cache_dir)
+    table, split = chosen.table, chosen.split
     task = run.task
     metric = metric or run.config.eval.metric or task.default_metric
     if metric in task.lower_is_better:
@@ -75,7 +76,7 @@ def sweep(run_dir: Path, data: str | None = None, split: str = "test", cache_dir
             on_step(done, total)
     result = {
         "metric": metric, "split": split, "levels": LEVELS, "clean": clean, "seed": seed,
-        "curves": curves, "dropped": dropped,
+        "curves": curves, "dropped": dropped, "warnings": chosen.warnings,
         "relative_robustness": {m: {k: relative_robustness(c) for k, c in ks.items()} for m, ks in curves.items()},
         "effective_robustness": {m: {k: effective_robustness(c) for k, c in ks.items()} for m, ks in curves.items()},
     }

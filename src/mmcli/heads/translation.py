@@ -7,7 +7,9 @@ translations, never t itself, so the model predicts with every other modality mi
 Training adds, per target t, the translation loss (1 - cosine to t's features, which
 are held fixed for this loss, as MCTN's targets are) and the task's loss on t's own
 features through an auxiliary head, which is what teaches t's encoder features worth
-translating into. Examples without t skip t's losses.
+translating into. Examples without t skip t's losses. An example without the source is
+answered by the auxiliary heads of the targets it has, so the presence mask means what it
+means for every other model.
 """
 
 from __future__ import annotations
@@ -29,7 +31,19 @@ class TranslationHead(nn.Module):
 
     def forward(self, features: dict, mask: dict, batch: dict) -> torch.Tensor:
         z = features[self.source].pooled
-        return self.head(torch.cat([z, *(self.translate[t](z) for t in self.targets)], dim=1))
+        out = self.head(torch.cat([z, *(self.translate[t](z) for t in self.targets)], dim=1))
+        have = mask[self.source]
+        if bool(have.all()):
+            return out
+        # without the source there is nothing to translate: the targets' own auxiliary
+        # heads (trained on their features) answer, averaged over the targets present;
+        # an example with nothing present gets zeros (the uniform answer)
+        fallback, count = torch.zeros_like(out), torch.zeros_like(out[:, :1])
+        for t in self.targets:
+            present = mask[t].to(out.dtype).unsqueeze(1)
+            fallback = fallback + present * self.aux[t](features[t].pooled)
+            count = count + present
+        return torch.where(have.unsqueeze(1), out, fallback / count.clamp_min(1))
 
     def extra_losses(self, features: dict, batch: dict, task) -> dict[str, torch.Tensor]:
         z = features[self.source].pooled

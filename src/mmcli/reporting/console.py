@@ -43,26 +43,33 @@ def log(message: str) -> None:
 
 
 def setup_logging() -> None:
-    """`mmcli --verbose` (or MMCLI_VERBOSE=1, which compare's worker processes inherit):
-    the core's `logging` records of the "mmcli" logger (cache hits and misses, model sizes,
-    devices, each comparison run) go to stderr, unless --quiet."""
+    """The core's warnings (WARNING records of the "mmcli" logger: rows skipped, a column
+    not used) go to stderr as `warning: ...`, unless --quiet. With `mmcli --verbose` (or
+    MMCLI_VERBOSE=1, which compare's worker processes inherit) its INFO records too (cache
+    hits and misses, model sizes, devices, each comparison run)."""
     import logging
 
     logger = logging.getLogger("mmcli")
-    if os.environ.get("MMCLI_VERBOSE") != "1" or QUIET["on"] or getattr(logger, "_mmcli_handler", False):
-        return
-
-    class ToConsole(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if not QUIET["on"]:
+    handler = getattr(logger, "_mmcli_handler", None)
+    if handler is None:
+        class ToConsole(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if QUIET["on"]:
+                    return
                 from rich.text import Text
 
-                err().print(Text(record.getMessage(), style="dim")) if err().is_terminal \
-                    else print(record.getMessage(), file=sys.stderr)
+                warn = record.levelno >= logging.WARNING
+                message = f"warning: {record.getMessage()}" if warn else record.getMessage()
+                err().print(Text(message, style="yellow" if warn else "dim")) if err().is_terminal \
+                    else print(message, file=sys.stderr)
 
-    logger.addHandler(ToConsole())
-    logger.setLevel(logging.INFO)
-    logger._mmcli_handler = True  # type: ignore[attr-defined]
+        handler = ToConsole()
+        logger.addHandler(handler)
+        logger._mmcli_handler = handler  # type: ignore[attr-defined]
+    verbose = os.environ.get("MMCLI_VERBOSE") == "1"
+    handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    if verbose:
+        logger.setLevel(logging.INFO)
 
 
 def progress_enabled() -> bool:

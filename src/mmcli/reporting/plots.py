@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 
@@ -18,16 +19,23 @@ def save_png(fig, path: Path, dpi: int = 100) -> None:
     """Save next to `path`, then rename into place, so a reader never sees half a PNG."""
     import matplotlib.pyplot as plt
 
+    from mmcli import ledger
     from mmcli.runs import open_up
 
+    ledger.check_replace(path)  # in a run or comparison folder, never over a file mmcli did not write
     tmp = path.parent / f".{path.name}.tmp.png"
     try:
-        fig.tight_layout()
-        fig.savefig(tmp, dpi=dpi)
+        # drawing warns of what the chart shows anyway (a label's glyph missing from the
+        # font, a layout that does not fit): raw warnings with source lines, not for users
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fig.tight_layout()
+            fig.savefig(tmp, dpi=dpi)
     finally:
         plt.close(fig)
     open_up(tmp)
     tmp.replace(path)
+    ledger.record(path)
 
 
 CURVES_SIZE = (1000, 400)  # pixels of curves.png

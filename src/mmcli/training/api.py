@@ -123,15 +123,16 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
 
         info["align_losses"] = align_encoders(model, data.part("train"), config, generator)
         LOG.info("aligned the encoders for %d epochs: contrastive loss %s", len(info["align_losses"]), info["align_losses"])
-    work = runs.staging_dir(final)
-    save_run_inputs(work, data)
-    runs.write_json(work / "provenance.json", info)  # unfinished: --resume reads it
-    try:
-        return _fit_and_publish(model, task, data, config, work, final, generator, progress, info, evaluate_test,
-                                cache_dir=cache_dir)
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+    with runs.out_lock(final):  # a second training into the same folder is refused until this one publishes
+        work = runs.staging_dir(final, overwrite)
+        save_run_inputs(work, data)
+        runs.write_json(work / "provenance.json", info)  # unfinished: --resume reads it
+        try:
+            return _fit_and_publish(model, task, data, config, work, final, generator, progress, info, evaluate_test,
+                                    cache_dir=cache_dir)
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _fit_and_publish(model, task, data: RunData, config: Config, work: Path, final: Path, generator, progress,
@@ -176,7 +177,7 @@ def resume(run: Path, cache_dir: str | None = None, progress: FitProgress | None
     candidates = sorted(run.parent.glob(f".{run.name}.partial-*"), key=lambda p: p.stat().st_mtime)
     work = next((p for p in reversed(candidates) if (p / CHECKPOINT).is_file()), None)
     if work is None:
-        finished = (run / "provenance.json").is_file() and "finished" in runs.read_json(run / "provenance.json")
+        finished = (run / "provenance.json").is_file() and "finished" in runs.read_json(run / "provenance.json", dict)
         raise UsageError(f"{run}: " + ("this run finished; there is nothing to resume" if finished else
                                        "no interrupted training of this run to resume (no checkpoint was saved)"))
     config = from_dict(load_yaml(work / "config.yaml"))
@@ -193,9 +194,10 @@ def resume(run: Path, cache_dir: str | None = None, progress: FitProgress | None
         model.load_state_dict(checkpoint["model"])
     else:  # a checkpoint written before the weights went into it
         runs.load_weights(model, work / "last.safetensors")
-    info = runs.read_json(work / "provenance.json")
+    info = runs.read_json(work / "provenance.json", dict)
     info["resumed_from_epoch"] = checkpoint["epoch"]
-    return _fit_and_publish(model, task, data, config, work, run, generator, progress, info, True, checkpoint, cache_dir)
+    with runs.out_lock(run):
+        return _fit_and_publish(model, task, data, config, work, run, generator, progress, info, True, checkpoint, cache_dir)
 
 
 def _after_fit(model, task, data: RunData, config: Config, run_dir: Path):

@@ -19,7 +19,7 @@ from mmcli import runs
 from mmcli.config import Config
 from mmcli.data.dataset import Encoded, n_batches
 from mmcli.data.loader import Loader
-from mmcli.errors import ConfigError, RunFailed
+from mmcli.errors import ConfigError, RunFailed, writing
 from mmcli.training.setup import make_optimizer, pick_device
 
 
@@ -329,7 +329,7 @@ def _epochs(model, task, train, val, config, run_dir, labels, generator, progres
         else:
             stale += 1
         runs.save_weights(model, run_dir / "last.safetensors", meta)
-        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        with writing(run_dir / "metrics.jsonl"), open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         result.history.append(record)
         _save_checkpoint(run_dir, epoch, stepper, generator, result, stale, model)

@@ -86,12 +86,12 @@ def refuse_existing(*paths: Path) -> None:
 
 def relative_prefix(folder: Path, manifest: Path) -> str:
     """The path from the manifest's folder to `folder`, ending in '/' (or '' when the same):
-    manifest paths are relative and may not leave the manifest's folder."""
+    an imported data set's manifest sits in it or above it, so that it moves with its files."""
     try:
         rel = folder.resolve().relative_to(manifest.parent.resolve()).as_posix()
     except ValueError:
-        raise UsageError(f"{manifest}: a manifest must sit in {folder} or a folder above it, since its paths are "
-                         f"relative to its own folder and may not climb out of it (default: {folder / 'manifest.csv'})") from None
+        raise UsageError(f"{manifest}: an imported manifest must sit in {folder} or a folder above it, so that it "
+                         f"moves with the files it names (default: {folder / 'manifest.csv'})") from None
     return "" if rel == "." else rel + "/"
 
 

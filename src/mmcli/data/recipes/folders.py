@@ -36,11 +36,32 @@ def scan(folder: Path, extensions: set[str]) -> list[tuple[Path, str, str]]:
     return found
 
 
+def _check_names(folder: Path, found: list[tuple[Path, str, str]]) -> None:
+    """Names a UTF-8 manifest cannot hold (bytes that are not UTF-8, kept by Python as
+    surrogates) and class folders whose name is only spaces are refused, naming them."""
+    bad = sorted({repr(str(p.relative_to(folder))) for p, _, _ in found if not _utf8(str(p.relative_to(folder)))})
+    if bad:
+        raise UsageError(f"{folder}: file or folder names that are not UTF-8 cannot be written to a manifest; "
+                         f"rename them: {', '.join(bad[:5])}" + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
+    blank = sorted({repr(label) for _, label, _ in found if not label.strip()})
+    if blank:
+        raise UsageError(f"{folder}: class folders named only with spaces ({', '.join(blank)}) give no label; rename them")
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def import_folder(kind: str, folder: Path, manifest: Path) -> tuple[Path, int, int]:
     """Write `manifest` for a class-per-folder tree; returns (manifest, files, classes)."""
     column, extensions = KINDS[kind]
     prefix = relative_prefix(folder, manifest)
     found = scan(folder, extensions)
+    _check_names(folder, found)
     rows, seen = [], set()
     for path, label, split in found:
         rel = path.relative_to(folder).as_posix()
@@ -48,7 +69,11 @@ def import_folder(kind: str, folder: Path, manifest: Path) -> tuple[Path, int, i
         if ex_id in seen:  # a.png and a.jpg in one folder
             ex_id = rel
         seen.add(ex_id)
-        rows.append({"id": ex_id, column: prefix + rel, "label": label, "split": split})
+        # mmcli reads a cell without its outer spaces: a path that starts with one (class
+        # folder " cat") keeps it behind "./", and the label is written as it will be read
+        cell = prefix + rel
+        rows.append({"id": ex_id, column: f"./{cell}" if cell[:1].isspace() else cell, "label": label.strip(),
+                     "split": split})
     columns = ["id", column, "label"] + (["split"] if found[0][2] else [])
     write_manifest(manifest.parent, columns, rows, name=manifest.name)
     return manifest, len(rows), len({r["label"] for r in rows})

@@ -1,0 +1,142 @@
+"""Which examples were in which split: `splits.json` in every run folder.
+
+`evaluate RUN` on the run's own data must score the rows that training held out, not a
+split drawn again from the manifest as it is today: a row added since training would
+reshuffle the stratified split and move training rows into the test split. So training
+records, per split, each row's id and a fingerprint of what the model read from it (its
+target and its preprocessed inputs). Evaluation then
+
+- selects the recorded rows by id, refusing when some are gone or their content changed
+  (the score would not be measured on the held-out rows), and says so when rows were added;
+- on other data (`--data`), leaves out the rows whose fingerprint is that of a row the run
+  was trained or validated on, so a test file that repeats training rows cannot flatter it.
+
+A fingerprint hashes the target and, per modality of the run, the presence flag and the
+text or the tensor row: what the model sees, whatever path or id a manifest gives the row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmcli.errors import DataError
+from mmcli.data.table import Table
+
+FILE = "splits.json"
+FORMAT = 1
+SEEN = ("train", "val")  # what training used: its rows cannot test the run
+
+
+def fingerprints(table: Table, modalities: list[str], targets: list[str] | None) -> list[str]:
+    """One 16-hex-digit hash per row of `table`."""
+    out = []
+    for i in range(len(table)):
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update(("" if targets is None else str(targets[i])).encode("utf-8", "surrogatepass") + b"\0")
+        for name in sorted(modalities):
+            present = bool(table.present[name][i]) if name in table.present else True
+            digest.update(name.encode() + (b"\1" if present else b"\0"))
+            if not present:
+                continue
+            if name in table.texts:  # a string, or a tabular row's list of cells
+                cell = table.texts[name][i]
+                text = cell if isinstance(cell, str) else json.dumps(cell, ensure_ascii=False)
+                digest.update(text.encode("utf-8", "surrogatepass"))
+            if name in table.tensors:
+                digest.update(table.tensors[name][i].contiguous().numpy().tobytes())
+            if f"{name}.lengths" in table.tensors:
+                digest.update(str(int(table.tensors[f"{name}.lengths"][i])).encode())
+        out.append(digest.hexdigest())
+    return out
+
+
+def record(table: Table, splits: list[str], modalities: list[str], targets: list[str] | None) -> dict:
+    """What `splits.json` holds: per split, the rows' ids and fingerprints, in table order."""
+    prints = fingerprints(table, modalities, targets)
+    by_split: dict[str, dict[str, list[str]]] = {}
+    for name in ("train", "val", "test"):
+        rows = [i for i, s in enumerate(splits) if s == name]
+        by_split[name] = {"ids": [table.ids[i] for i in rows], "rows": [prints[i] for i in rows]}
+    return {"format": FORMAT, "fingerprint": "blake2b-64 of the target and the run's modalities' inputs",
+            "splits": by_split}
+
+
+@dataclass
+class Selection:
+    """The rows to score, and what the user must be told about them."""
+
+    rows: list[int]
+    warnings: list[str] = field(default_factory=list)
+    left_out: int = 0  # rows of other data that the run was trained or validated on
+
+
+def read_record(run_dir: Path) -> dict | None:
+    """The run's `splits.json`, or None for a run folder written before it existed."""
+    from mmcli import runs
+
+    path = run_dir / FILE
+    if not path.is_file():
+        return None
+    value = runs.read_json(path)
+    try:
+        splits = value["splits"]
+        for name in ("train", "val", "test"):
+            ids, prints = splits[name]["ids"], splits[name]["rows"]
+            if not (isinstance(ids, list) and isinstance(prints, list) and len(ids) == len(prints)):
+                raise ValueError(f"split '{name}': ids and rows differ in length")
+            if not all(isinstance(x, str) for x in ids + prints):
+                raise ValueError(f"split '{name}': ids and rows must be strings")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{path}: damaged ({exc}); train the run again, or delete the file to redraw the split") from None
+    return value
+
+
+def own_rows(rec: dict, table: Table, prints: list[str], split: str, drawn: list[int], source: str,
+             run_dir: Path) -> Selection:
+    """The rows of `split` recorded at training, found again in `table` by id."""
+    wanted = rec["splits"][split]
+    where = {row_id: i for i, row_id in enumerate(table.ids)}
+    gone = [row_id for row_id in wanted["ids"] if row_id not in where]
+    if gone:
+        raise DataError(
+            f"{source}: changed since training: {len(gone)} of the {len(wanted['ids'])} rows of the {split} split "
+            f"recorded in {run_dir / FILE} are no longer in it (ids {_few(gone)}); the run cannot be scored on the "
+            f"rows it held out. Evaluate other data with --data FILE")
+    rows = [where[row_id] for row_id in wanted["ids"]]
+    changed = [row_id for row_id, i, fp in zip(wanted["ids"], rows, wanted["rows"]) if prints[i] != fp]
+    if changed:
+        raise DataError(
+            f"{source}: changed since training: {len(changed)} of the {len(rows)} rows of the {split} split have "
+            f"another label or other inputs than at training (ids {_few(changed)}; without an id column rows are "
+            f"matched by their number, so inserted or reordered rows show here). Train again on the data as it is "
+            f"now, or evaluate it with --data FILE")
+    selection = Selection(rows)
+    if sorted(rows) != sorted(drawn):
+        recorded = sum(len(rec["splits"][s]["ids"]) for s in ("train", "val", "test"))
+        selection.warnings.append(
+            f"{source} has {len(table)} rows, {len(table) - recorded:+d} since training: the {split} split is the "
+            f"{len(rows)} rows recorded at training ({run_dir / FILE}); rows added since are in no split and not scored")
+    return selection
+
+
+def unseen_rows(rec: dict, prints: list[str], rows: list[int], source: str) -> Selection:
+    """`rows` of other data, less those the run was trained or validated on."""
+    seen = {fp for s in SEEN for fp in rec["splits"][s]["rows"]}
+    keep = [i for i in rows if prints[i] not in seen]
+    selection = Selection(keep, left_out=len(rows) - len(keep))
+    if selection.left_out:
+        if not keep:
+            raise DataError(f"{source}: every row to score is a row this run was trained or validated on "
+                            f"(same target and inputs); there is nothing unseen to score")
+        selection.warnings.append(
+            f"{source}: left out {selection.left_out} of {len(rows)} rows that this run was trained or validated on "
+            f"(same target and inputs as rows of its train or val split); scored the other {len(keep)}")
+    return selection
+
+
+def _few(ids: list[str], n: int = 5) -> str:
+    shown = ", ".join(ids[:n])
+    return shown + (f" and {len(ids) - n} more" if len(ids) > n else "")
