@@ -447,3 +447,27 @@ def test_a_ledger_vouches_only_for_its_own_unchanged_files(tmp_path):
     assert [p.name for p in found.foreign] == ["sub.txt"]
     ledger.remove(found, keep_root=False)
     assert sorted(p.name for p in folder.iterdir()) == [ledger.LEDGER, "sub.txt"]  # the folder keeps the user's file
+
+
+def test_two_runs_without_out_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
+    """The default name has a resolution of one second: a second run in that second (or one
+    whose folder is still training) takes the name with -2, never the first run's folder."""
+    import datetime as real
+
+    from mmcli import runs
+
+    class Frozen(real.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 5, 8, 31, 34)
+
+    monkeypatch.setattr(runs, "datetime", Frozen)
+    monkeypatch.chdir(tmp_path)
+    first = runs.resolve_out_dir(None, "multimodal:concat", False)
+    assert first == Path("runs") / "multimodal-concat-20261205-083134"
+    first.mkdir(parents=True)
+    (first / "config.yaml").write_text("a finished run\n")
+    second = runs.resolve_out_dir(None, "multimodal:concat", False)
+    assert second == Path("runs") / "multimodal-concat-20261205-083134-2"
+    (Path("runs") / f".{second.name}.partial-x1").mkdir()  # the second is still training
+    assert runs.resolve_out_dir(None, "multimodal:concat", False).name.endswith("-3")

@@ -121,8 +121,7 @@ def resolve_out_dir(out: Path | None, variant: str, overwrite: bool) -> Path:
     needs `overwrite` and must be a run folder holding only files mmcli wrote; a run
     training into `out` right now is a refusal too."""
     if out is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{variant.replace(':', '-')}-{stamp}"
+        out = _fresh_name(Path("runs"), f"{variant.replace(':', '-')}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     if out.is_symlink():  # publishing replaces the folder at `out`: the link would be replaced, not its folder
         raise UsageError(f"{out}: is a symbolic link; give the folder itself as --out")
     if out.exists() and not out.is_dir():
@@ -137,6 +136,19 @@ def resolve_out_dir(out: Path | None, variant: str, overwrite: bool) -> Path:
         with out_lock(out):  # refused now, not after preprocessing; train() holds the lock until it publishes
             pass
     return out
+
+
+def _fresh_name(parent: Path, stem: str) -> Path:
+    """parent/stem, or parent/stem-2, -3 ...: a default run folder name that no folder, and no
+    training still running (its lock or staging folder), has taken; two runs started in the
+    same second get two folders."""
+    for k in range(1, 10_000):
+        out = parent / (stem if k == 1 else f"{stem}-{k}")
+        taken = os.path.lexists(out) or os.path.lexists(parent / f".{out.name}.lock") \
+            or any(parent.glob(f".{out.name}.partial-*"))
+        if not taken:
+            return out
+    raise UsageError(f"{parent}: no free run folder name for {stem}; give one with --out")
 
 
 def replace_problem(out: Path) -> str | None:
