@@ -68,7 +68,7 @@ VALUES = [
     ("image_mean_not_numbers", S("data.image_mean=[a, b, c]"), ["data.image_mean[0]"]),
     ("image_std_with_a_zero", S("data.image_std=[0.25, 0, 0.25]"), ["data.image_std", "[0.001, 10]"]),
     ("image_std_nan", S("data.image_std=[.nan, 0.25, 0.25]"), ["data.image_std", "[0.001, 10]"]),
-    ("text_max_len_1e8", S("data.text_max_len=100000000"), ["data.text_max_len", "1..1024"]),
+    ("text_max_len_1e8", S("data.text_max_len=100000000"), ["data.text_max_len", "1..16384"]),
     ("text_max_len_float", S("data.text_max_len=1e8"), ["data.text_max_len", "integer"]),
     ("vocab_size_two", S("data.vocab_size=2"), ["data.vocab_size", "3..1000000"]),
     ("weight_decay_negative", S("train.weight_decay=-0.1"), ["train.weight_decay", "[0, 10]"]),
@@ -413,7 +413,7 @@ RUNS = [
     # config.yaml of the run
     ("run_config_alias_bomb", lambda run: (run / "config.yaml").write_text(alias_bomb()), EVALUATE, 2,
      ["config.yaml", "expands to more than"]),
-    ("run_config_lr_nan", edit_yaml(lambda t: t.replace("lr: 0.003", "lr: .nan")), EVALUATE, 2, ["config.yaml", "train.lr"]),
+    ("run_config_val_fraction_nan", edit_yaml(lambda t: t.replace("val_fraction: 0.1", "val_fraction: .nan")), EVALUATE, 2, ["config.yaml", "data.val_fraction"]),
     ("run_config_unknown_key", edit_yaml(lambda t: t + "extra: 1\n"), PREDICT, 2, ["config.yaml", "unknown config key 'extra'"]),
     ("run_config_image_size_changed", edit_yaml(lambda t: t.replace("image_size: 64", "image_size: 32")), EVALUATE, 2,
      ["data.json", "config.yaml gives 32"]),

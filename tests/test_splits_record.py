@@ -140,11 +140,10 @@ def test_without_an_id_column_an_inserted_row_is_caught(data, cli):
 
 def test_other_data_leaves_out_the_rows_the_run_was_trained_on(data, cli, tmp_path):
     """`--data` without a split column: every row but those of the run's train and val
-    splits; asking for a split of it is an error."""
+    splits (same id, target and inputs); asking for a split of it is an error."""
     run, manifest = data
     copy = manifest.parent / "again.csv"
-    rows = read_rows(manifest)
-    write_rows(copy, [dict(r, id=f"other-{r['id']}") for r in rows])  # other ids, same examples
+    shutil.copy(manifest, copy)  # the training manifest under another name, no split column
     result = cli("evaluate", run, "--data", copy, "--json")
     assert result.exit_code == 0, result.output
     scores = json.loads(result.output.strip().splitlines()[-1])
@@ -154,6 +153,20 @@ def test_other_data_leaves_out_the_rows_the_run_was_trained_on(data, cli, tmp_pa
     assert "trained or validated on" in result.output
     refused = cli("evaluate", run, "--data", copy, "--split", "test")
     assert refused.exit_code == 2 and "has no split column" in refused.output, refused.output
+
+
+def test_rows_that_only_look_like_training_rows_are_scored_with_a_warning(data, cli):
+    """Real data repeats itself (few distinct values, short texts): content alone does not
+    make a row a training row. The same examples under other ids are scored, and counted."""
+    run, manifest = data
+    copy = manifest.parent / "lookalikes.csv"
+    write_rows(copy, [dict(r, id=f"other-{r['id']}") for r in read_rows(manifest)])
+    result = cli("evaluate", run, "--data", copy, "--json")
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output.strip().splitlines()[-1])
+    seen = len(recorded(run)["train"]["ids"]) + len(recorded(run)["val"]["ids"])
+    assert scores["left_out_seen_rows"] == 0 and scores["n_examples"] == 36
+    assert any(f"{seen} of the 36 rows scored" in w and "another id" in w for w in scores["warnings"])
 
 
 def test_other_data_made_only_of_training_rows_is_refused(data, cli):
@@ -197,14 +210,15 @@ def test_fingerprints_see_target_inputs_and_presence():
                   tensors={"img": torch.tensor([[1, 2], [1, 2], [1, 3], [1, 2]], dtype=torch.uint8)},
                   present={"img": torch.tensor([True, True, True, False]), "txt": torch.ones(4, dtype=torch.bool)},
                   texts={"txt": ["a", "a", "a", "a"]})
-    prints = membership.fingerprints(table, ["img", "txt"], ["x", "y", "x", "x"])
+    prints = list(membership.fingerprints(table, ["img", "txt"], ["x", "y", "x", "x"]).values())
     assert len(set(prints)) == 4  # another target, other pixels, a missing modality: all differ
-    again = membership.fingerprints(table, ["img", "txt"], ["x", "x", "x", "x"])
+    again = list(membership.fingerprints(table, ["img", "txt"], ["x", "x", "x", "x"]).values())
     assert again[0] == again[1] and again[0] == prints[0]
     # a tabular modality's texts are lists of cells
     table.modalities["tab"] = ModalityConfig(kind="tabular", columns=["a", "b"])
     table.texts["tab"] = [["1", "x"], ["1", "x"], ["2", "x"], ["1", "y"]]
-    tab = membership.fingerprints(table, ["tab"], None)
+    tab = list(membership.fingerprints(table, ["tab"], None).values())
+    assert list(membership.fingerprints(table, ["tab"], None, [2, 3]).values()) == tab[2:]
     assert tab[0] == tab[1] and len(set(tab)) == 3
 
 
@@ -244,3 +258,20 @@ def test_translate_predicts_from_the_target_alone_per_example(tmp_path, cli):
     assert len({round(a["score"], 6) for a in answers}) > 1
     dropped = cli("evaluate", run, "--json", "--drop", "photo")
     assert dropped.exit_code == 0, dropped.output
+
+
+def test_a_run_folder_from_an_older_mmcli_with_other_training_ranges_still_evaluates(data, cli):
+    """A run's train section is only read back: values an older mmcli accepted there (a
+    negative seed) do not stop it from evaluating; its data section is still checked."""
+    run, _ = data
+    old = run.parent / "older-run"
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.copytree(run, old)
+    config = (old / "config.yaml").read_text()
+    assert "  seed: 0\n" in config
+    (old / "config.yaml").write_text(config.replace("  seed: 0\n", "  seed: -1\n"))
+    result = cli("evaluate", old)
+    assert result.exit_code == 0, result.output
+    (old / "config.yaml").write_text(config.replace("image_size: 64", "image_size: 2"))
+    refused = cli("evaluate", old)
+    assert refused.exit_code == 2 and "data.image_size" in refused.output, refused.output

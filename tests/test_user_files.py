@@ -471,3 +471,45 @@ def test_two_runs_without_out_in_the_same_second_get_two_folders(tmp_path, monke
     assert second == Path("runs") / "multimodal-concat-20261205-083134-2"
     (Path("runs") / f".{second.name}.partial-x1").mkdir()  # the second is still training
     assert runs.resolve_out_dir(None, "multimodal:concat", False).name.endswith("-3")
+
+
+def test_cache_clean_never_follows_names_out_of_the_entry(tmp_path, cli):
+    """A cache entry's table.json (or progress.json) may come from a stranger: its array
+    names lead to `../../victim/data.bin`; cache clean deletes nothing outside the entry,
+    and loading the entry is refused naming table.json."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "data.bin").write_bytes(b"precious")
+    (victim / "x.kept").write_bytes(b"precious too")
+    cache = tmp_path / "cache"
+    key = "0123456789abcdef0123"
+    entry = cache / "tensors" / key
+    entry.mkdir(parents=True)
+    (entry / "table.json").write_text(json.dumps({"key": key, "format": 2, "arrays": {"../../../victim/data": {}}}))
+    partial = cache / "tensors" / f".{key}.partial"
+    partial.mkdir()
+    (partial / "progress.json").write_text(json.dumps({"sizes": {"../../../victim/x": 0}}))
+    result = cli("cache", "clean", "--cache-dir", cache)
+    assert result.exit_code == 0, result.output
+    assert (victim / "data.bin").read_bytes() == b"precious"
+    assert (victim / "x.kept").read_bytes() == b"precious too"
+    from mmcli.data.table import load_table
+    from mmcli.errors import UsageError
+
+    entry.mkdir(parents=True, exist_ok=True)  # clean removed the entry's own table.json
+    (entry / "table.json").write_text(json.dumps({"key": key, "format": 2, "arrays": {"../../../victim/data": {}}}))
+    with pytest.raises(UsageError, match="table.json"):
+        load_table(entry)
+
+
+def test_a_comparison_of_an_older_mmcli_is_not_resumed_and_still_collects(data, made_compare, tmp_path):
+    """Resuming would retrain the cells whose fingerprint changed with the version into run
+    folders without a ledger: refused before any work, pointing to --collect, which reads it."""
+    out = copy_of(made_compare, tmp_path / "cmp")
+    compare_older(out)
+    before = snapshot(out)
+    result = compare(data, out)
+    assert result.exit_code == 2 and "older mmcli" in result.output and "--collect" in result.output, result.output
+    assert snapshot(out) == before
+    collected = RUNNER.invoke(app, ["compare", "--collect", str(out)])
+    assert collected.exit_code == 0, collected.output

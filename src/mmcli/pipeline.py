@@ -317,11 +317,13 @@ def _choose_rows(run: LoadedRun, table: Table, same: bool, split: str | None, so
                                    f"{scope} split was drawn again from {source} as it is now; rows added since "
                                    f"training may have been training rows")
     else:
-        prints = membership.fingerprints(table, list(run.specs), task.target_values(table))
+        targets = task.target_values(table)
         if same:
-            picked = membership.own_rows(record, table, prints, scope, rows, source, run.path)
+            picked = membership.own_rows(record, table, lambda some: membership.fingerprints(
+                table, list(run.specs), targets, some), scope, rows, source, run.path)
         else:
-            picked = membership.unseen_rows(record, prints, rows, source)
+            picked = membership.unseen_rows(record, table, membership.fingerprints(table, list(run.specs), targets, rows),
+                                            rows, source)
         chosen = _Chosen(picked.rows, scope, picked.warnings, picked.left_out)
     if not chosen.rows:
         raise DataError(f"{source}: the {scope} split is empty")

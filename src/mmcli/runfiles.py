@@ -58,7 +58,7 @@ def _check_keys(path: Path, value: dict, types: dict[str, type], required: set[s
 def read_config(run_dir: Path) -> Config:
     path = run_dir / "config.yaml"
     try:
-        return from_dict(load_yaml(path))
+        return from_dict(load_yaml(path), trained=True)
     except ConfigError as exc:
         if str(path) in str(exc):
             raise

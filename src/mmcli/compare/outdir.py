@@ -32,11 +32,13 @@ def prepare_out(out: Path, overwrite: bool) -> None:
             except UsageError:
                 raise UsageError(f"{out}: holds a {runner.MARKER} that is not a comparison plan of this mmcli; refusing to "
                                  "use or overwrite the folder (choose another --out)") from None
-            if overwrite:
-                raise UsageError(f"{out}: a comparison made by an older mmcli, without the list of the files mmcli "
-                                 f"wrote ({ledger.LEDGER}), so mmcli cannot tell its files from yours; refusing to "
-                                 "overwrite it (delete or move it yourself, or choose another --out)")
-            return  # an older mmcli's comparison is resumed, as before
+            # resuming would retrain any cell whose fingerprint changed with the version (new
+            # config keys) into run folders without a ledger, which mmcli may not replace
+            raise UsageError(f"{out}: a comparison made by an older mmcli, without the list of the files mmcli "
+                             f"wrote ({ledger.LEDGER}), so mmcli cannot tell its files from yours; refusing to "
+                             f"{'overwrite' if overwrite else 'resume'} it. Its results still read with "
+                             f"`mmcli compare --collect {out}`; to run it again, choose another --out (or delete "
+                             "or move the folder yourself)")
     out.mkdir(parents=True, exist_ok=True)
     ledger.start(out, "compare")
 

@@ -196,10 +196,20 @@ def _entry_lock(root: Path, sub: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _plain(name: str) -> bool:
+    """A file name in one folder: no separator, not `.` or `..`, nothing absolute."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0") and Path(name).name == name
+
+
 def _unlink(folder: Path, names: set[str]) -> int:
-    """Delete the regular files `names` in `folder` (not links: mmcli writes none); bytes freed."""
+    """Delete the regular files `names` in `folder` (not links: mmcli writes none); bytes freed.
+    A name is taken from a cache entry's own table.json or progress.json, which a stranger may
+    have written: only plain names of files directly in `folder` are deleted, never a path
+    that leads out of it (`../../x`, `/x`)."""
     freed = 0
     for name in names:
+        if not _plain(name):
+            continue
         path = folder / name
         with contextlib.suppress(OSError):
             info = os.lstat(path)

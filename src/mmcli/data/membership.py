@@ -8,8 +8,9 @@ target and its preprocessed inputs). Evaluation then
 
 - selects the recorded rows by id, refusing when some are gone or their content changed
   (the score would not be measured on the held-out rows), and says so when rows were added;
-- on other data (`--data`), leaves out the rows whose fingerprint is that of a row the run
-  was trained or validated on, so a test file that repeats training rows cannot flatter it.
+- on other data (`--data`), leaves out the rows the run was trained or validated on (same
+  id and fingerprint), so a test file that repeats training rows cannot flatter it, and
+  counts in a warning the rows that only share a training row's content.
 
 A fingerprint hashes the target and, per modality of the run, the presence flag and the
 text or the tensor row: what the model sees, whatever path or id a manifest gives the row.
@@ -30,10 +31,12 @@ FORMAT = 1
 SEEN = ("train", "val")  # what training used: its rows cannot test the run
 
 
-def fingerprints(table: Table, modalities: list[str], targets: list[str] | None) -> list[str]:
-    """One 16-hex-digit hash per row of `table`."""
-    out = []
-    for i in range(len(table)):
+def fingerprints(table: Table, modalities: list[str], targets: list[str] | None,
+                 rows: list[int] | None = None) -> dict[int, str]:
+    """A 16-hex-digit hash per row of `table` (of `rows` only, when given: the others are
+    not read from the memory-mapped cache)."""
+    out = {}
+    for i in range(len(table)) if rows is None else rows:
         digest = hashlib.blake2b(digest_size=8)
         digest.update(("" if targets is None else str(targets[i])).encode("utf-8", "surrogatepass") + b"\0")
         for name in sorted(modalities):
@@ -49,7 +52,7 @@ def fingerprints(table: Table, modalities: list[str], targets: list[str] | None)
                 digest.update(table.tensors[name][i].contiguous().numpy().tobytes())
             if f"{name}.lengths" in table.tensors:
                 digest.update(str(int(table.tensors[f"{name}.lengths"][i])).encode())
-        out.append(digest.hexdigest())
+        out[i] = digest.hexdigest()
     return out
 
 
@@ -94,9 +97,10 @@ def read_record(run_dir: Path) -> dict | None:
     return value
 
 
-def own_rows(rec: dict, table: Table, prints: list[str], split: str, drawn: list[int], source: str,
+def own_rows(rec: dict, table: Table, fingerprint, split: str, drawn: list[int], source: str,
              run_dir: Path) -> Selection:
-    """The rows of `split` recorded at training, found again in `table` by id."""
+    """The rows of `split` recorded at training, found again in `table` by id;
+    `fingerprint(rows)` hashes the rows it is given."""
     wanted = rec["splits"][split]
     where = {row_id: i for i, row_id in enumerate(table.ids)}
     gone = [row_id for row_id in wanted["ids"] if row_id not in where]
@@ -106,6 +110,7 @@ def own_rows(rec: dict, table: Table, prints: list[str], split: str, drawn: list
             f"recorded in {run_dir / FILE} are no longer in it (ids {_few(gone)}); the run cannot be scored on the "
             f"rows it held out. Evaluate other data with --data FILE")
     rows = [where[row_id] for row_id in wanted["ids"]]
+    prints = fingerprint(rows)
     changed = [row_id for row_id, i, fp in zip(wanted["ids"], rows, wanted["rows"]) if prints[i] != fp]
     if changed:
         raise DataError(
@@ -122,18 +127,27 @@ def own_rows(rec: dict, table: Table, prints: list[str], split: str, drawn: list
     return selection
 
 
-def unseen_rows(rec: dict, prints: list[str], rows: list[int], source: str) -> Selection:
-    """`rows` of other data, less those the run was trained or validated on."""
-    seen = {fp for s in SEEN for fp in rec["splits"][s]["rows"]}
-    keep = [i for i in rows if prints[i] not in seen]
+def unseen_rows(rec: dict, table: Table, prints: dict[int, str], rows: list[int], source: str) -> Selection:
+    """`rows` of other data, less those the run was trained or validated on: the same id
+    with the same target and inputs. Content alone does not decide, since real data repeats
+    itself (few distinct values, short texts): rows that only look like training rows are
+    scored, and counted in a warning."""
+    seen = {(row_id, fp) for s in SEEN for row_id, fp in zip(rec["splits"][s]["ids"], rec["splits"][s]["rows"])}
+    keep = [i for i in rows if (table.ids[i], prints[i]) not in seen]
     selection = Selection(keep, left_out=len(rows) - len(keep))
     if selection.left_out:
         if not keep:
             raise DataError(f"{source}: every row to score is a row this run was trained or validated on "
-                            f"(same target and inputs); there is nothing unseen to score")
+                            f"(same id, target and inputs); there is nothing unseen to score")
         selection.warnings.append(
             f"{source}: left out {selection.left_out} of {len(rows)} rows that this run was trained or validated on "
-            f"(same target and inputs as rows of its train or val split); scored the other {len(keep)}")
+            f"(same id, target and inputs as rows of its train or val split); scored the other {len(keep)}")
+    alike = {fp for s in SEEN for fp in rec["splits"][s]["rows"]}
+    lookalikes = sum(prints[i] in alike for i in keep)
+    if lookalikes:
+        selection.warnings.append(
+            f"{source}: {lookalikes} of the {len(keep)} rows scored have the target and inputs of a training or "
+            f"validation row under another id; if they are the same examples, the score is flattered")
     return selection
 
 

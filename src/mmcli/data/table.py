@@ -136,6 +136,10 @@ def load_table(folder: Path) -> Table:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise UsageError(f"{folder}: cache format {found} is not {TABLE_FORMAT}; run mmcli cache clean")
     problem = _meta_problem(meta)
+    outside = [k for k in meta["arrays"] if array_file(folder, k).parent != folder or ".." in Path(k).parts] \
+        if not problem and isinstance(meta.get("arrays"), dict) else []
+    if outside:  # a name from a stranger's table.json must not reach a file outside the entry
+        problem = f"array name {outside[0]!r:.80} leads out of the entry"
     if problem:
         raise UsageError(f"{path}: damaged cache entry: {problem}; run mmcli cache clean (or preprocess again)")
     try:

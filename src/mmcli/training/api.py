@@ -180,7 +180,7 @@ def resume(run: Path, cache_dir: str | None = None, progress: FitProgress | None
         finished = (run / "provenance.json").is_file() and "finished" in runs.read_json(run / "provenance.json", dict)
         raise UsageError(f"{run}: " + ("this run finished; there is nothing to resume" if finished else
                                        "no interrupted training of this run to resume (no checkpoint was saved)"))
-    config = from_dict(load_yaml(work / "config.yaml"))
+    config = from_dict(load_yaml(work / "config.yaml"), trained=True)
     manifest = config.data.manifest
     if manifest and not manifest.startswith("builtin:"):
         config.data.manifest = str((work / manifest).resolve())
