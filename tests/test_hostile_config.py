@@ -534,3 +534,22 @@ def test_the_checks_know_every_key_training_writes(base):
     data = json.loads((base / "run" / "data.json").read_text())
     assert set(data) == set(runfiles.DATA_KEYS)
     assert all(set(m) <= set(runfiles.SPEC_KEYS) | set(runfiles.SOURCE_KEYS) for m in data["modalities"].values())
+
+
+def test_the_batch_memory_bound_follows_the_kinds_of_the_data(tmp_path):
+    """Only images and spectrograms have a per-batch memory bound: a batch of 50,000 rows of
+    a numbers-only table trains, while the same batch of the photos of another set is refused
+    before any preprocessing."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    table = tmp_path / "numbers.csv"
+    table.write_text("a,b,label\n" + "".join(f"{rng.normal():.3f},{rng.normal():.3f},{'xy'[i % 2]}\n" for i in range(40)))
+    result = RUNNER.invoke(app, ["train", str(table), "--epochs", "1", "--batch-size", "50000", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    photos = write_own_manifest(tmp_path / "own", n=12)
+    cache = tmp_path / "cache"
+    refused = RUNNER.invoke(app, ["train", str(photos), "--epochs", "1", "--batch-size", "50000", "--cache-dir", str(cache),
+                                  "--out", str(tmp_path / "r2")])
+    assert refused.exit_code == 2 and "train.batch_size" in refused.output and "images" in refused.output, refused.output
+    assert not cache.exists() or not any(cache.rglob("table.json"))

@@ -238,15 +238,19 @@ def _check_ranges(section: Any, prefix: str) -> None:
 BATCH_VALUES = 2**29
 
 
-def _check_batch_size(config: Config, skip: tuple[str, ...] = ()) -> None:
+def check_batch_size(config: Config, kinds: set[str], skip: tuple[str, ...] = ()) -> None:
+    """One batch of the data's images or spectrograms (`kinds`: the modality kinds the data
+    has) must fit in memory; tabular or text data has no such bound."""
     d = config.data
     frames = int(d.max_seconds * d.sample_rate) // d.hop_length + 1  # as mmcli.data.decode.audio_frames
+    inputs = [(f"images of data.image_size={d.image_size}", 3 * d.image_size**2)] if "image" in kinds else []
+    if "audio" in kinds:
+        inputs.append((f"spectrograms of data.n_mels={d.n_mels} x {frames} frames (data.max_seconds, "
+                       f"sample_rate, hop_length)", d.n_mels * frames))
     for key, batch in (("train.batch_size", config.train.batch_size), ("eval.batch_size", config.eval.batch_size)):
         if key.split(".")[0] in skip:
             continue
-        for what, per_example in ((f"images of data.image_size={d.image_size}", 3 * d.image_size**2),
-                                  (f"spectrograms of data.n_mels={d.n_mels} x {frames} frames (data.max_seconds, "
-                                   f"sample_rate, hop_length)", d.n_mels * frames)):
+        for what, per_example in inputs:
             if batch * per_example > BATCH_VALUES:
                 raise ConfigError(f"config key '{key}': one batch of {batch} {what} would take "
                                   f"{batch * per_example * 4 / 2**30:.1f} GiB (at most {BATCH_VALUES * 4 // 2**30} GiB); "
@@ -279,7 +283,8 @@ def validate(config: Config, skip: tuple[str, ...] = ()) -> None:
     if config.data.val_fraction + config.data.test_fraction >= 1:
         raise ConfigError(f"config keys 'data.val_fraction' + 'data.test_fraction' must be below 1 (training needs rows), "
                           f"got {config.data.val_fraction} + {config.data.test_fraction}")
-    _check_batch_size(config, skip)
+    if config.data.modalities:  # declared; detected ones are checked by train and compare (check_batch_size)
+        check_batch_size(config, {m.kind for m in config.data.modalities.values()}, skip)
     if config.data.win_length is not None and not 0 < config.data.win_length <= config.data.n_fft:
         raise ConfigError(f"config key 'data.win_length' must be in 1..n_fft ({config.data.n_fft}), got {config.data.win_length}")
     if config.data.window != "hann":

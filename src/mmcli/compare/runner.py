@@ -25,7 +25,7 @@ from mmcli import ledger, runs
 from mmcli.compare.locking import job_lock
 from mmcli.compare.outdir import prepare_out  # noqa: F401 (the CLI imports it from here)
 from mmcli.compare.variants import Variant, expand
-from mmcli.config import Config, from_dict
+from mmcli.config import Config, check_batch_size, from_dict
 from mmcli.errors import UsageError
 
 LOG = logging.getLogger("mmcli")
@@ -108,6 +108,7 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
     from mmcli.data.preprocess import BUILTIN_PREFIX
     from mmcli.fusion import DEFAULT_FUSIONS, FUSIONS
     from mmcli.heads import make_task
+    from mmcli.pipeline import modality_kinds
     from mmcli.training.api import check_config, fingerprint
 
     if seeds < 1:
@@ -123,6 +124,7 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
     base.data.split_seed = config.train.seed if config.data.split_seed is None else config.data.split_seed
     base.eval.metric = metric
     check_config(base, task)  # before any preprocessing or run
+    check_batch_size(base, set(modality_kinds(base).values()))
     if base.data.manifest and not base.data.manifest.startswith(BUILTIN_PREFIX):
         # absolute in the plan, so that --job K finds the data from any working folder
         base.data.manifest = str(Path(base.data.manifest).resolve())

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmcli import __version__, runs
-from mmcli.config import Config
+from mmcli.config import Config, check_batch_size
 from mmcli.encoders import skip_pretrained
 from mmcli.models import adapt_data, build, chosen_modalities, count_parameters, fusion_choice
 from mmcli.errors import ConfigError
@@ -94,6 +94,7 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     """
     kinds = modality_kinds(config)
     config = make_task(config).adapt_config(adapt_data(config, kinds), kinds)
+    check_batch_size(config, set(kinds.values()))  # before any preprocessing
     data = _run_data(config, data, cache_dir, workers, preprocess_progress)
     task = data.task
     if config.eval.metric is None:
