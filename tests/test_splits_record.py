@@ -116,24 +116,36 @@ def test_a_test_row_that_is_gone_is_refused(data, cli):
     assert "no longer in it" in result.output and victim in result.output
 
 
-def test_without_an_id_column_an_inserted_row_is_caught(data, cli):
-    """Row numbers are the ids: a row inserted at the top shifts every row, and the
-    fingerprints see it."""
+def test_without_an_id_column_moved_rows_are_found_by_content_and_changed_ones_refused(data, cli):
+    """Row numbers are the ids: a row inserted at the top shifts every row. The recorded
+    test rows are found again by their content (warned); a test row whose photo changed
+    is refused."""
+    from mmcli.pipeline import data_for_run, load_run
+
     run, manifest = data
     rows = read_rows(manifest)
-    shutil.copy(manifest, manifest.with_suffix(".keep"))
-    # a run trained without an id column records row numbers: simulate by renumbering
-    rec = json.loads((run / "splits.json").read_text())
-    ids = {r["id"]: str(i + 1) for i, r in enumerate(rows)}
+    rec = json.loads((run / "splits.json").read_text())  # a run trained without an id column records row numbers
+    number = {r["id"]: str(i + 1) for i, r in enumerate(rows)}
+    test_ids = rec["splits"]["test"]["ids"]
     for part in rec["splits"].values():
-        part["ids"] = [ids[i] for i in part["ids"]]
+        part["ids"] = [number[i] for i in part["ids"]]
     saved = (run / "splits.json").read_text()
     try:
         (run / "splits.json").write_text(json.dumps(rec))
-        write_rows(manifest, [{k: v for k, v in r.items() if k != "id"} for r in [dict(rows[5])] + rows])
-        result = cli("evaluate", run)
-        assert result.exit_code == 2, result.output
-        assert "changed since training" in result.output and "matched by their number" in result.output
+        shifted = [{k: v for k, v in r.items() if k != "id"} for r in [dict(rows[5], photo=rows[6]["photo"])] + rows]
+        write_rows(manifest, shifted)
+        result = cli("evaluate", run, "--json")
+        assert result.exit_code == 0, result.output
+        assert "rows moved since training" in result.output
+        chosen = data_for_run(load_run(run), None, "test")
+        expected = {str(int(number[i]) + 1) for i in test_ids}  # each test row, one further down
+        assert set(chosen.table.ids) == expected
+        victim = next(i for i, r in enumerate(rows) if r["id"] == test_ids[0])
+        shifted[victim + 1]["photo"] = rows[(victim + 3) % len(rows)]["photo"]
+        write_rows(manifest, shifted)
+        refused = cli("evaluate", run)
+        assert refused.exit_code == 2, refused.output
+        assert "changed since training" in refused.output and "no row has their content" in refused.output
     finally:
         (run / "splits.json").write_text(saved)
 

@@ -100,23 +100,34 @@ def read_record(run_dir: Path) -> dict | None:
 def own_rows(rec: dict, table: Table, fingerprint, split: str, drawn: list[int], source: str,
              run_dir: Path) -> Selection:
     """The rows of `split` recorded at training, found again in `table` by id;
-    `fingerprint(rows)` hashes the rows it is given."""
+    `fingerprint(rows)` hashes the rows it is given. Without an id column the ids are row
+    numbers, which inserting, deleting or sorting rows shifts: the rows are then found by
+    their content, when every one of them is still there."""
     wanted = rec["splits"][split]
     where = {row_id: i for i, row_id in enumerate(table.ids)}
     gone = [row_id for row_id in wanted["ids"] if row_id not in where]
+    rows = [where[row_id] for row_id in wanted["ids"] if row_id in where]
+    prints = fingerprint(rows)
+    changed = [row_id for row_id, fp in zip(wanted["ids"], wanted["rows"]) if row_id in where and prints[where[row_id]] != fp]
+    numbered = all(row_id == str(i + 1) for i, row_id in enumerate(table.ids))
+    moved = _by_content(wanted["rows"], table, fingerprint) if (gone or changed) and numbered else None
+    if moved is not None:
+        selection = Selection(moved)
+        selection.warnings.append(
+            f"{source}: rows moved since training (no id column, so rows are numbered): the {len(moved)} rows of the "
+            f"{split} split recorded in {run_dir / FILE} were found again by their target and inputs")
+        return selection
     if gone:
         raise DataError(
             f"{source}: changed since training: {len(gone)} of the {len(wanted['ids'])} rows of the {split} split "
             f"recorded in {run_dir / FILE} are no longer in it (ids {_few(gone)}); the run cannot be scored on the "
             f"rows it held out. Evaluate other data with --data FILE")
-    rows = [where[row_id] for row_id in wanted["ids"]]
-    prints = fingerprint(rows)
-    changed = [row_id for row_id, i, fp in zip(wanted["ids"], rows, wanted["rows"]) if prints[i] != fp]
     if changed:
         raise DataError(
             f"{source}: changed since training: {len(changed)} of the {len(rows)} rows of the {split} split have "
-            f"another label or other inputs than at training (ids {_few(changed)}; without an id column rows are "
-            f"matched by their number, so inserted or reordered rows show here). Train again on the data as it is "
+            f"another label or other inputs than at training (ids {_few(changed)}"
+            f"{'; without an id column rows are numbered, and no row has their content either' if numbered else ''}). "
+            f"Train again on the data as it is "
             f"now, or evaluate it with --data FILE")
     selection = Selection(rows)
     if sorted(rows) != sorted(drawn):
@@ -125,6 +136,21 @@ def own_rows(rec: dict, table: Table, fingerprint, split: str, drawn: list[int],
             f"{source} has {len(table)} rows, {len(table) - recorded:+d} since training: the {split} split is the "
             f"{len(rows)} rows recorded at training ({run_dir / FILE}); rows added since are in no split and not scored")
     return selection
+
+
+def _by_content(recorded: list[str], table: Table, fingerprint) -> list[int] | None:
+    """A row of `table` for each recorded fingerprint (rows of equal content are
+    interchangeable: same inputs, same target, same score), or None when one is missing."""
+    prints = fingerprint(list(range(len(table))))
+    free: dict[str, list[int]] = {}
+    for i in range(len(table)):
+        free.setdefault(prints[i], []).append(i)
+    rows = []
+    for fp in recorded:
+        if not free.get(fp):
+            return None
+        rows.append(free[fp].pop(0))
+    return rows
 
 
 def unseen_rows(rec: dict, table: Table, prints: dict[int, str], rows: list[int], source: str) -> Selection:
