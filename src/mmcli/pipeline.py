@@ -139,8 +139,31 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
                   for name in modalities if table.modalities[name].kind == "text"}
     tokenizers.update({name: TabularCodec.fit(table.modalities[name], [table.texts[name][i] for i in train_rows])
                        for name in modalities if table.modalities[name].kind == "tabular"})
+    warn_cutoffs(config, table, modalities, tokenizers, train_rows)
     specs = make_specs(config, table, modalities, tokenizers)
     return RunData(config, table, splits, modalities, labels, tokenizers, specs, state)
+
+
+def warn_cutoffs(config: Config, table: Table, modalities: list[str], tokenizers: dict, rows: list[int]) -> None:
+    """Say how many training examples a length limit cuts (data.text_max_len tokens,
+    data.max_seconds of audio): a limit that cuts most of the data is worth knowing."""
+    for name in modalities:
+        kind = table.modalities[name].kind
+        have = [i for i in rows if bool(table.present[name][i])] if name in table.present else rows
+        if not have:
+            continue
+        if kind == "text" and hasattr(tokenizers.get(name), "encode_batch"):
+            encodings = tokenizers[name].encode_batch([table.texts[name][i] for i in have])
+            cut, limit = sum(bool(e.overflowing) for e in encodings), f"data.text_max_len={config.data.text_max_len} tokens"
+        elif kind == "audio" and f"{name}.lengths" in table.tensors:
+            cut = int((table.tensors[f"{name}.lengths"][have] >= audio_frames(config.data)).sum())
+            limit = f"data.max_seconds={config.data.max_seconds:g} s"
+        else:
+            continue
+        if cut:
+            logging.getLogger("mmcli").warning(
+                "%s: %d of the %d training examples reach %s and are cut there; raise it to keep more of them",
+                name, cut, len(have), limit)
 
 
 def _check_targets(task, table: Table, splits: list[str], labels: list[str], rows: list[int] | None = None) -> None:
