@@ -295,7 +295,7 @@ def data_for_run(run: LoadedRun, data: str | None, split: str | None, cache_dir:
     missing = [n for n in run.specs if n not in table.modalities]
     if missing:
         raise DataError(f"{source}: lacks the modalities this run uses: {', '.join(missing)}")
-    chosen = _choose_rows(run, table, same, split, str(source))
+    scope, chosen = _choose_rows(run, table, same, split, str(source))
     table = table.subset(chosen.rows)
     values = task.target_values(table)
     if require_label and values is not None:
@@ -304,21 +304,15 @@ def data_for_run(run: LoadedRun, data: str | None, split: str | None, cache_dir:
         table = transform(table)
     targets = (lambda v: task.encode(v, run.labels)) if values is not None else None
     encoded = encode_table(table, list(run.specs), run.tokenizers, targets, values)
-    return RunRows(encoded, table, chosen.split, chosen.warnings, chosen.left_out)
+    return RunRows(encoded, table, scope, chosen.warnings, chosen.left_out)
 
 
-@dataclass
-class _Chosen:
-    rows: list[int]
-    split: str
-    warnings: list[str] = field(default_factory=list)
-    left_out: int = 0
-
-
-def _choose_rows(run: LoadedRun, table: Table, same: bool, split: str | None, source: str) -> _Chosen:
+def _choose_rows(run: LoadedRun, table: Table, same: bool, split: str | None, source: str):
+    """(the split scored, or "all"; the rows of `table` to score and what to say about them)."""
     from mmcli.data import membership
 
     task, config = run.task, run.config
+    targets = task.target_values(table)
     has_column = table.given_splits is not None and any(table.given_splits)
     if not same and not has_column:
         if split is not None:
@@ -327,27 +321,23 @@ def _choose_rows(run: LoadedRun, table: Table, same: bool, split: str | None, so
         rows, scope = list(range(len(table))), "all"
     else:
         scope = split or "test"
-        values = task.target_values(table)
-        keys = task.split_keys(values) if values is not None else None
+        keys = task.split_keys(targets) if targets is not None else None
         splits = assign_splits(keys, table.given_splits, split_seed(config),
                                config.data.val_fraction, config.data.test_fraction, table.source)
         rows = [i for i, s in enumerate(splits) if s == scope]
     record = membership.read_record(run.path)
-    chosen = _Chosen(rows, scope)
     if record is None:
+        chosen = membership.Selection(rows)
         if same:
             chosen.warnings.append(f"{run.path} records no split (an mmcli older than splits.json wrote it): the "
                                    f"{scope} split was drawn again from {source} as it is now; rows added since "
                                    f"training may have been training rows")
+    elif same:
+        chosen = membership.own_rows(record, table, lambda some: membership.fingerprints(
+            table, list(run.specs), targets, some), scope, rows, source, run.path)
     else:
-        targets = task.target_values(table)
-        if same:
-            picked = membership.own_rows(record, table, lambda some: membership.fingerprints(
-                table, list(run.specs), targets, some), scope, rows, source, run.path)
-        else:
-            picked = membership.unseen_rows(record, table, membership.fingerprints(table, list(run.specs), targets, rows),
-                                            rows, source)
-        chosen = _Chosen(picked.rows, scope, picked.warnings, picked.left_out)
+        chosen = membership.unseen_rows(record, table, membership.fingerprints(table, list(run.specs), targets, rows),
+                                        rows, source)
     if not chosen.rows:
         raise DataError(f"{source}: the {scope} split is empty")
-    return chosen
+    return scope, chosen

@@ -231,15 +231,14 @@ def _rename(work: Path, final: Path, problem: str) -> None:
 
 def _set_aside(work: Path, final: Path, problem: str) -> NoReturn:
     """Keep the finished run under a new name beside `final`, and say so."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        kept = final.parent / f"{final.name}-{stamp}{f'-{n}' if n else ''}"
-        if not os.path.lexists(kept):
-            try:
-                os.rename(work, kept)
-                break
-            except OSError:
-                continue
+    stem = f"{final.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    for _ in range(1000):  # another process may take the free name first
+        kept = _fresh_name(final.parent, stem)
+        try:
+            os.rename(work, kept)
+            break
+        except OSError:
+            continue
     else:
         kept = work
     raise UsageError(f"{problem}; it was not replaced. This run finished and was saved in {kept} instead")

@@ -121,6 +121,8 @@ def clean(root: Path) -> Cleaned:
     (an entry's table.json or progress.json lists its files; a feature file is named by its
     key and holds mmcli's two tensors), file by file; data sets, and anything else in the
     folders, stay. Entries being built right now are left alone."""
+    from mmcli.data.stream import building
+
     entries = freed = 0
     kept: list[Path] = []
     busy: list[Path] = []
@@ -129,7 +131,7 @@ def clean(root: Path) -> Cleaned:
         if _entry_files(sub) is None:
             kept.append(sub)
             continue
-        with _entry_lock(root, sub) as free:
+        with building(folder / _entry_key(sub), wait=False) as free:
             names = _entry_files(sub) if free else None  # read again under the lock: a build may have ended
             if names is None:
                 (busy if not free else kept).append(sub)
@@ -153,7 +155,7 @@ def _entry_files(sub: Path) -> set[str] | None:
     table.json or progress.json lists them; None when neither proves `sub` an entry."""
     if sub.is_symlink() or not sub.is_dir():
         return None
-    key = sub.name.lstrip(".").split(".")[0].split("-")[0]
+    key = _entry_key(sub)
     if not re.fullmatch(r"[0-9a-f]{20}", key):
         return None
     meta = _json(sub / "table.json")
@@ -166,6 +168,11 @@ def _entry_files(sub: Path) -> set[str] | None:
     return set() if sub.name.endswith(".partial") and not any(sub.iterdir()) else None
 
 
+def _entry_key(sub: Path) -> str:
+    """The key of an entry's folder: `KEY`, or a partial or temporary one (`.KEY.partial`, `.KEY-xyz`)."""
+    return sub.name.lstrip(".").split(".")[0].split("-")[0]
+
+
 def _json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -173,30 +180,7 @@ def _json(path: Path):
         return None
 
 
-@contextlib.contextmanager
-def _entry_lock(root: Path, sub: Path):
-    """The entry's build lock (mmcli.data.stream.building), without waiting: True when held."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks
-        yield True
-        return
-    key = sub.name.lstrip(".").split(".")[0].split("-")[0]
-    locks = root / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"{key}.lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _plain(name: str) -> bool:
+def plain_name(name: str) -> bool:
     """A file name in one folder: no separator, not `.` or `..`, nothing absolute."""
     return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0") and Path(name).name == name
 
@@ -208,7 +192,7 @@ def _unlink(folder: Path, names: set[str]) -> int:
     that leads out of it (`../../x`, `/x`)."""
     freed = 0
     for name in names:
-        if not _plain(name):
+        if not plain_name(name):
             continue
         path = folder / name
         with contextlib.suppress(OSError):

@@ -40,21 +40,26 @@ def partial_dir(folder: Path) -> Path:
 
 
 @contextlib.contextmanager
-def building(folder: Path) -> Iterator[None]:
+def building(folder: Path, wait: bool = True) -> Iterator[bool]:
     """One process at a time builds an entry: another one (a second command on the same
     data, compare's workers) waits here, then finds the entry made. The lock is the
-    operating system's, so a killed process releases it."""
+    operating system's, so a killed process releases it. With `wait` False (cache clean),
+    an entry being built is not waited for: the block gets False instead of the lock."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks
-        yield
+        yield True
         return
     locks = folder.parent.parent / "locks"  # beside tensors/, so that an entry's folder holds only entries
     locks.mkdir(parents=True, exist_ok=True)
     with open(locks / f"{folder.name}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from mmcli.config import ModalityConfig
+from mmcli.data.cache import plain_name
 from mmcli.errors import BadRow, UsageError
 
 TABLE_FORMAT = 2
@@ -136,10 +137,6 @@ def load_table(folder: Path) -> Table:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise UsageError(f"{folder}: cache format {found} is not {TABLE_FORMAT}; run mmcli cache clean")
     problem = _meta_problem(meta)
-    outside = [k for k in meta["arrays"] if array_file(folder, k).parent != folder or ".." in Path(k).parts] \
-        if not problem and isinstance(meta.get("arrays"), dict) else []
-    if outside:  # a name from a stranger's table.json must not reach a file outside the entry
-        problem = f"array name {outside[0]!r:.80} leads out of the entry"
     if problem:
         raise UsageError(f"{path}: damaged cache entry: {problem}; run mmcli cache clean (or preprocess again)")
     try:
@@ -221,6 +218,9 @@ def _meta_problem(meta: dict) -> str | None:
         wanted.update({name + suffix: spec for suffix, spec in ROW_SHAPES.get(m["kind"], {}).items()})
     if set(meta["texts"]) - set(meta["modalities"]) or set(meta["arrays"]) != set(wanted):
         return f"its arrays ({sorted(meta['arrays'])}) and texts are not those of its modalities ({sorted(wanted)})"
+    outside = [name for name in wanted if not plain_name(f"{name}.bin")]
+    if outside:  # a name from a stranger's table.json must not reach a file outside the entry
+        return f"array name {outside[0]!r:.80} leads out of the entry"
     for name, (dtype, dims) in wanted.items():
         a = meta["arrays"][name]
         shape = a.get("shape") if isinstance(a, dict) else None

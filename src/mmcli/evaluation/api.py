@@ -22,10 +22,11 @@ def weights_per_class(weights, labels, names: list[str], modalities: list[str]) 
     return out
 
 
-def eval_file_name(data: str | None, split: str, scope: str, weights: str, tag: str = "") -> str:
+def eval_file_name(data: str | None, scope: str, weights: str, tag: str = "") -> str:
     """eval-<split>.json for the run's own data, best weights and clean inputs; other
-    evaluations get their own name, so they never overwrite the run's test score."""
-    parts = [f"eval-{split}" if data is None else f"eval-{Path(data).stem}-{scope}"]
+    evaluations get their own name (`scope`: their split, or "all"), so they never
+    overwrite the run's test score."""
+    parts = [f"eval-{scope}" if data is None else f"eval-{Path(data).stem}-{scope}"]
     parts += [weights] if weights != "best" else []
     parts += [tag] if tag else []
     return "-".join(parts) + ".json"
@@ -79,7 +80,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str | None = Non
         "warnings": chosen.warnings,
     })
     if save:
-        name = eval_file_name(data, scope, scope, weights, tag)
+        name = eval_file_name(data, scope, weights, tag)
         runs.write_json(run_dir / name, scores)
         scores["saved_as"] = name
     return scores
