@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.mmcli-installed
 # build; these two versions are the ones the CI machines have as local files.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test bench docs clean
+.PHONY: install demo test bench bench-quality docs clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ test: install
 
 bench: install
 	$(BIN)/python bench/run.py
+
+# the default comparison on every real multimodal set in ../shared/data (about an hour)
+bench-quality: install
+	$(BIN)/python bench/quality.py
 
 docs: install
 	$(BIN)/python -m mmcli.cli.reference > docs/cli.md

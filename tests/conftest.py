@@ -92,6 +92,13 @@ def cli():
     runner = CliRunner()
 
     def invoke(*args: str, input: str | None = None):
-        return runner.invoke(app, [str(a) for a in args], input=input)
+        before = os.environ.get("MMCLI_VERBOSE")  # `-v` sets it for compare's workers: not for later tests
+        try:
+            return runner.invoke(app, [str(a) for a in args], input=input)
+        finally:
+            if before is None:
+                os.environ.pop("MMCLI_VERBOSE", None)
+            else:
+                os.environ["MMCLI_VERBOSE"] = before
 
     return invoke

@@ -50,19 +50,26 @@ def test_identical_runs_and_constant_shifts():
     assert stats.paired({0: 0.6, 1: 0.7}, {0: 0.5, 1: 0.6})["p_value"] is None  # no spread: t undefined
 
 
-@pytest.mark.parametrize("row, higher, expected", [
-    ({"is_best_unimodal": True}, True, "best single modality"),
-    ({"delta_vs_best_unimodal": 0.05, "p_value": 0.01, "n_paired": 3}, True, "better than"),
-    ({"delta_vs_best_unimodal": 0.05, "p_value": 0.01, "n_paired": 3}, False, "worse than"),
-    ({"delta_vs_best_unimodal": -0.05, "p_value": 0.01, "n_paired": 3}, False, "better than"),
-    ({"delta_vs_best_unimodal": 0.05, "p_value": 0.2, "n_paired": 3}, True, "no significant difference"),
-    ({"delta_vs_best_unimodal": 0.05, "p_value": None, "n_paired": 1}, True, "one seed: no interval"),
-    ({"delta_vs_best_unimodal": None, "p_value": None, "n_paired": 0, "best_unimodal": None}, True, "no reference"),
-    ({"delta_vs_best_unimodal": None, "p_value": None, "n_paired": 0, "n": 0, "best_unimodal": "unimodal:a"}, True, "no results yet"),
-    ({"delta_vs_best_unimodal": None, "p_value": None, "n_paired": 0, "n": 2, "best_unimodal": "unimodal:a"}, True, "no seed in common"),
+@pytest.mark.parametrize("row, higher, chosen, expected", [
+    ({"is_reference": True}, True, False, "best single modality (reference)"),
+    ({"is_reference": True}, True, True, "reference"),
+    ({"delta_vs_reference": 0.05, "p_value": 0.01, "n_paired": 3}, True, False, "better than the best single modality"),
+    ({"delta_vs_reference": 0.05, "p_value": 0.01, "n_paired": 3}, False, False, "worse than"),
+    ({"delta_vs_reference": -0.05, "p_value": 0.01, "n_paired": 3}, False, False, "better than"),
+    ({"delta_vs_reference": 0.05, "p_value": 0.2, "n_paired": 3}, True, False, "no significant difference"),
+    ({"delta_vs_reference": 0.05, "p_value": None, "n_paired": 1}, True, False, "one seed: no interval"),
+    ({"delta_vs_reference": None, "p_value": None, "n_paired": 0, "reference": None}, True, False, "no reference"),
+    ({"delta_vs_reference": None, "p_value": None, "n_paired": 0, "n": 0, "reference": "unimodal:a"}, True, False, "no results yet"),
+    ({"delta_vs_reference": None, "p_value": None, "n_paired": 0, "n": 2, "reference": "unimodal:a"}, True, False, "no seed in common"),
+    # --reference: the verdict names the chosen variant
+    ({"delta_vs_reference": 0.05, "p_value": 0.01, "n_paired": 3, "reference": "unimodal:text"}, True, True, "better than unimodal:text"),
+    ({"delta_vs_reference": 0.05, "p_value": 0.2, "n_paired": 3, "reference": "unimodal:text"}, True, True,
+     "no significant difference from unimodal:text"),
 ])
-def test_verdicts(row, higher, expected):
-    assert stats.verdict(row, higher).startswith(expected)
+def test_verdicts(row, higher, chosen, expected):
+    assert stats.verdict(row, higher, chosen=chosen).startswith(expected)
+    if expected.startswith(("better", "worse", "no significant")):
+        assert stats.verdict(row, higher, chosen=chosen).endswith(row["reference"] if chosen else "the best single modality")
 
 
 # --------------------------------------------------------------------------- Shapley

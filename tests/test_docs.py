@@ -131,15 +131,17 @@ def workspace(tmp_path_factory) -> Path:
     else:  # not in a virtual environment: `source .venv/bin/activate` has nothing to do
         (ws / ".venv" / "bin").mkdir(parents=True)
         (ws / ".venv" / "bin" / "activate").write_text("true\n")
-    if SHARED_DATA.is_dir():
+    if SHARED_DATA.parent.is_dir():  # ../shared/data and ../shared/weights
         (base / "shared").symlink_to(SHARED_DATA.parent)
     return ws
 
 
 def runnable_blocks(doc: Path) -> list[str]:
-    """The document's bash blocks, less those that build from ../shared/data when it is absent
-    (each such block stands alone: the blocks after it do not read what it makes)."""
-    return [b for b in bash_blocks(doc) if SHARED_DATA.is_dir() or "../shared/data" not in b]
+    """The document's bash blocks, less those that build from ../shared/data or read
+    ../shared/weights when it is absent (each such block stands alone: the blocks after it
+    do not read what it makes)."""
+    shared = {"../shared/data": SHARED_DATA, "../shared/weights": SHARED_DATA.parent / "weights"}
+    return [b for b in bash_blocks(doc) if all(folder.is_dir() or name not in b for name, folder in shared.items())]
 
 
 def _skip_reason(doc: Path) -> str | None:

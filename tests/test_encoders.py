@@ -339,9 +339,9 @@ def test_audio_window_is_configurable():
 
     t = np.arange(16000, dtype=np.float32) / 16000
     tone = np.sin(2 * np.pi * 440 * t) * (t > 0.5)
-    default, _ = log_mel(tone, 16000, DataConfig())
-    short, _ = log_mel(tone, 16000, DataConfig(win_length=128))
-    hamming, _ = log_mel(tone, 16000, DataConfig(window="hamming"))
+    default, _ = log_mel(tone, 16000, DataConfig(max_seconds=2.0))
+    short, _ = log_mel(tone, 16000, DataConfig(max_seconds=2.0, win_length=128))
+    hamming, _ = log_mel(tone, 16000, DataConfig(max_seconds=2.0, window="hamming"))
     assert default.shape == short.shape == hamming.shape
     assert not torch.equal(default, short) and not torch.equal(default, hamming)
     with pytest.raises(ConfigError, match="data.window"):

@@ -53,7 +53,7 @@ def test_modality_dropout_only_in_training():
 
 def test_aux_losses_add_a_head_per_modality():
     task = TASKS.get("classification")()
-    plain = build(from_dict({}), SPECS, 3)
+    plain = build(from_dict({"model": {"aux_loss_weight": 0.0}}), SPECS, 3)
     aux = build(from_dict({"model": {"aux_loss_weight": 0.5}}), SPECS, 3)
     assert len(plain.aux_heads) == 0 and set(aux.aux_heads) == {"a", "b"}
     aux.load_state_dict(plain.state_dict(), strict=False)

@@ -31,8 +31,10 @@ def test_every_fusion_beats_the_best_single_modality(toy_1200, tmp_path):
     by = {r["variant"]: r["mean"] for r in result.summary}
     best_uni = max(v for k, v in by.items() if k.startswith("unimodal:"))
     fusions = [n for n in FUSIONS.names() if n != "identity"]
-    assert sorted(k.split(":")[1] for k in by if k.startswith("multimodal:")) == sorted(fusions)
-    short = {k: round(v, 3) for k, v in by.items() if k.startswith("multimodal:") and v < best_uni + MARGIN}
+    learned = {k: v for k, v in by.items() if k.startswith("multimodal:") and k != "multimodal:ensemble"}
+    assert "multimodal:ensemble" in by  # the average of the unimodal runs: not a fusion, so not held to the margin
+    assert sorted(k.split(":")[1] for k in learned) == sorted(fusions)
+    short = {k: round(v, 3) for k, v in learned.items() if v < best_uni + MARGIN}
     assert not short, f"best unimodal {best_uni:.3f}; below it + {MARGIN}: {short}"
 
 

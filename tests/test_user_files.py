@@ -513,3 +513,26 @@ def test_a_comparison_of_an_older_mmcli_is_not_resumed_and_still_collects(data, 
     assert snapshot(out) == before
     collected = RUNNER.invoke(app, ["compare", "--collect", str(out)])
     assert collected.exit_code == 0, collected.output
+
+
+def test_a_temporary_file_is_in_the_staging_ledger_before_it_exists(tmp_path, monkeypatch):
+    """A run killed between creating a write's temporary twin and listing it left a file that
+    no ledger accounted for, so the killed run's folder was never removed (a resumed
+    comparison found `.run.partial-*` still there)."""
+    import os
+
+    from mmcli import ledger, runs
+
+    work = runs.staging_dir(tmp_path / "run")
+    real_open, seen = os.open, []
+
+    def spy(path, *args, **kwargs):
+        if os.path.basename(path).startswith(".best.safetensors-"):  # the temporary twin, not the ledger itself
+            seen.append(os.path.basename(path) in set(ledger.records(work)))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(runs.os, "open", spy)
+    runs.write_atomic(work / "best.safetensors", b"weights")
+    assert seen == [True]
+    assert (work / "best.safetensors").read_bytes() == b"weights"
+    assert [p.name for p in work.iterdir() if p.name.startswith(".best")] == []

@@ -84,7 +84,7 @@ class DataConfig:
     image_size: int = ranged(64, 4, 1024)  # 4: the default image.cnn's stem reads 4x4 patches
     image_mean: list[float] = ranged(lambda: [0.5, 0.5, 0.5], 0, 1, length=(3, 3))  # per RGB channel, pixels in [0, 1]
     image_std: list[float] = ranged(lambda: [0.25, 0.25, 0.25], 0.001, 10, length=(3, 3))
-    text_max_len: int = ranged(32, 1, 16384)
+    text_max_len: Optional[int] = ranged(None, 1, 16384)  # None: derived from the training texts (mmcli.data.lengths)
     vocab_size: int = ranged(2000, 3, 1_000_000)
     sample_rate: int = ranged(16000, 1000, 384_000)
     n_mels: int = ranged(64, 1, 512)
@@ -92,7 +92,7 @@ class DataConfig:
     hop_length: int = ranged(256, 1, 16384)
     win_length: Optional[int] = ranged(None, 1, 16384)  # audio: the analysis window's length in samples (None: n_fft)
     window: str = "hann"  # audio: the window's shape (any that scipy.signal.get_window knows: hann, hamming, ...)
-    max_seconds: float = ranged(2.0, 0, 3600, lo_open=True)
+    max_seconds: Optional[float] = ranged(None, 0, 3600, lo_open=True)  # None: derived from the audio files (mmcli.data.lengths)
     on_error: str = "fail"
     missing: str = "fail"  # a row lacking some modality: fail (a bad row) or allow (kept, masked as in predict)
     label_separator: str = "|"  # multilabel: labels joined by this in the label column
@@ -112,19 +112,19 @@ class ModelConfig:
     hidden_dim: int = ranged(128, 1, 4096)
     dropout: float = ranged(0.1, 0, 1, hi_open=True)
     modality_dropout: float = ranged(0.0, 0, 1, hi_open=True)  # training: hide each modality of an example with this rate
-    aux_loss_weight: float = ranged(0.0, 0, 1000)  # weight of the per-modality auxiliary losses (0: none)
+    aux_loss_weight: float = ranged(1.0, 0, 1000)  # weight of the per-modality auxiliary losses (0: none; docs/fusion.md)
     crossmodal: Optional[str] = None  # align (contrastive pre-alignment) or translate (MCTN-style; source = first modality)
     translate_weight: float = ranged(1.0, 0, 1000)  # translate: weight of the translation loss
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = ranged(12, 1, 100_000)
+    epochs: Optional[int] = ranged(None, 1, 100_000)  # None: derived from the training split's size (training.setup.budget)
     batch_size: int = ranged(64, 1, 65536)
     lr: float = ranged(3e-3, 0, 10, lo_open=True)
     weight_decay: float = ranged(0.01, 0, 10)
     warmup_epochs: float = ranged(1.0, 0, 100_000)
-    patience: int = ranged(5, 0, 100_000)  # 0: no early stopping
+    patience: Optional[int] = ranged(None, 0, 100_000)  # 0: no early stopping; None: derived with the epochs
     grad_clip: float = ranged(1.0, 0, 1e6)  # 0: no clipping
     seed: int = ranged(0, *SEEDS)
     device: str = "auto"
@@ -140,6 +140,9 @@ class TrainConfig:
     align_epochs: int = ranged(3, 0, 100_000)  # model.crossmodal=align: epochs of contrastive alignment before fine-tuning
     loader_workers: Optional[int] = ranged(None, 0, 64)  # processes that assemble batches; None: 0 on the CPU, up to 4 with a GPU
     prefetch: int = ranged(2, 1, 64)  # batches each loader worker prepares ahead
+    augment: bool = True  # images: random resized crops in training (never in evaluation); not for frozen encoders
+    crop_scale: float = ranged(0.8, 0, 1, lo_open=True)  # augment: the smallest fraction of an image's area a crop keeps
+    hflip: bool = False  # augment: also mirror images left-right (photos: yes; digits, letters, icons: no)
 
 
 @dataclass
@@ -242,9 +245,9 @@ def check_batch_size(config: Config, kinds: set[str], skip: tuple[str, ...] = ()
     """One batch of the data's images or spectrograms (`kinds`: the modality kinds the data
     has) must fit in memory; tabular or text data has no such bound."""
     d = config.data
-    frames = int(d.max_seconds * d.sample_rate) // d.hop_length + 1  # as mmcli.data.decode.audio_frames
+    frames = int((d.max_seconds or 0) * d.sample_rate) // d.hop_length + 1  # as mmcli.data.decode.audio_frames
     inputs = [(f"images of data.image_size={d.image_size}", 3 * d.image_size**2)] if "image" in kinds else []
-    if "audio" in kinds:
+    if "audio" in kinds and d.max_seconds is not None:  # a derived limit is checked once derived (prepare_training)
         inputs.append((f"spectrograms of data.n_mels={d.n_mels} x {frames} frames (data.max_seconds, "
                        f"sample_rate, hop_length)", d.n_mels * frames))
     for key, batch in (("train.batch_size", config.train.batch_size), ("eval.batch_size", config.eval.batch_size)):

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmcli import runs
-from mmcli.config import Config, ModalityConfig
+from mmcli.config import Config, ModalityConfig, check_batch_size
+from mmcli.data import lengths
 from mmcli.data import text as text_mod
 from mmcli.data.dataset import Encoded, encode_table
 from mmcli.data.decode import audio_frames
@@ -105,16 +106,38 @@ def pretrained_text_model(config: Config, name: str) -> str | None:
 
 
 def make_tokenizer(config: Config, name: str, texts: list[str]):
+    max_len = config.data.text_max_len or lengths.TOKENS[1]  # unset: derived once fitted (fit_tokenizers)
     model = pretrained_text_model(config, name)
     if model is not None:
-        return text_mod.pretrained_tokenizer(model, config.data.text_max_len)
-    return text_mod.fit_tokenizer(texts, config.data.vocab_size, config.data.text_max_len)
+        return text_mod.pretrained_tokenizer(model, max_len)
+    return text_mod.fit_tokenizer(texts, config.data.vocab_size, max_len)
+
+
+def fit_tokenizers(config: Config, table: Table, modalities: list[str], train_rows: list[int]) -> dict:
+    """Each text modality's tokenizer and each tabular one's statistics, fitted on the training
+    rows; an unset data.text_max_len is derived from those texts (mmcli.data.lengths)."""
+    texts = {name: [table.texts[name][i] for i in train_rows] for name in modalities
+             if table.modalities[name].kind in ("text", "tabular")}
+    tokenizers = {name: make_tokenizer(config, name, texts[name])
+                  for name in texts if table.modalities[name].kind == "text"}
+    present = {name: [table.texts[name][i] for i in train_rows if name not in table.present or bool(table.present[name][i])]
+               for name in tokenizers}
+    lengths.resolve_tokens(config.data, tokenizers, present)
+    tokenizers.update({name: TabularCodec.fit(table.modalities[name], texts[name])
+                       for name in texts if table.modalities[name].kind == "tabular"})
+    return tokenizers
 
 
 def prepare_training(config: Config, cache_dir: str | None = None, workers: int = 1,
-                     progress: Progress | None = None) -> RunData:
+                     progress: Progress | None = None, report: bool = True) -> RunData:
+    """Preprocess, split, fit labels and tokenizers. The returned RunData's config is a copy
+    of `config` with the length limits it left unset derived from the data (mmcli.data.lengths).
+    `report`: say what the length limits cut (False where another process said it already)."""
+    config = config.copy()
+    derived = {"audio": config.data.max_seconds is None, "text": config.data.text_max_len is None}
     task = make_task(config)
     table = preprocess(config.data.manifest, config.data, cache_dir, workers, progress, task.needs_label)
+    check_batch_size(config, {m.kind for m in table.modalities.values()})  # again, with max_seconds derived
     values = task.target_values(table)
     warn_skipped(table, cache_dir, values if task.stratify else None, config.data.label)  # before any error below
     if values is None:
@@ -135,18 +158,17 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
             "(1.0) and other metrics mean nothing; is '%s' the label column?", table.source, labels[0], config.data.label)
     _check_targets(task, table, splits, labels)  # before fit_state: it reads only usable values
     state = task.fit_state(train_values, labels)
-    tokenizers = {name: make_tokenizer(config, name, [table.texts[name][i] for i in train_rows])
-                  for name in modalities if table.modalities[name].kind == "text"}
-    tokenizers.update({name: TabularCodec.fit(table.modalities[name], [table.texts[name][i] for i in train_rows])
-                       for name in modalities if table.modalities[name].kind == "tabular"})
-    warn_cutoffs(config, table, modalities, tokenizers, train_rows)
+    tokenizers = fit_tokenizers(config, table, modalities, train_rows)
+    if report:  # a derived limit said what it cuts as it was derived
+        warn_cutoffs(config, table, [n for n in modalities if not derived.get(table.modalities[n].kind)], tokenizers,
+                     train_rows)
     specs = make_specs(config, table, modalities, tokenizers)
     return RunData(config, table, splits, modalities, labels, tokenizers, specs, state)
 
 
 def warn_cutoffs(config: Config, table: Table, modalities: list[str], tokenizers: dict, rows: list[int]) -> None:
-    """Say how many training examples a length limit cuts (data.text_max_len tokens,
-    data.max_seconds of audio): a limit that cuts most of the data is worth knowing."""
+    """Say how many training examples a length limit set in the config cuts (data.text_max_len
+    tokens, data.max_seconds of audio): a limit that cuts most of the data is worth knowing."""
     for name in modalities:
         kind = table.modalities[name].kind
         have = [i for i in rows if bool(table.present[name][i])] if name in table.present else rows

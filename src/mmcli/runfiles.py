@@ -58,11 +58,15 @@ def _check_keys(path: Path, value: dict, types: dict[str, type], required: set[s
 def read_config(run_dir: Path) -> Config:
     path = run_dir / "config.yaml"
     try:
-        return from_dict(load_yaml(path), trained=True)
+        config = from_dict(load_yaml(path), trained=True)
     except ConfigError as exc:
         if str(path) in str(exc):
             raise
         raise ConfigError(f"{path}: {exc}") from None
+    unset = [k for k in ("text_max_len", "max_seconds") if getattr(config.data, k) is None]
+    if unset:  # training saves the limits it derived: the model's inputs were made with them
+        raise damaged(path, f"data.{unset[0]} is null; a run folder holds the value it was trained with")
+    return config
 
 
 def read_data(run_dir: Path, config: Config) -> tuple[dict[str, ModalitySpec], dict[str, ModalityConfig], int]:

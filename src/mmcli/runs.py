@@ -55,8 +55,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     ledger.check_replace(path)  # in a run or comparison folder, a file mmcli did not write is never replaced
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    ledger.intend(path, Path(tmp))
+    fd, tmp = _named_first(path)
     try:
         with writing(path), os.fdopen(fd, "wb") as handle:
             handle.write(raw)
@@ -66,6 +65,22 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
     ledger.record(path, raw)  # what mmcli wrote there, so that --overwrite may replace it later
+
+
+def _named_first(path: Path) -> tuple[int, str]:
+    """A new temporary twin of `path`, its name put in a staging folder's ledger before the
+    file exists: a run killed between the two would otherwise leave a file that its ledger
+    cannot account for, and that blocks removing the killed run's folder."""
+    import secrets
+
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}-{secrets.token_hex(4)}"
+        ledger.intend(path, tmp)
+        try:
+            return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -19,7 +19,7 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one config value: section.key=value (repeatable); the value is read as YAML.", show_default=False)]
 CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Folder for the preprocessing cache (default: $MMCLI_CACHE_DIR or the user cache folder).", show_default=False)]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Processes that decode files while preprocessing (each decodes 64 rows at a time).")]
-EncoderOpt = Annotated[Optional[list[str]], typer.Option("--encoder", "-e", help="Encoder of a modality (or of every modality of a kind): MODALITY=NAME, e.g. image=resnet18 (repeatable; see mmcli list encoders; options with --set model.encoder_options.MODALITY.KEY=VALUE).", show_default=False)]
+EncoderOpt = Annotated[Optional[list[str]], typer.Option("--encoder", "-e", help="Encoder of a modality (or of every modality of a kind): MODALITY=NAME, e.g. image=resnet18 (repeatable; see mmcli list encoders; options with --set model.encoder_options.MODALITY.KEY=VALUE, or for an encoder wherever it is used, model.encoder_options.KIND.ENCODER.KEY=VALUE).", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results: no progress or log lines.")]
 
 

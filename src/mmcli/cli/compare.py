@@ -19,7 +19,7 @@ from mmcli.errors import UsageError
 @handles_errors
 def compare(
     ctx: typer.Context,
-    items: Annotated[Optional[list[str]], typer.Argument(help="Families (unimodal, multimodal, subsets, crossmodal) or variants (unimodal:image, multimodal:concat, subset:image+text, crossmodal:translate:text); default: unimodal multimodal.", show_default=False)] = None,
+    items: Annotated[Optional[list[str]], typer.Argument(help="Families (unimodal, multimodal, subsets, crossmodal) or variants (unimodal:image, multimodal:concat, subset:image+text, crossmodal:translate:text); default: unimodal multimodal. After '@', an encoder choice the variant's name keeps, so encoders compare side by side: unimodal:image@mobilenet_v2:frozen (modes frozen, finetuned, scratch), multimodal:concat@image=mobilenet_v2,text=bigru; options per encoder name with --set model.encoder_options.image.mobilenet_v2.weights=PATH.", show_default=False)] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Manifest or folder; default: the built-in toy set.", show_default=False)] = None,
     modalities: Annotated[Optional[str], typer.Option("--modalities", "-m", help="Comma-separated modalities to compare (default: all of the data's).", show_default=False)] = None,
     config: ConfigOpt = None,
@@ -28,6 +28,7 @@ def compare(
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per variant; results pair up by seed. Intervals and tests need 2 or more.")] = 1,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Most epochs per run.", show_default=False)] = None,
     metric: Annotated[Optional[str], typer.Option("--metric", help="Metric of the summary, the statistics and the verdicts (default: the task's, accuracy for classification).", show_default=False)] = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", help="Test every variant against this one, paired by seed (default: the best unimodal variant); also with --collect.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Base seed: the split's seed, and seed i trains with base + i.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for runs and results (default: runs/compare-<timestamp>). Rerunning into the same folder skips finished runs.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an existing comparison folder: deletes the files mmcli wrote there, and refuses if the folder holds any other file.")] = False,
@@ -41,18 +42,19 @@ def compare(
     quiet: QuietOpt = False,
 ) -> None:
     """Train every variant with the same splits, budget and seeds; report mean, 95 % interval,
-    the paired difference to the best single modality with its p-value, each variant without
+    the paired difference to the best single modality (or to --reference) with its p-value, each variant without
     each modality, and (with the subsets family) each modality's Shapley value."""
     from mmcli.reporting.console import log
 
     set_quiet(quiet)
     if collect_dir is not None or job is not None:
         _refuse_ignored(collect_dir, job, items=items, data=data, modalities=modalities, config=config, task=task, epochs=epochs, metric=metric,
-                        seed=seed, sets=sets, print_jobs=print_jobs, overwrite=overwrite, seeds=seeds != 1, encoder=encoders)
+                        seed=seed, sets=sets, print_jobs=print_jobs, overwrite=overwrite, seeds=seeds != 1, encoder=encoders,
+                        reference=reference if job is not None else None)
     if collect_dir is not None:
         from mmcli.compare.collect import collect
 
-        result = collect(collect_dir)
+        result = collect(collect_dir, reference=reference)
         if result.missing:
             log(f"warning: {len(result.missing)} run(s) have no result yet and are left out: " + "; ".join(result.missing))
         log(f"results in {collect_dir}")
@@ -72,9 +74,9 @@ def compare(
     out = out or Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     command = _command_line(ctx)
     if print_jobs:
-        _print_jobs(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, command, n_jobs)
+        _print_jobs(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, command, n_jobs, reference)
         return
-    _run(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, n_jobs, command)
+    _run(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, n_jobs, command, reference)
 
 
 def _refuse_ignored(collect_dir, job, **given) -> None:
@@ -127,20 +129,20 @@ def _command_line(ctx: typer.Context) -> str:
     return shlex.join(words)
 
 
-def _print_jobs(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, command, jobs) -> None:
+def _print_jobs(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, command, jobs, reference) -> None:
     from mmcli.compare.runner import job_commands, make_plan, prepare_out, threads_per_job, write_plan
     from mmcli.reporting.console import task_bar
 
     with task_bar("preprocessing") as update:  # each job runs with the threads a --jobs run would give it
         plan, _ = make_plan(cfg, items, seeds, metric, cache_dir, workers, update, command,
-                            threads_per_job(jobs) if jobs > 1 else 0)
+                            threads_per_job(jobs) if jobs > 1 else 0, reference)
     prepare_out(out, overwrite)
     write_plan(out, plan)
     for line in job_commands(out, plan, cache_dir):
         print(line)
 
 
-def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, command) -> None:
+def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, command, reference) -> None:
     from mmcli.compare.runner import run_compare
     from mmcli.reporting.console import FitBar, log, task_bar
 
@@ -162,7 +164,7 @@ def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, co
                 log(f"[{done}/{total}] {result['variant']} seed {result['seed']}{score} ({result['seconds']:.0f} s)")
 
         result = run_compare(cfg, items, seeds, out, metric, cache_dir, overwrite, workers, on_run,
-                             None if parallel else bar, update, jobs, command, on_done)
+                             None if parallel else bar, update, jobs, command, on_done, reference)
     names = ["results.csv", "summary.csv", "summary.json", "report.md", "compare.png"]
     names += ["attribution.json"] if result.attribution else []
     log(f"results in {out} ({', '.join(names)})")
@@ -191,13 +193,13 @@ def _show(result) -> None:
     for r in result.summary:
         pm = "" if r["std"] is None else f" ± {f(r['std'])}"
         ci = "–" if r["ci_low"] is None else f"{f(r['ci_low'])}–{f(r['ci_high'])}"
-        rows.append((r["variant"], r["n"], f"{f(r['mean'])}{pm}", ci, f(r["delta_vs_best_unimodal"], True),
+        rows.append((r["variant"], r["n"], f"{f(r['mean'])}{pm}", ci, f(r["delta_vs_reference"], True),
                      "–" if r["p_value"] is None else f"{r['p_value']:.3g}",
                      *[f(r.get(f"without_{m}")) for m in mods], *([f(r.get("others_missing"))] if alone else []),
                      r["verdict"]))
     unit = f"{result.metric} (%)" if rate else result.metric
     fmt = "table" if sys.stdout.isatty() else "csv"
-    headers = ["variant", "n", unit, "95% CI", "delta vs best unimodal", "p (paired t)", *[f"without {m}" for m in mods],
+    headers = ["variant", "n", unit, "95% CI", f"delta vs {result.reference or 'best unimodal'}", "p (paired t)", *[f"without {m}" for m in mods],
                *(["others missing"] if alone else []), "verdict"]
     show_table(f"compare: {unit}, mean ± std over seeds", headers, rows, fmt)
     a = result.attribution

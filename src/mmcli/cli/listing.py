@@ -52,14 +52,18 @@ def _rows(what: What) -> list[tuple[str, ...]]:
     from mmcli.fusion import DEFAULT_FUSIONS, FUSIONS
 
     rows = [("unimodal", "family: one variant per modality of the data"),
-            ("multimodal", f"family: {', '.join(DEFAULT_FUSIONS)} over all modalities"),
+            ("multimodal", f"family: {', '.join(DEFAULT_FUSIONS)} over all modalities, and ensemble beside every unimodal variant"),
             ("unimodal:<modality>", "one modality alone, e.g. unimodal:image"),
             ("multimodal:all", "every registered fusion over all modalities"),
+            ("multimodal:ensemble", "the unimodal runs' predicted probabilities averaged (UME late fusion; trains nothing)"),
             ("subsets", "family: every non-empty subset of the modalities with model.fusion (for attribution)"),
             ("subset:<m1>+<m2>", "these modalities fused with model.fusion, e.g. subset:image+text"),
             ("crossmodal", "family: align, translate (once per source modality, beside its unimodal baseline), cross_attention"),
             ("crossmodal:align", "encoders aligned contrastively (train.align_epochs), then fused and fine-tuned"),
             ("crossmodal:translate:<m>", "MCTN-style: m translated into the others, predicting from m alone"),
-            ("crossmodal:cross_attention", "all modalities fused with cross_attention (MulT)")]
+            ("crossmodal:cross_attention", "all modalities fused with cross_attention (MulT)"),
+            ("<item>@<encoder>[:<mode>]", "any item with another encoder for the modality of its kind, e.g. unimodal:image@mobilenet_v2:frozen "
+             "(modes: frozen, finetuned, scratch)"),
+            ("<item>@<m>=<encoder>[:<mode>],...", "encoders by modality, e.g. multimodal:concat@image=mobilenet_v2")]
     rows += [(f"multimodal:{name}", f"all modalities fused with {name}") for name in FUSIONS.names() if name != "identity"]
     return rows

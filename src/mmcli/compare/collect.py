@@ -18,9 +18,10 @@ from typing import Any
 
 from mmcli import ledger, runs
 from mmcli.compare import attribution as attr
-from mmcli.compare import stats
+from mmcli.compare import ensemble, stats
 from mmcli.compare.runner import Plan, load_plan, read_cell
-from mmcli.compare.variants import subset_variant
+from mmcli.compare.variants import Variant, subset_variant
+from mmcli.errors import UsageError
 
 LOG = logging.getLogger("mmcli")
 
@@ -36,11 +37,16 @@ class CompareResult:
     missing: list[str] = field(default_factory=list)  # cells without a result
     modalities: list[str] = field(default_factory=list)
     command: str = ""
+    reference: str | None = None  # the variant chosen with --reference (None: the best unimodal one)
 
 
-def collect(out: Path, plan: Plan | None = None, reused: set[int] | None = None) -> CompareResult:
+def collect(out: Path, plan: Plan | None = None, reused: set[int] | None = None,
+            reference: str | None = None) -> CompareResult:
+    """`reference` (--reference on --collect) replaces the plan's for these reports."""
     plan = plan or load_plan(out)
-    result = CompareResult(out, plan.metric, modalities=list(plan.modalities), command=plan.command)
+    reference = reference or plan.reference
+    check_reference(reference, plan.variants)
+    result = CompareResult(out, plan.metric, modalities=list(plan.modalities), command=plan.command, reference=reference)
     saved: dict[int, dict[str, Any]] = {}
     for k, cell in enumerate(plan.cells):
         found = read_cell(out, cell)
@@ -48,51 +54,70 @@ def collect(out: Path, plan: Plan | None = None, reused: set[int] | None = None)
             result.missing.append(f"job {k}: {cell['variant']} seed {cell['seed']}")
         else:
             saved[k] = found
-    for k, r in saved.items():
-        cell = plan.cells[k]
-        row = {"variant": cell["variant"], "family": r["family"], "seed": cell["seed"], "metric": plan.metric,
-               "value": r["scores"].get(plan.metric)}
-        for m in plan.modalities:
-            row[f"without_{m}"] = r["without"].get(m, {}).get(plan.metric)
-        row["others_missing"] = r.get("others_missing", {}).get(plan.metric)
-        row.update({"best_epoch": r.get("best_epoch"), "seconds": r.get("seconds"), "run": cell["run"],
-                    "reused": None if reused is None else k in reused})
-        result.results.append(row)
-    result.summary = summarise(result.results, plan)
+    pairs = [(plan.cells[k], r, None if reused is None else k in reused) for k, r in saved.items()]
+    pairs += [(cell, r, None) for cell, r in ensemble.results(out, plan, saved)]  # computed, never run
+    result.results = [_row(plan, cell, r, again) for cell, r, again in pairs]
+    result.summary = summarise(result.results, plan, reference)
     result.attribution = attribution(result.results, plan)
-    result.per_class = per_class(plan, saved, result.summary)
+    result.per_class = per_class(plan, [(cell["variant"], r) for cell, r, _ in pairs], result.summary)
     write_outputs(result, plan)
     return result
+
+
+def check_reference(reference: str | None, variants: list[Variant]) -> None:
+    names = [v.name for v in variants]
+    if reference is not None and reference not in names:
+        raise UsageError(f"--reference {reference}: not a variant of this comparison (its variants: {', '.join(names)})")
+
+
+def _row(plan: Plan, cell: dict[str, Any], r: dict[str, Any], reused: bool | None) -> dict[str, Any]:
+    """The results.csv row of one run (or of one seed of the ensemble: no run folder)."""
+    row = {"variant": cell["variant"], "family": r["family"], "seed": cell["seed"], "metric": plan.metric,
+           "value": r["scores"].get(plan.metric)}
+    for m in plan.modalities:
+        row[f"without_{m}"] = r["without"].get(m, {}).get(plan.metric)
+    row["others_missing"] = r.get("others_missing", {}).get(plan.metric)
+    row.update({"best_epoch": r.get("best_epoch"), "seconds": r.get("seconds"), "run": cell["run"], "reused": reused})
+    return row
 
 
 def _values(results: list[dict[str, Any]], variant: str, key: str = "value") -> dict[int, float]:
     return {r["seed"]: r[key] for r in results if r["variant"] == variant and r[key] is not None}
 
 
-def summarise(results: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
+def summarise(results: list[dict[str, Any]], plan: Plan, reference: str | None = None) -> list[dict[str, Any]]:
+    """A row per variant: its statistics and its paired difference to the reference (the
+    variant chosen with --reference, or else the best unimodal one)."""
     rows = []
     for v in plan.variants:
         row = {"variant": v.name, "family": v.family, "metric": plan.metric, **stats.describe(list(_values(results, v.name).values()))}
         rows.append(row)
     uni = [r for r in rows if r["family"] == "unimodal" and r["mean"] is not None]
     best = (max if plan.higher_is_better else min)(uni, key=lambda r: r["mean"]) if uni else None
+    ref = reference or (best["variant"] if best else None)
     for row in rows:
         row["is_best_unimodal"] = best is not None and row["variant"] == best["variant"]
         row["best_unimodal"] = best["variant"] if best else None
-        if best is None or row["is_best_unimodal"]:  # no reference, or the reference itself: nothing to test
-            diff = {"delta": 0.0 if best else None, "delta_ci_low": None, "delta_ci_high": None, "p_value": None,
-                    "n_paired": row["n"] if best else 0}
-        else:
-            diff = stats.paired(_values(results, row["variant"]), _values(results, best["variant"]))
-        row["delta_vs_best_unimodal"] = diff.pop("delta")
+        row["delta_vs_best_unimodal"] = _difference(results, row, best["variant"] if best else None)["delta"]
+        row["reference"] = ref
+        row["is_reference"] = row["variant"] == ref
+        diff = _difference(results, row, ref)
+        row["delta_vs_reference"] = diff.pop("delta")
         row.update(diff)
         row["test"] = stats.TEST_NAME
-        row["verdict"] = stats.verdict(row, plan.higher_is_better)
+        row["verdict"] = stats.verdict(row, plan.higher_is_better, chosen=reference is not None)
         for key in [f"without_{m}" for m in plan.modalities] + ["others_missing"]:
             # robustness: the metric with a modality missing at test time (translation: all but the source)
             values = list(_values(results, row["variant"], key).values())
             row[key] = sum(values) / len(values) if values else None
     return rows
+
+
+def _difference(results: list[dict[str, Any]], row: dict[str, Any], ref: str | None) -> dict[str, Any]:
+    if ref is None or row["variant"] == ref:  # no reference, or the reference itself: nothing to test
+        return {"delta": 0.0 if ref else None, "delta_ci_low": None, "delta_ci_high": None, "p_value": None,
+                "n_paired": row["n"] if ref else 0}
+    return stats.paired(_values(results, row["variant"]), _values(results, ref))
 
 
 def attribution(results: list[dict[str, Any]], plan: Plan) -> dict[str, Any] | None:
@@ -131,12 +156,13 @@ def attribution(results: list[dict[str, Any]], plan: Plan) -> dict[str, Any] | N
     }
 
 
-def per_class(plan: Plan, saved: dict[int, dict[str, Any]], summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean per-class F1 of each variant over seeds, and its difference to the best unimodal."""
+def per_class(plan: Plan, saved: list[tuple[str, dict[str, Any]]], summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean per-class F1 of each variant over seeds (from its (variant, result) pairs), and
+    its difference to the best unimodal."""
     f1: dict[str, dict[str, list[float]]] = {}
-    for k, r in saved.items():
+    for variant, r in saved:
         for label, scores in (r.get("per_class") or {}).items():
-            f1.setdefault(plan.cells[k]["variant"], {}).setdefault(label, []).append(scores["f1"])
+            f1.setdefault(variant, {}).setdefault(label, []).append(scores["f1"])
     if not f1:
         return []
     best = next((s["best_unimodal"] for s in summary if s["best_unimodal"]), None)
@@ -205,19 +231,23 @@ def report_markdown(result: CompareResult, plan: Plan) -> str:
 
 
 def _summary_section(result: CompareResult, plan: Plan) -> list[str]:
+    against = f"`{result.reference}` (chosen with --reference)" if result.reference else "the best unimodal variant"
     lines = [f"# Comparison on {result.metric}", "",
              f"Command: `{result.command}`" if result.command else "", "",
              f"{plan.seeds} seed(s) per variant, the same splits and budget for every run. Mean over seeds with "
-             f"a 95 % Student t-interval; delta is the difference to the best unimodal variant, paired by seed, "
+             f"a 95 % Student t-interval; delta is the difference to {against}, paired by seed, "
              f"with its 95 % t-interval and the p-value of a {stats.TEST_NAME}. "
              f"{'Higher' if plan.higher_is_better else 'Lower'} is better.", ""]
+    if any(ensemble.is_ensemble(v) for v in plan.variants):
+        lines += [f"`{ensemble.NAME}` trains nothing: for each seed it averages the predictions of that seed's unimodal "
+                  "runs (late fusion; probabilities for classes and labels, values for regression).", ""]
     if result.missing:
         lines += [f"**Incomplete**: {len(result.missing)} run(s) have no result yet: " + "; ".join(result.missing), ""]
-    lines += ["| variant | n | mean | std | 95 % CI | delta vs best unimodal | delta 95 % CI | p | verdict |",
+    lines += [f"| variant | n | mean | std | 95 % CI | delta vs {result.reference or 'best unimodal'} | delta 95 % CI | p | verdict |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in result.summary:
         lines.append(f"| {r['variant']} | {r['n']} | {_f(r['mean'])} | {_f(r['std'])} | {_interval(r['ci_low'], r['ci_high'])} | "
-                     f"{_f(r['delta_vs_best_unimodal'])} | {_interval(r['delta_ci_low'], r['delta_ci_high'])} | "
+                     f"{_f(r['delta_vs_reference'])} | {_interval(r['delta_ci_low'], r['delta_ci_high'])} | "
                      f"{_f(r['p_value'], 3)} | {r['verdict']} |")
     if plan.seeds < 2:
         lines += ["", "One seed: no interval or test can be given. Run with `--seeds 3` or more."]
@@ -230,8 +260,9 @@ def _missing_section(result: CompareResult) -> list[str]:
     if not robust:
         return []
     lines = ["", "## Missing modalities", "",
-             f"{result.metric} on the test split with one modality missing (its input absent, as `mmcli evaluate --drop`); "
-             "in brackets the change from the clean score.", "",
+             f"{result.metric} on the test split with one modality missing (its input absent, as `mmcli evaluate --drop`"
+             + (f"; for `{ensemble.NAME}`, the average of the other modalities' runs" if any(r["variant"] == ensemble.NAME for r in robust) else "")
+             + "); in brackets the change from the clean score.", "",
              "| variant | clean | " + " | ".join(f"without {m}" for m in mods) + " |",
              "|---|---|" + "---|" * len(mods)]
     for r in robust:

@@ -11,10 +11,13 @@ cells in N processes, and `--print-jobs` hands them to any scheduler (`--job K` 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -22,8 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from mmcli import ledger, runs
+from mmcli.compare import ensemble
 from mmcli.compare.locking import job_lock
 from mmcli.compare.outdir import prepare_out  # noqa: F401 (the CLI imports it from here)
+from mmcli.compare.pool import DataPool
 from mmcli.compare.variants import Variant, expand
 from mmcli.config import Config, check_batch_size, from_dict
 from mmcli.errors import UsageError
@@ -50,6 +55,8 @@ class Plan:
     baseline: dict[str, float] | None = None  # metrics of the training label prior on the test split
     command: str = ""
     threads: int = 0  # torch threads of every run (0: torch's default), whichever process runs it
+    kinds: dict[str, str] = field(default_factory=dict)  # modality -> kind, for the encoders variants choose
+    reference: str | None = None  # the variant every other is tested against (None: the best unimodal one)
 
     def base_config(self) -> Config:
         return from_dict(self.config)
@@ -81,8 +88,12 @@ def load_plan(out: Path) -> Plan:
         raise UsageError(f"{path}: cannot read the comparison plan ({exc})") from None
 
 
-def variant_config(base: Config, variant: Variant, seed_index: int) -> Config:
+def variant_config(base: Config, variant: Variant, seed_index: int, kinds: dict[str, str] | None = None) -> Config:
     cfg = base.copy()
+    if variant.encoders:  # `@ENCODER`: also the image size and normalization of its weights
+        from mmcli.models import with_encoders
+
+        cfg = with_encoders(cfg, dict(variant.encoders), kinds or {}, list(variant.modalities))
     cfg.model.modalities = list(variant.modalities)
     if variant.fusion:
         cfg.model.fusion = variant.fusion
@@ -91,20 +102,29 @@ def variant_config(base: Config, variant: Variant, seed_index: int) -> Config:
     return cfg
 
 
-def run_dir_for(variant: Variant, seed: int) -> str:
-    return f"runs/{variant.name.replace(':', '-').replace('+', '-')}-seed{seed}"
+def run_dir_for(variant: Variant, seed: int, clash: bool = False) -> str:
+    """The run's folder: the variant's name with ':', '+', '@''s '=' and ',' (anything but
+    letters, digits, '_', '.', '@', '-') as '-'; `clash`: another variant of the plan reads
+    the same, so the name's hash is added."""
+    stem = re.sub(r"[^A-Za-z0-9_.@-]", "-", variant.name)
+    if clash:
+        stem += "-" + hashlib.sha256(variant.name.encode()).hexdigest()[:8]
+    return f"runs/{stem}-seed{seed}"
 
 
-def shared_data(base: Config, cache_dir: str | None, workers: int = 1, progress=None) -> RunData:
-    """The data every cell reads: preprocessed (cached) and split once, all modalities."""
+def shared_data(base: Config, cache_dir: str | None, workers: int = 1, progress=None, report: bool = True) -> RunData:
+    """The data every cell reads: preprocessed (cached) and split once, all modalities.
+    `report`: say what the length limits cut (the planning process did)."""
     from mmcli.pipeline import prepare_training
 
-    return prepare_training(base, cache_dir, workers, progress)
+    return prepare_training(base, cache_dir, workers, progress, report)
 
 
 def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, cache_dir: str | None,
-              workers: int = 1, progress=None, command: str = "", threads: int = 0) -> tuple[Plan, RunData]:
+              workers: int = 1, progress=None, command: str = "", threads: int = 0,
+              reference: str | None = None) -> tuple[Plan, DataPool]:
     """Check the request, prepare the data once and list every cell with its fingerprint."""
+    from mmcli.compare.collect import check_reference
     from mmcli.data.preprocess import BUILTIN_PREFIX
     from mmcli.fusion import DEFAULT_FUSIONS, FUSIONS
     from mmcli.heads import make_task
@@ -129,19 +149,32 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
         # absolute in the plan, so that --job K finds the data from any working folder
         base.data.manifest = str(Path(base.data.manifest).resolve())
     data = shared_data(base, cache_dir, workers, progress)
+    base = data.config  # the length limits derived from the data, the same for every variant
     if "test" not in data.splits:
         raise UsageError(f"{data.table.source}: no test rows to compare on; add rows with split=test, "
                          "or drop the split column to draw a split")
-    variants = expand(items, data.modalities, FUSIONS.names(), DEFAULT_FUSIONS, base.model.fusion)
+    from mmcli.encoders import ENCODERS
+
+    kinds = {m: data.table.modalities[m].kind for m in data.modalities}
+    variants = expand(items, data.modalities, FUSIONS.names(), DEFAULT_FUSIONS, base.model.fusion, kinds, ENCODERS.names())
+    check_reference(reference, variants)
     plan = Plan(variants, seeds, metric, metric not in task.lower_is_better, base.to_dict(), list(data.modalities),
-                baseline=_baseline(data.task, data), command=command, threads=threads)
-    for v in variants:
+                baseline=_baseline(data.task, data), command=command, threads=threads, reference=reference, kinds=kinds)
+    pool = DataPool(base, kinds, cache_dir, data)
+    stems = [run_dir_for(v, 0).lower() for v in variants]  # lower: folders differ only in case on macOS and Windows
+    for v, stem in zip(variants, stems):
+        if ensemble.is_ensemble(v):  # trains nothing: computed from the unimodal runs when collected
+            continue
         for i in range(seeds):
-            cfg = variant_config(base, v, i)
+            cfg = variant_config(base, v, i, kinds)
+            if v.encoders:
+                check_batch_size(cfg, set(kinds.values()))  # its encoders' image size
             # the torch thread count is part of a run's identity: it changes the floating-point sums
-            plan.cells.append({"variant": v.name, "seed_index": i, "seed": cfg.train.seed, "run": run_dir_for(v, cfg.train.seed),
-                               "fingerprint": f"{fingerprint(cfg, data.table.key)}-t{threads}"})
-    return plan, data
+            plan.cells.append({"variant": v.name, "seed_index": i, "seed": cfg.train.seed,
+                               "run": run_dir_for(v, cfg.train.seed, stems.count(stem) > 1),
+                               "fingerprint": f"{fingerprint(cfg, pool.get(cfg).table.key)}-t{threads}"})
+    ensemble.mark_cells(plan)
+    return plan, pool
 
 
 def _baseline(task, data: RunData) -> dict[str, float] | None:
@@ -167,10 +200,12 @@ def read_cell(out: Path, cell: dict[str, Any]) -> dict[str, Any] | None:
         saved = json.loads((out / cell["run"] / RESULT).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return saved if saved.get("fingerprint") == cell["fingerprint"] else None
+    if saved.get("fingerprint") != cell["fingerprint"] or not ensemble.has_outputs(out / cell["run"], cell, saved):
+        return None
+    return saved
 
 
-def run_cell(plan: Plan, data: RunData, k: int, out: Path, fit_progress=None,
+def run_cell(plan: Plan, pool: DataPool, k: int, out: Path, fit_progress=None,
              cache_dir: str | None = None) -> tuple[dict[str, Any], bool]:
     """Run cell k (train, score the test split clean and with each modality missing) unless
     its result is already saved; returns (result, reused)."""
@@ -182,7 +217,8 @@ def run_cell(plan: Plan, data: RunData, k: int, out: Path, fit_progress=None,
         LOG.info("job %d (%s seed %d): finished before, reused", k, cell["variant"], cell["seed"])
         return saved, True
     variant = plan.variant(cell["variant"])
-    cfg = variant_config(plan.base_config(), variant, cell["seed_index"])
+    cfg = variant_config(plan.base_config(), variant, cell["seed_index"], plan.kinds)
+    data = pool.get(cfg)
     if f"{fingerprint(cfg, data.table.key)}-t{plan.threads}" != cell["fingerprint"]:
         raise UsageError(f"job {k} ({cell['variant']} seed {cell['seed']}): the data, its files or mmcli changed "
                          f"since the comparison in {out} was planned; plan it again (rerun the compare command)")
@@ -198,10 +234,15 @@ def run_cell(plan: Plan, data: RunData, k: int, out: Path, fit_progress=None,
         for stale in folder.parent.glob(f".{folder.name}.partial-*"):  # left by a run that was killed
             if (ledger.header(stale) or {}).get("kind") == "staging":  # only mmcli's, and only its files
                 ledger.remove_written(stale)
+            else:  # killed before its ledger was written: an empty folder goes, anything else stays
+                with contextlib.suppress(OSError):
+                    stale.rmdir()
         outcome = train(cfg, folder, overwrite=True, data=data, progress=fit_progress, cache_dir=cache_dir)
         result = {"fingerprint": cell["fingerprint"], "variant": variant.name, "family": variant.family,
                   "seed": cell["seed"], "best_epoch": outcome.result.best_epoch,
                   "seconds": round(outcome.result.seconds, 2), **_test_scores(outcome, cfg)}
+        if variant.family == "unimodal":  # what multimodal:ensemble averages, now or in a later plan
+            result[ensemble.FLAG] = ensemble.save_outputs(folder, outcome, cfg)
         runs.write_json(folder / RESULT, result)
     LOG.info("job %d (%s seed %d): %s %.4f, best epoch %d, %.1f s", k, variant.name, cell["seed"], plan.metric,
              result["scores"].get(plan.metric, float("nan")), result["best_epoch"], result["seconds"])
@@ -264,7 +305,8 @@ def threads_per_job(jobs: int) -> int:
 def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric: str | None = None,
                 cache_dir: str | None = None, overwrite: bool = False, workers: int = 1,
                 on_run: Callable[[int, int, str], Any] | None = None, fit_progress=None,
-                preprocess_progress=None, jobs: int = 1, command: str = "", on_done: Callable[[int, int, dict], Any] | None = None):
+                preprocess_progress=None, jobs: int = 1, command: str = "", on_done: Callable[[int, int, dict], Any] | None = None,
+                reference: str | None = None):
     """Plan, run every unfinished cell (in `jobs` processes), then collect the results.
 
     `on_run(done, total, name)` is called before each run of a sequential comparison,
@@ -272,7 +314,7 @@ def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric:
     from mmcli.compare.collect import collect
 
     plan, data = make_plan(config, items, seeds, metric, cache_dir, workers, preprocess_progress, command,
-                           threads_per_job(jobs) if jobs > 1 else 0)
+                           threads_per_job(jobs) if jobs > 1 else 0, reference)
     prepare_out(out, overwrite)
     write_plan(out, plan)
     reused = {k for k, cell in enumerate(plan.cells) if read_cell(out, cell) is not None}
@@ -304,8 +346,7 @@ def run_job(out: Path, k: int, cache_dir: str | None = None) -> tuple[dict[str, 
     saved = read_cell(out, plan.cells[k])
     if saved is not None:
         return saved, True
-    data = shared_data(plan.base_config(), cache_dir)
-    return run_cell(plan, data, k, out, cache_dir=cache_dir)
+    return run_cell(plan, DataPool(plan.base_config(), plan.kinds, cache_dir), k, out, cache_dir=cache_dir)
 
 
 def job_commands(out: Path, plan: Plan, cache_dir: str | None = None) -> list[str]:
@@ -327,7 +368,7 @@ def _worker_init(out: str, cache_dir: str | None, parent: int) -> None:
 
     setup_logging()
     plan = load_plan(Path(out))
-    _WORKER.update(out=Path(out), plan=plan, data=shared_data(plan.base_config(), cache_dir), cache_dir=cache_dir)
+    _WORKER.update(out=Path(out), plan=plan, data=DataPool(plan.base_config(), plan.kinds, cache_dir), cache_dir=cache_dir)
 
 
 def _exit_with_parent(parent: int, interval: float = 0.1) -> None:

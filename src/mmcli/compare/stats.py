@@ -60,21 +60,24 @@ def paired(values: dict[int, float], reference: dict[int, float]) -> dict[str, A
             "p_value": paired_t_test(diffs), "n_paired": len(diffs)}
 
 
-def verdict(row: dict[str, Any], higher_is_better: bool = True, alpha: float = 0.05) -> str:
-    if row.get("is_best_unimodal"):
-        return "best single modality (reference)"
-    delta, p = row.get("delta_vs_best_unimodal"), row.get("p_value")
+def verdict(row: dict[str, Any], higher_is_better: bool = True, alpha: float = 0.05, chosen: bool = False) -> str:
+    """The row's difference to its reference in words: the best single modality, or the
+    variant named by `reference` when the user chose it (`chosen`)."""
+    if row.get("is_reference"):
+        return "reference" if chosen else "best single modality (reference)"
+    against = row.get("reference") if chosen else "the best single modality"
+    delta, p = row.get("delta_vs_reference"), row.get("p_value")
     if row.get("n", 1) == 0:
         return "no results yet"
-    if row.get("best_unimodal") is None and delta is None:
+    if row.get("reference") is None and delta is None:
         return "no reference (no unimodal variant in the comparison)"
     if delta is None:
-        return "no seed in common with the best single modality"
+        return f"no seed in common with {against}"
     if row.get("n_paired", 0) < 2:
         return "one seed: no interval or test can be given; run with --seeds 3 or more"
     if p is None:
         return "undetermined: every seed differs by the same amount, so no test applies"
     if p >= alpha:
-        return "no significant difference from the best single modality"
+        return f"no significant difference from {against}"
     better = delta > 0 if higher_is_better else delta < 0
-    return "better than the best single modality" if better else "worse than the best single modality"
+    return f"{'better' if better else 'worse'} than {against}"

@@ -2,7 +2,9 @@
 
 - `unimodal`: one variant per modality (`unimodal:image`);
 - `multimodal`: the default fusion set over all modalities (`multimodal:concat`, ...);
-  `multimodal:all` is every registered fusion;
+  `multimodal:all` is every registered fusion. Both add `multimodal:ensemble` (the
+  unimodal runs' predictions averaged, nothing trained) when the comparison has every
+  unimodal variant; named on its own, `multimodal:ensemble` brings the unimodal variants;
 - `subsets`: every non-empty subset of the modalities with the configured fusion
   (`model.fusion`): the single modalities are the unimodal variants, the full set is
   `multimodal:<fusion>`, the others are named `subset:image+text`. It is what modality
@@ -12,17 +14,25 @@
   source (MCTN-style: predicts from m alone, scored with the others missing), each
   beside its baseline `unimodal:<m>`, and `crossmodal:cross_attention` (the fusion).
   `crossmodal:translate` alone takes the first modality as the source.
+
+Any item takes an encoder choice after `@`: `unimodal:image@mobilenet_v2` (the variant's
+modality of the encoder's kind), `multimodal:concat@image=mobilenet_v2,text=bigru` (by
+modality), each encoder optionally with a mode, `@mobilenet_v2:frozen` (`finetuned`,
+`scratch`: see `mmcli.models.ENCODER_MODES`). The variant's name carries the choice, so
+several encoders of one modality compare side by side; a family item (`multimodal@...`)
+gives the choice to each of its variants that has such a modality.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import combinations
 from typing import Any
 
 from mmcli.errors import UsageError
 
 FAMILIES = ("unimodal", "multimodal", "subsets", "crossmodal")
+ENSEMBLE = "ensemble"  # multimodal:ensemble, the unimodal runs averaged: trains nothing (compare/ensemble.py)
 
 
 @dataclass(frozen=True)
@@ -32,25 +42,42 @@ class Variant:
     modalities: tuple[str, ...]
     fusion: str | None = None
     crossmodal: str | None = None  # model.crossmodal: align or translate
+    encoders: tuple[tuple[str, str], ...] = ()  # (modality, registered encoder name[:mode]) chosen after '@'
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "encoders": dict(self.encoders)}
 
     @classmethod
     def from_dict(cls, value: dict[str, Any]) -> "Variant":
-        return cls(value["name"], value["family"], tuple(value["modalities"]), value.get("fusion"), value.get("crossmodal"))
+        return cls(value["name"], value["family"], tuple(value["modalities"]), value.get("fusion"), value.get("crossmodal"),
+                   tuple((str(m), str(e)) for m, e in (value.get("encoders") or {}).items()))
 
 
 def expand(items: list[str], modalities: list[str], fusions: list[str], default_fusions: tuple[str, ...],
-           subset_fusion: str = "concat") -> list[Variant]:
-    """Families and variant names -> variants, in order, without repeats."""
+           subset_fusion: str = "concat", kinds: dict[str, str] | None = None, encoders: list[str] = ()) -> list[Variant]:
+    """Families and variant names -> variants, in order, without repeats. `kinds` (modality
+    -> kind) and `encoders` (the registered names) check the encoders chosen after '@'."""
     out: list[Variant] = []
     default = ["unimodal", "multimodal"] if len(modalities) > 1 else ["unimodal"]
+    ensemble_at = None
     for item in items or default:
-        for variant in _expand_one(item.strip(), modalities, fusions, default_fusions, subset_fusion):
+        base, at, choice = item.strip().partition("@")
+        found = _expand_one(base.strip(), modalities, fusions, default_fusions, subset_fusion)
+        for variant in with_encoders(found, item.strip(), choice, kinds or {}, list(encoders)) if at else found:
             if variant not in out:
                 out.append(variant)
+        if item.strip() in ("multimodal", "multimodal:all"):
+            ensemble_at = len(out)
+    # the multimodal family shows the late-fusion baseline where it is free: every unimodal run is there
+    names = {v.name for v in out}
+    if ensemble_at is not None and all(f"unimodal:{m}" in names for m in modalities) \
+            and ensemble_variant(modalities) not in out:
+        out.insert(ensemble_at, ensemble_variant(modalities))
     return out
+
+
+def ensemble_variant(modalities: list[str] | tuple[str, ...]) -> Variant:
+    return Variant(f"multimodal:{ENSEMBLE}", "multimodal", tuple(modalities), ENSEMBLE)
 
 
 def subset_variant(subset: tuple[str, ...], modalities: list[str], fusion: str) -> Variant:
@@ -85,10 +112,14 @@ def _expand_one(item: str, modalities: list[str], fusions: list[str], default_fu
     if item == "multimodal:all":
         _need_two(modalities, item)
         return [Variant(f"multimodal:{f}", "multimodal", tuple(modalities), f) for f in fusions if f != "identity"]
+    if item == f"multimodal:{ENSEMBLE}":  # with the unimodal runs it averages
+        _need_two(modalities, item)
+        return [*(Variant(f"unimodal:{m}", "unimodal", (m,)) for m in modalities), ensemble_variant(modalities)]
     if family == "multimodal" and arg:
         _need_two(modalities, item)
         if arg not in fusions or arg == "identity":
-            raise UsageError(f"variant '{item}': unknown fusion '{arg}' (known: {', '.join(f for f in fusions if f != 'identity')})")
+            raise UsageError(f"variant '{item}': unknown fusion '{arg}' (known: "
+                             f"{', '.join([*(f for f in fusions if f != 'identity'), ENSEMBLE])})")
         return [Variant(item, "multimodal", tuple(modalities), arg)]
     if family == "subset" and arg:
         parts = tuple(p.strip() for p in arg.split("+") if p.strip())
@@ -127,3 +158,63 @@ def _crossmodal(item: str, modalities: list[str], fusion: str) -> list[Variant]:
 def _need_two(modalities: list[str], item: str) -> None:
     if len(modalities) < 2:
         raise UsageError(f"'{item}' needs at least two modalities; the data has {', '.join(modalities) or 'none'}")
+
+
+def with_encoders(variants: list[Variant], item: str, choice: str, kinds: dict[str, str], known: list[str]) -> list[Variant]:
+    """The variants of `item` with the encoders chosen after its '@' (`ENCODER[:MODE]` or
+    `MODALITY=ENCODER[:MODE],...`); a variant without the modalities named keeps its own."""
+    from mmcli.models import ENCODER_MODES
+
+    wanted: list[tuple[str | None, str, str]] = []  # (modality or None: by kind, short or full name, mode)
+    for part in choice.split(","):
+        target, eq, spec = part.strip().rpartition("=")
+        name, _, mode = spec.strip().partition(":")
+        if not name or (eq and not target.strip()):
+            raise UsageError(f"variant '{item}': after '@' give ENCODER[:MODE] or MODALITY=ENCODER[:MODE],... "
+                             "(e.g. unimodal:image@mobilenet_v2:frozen, multimodal:concat@image=mobilenet_v2)")
+        if mode and mode not in ENCODER_MODES:
+            raise UsageError(f"variant '{item}': unknown encoder mode '{mode}' (known: {', '.join(ENCODER_MODES)})")
+        if eq and target.strip() not in kinds:
+            raise UsageError(f"variant '{item}': the data has no modality '{target.strip()}' (it has: {', '.join(kinds)})")
+        if name not in known and not any(f"{k}.{name}" in known for k in kinds.values()):
+            raise UsageError(f"variant '{item}': unknown encoder '{name}'; {_known(kinds, known)}")
+        wanted.append((target.strip() if eq else None, name, mode))
+    out = [_choose(v, item, wanted, kinds, known) for v in variants]
+    if all(not v.encoders for v in out):
+        mods = dict.fromkeys(f"{m} ({kinds.get(m)})" for v in variants for m in v.modalities)
+        raise UsageError(f"variant '{item}': the encoder after '@' is for none of its modalities, {', '.join(mods)}; "
+                         f"{_known(kinds, known)}")
+    if any(v.fusion == ENSEMBLE for v in out):
+        raise UsageError(f"variant '{item}': multimodal:{ENSEMBLE} averages the unimodal variants' runs and trains "
+                         "no encoder; name the unimodal variants with '@' instead")
+    return out
+
+
+def _choose(variant: Variant, item: str, wanted: list[tuple[str | None, str, str]], kinds: dict[str, str],
+            known: list[str]) -> Variant:
+    chosen: dict[str, str] = {}
+    for target, name, mode in wanted:
+        for m in [target] if target else variant.modalities:
+            full = name if "." in name else f"{kinds.get(m)}.{name}"
+            fits = full in known and full.startswith(f"{kinds.get(m)}.")
+            if m not in variant.modalities or (target is None and not fits):
+                continue  # a bare encoder name goes to the modalities of its kind
+            if not fits:
+                raise UsageError(f"variant '{item}': '{name}' is not an encoder for {m} ({kinds[m]}); {_known(kinds, known)}")
+            chosen[m] = f"{full}:{mode}" if mode else full
+    if not chosen:
+        return variant
+    if len(variant.modalities) == 1:
+        suffix = _short(chosen[variant.modalities[0]])
+    else:
+        suffix = ",".join(f"{m}={_short(chosen[m])}" for m in variant.modalities if m in chosen)
+    return replace(variant, name=f"{variant.name}@{suffix}", encoders=tuple((m, chosen[m]) for m in variant.modalities if m in chosen))
+
+
+def _short(encoder: str) -> str:
+    return encoder.partition(".")[2]
+
+
+def _known(kinds: dict[str, str], known: list[str]) -> str:
+    per_kind = {k: [_short(n) for n in known if n.startswith(f"{k}.")] for k in dict.fromkeys(kinds.values())}
+    return "known: " + "; ".join(f"{k} encoders {', '.join(names)}" for k, names in per_kind.items()) + " (mmcli list encoders)"

@@ -105,9 +105,17 @@ def _to_rgb(img):
     return img.convert("RGB")
 
 
+def max_seconds(config: DataConfig) -> float:
+    """data.max_seconds, which preprocessing derives from the data where the config leaves it
+    unset (mmcli.data.lengths): decoding never guesses one."""
+    if config.max_seconds is None:
+        raise ValueError("data.max_seconds is not set: preprocessing derives it before decoding (mmcli.data.lengths)")
+    return config.max_seconds
+
+
 def audio_frames(config: DataConfig) -> int:
     # librosa's centred STFT gives 1 + samples // hop frames
-    return int(config.max_seconds * config.sample_rate) // config.hop_length + 1
+    return int(max_seconds(config) * config.sample_rate) // config.hop_length + 1
 
 
 def decode_audio(path: Path, config: DataConfig) -> tuple[torch.Tensor, int]:
@@ -131,7 +139,7 @@ def _frames_used(rate: int, config: DataConfig) -> int:
     """The frames of a file at `rate` that make `max_seconds`, and a tenth of a second
     more so that resampling sees what follows the cut: only these are read, so a file of
     hours (or a header that claims 4 GB) costs what a short one does."""
-    return math.ceil(config.max_seconds * rate) + rate // 10 + 1
+    return math.ceil(max_seconds(config) * rate) + rate // 10 + 1
 
 
 def log_mel(samples: np.ndarray, rate: int, config: DataConfig) -> tuple[torch.Tensor, int]:
@@ -139,7 +147,7 @@ def log_mel(samples: np.ndarray, rate: int, config: DataConfig) -> tuple[torch.T
 
     if rate != config.sample_rate:
         samples = librosa.resample(samples, orig_sr=rate, target_sr=config.sample_rate)
-    samples = samples[: int(config.max_seconds * config.sample_rate)]
+    samples = samples[: int(max_seconds(config) * config.sample_rate)]
     power = librosa.feature.melspectrogram(
         y=samples, sr=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length,
         win_length=config.win_length, window=config.window, n_mels=config.n_mels, center=True,

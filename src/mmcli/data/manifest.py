@@ -17,7 +17,7 @@ from pathlib import Path
 from mmcli.config import DataConfig, ModalityConfig
 from mmcli.errors import BadRow, DataError, UsageError
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm"}  # Netpbm: ORL faces and other research sets
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 
 LOG = logging.getLogger("mmcli")

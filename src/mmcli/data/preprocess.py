@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from mmcli.config import DataConfig, ModalityConfig
-from mmcli.data import cache, decode, stream, tabular
+from mmcli.data import cache, decode, lengths, stream, tabular
 from mmcli.data.manifest import Manifest, detect_modalities, media_path, read_manifest
 from mmcli.data.table import Table, check_settings, is_table, load_table
 from mmcli.errors import BadRow, DataError, MmcliError, writing
@@ -42,13 +42,18 @@ def resolve_source(data: str | Path | None, cache_root: Path) -> Path:
 def preprocess(data: str | Path | None, config: DataConfig, cache_dir: str | Path | None = None,
                workers: int = 1, progress: Progress | None = None,
                require_label: bool = True) -> Table:
-    """Load `data` (manifest, folder or cache) as a Table, through the cache."""
+    """Load `data` (manifest, folder or cache) as a Table, through the cache. An unset
+    `config.max_seconds` is derived from the data first and set on `config` (mmcli.data.lengths):
+    the spectrograms' length and the cache key depend on it."""
     root = cache.cache_root(cache_dir)
     source = resolve_source(data, root)
     if source.is_dir() and is_table(source):
-        return check_settings(load_table(source), config, source)
+        table = load_table(source)
+        lengths.resolve_cached_seconds(config, table)
+        return check_settings(table, config, source)
     manifest = read_manifest(source)
     modalities = detect_modalities(manifest, config)
+    lengths.resolve_seconds(config, manifest, modalities)
     files = _referenced_files(manifest, modalities)
     key = cache.data_key(manifest.path, [f for f in files if f is not None], modalities, config, require_label)
     folder = cache.tensor_dir(root) / key

@@ -54,6 +54,30 @@ def _set_lengths(tokenizer, max_len: int) -> None:
     tokenizer.enable_padding(pad_id=tokenizer.token_to_id(PAD), pad_token=PAD, length=max_len)
 
 
+def token_counts(tokenizer, texts: list[str]) -> list[int]:
+    """How many tokens each text makes, uncut and unpadded (special tokens counted as the
+    tokenizer adds them); the tokenizer's own lengths are left as they were."""
+    raw = getattr(tokenizer, "tokenizer", tokenizer)  # a PretrainedTokenizer wraps its backend
+    truncation, padding = raw.truncation, raw.padding
+    raw.no_truncation()
+    raw.no_padding()
+    try:
+        return [len(e.ids) for e in raw.encode_batch(texts)]
+    finally:
+        if truncation:
+            raw.enable_truncation(**truncation)
+        if padding:
+            raw.enable_padding(**padding)
+
+
+def set_max_len(tokenizer, max_len: int) -> None:
+    """Cut and pad every text to `max_len` tokens, keeping the tokenizer's padding token."""
+    raw = getattr(tokenizer, "tokenizer", tokenizer)
+    padding = raw.padding or {"pad_id": raw.token_to_id(PAD) or 0, "pad_token": PAD}
+    raw.enable_truncation(max_length=max_len)
+    raw.enable_padding(pad_id=padding["pad_id"], pad_token=padding["pad_token"], length=max_len)
+
+
 def load_tokenizer(path: Path, max_len: int, pretrained: bool = False):
     """A run folder's tokenizer. mmcli's own is rebuilt around the file's vocabulary, as
     `fit_tokenizer` builds it: nothing else of a file from elsewhere (normalizers, regular

@@ -25,7 +25,7 @@ from torch import nn
 from mmcli.registry import Registry
 
 ENCODERS: Registry = Registry("encoder")
-DEFAULT_ENCODERS = {"image": "cnn", "text": "textcnn", "audio": "cnn", "tabular": "mlp"}
+DEFAULT_ENCODERS = {"image": "cnn", "text": "transformer", "audio": "cnn", "tabular": "mlp"}
 
 # Registry tags saying where an encoder's pretrained weights come from.
 PRETRAINED_TAGS = {"weights:torchvision": "torchvision (pretrained: true) or a file (weights: PATH)",
@@ -104,10 +104,13 @@ class Encoder(nn.Module):
         return EncoderOutput(pooled, tokens, mask)
 
     def forward(self, x, lengths=None) -> EncoderOutput:
+        augment = self.input_augment
+        if self.training and augment is not None:
+            x = augment(x)
         return self.from_features(*self.features(x, lengths))
 
     def blocks(self) -> list:
-        return [m for name, m in self.named_children() if name != "proj"]
+        return [m for name, m in self.named_children() if name not in ("proj", "input_augment")]
 
     def extractor_parameters(self) -> list:
         return [p for name, p in self.named_parameters() if not name.startswith("proj.")]
@@ -133,7 +136,12 @@ class Encoder(nn.Module):
 
     @property
     def cacheable(self) -> bool:
-        return self.feature_frozen and not self.augments
+        return self.feature_frozen and not self.augments and self.input_augment is None
+
+    @property
+    def input_augment(self):
+        """Images: the ImageAugment (a submodule) that models.build attaches to an encoder that trains."""
+        return self._modules.get("input_augment")
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -8,6 +8,11 @@ for machines without one. Input size and normalization follow the weights' metad
 `trainable: false` freezes the backbone (its features can then be cached); `trainable: N`
 trains the last N blocks (residual blocks, inverted-residual blocks, ConvNeXt blocks or
 Transformer layers).
+
+`mobilenet_v2` has two sources of weights that read different inputs: torchvision's
+(`pretrained: true`) read ImageNet-normalised images, while a `weights: PATH` file is
+taken to be Google's MobileNetV2 (TensorFlow's convention, as the file in
+`../shared/weights`), which reads RGB in [0, 1] normalised with mean = std = 0.5.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from mmcli.errors import ConfigError
 ARCHS = {
     "resnet18": "ResNet-18 (He et al., 2016), 512 features",
     "resnet50": "ResNet-50 (He et al., 2016), 2048 features",
+    "mobilenet_v2": "MobileNetV2 (Sandler et al., 2018), 1280 features; a weights file reads inputs normalised with mean = std = 0.5",
     "mobilenet_v3_small": "MobileNetV3-Small (Howard et al., 2019), 576 features",
     "efficientnet_b0": "EfficientNet-B0 (Tan and Le, 2019), 1280 features",
     "convnext_tiny": "ConvNeXt-Tiny (Liu et al., 2022), 768 features",
@@ -32,14 +38,19 @@ ARCHS = {
 }
 TOKENS_GRID = 4  # feature maps are pooled to 4x4 region tokens, as the small CNN's
 MIN_IMAGE_SIZE = {"convnext_tiny": 32}  # smaller images vanish before its last 2x2 downsampling
+# How a `weights: PATH` file of these architectures normalises its inputs, where it is not as
+# torchvision's own weights do: MobileNetV2 files come from TensorFlow, whose models read [-1, 1].
+FILE_NORMALIZATION = {"mobilenet_v2": {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}}
 
 
-def image_preprocessing(arch: str) -> dict[str, Any]:
-    """The default weights' input size and normalization (metadata only: no download)."""
+def image_preprocessing(arch: str, from_file: bool = False) -> dict[str, Any]:
+    """The weights' input size and normalization (metadata only: no download): those of
+    torchvision's default weights, or with `from_file` those of the file the arch expects."""
     from torchvision.models import get_model_weights
 
     preset = get_model_weights(arch).DEFAULT.transforms()
-    return {"image_size": int(preset.crop_size[0]), "image_mean": list(preset.mean), "image_std": list(preset.std)}
+    out = {"image_size": int(preset.crop_size[0]), "image_mean": list(preset.mean), "image_std": list(preset.std)}
+    return {**out, **FILE_NORMALIZATION.get(arch, {})} if from_file else out
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -107,7 +118,7 @@ def _stages(arch: str, tv: nn.Module) -> tuple[nn.Module, list[nn.Module], int]:
     if arch == "efficientnet_b0":  # seven stages of MBConv blocks, then a 1x1 conv
         blocks = [b for stage in list(tv.features)[1:8] for b in stage] + [tv.features[8]]
         return tv.features, blocks, tv.features[8].out_channels
-    blocks = list(tv.features)[1:]  # mobilenet_v3_small: inverted-residual blocks, then a 1x1 conv
+    blocks = list(tv.features)[1:]  # mobilenet_v2 and v3_small: inverted-residual blocks, then a 1x1 conv
     return tv.features, blocks, tv.features[-1].out_channels
 
 

@@ -62,6 +62,22 @@ class TextCNN(Encoder):
         return torch.cat(maps, dim=1).transpose(1, 2), mask
 
 
+class Bag(Encoder):
+    """Embedding bag (fastText-style; Joulin et al., 2017): each token's embedding, averaged
+    over the real tokens after the projection. No order, few parameters: short texts such
+    as names and titles, whose words carry the meaning, generalise better than through
+    convolutions or recurrences, which memorise their few training examples."""
+
+    def __init__(self, spec: ModalitySpec, out_dim: int, embed_dim: int = 128, **_: object):
+        super().__init__()
+        self.embed = nn.Embedding(spec.vocab_size, embed_dim, padding_idx=0)
+        self.proj = nn.Linear(embed_dim, out_dim)
+        self.out_dim = out_dim
+
+    def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
+        return self.embed(x), x != 0
+
+
 def sinusoids(length: int, dim: int, device=None) -> torch.Tensor:
     """Fixed sine/cosine positions (Vaswani et al., 2017): any length, no parameters."""
     position = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)
@@ -103,5 +119,7 @@ class SmallTransformer(Encoder):
 ENCODERS.register("text.bigru", "embedding + bidirectional GRU", tags=("text",))(BiGRU)
 ENCODERS.register("text.bilstm", "embedding + bidirectional LSTM", tags=("text",))(BiLSTM)
 ENCODERS.register("text.textcnn", "embedding + TextCNN (Kim, 2014)", tags=("text",))(TextCNN)
+ENCODERS.register("text.bag", "embedding bag: the mean of the token embeddings (fastText-style)",
+                  tags=("text",))(Bag)
 ENCODERS.register("text.transformer", "embedding + small Transformer encoder (2 layers, 4 heads)",
                   tags=("text",))(SmallTransformer)

@@ -55,6 +55,12 @@ class Task:
         """State chosen on the validation split once training is over (default: none)."""
         return {}
 
+    def average(self, outputs: list):
+        """The late-fusion ensemble of models trained apart (compare's `multimodal:ensemble`):
+        their outputs on the same rows combined into outputs `evaluate` reads. None: this
+        task has no ensemble."""
+        return None
+
     def split_keys(self, values: list[str]) -> list[str]:
         return list(values) if self.stratify else [""] * len(values)
 

@@ -65,6 +65,12 @@ class Classification(Task):
     def evaluate(self, logits: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict[str, Any]:
         return classification_scores(logits, labels, names)
 
+    def average(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """The predicted probabilities averaged, as log-probabilities: softmax gives them back,
+        so accuracy, F1 and the loss are the averaged distribution's (UME, Du et al., 2023)."""
+        probs = torch.stack([o.float().softmax(dim=1) for o in outputs]).mean(dim=0)
+        return probs.clamp_min(torch.finfo(torch.float32).tiny).log()  # a 0 would make the loss infinite
+
     def sample_weights(self, targets: torch.Tensor) -> torch.Tensor:
         """Per-example weights of `train.sampler: weighted`: 1 / the count of its class."""
         counts = torch.bincount(targets.clamp(min=0)).float()

@@ -83,6 +83,11 @@ class MultiLabel(Task):
             chosen.append(round(best, 4))
         return {"thresholds": chosen}
 
+    def average(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """Each label's predicted probability averaged, as logits (sigmoid gives it back)."""
+        probs = torch.stack([torch.sigmoid(o.float()) for o in outputs]).mean(dim=0)
+        return torch.logit(probs, eps=1e-7)
+
     def evaluate(self, logits: torch.Tensor, targets: torch.Tensor, names: list[str]) -> dict[str, Any]:
         from sklearn.metrics import average_precision_score
 

@@ -73,6 +73,10 @@ class Regression(Task):
         """Standardised outputs back in the target's units (float64: a large mean keeps its digits)."""
         return outputs.double().squeeze(-1) * self.state.get("std", 1.0) + self.state.get("mean", 0.0)
 
+    def average(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """The mean prediction (standardised, as every run's outputs)."""
+        return torch.stack([o.float() for o in outputs]).mean(dim=0)
+
     def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, names: list[str]) -> dict[str, Any]:
         n = len(targets)
         std = self.state.get("std", 1.0)

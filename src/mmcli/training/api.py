@@ -72,6 +72,24 @@ def _run_data(config: Config, data: RunData | None, cache_dir, workers, progress
                    make_specs(config, data.table, modalities, tokenizers), dict(data.target_state))
 
 
+def _with_defaults(config: Config, task, n_train: int) -> Config:
+    """The config with what depends on the data filled in: the metric, and the budget
+    (epochs, patience) from the training split's size, logged; saved with the run."""
+    from mmcli.training.setup import budget
+
+    if config.eval.metric is not None and config.train.epochs is not None and config.train.patience is not None:
+        return config
+    config = config.copy()
+    config.eval.metric = config.eval.metric or task.default_metric
+    if config.train.epochs is None or config.train.patience is None:
+        derived = config.train.epochs is None
+        config.train.epochs, config.train.patience = budget(n_train, config.train)
+        if derived:
+            LOG.info("train.epochs=%d, train.patience=%d (derived from %d training examples in batches of %d)",
+                     config.train.epochs, config.train.patience, n_train, config.train.batch_size)
+    return config
+
+
 def check_config(config: Config, task) -> None:
     """What the task must support of the config: its metric, class weights, the sampler."""
     if config.train.class_weights != "none" and not hasattr(task, "class_weights"):
@@ -96,10 +114,11 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     config = make_task(config).adapt_config(adapt_data(config, kinds), kinds)
     check_batch_size(config, set(kinds.values()))  # before any preprocessing
     data = _run_data(config, data, cache_dir, workers, preprocess_progress)
+    config = data.config  # with the length limits derived from the data (mmcli.data.lengths)
     task = data.task
-    if config.eval.metric is None:
-        config = config.copy()
-        config.eval.metric = task.default_metric
+    resolved = _with_defaults(config, task, data.counts()["train"])
+    if resolved is not config:
+        config = resolved
         data = RunData(config, data.table, data.splits, data.modalities, data.labels, data.tokenizers, data.specs,
                        data.target_state)
     check_config(config, task)

@@ -40,6 +40,24 @@ def pick_device(name: str) -> torch.device:
         raise UsageError(f"--device {name}: not a device (use auto, cpu, cuda or mps)") from None
 
 
+# The training budget when train.epochs is not set: enough epochs for about BUDGET_STEPS
+# optimizer steps, within [MIN_EPOCHS, MAX_EPOCHS]. Measured on real sets (docs/results.md,
+# "Defaults"): 12 epochs left mdi-icons' name and image models 2 points short of where 30
+# take them; AV-MNIST's 120 steps an epoch reach their best within 13. The cap keeps a
+# tiny set from training for hundreds of epochs.
+BUDGET_STEPS, MIN_EPOCHS, MAX_EPOCHS = 1500, 12, 30
+
+
+def budget(n_train: int, cfg: TrainConfig) -> tuple[int, int]:
+    """(epochs, patience) for a training split of `n_train` examples: the set values, or
+    derived ones. Early stopping waits a quarter of the budget (at least 5 epochs): a small
+    set's validation metric is noisy from epoch to epoch."""
+    steps = max(1, math.ceil(n_train / (cfg.batch_size * cfg.accumulate)))
+    epochs = cfg.epochs or min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(BUDGET_STEPS / steps)))
+    patience = cfg.patience if cfg.patience is not None else max(5, epochs // 4)
+    return epochs, patience
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int):
     """AdamW (no weight decay on biases and norms) with linear warm-up then cosine decay."""
     decay, no_decay, devices = [], [], set()

@@ -1,0 +1,69 @@
+"""The quality benchmark (issue 19): the default `mmcli compare unimodal multimodal` on every
+real multimodal set in ../shared/data, one table per set.
+
+    python bench/quality.py [--seeds 5] [--sets mdi-icons,avmnist,coco-super] [--out DIR]
+    make bench-quality
+
+For each set it prints each variant's mean, 95 % interval, its difference to the best
+single modality with the paired t-test's p-value, and the scores with each modality
+missing; and the comparison's wall time. Nothing is tuned per set: the command is the one
+a new user runs. The peer (Ludwig) runs on the same split with bench/peers/run_ludwig.sh.
+Takes about an hour with 5 seeds on 2 cores (docs/results.md has the measured tables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from quality_sets import build  # noqa: E402
+
+
+def pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def table(summary: list[dict]) -> list[str]:
+    missing = sorted({k for row in summary for k in row if k.startswith("without_")})
+    head = ["variant", "n", "mean", "95 % CI", "delta", "p", *missing]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in summary:
+        delta = row.get("delta_vs_reference", row.get("delta_vs_best_unimodal"))
+        p = row.get("p_value")
+        cells = [row["variant"], str(row["n"]), pct(row["mean"]), f"[{pct(row.get('ci_low'))}, {pct(row.get('ci_high'))}]",
+                 "reference" if row.get("is_reference", row.get("is_best_unimodal")) else
+                 ("–" if delta is None else f"{100 * delta:+.1f}"),
+                 "–" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}"), *(pct(row.get(k)) for k in missing)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--sets", default="mdi-icons,avmnist,coco-super")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-quality"))
+    parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    args = parser.parse_args()
+    if not args.shared.is_dir():
+        sys.exit(f"{args.shared}: no real data here (see ../shared/data/README.md); nothing to benchmark")
+    sets = build(args.shared.resolve(), args.out / "data")
+    for name in args.sets.split(","):
+        out = args.out / name
+        cmd = [sys.executable, "-m", "mmcli", "compare", "unimodal", "multimodal", "--data", str(sets[name]),
+               "--seeds", str(args.seeds), "--out", str(out), "--overwrite", "--quiet"]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        wall = time.perf_counter() - start
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        print(f"\n### {name} ({args.seeds} seeds, wall {wall / 60:.1f} min)\n\n`{' '.join(cmd[1:])}`\n")
+        print("\n".join(table(summary)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""`multimodal:ensemble`: the comparison's unimodal runs averaged, a late fusion that trains nothing.
+
+UME, the uni-modal ensemble of Du et al. (ICML 2023, "On Uni-Modal Feature Learning in
+Supervised Multi-Modal Learning"): each modality's model is trained alone and their
+predictions are averaged (classification: the softmax probabilities; multilabel: each
+label's sigmoid; regression: the predicted values; `Task.average`). Du et al. show that
+joint training can leave the weaker modality's encoder under-trained, and that this
+ensemble is a baseline a learned fusion must beat. Inside `compare` it costs nothing: the
+unimodal variants are trained anyway.
+
+Every unimodal run of a comparison saves its raw outputs on the validation and test
+splits (OUTPUTS, beside compare-result.json). The ensemble of seed i is computed from the
+unimodal runs of seed i when the results are collected: it is no job of its own, so
+`--jobs`, `--print-jobs` and `--collect` give the same result, reproducible from the saved
+files. "Without m" is the ensemble of the other modalities' runs. A multi-label ensemble
+chooses its thresholds on the validation split, as every multi-label run does.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmcli import runs
+from mmcli.compare.variants import ENSEMBLE, Variant
+from mmcli.errors import UsageError
+
+if TYPE_CHECKING:
+    from mmcli.compare.runner import Plan
+
+LOG = logging.getLogger("mmcli")
+
+NAME = f"multimodal:{ENSEMBLE}"
+OUTPUTS = "compare-outputs.npz"
+FLAG = "outputs"  # in a plan's cell: an ensemble reads this run's outputs; in its result: the file
+
+
+def is_ensemble(v: Variant) -> bool:
+    return v.family == "multimodal" and v.fusion == ENSEMBLE
+
+
+def members(v: Variant) -> dict[str, str]:
+    """Modality -> the unimodal variant the ensemble averages."""
+    return {m: f"unimodal:{m}" for m in v.modalities}
+
+
+def mark_cells(plan: Plan) -> None:
+    """Flag the cells an ensemble reads: their result counts only with its outputs saved, so
+    a run finished by an mmcli older than the ensemble (no outputs) runs again."""
+    needed = {name for v in plan.variants if is_ensemble(v) for name in members(v).values()}
+    for cell in plan.cells:
+        if cell["variant"] in needed:
+            cell[FLAG] = True
+
+
+def has_outputs(folder: Path, cell: dict[str, Any], saved: dict[str, Any]) -> bool:
+    """False for a cell an ensemble reads whose run saved no outputs (an older mmcli)."""
+    return not cell.get(FLAG) or (saved.get(FLAG) == OUTPUTS and (folder / OUTPUTS).is_file())
+
+
+def save_outputs(folder: Path, outcome, cfg) -> str:
+    """The run's raw outputs (logits; regression: standardised values), row ids and targets
+    on the validation and test splits, as one .npz written atomically into its folder."""
+    import numpy as np
+    import torch
+
+    from mmcli.training.loop import predict_logits
+    from mmcli.training.setup import pick_device
+
+    device = pick_device(cfg.train.device)
+    arrays = {}
+    for split in ("val", "test"):
+        part = outcome.data.part(split)
+        outputs = predict_logits(outcome.model, part, cfg, device) if len(part) else torch.empty(0)
+        arrays.update({f"{split}_ids": np.array(part.ids, dtype=str), f"{split}_outputs": outputs.numpy(),
+                       f"{split}_targets": part.labels.numpy()})
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    runs.write_atomic(folder / OUTPUTS, buffer.getvalue())
+    return OUTPUTS
+
+
+def results(out: Path, plan: Plan, saved: dict[int, dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(cell, result) for every seed of every ensemble whose unimodal runs have all finished,
+    in the form of a run's cell and result."""
+    pairs = []
+    for v in plan.variants:
+        if not is_ensemble(v):
+            continue
+        for i in range(plan.seeds):
+            ks = {m: next((k for k, c in enumerate(plan.cells) if c["variant"] == name and c["seed_index"] == i), None)
+                  for m, name in members(v).items()}
+            if not all(k in saved for k in ks.values()):
+                continue  # the runs that are missing are named by collect
+            loaded = {m: load(out / plan.cells[k]["run"]) for m, k in ks.items()}
+            if any(x is None for x in loaded.values()):
+                continue
+            first = plan.cells[ks[v.modalities[0]]]
+            cell = {"variant": v.name, "seed_index": i, "seed": first["seed"], "run": None}
+            pairs.append((cell, score(plan, loaded, out / first["run"])))
+    return pairs
+
+
+def load(folder: Path) -> dict[str, Any] | None:
+    import zipfile
+
+    import numpy as np
+    import torch
+
+    try:
+        with np.load(folder / OUTPUTS, allow_pickle=False) as z:
+            return {k: (z[k].tolist() if k.endswith("_ids") else torch.from_numpy(z[k])) for k in z.files}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        LOG.warning("%s: cannot read (%s); the ensemble leaves this seed out: delete %s and rerun the comparison",
+                    folder / OUTPUTS, exc, folder)
+        return None
+
+
+def score(plan: Plan, loaded: dict[str, dict[str, Any]], first_run: Path) -> dict[str, Any]:
+    """The ensemble's test scores, per-class scores and its scores without each modality."""
+    from mmcli.compare.runner import _scalars
+
+    mods = list(loaded)
+    for m in mods[1:]:
+        for split in ("val", "test"):
+            if loaded[m][f"{split}_ids"] != loaded[mods[0]][f"{split}_ids"]:
+                raise UsageError(f"the unimodal runs in {first_run.parent} scored different {split} rows "
+                                 "(a folder of another comparison?); rerun the comparison with --overwrite")
+    names = runs.read_json(first_run / "labels.json", list)
+    state = {k: v for k, v in runs.read_json(first_run / "target.json", dict).items() if k != "task"}
+    full = evaluate(plan, loaded, mods, names, state)
+    without = {m: _scalars(evaluate(plan, loaded, [o for o in mods if o != m], names, state)) for m in mods}
+    return {"family": "multimodal", "scores": _scalars(full), "per_class": full.get("per_class"),
+            "without": without if len(mods) > 1 else {}, "best_epoch": None, "seconds": None}
+
+
+def evaluate(plan: Plan, loaded: dict[str, dict[str, Any]], mods: list[str], names: list[str],
+             state: dict[str, Any]) -> dict[str, Any]:
+    """Average the runs of `mods`; the task's validation choices (multi-label thresholds) are
+    made again for the average, then the test split is scored."""
+    from mmcli.heads import make_task
+
+    config = plan.base_config()
+    task = make_task(config, state)
+    val = loaded[mods[0]]
+    if len(val["val_ids"]):
+        state = {**state, **task.after_fit(task.average([loaded[m]["val_outputs"] for m in mods]), val["val_targets"], names)}
+        task = make_task(config, state)
+    test = task.average([loaded[m]["test_outputs"] for m in mods])
+    return task.evaluate(test, loaded[mods[0]]["test_targets"], names)

@@ -1,0 +1,141 @@
+"""Defaults derived from the data (issue 19): the training budget from the training
+split's size, image augmentation in training only, the bag-of-tokens text encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from conftest import write_own_manifest
+from mmcli.config import Config, TrainConfig
+from mmcli.encoders import ENCODERS, ModalitySpec
+from mmcli.encoders.augment import ImageAugment
+from mmcli.training.setup import BUDGET_STEPS, MAX_EPOCHS, MIN_EPOCHS, budget
+
+
+@pytest.mark.parametrize("n_train, epochs", [
+    (100, MAX_EPOCHS),  # 2 batches an epoch: capped
+    (64 * 60, 25),  # 60 steps an epoch: 1500 / 60
+    (64 * 1000, MIN_EPOCHS),  # a big set: the floor
+])
+def test_the_budget_follows_the_training_split_size(n_train, epochs):
+    assert BUDGET_STEPS == 1500  # the table above is worked out for it
+    got, patience = budget(n_train, TrainConfig(batch_size=64))
+    assert got == epochs
+    assert patience == max(5, epochs // 4)
+
+
+def test_set_values_are_kept_and_accumulation_counts_as_a_bigger_batch():
+    assert budget(100, TrainConfig(epochs=3, patience=0)) == (3, 0)
+    assert budget(64 * 60, TrainConfig(batch_size=32, accumulate=2))[0] == 25
+
+
+def test_a_run_saves_the_budget_it_derived(tmp_path, cli):
+    manifest = write_own_manifest(tmp_path / "own", n=24)
+    result = cli("train", manifest, "--modalities", "photo", "--out", tmp_path / "run", "--set", "train.patience=1")
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]
+    assert saved["epochs"] == MAX_EPOCHS and saved["patience"] == 1  # a tiny set: the cap; the set patience kept
+
+
+def test_augmentation_changes_images_in_training_only():
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 16, 16)
+    augment = ImageAugment(0.5)
+    changed = augment(x)
+    assert changed.shape == x.shape and not torch.allclose(changed, x)
+    augment.eval()
+    assert torch.equal(augment(x), x)
+
+
+def test_flip_alone_mirrors_some_examples_exactly():
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 8, 8)
+    out = ImageAugment(1.0, hflip=True)(x)
+    mirrored = [torch.allclose(o, xi.flip(-1), atol=1e-5) for o, xi in zip(out, x)]
+    kept = [torch.allclose(o, xi, atol=1e-5) for o, xi in zip(out, x)]
+    assert all(m or k for m, k in zip(mirrored, kept)) and any(mirrored) and any(kept)
+    assert torch.equal(ImageAugment(1.0)(x), x)  # neither crop nor flip: untouched
+
+
+def _image_encoder(config: Config):
+    from mmcli.models import build
+
+    spec = ModalitySpec(name="photo", kind="image", image_size=16)
+    return build(config, {"photo": spec}, 3).encoders["photo"]
+
+
+def test_trainable_image_encoders_augment_and_frozen_ones_keep_their_feature_cache():
+    config = Config()
+    assert isinstance(_image_encoder(config).input_augment, ImageAugment)
+    config.train.augment = False
+    assert _image_encoder(config).input_augment is None
+    config.train.augment = True
+    config.model.encoder_options = {"image": {"trainable": False}}
+    frozen = _image_encoder(config)
+    assert frozen.input_augment is None and frozen.cacheable
+
+
+def test_the_bag_encoder_ignores_padding_and_word_order():
+    torch.manual_seed(0)
+    bag = ENCODERS.get("text.bag")(ModalitySpec(name="t", kind="text", vocab_size=50), 8)
+    bag.eval()
+    short = torch.tensor([[5, 7, 9, 0]])
+    longer = torch.tensor([[9, 5, 7, 0, 0, 0, 0]])
+    assert torch.allclose(bag(short).pooled, bag(longer).pooled, atol=1e-6)
+    assert not torch.allclose(bag(short).pooled, bag(torch.tensor([[5, 7, 8, 0]])).pooled)
+
+
+def test_netpbm_images_are_images(tmp_path):
+    """The ORL faces are .pgm files: read as file names (text) their paths gave the person away."""
+    import numpy as np
+    from PIL import Image
+
+    from mmcli.config import DataConfig
+    from mmcli.data.manifest import detect_modalities, read_manifest
+
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)).save(tmp_path / f"{i}.pgm")
+    (tmp_path / "m.csv").write_text("image,person\n" + "".join(f"{i}.pgm,s{i % 2}\n" for i in range(4)))
+    kinds = {n: m.kind for n, m in detect_modalities(read_manifest(tmp_path / "m.csv"), DataConfig(label="person")).items()}
+    assert kinds == {"image": "image"}
+
+
+def _fused_model(aux: float):
+    from mmcli.models import build
+
+    config = Config()
+    config.model.aux_loss_weight = aux
+    specs = {"photo": ModalitySpec(name="photo", kind="image", image_size=16),
+             "name": ModalitySpec(name="name", kind="text", vocab_size=30)}
+    torch.manual_seed(0)
+    model = build(config, specs, 5)
+    model.eval()
+    batch = {"photo": torch.rand(4, 3, 16, 16), "name": torch.randint(1, 30, (4, 6)),
+             "mask": {"photo": torch.tensor([True, True, True, False]), "name": torch.tensor([True, False, True, True])}}
+    return model, batch
+
+
+def test_an_example_with_one_modality_is_predicted_by_that_modalitys_own_head():
+    model, batch = _fused_model(aux=1.0)
+    with torch.no_grad():
+        out = model(batch)
+        features = model.encode(batch)
+        fused = model.head(model.fusion(features, batch["mask"]))
+        photo_alone = model.aux_heads["photo"](features["photo"].pooled)
+        name_alone = model.aux_heads["name"](features["name"].pooled)
+    assert torch.allclose(out[[0, 2]], fused[[0, 2]])  # both present: the fused head
+    assert torch.allclose(out[1], photo_alone[1]) and not torch.allclose(out[1], fused[1])
+    assert torch.allclose(out[3], name_alone[3])
+    model.train()  # training always trains the fused head on what it is given
+    with torch.no_grad():
+        assert model._forward(batch)[0].shape == out.shape
+
+
+def test_without_auxiliary_heads_the_fused_head_predicts_everything():
+    model, batch = _fused_model(aux=0.0)
+    assert not len(model.aux_heads)
+    with torch.no_grad():
+        features = model.encode(batch)
+        assert torch.allclose(model(batch), model.head(model.fusion(features, batch["mask"])))

@@ -1,0 +1,222 @@
+"""`multimodal:ensemble` (the unimodal runs' predictions averaged, computed when the results
+are collected) and `compare --reference VARIANT` (every variant tested against a chosen one)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmcli.compare import stats
+from mmcli.compare.variants import expand
+
+ARGS = ["--modalities", "image,text", "--epochs", "3", "--seeds", "2", "--jobs", "1"]
+FUSIONS = ["concat", "sum", "weighted", "attention", "late", "identity"]
+DEFAULT = ("concat", "sum", "weighted", "attention")
+MODS = ["image", "audio", "text"]
+
+
+def invoke(*args):
+    from typer.testing import CliRunner
+
+    from mmcli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def ok(*args):
+    result = invoke(*args)
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    return result
+
+
+def summary(out: Path) -> dict[str, dict]:
+    return {r["variant"]: r for r in json.loads((out / "summary.json").read_text())}
+
+
+def results(out: Path) -> list[dict]:
+    with open(out / "results.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def cmp(toy_small, tmp_path_factory) -> Path:
+    """multimodal:ensemble named alone: it brings the unimodal variants it averages."""
+    out = tmp_path_factory.mktemp("ensemble") / "cmp"
+    ok("compare", "multimodal:ensemble", "--data", toy_small, *ARGS, "--out", out, "--quiet")
+    return out
+
+
+# --------------------------------------------------------------------------- which variants
+
+@pytest.mark.parametrize("items, expected", [
+    ([], ["unimodal:image", "unimodal:audio", "unimodal:text", *(f"multimodal:{f}" for f in DEFAULT), "multimodal:ensemble"]),
+    (["multimodal"], [f"multimodal:{f}" for f in DEFAULT]),  # no unimodal runs to average: not free, left out
+    (["unimodal:text", "multimodal"], ["unimodal:text", *(f"multimodal:{f}" for f in DEFAULT)]),
+    (["multimodal", "unimodal"], [*(f"multimodal:{f}" for f in DEFAULT), "multimodal:ensemble",
+                                  "unimodal:image", "unimodal:audio", "unimodal:text"]),
+    (["unimodal:text", "multimodal:ensemble"], ["unimodal:text", "unimodal:image", "unimodal:audio", "multimodal:ensemble"]),
+    (["multimodal:all", "unimodal"], [*(f"multimodal:{f}" for f in FUSIONS if f != "identity"), "multimodal:ensemble",
+                                      "unimodal:image", "unimodal:audio", "unimodal:text"]),
+], ids=["default", "multimodal-alone", "one-unimodal", "families-reversed", "named", "all"])
+def test_the_multimodal_family_has_the_ensemble_when_every_unimodal_variant_runs(items, expected):
+    variants = expand(items, MODS, FUSIONS, DEFAULT)
+    assert [v.name for v in variants] == expected
+    ens = [v for v in variants if v.name == "multimodal:ensemble"]
+    assert all(v.family == "multimodal" and v.modalities == tuple(MODS) for v in ens)
+
+
+def test_the_ensemble_needs_two_modalities_and_is_named_among_the_fusions():
+    from mmcli.errors import UsageError
+
+    with pytest.raises(UsageError, match="needs at least two modalities"):
+        expand(["multimodal:ensemble"], ["text"], FUSIONS, DEFAULT)
+    with pytest.raises(UsageError, match=r"unknown fusion 'nope' \(known: .*ensemble\)"):
+        expand(["multimodal:nope"], MODS, FUSIONS, DEFAULT)
+
+
+@pytest.mark.parametrize("task, act", [("classification", lambda o: o.softmax(1)), ("multilabel", torch.sigmoid),
+                                       ("regression", lambda o: o)])
+def test_each_task_averages_probabilities_or_values(task, act):
+    from mmcli.heads import TASKS
+
+    outputs = [torch.randn(5, 3 if task != "regression" else 1) * 4 for _ in range(3)]
+    combined = TASKS.get(task)().average(outputs)
+    mean = torch.stack([act(o) for o in outputs]).mean(0)
+    assert torch.allclose(act(combined), mean, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- the ensemble, end to end
+
+def _by_hand(out: Path, seed: int, mods: list[str]) -> float:
+    """Accuracy of the mean softmax of the saved outputs of these unimodal runs."""
+    probs, targets = [], None
+    for m in mods:
+        with np.load(out / "runs" / f"unimodal-{m}-seed{seed}" / "compare-outputs.npz") as z:
+            e = np.exp(z["test_outputs"] - z["test_outputs"].max(1, keepdims=True))
+            probs.append(e / e.sum(1, keepdims=True))
+            assert targets is None or (targets == z["test_targets"]).all()
+            targets = z["test_targets"]
+    return float((np.mean(probs, axis=0).argmax(1) == targets).mean())
+
+
+def test_the_ensemble_is_the_average_of_the_saved_unimodal_outputs(cmp):
+    rows = summary(cmp)
+    assert list(rows) == ["unimodal:image", "unimodal:text", "multimodal:ensemble"]
+    plan = json.loads((cmp / "compare.json").read_text())
+    assert {c["variant"] for c in plan["cells"]} == {"unimodal:image", "unimodal:text"}  # it trains nothing
+    assert not list((cmp / "runs").glob("multimodal-ensemble*"))
+    cells = {(r["variant"], int(r["seed"])): r for r in results(cmp)}
+    seeds = sorted(s for v, s in cells if v == "multimodal:ensemble")
+    assert len(seeds) == 2 and rows["multimodal:ensemble"]["n"] == 2
+    for s in seeds:
+        ens = cells[("multimodal:ensemble", s)]
+        assert float(ens["value"]) == pytest.approx(_by_hand(cmp, s, ["image", "text"]))
+        # without a modality: the other modality's run alone
+        assert float(ens["without_text"]) == pytest.approx(float(cells[("unimodal:image", s)]["value"]))
+        assert float(ens["without_image"]) == pytest.approx(float(cells[("unimodal:text", s)]["value"]))
+        assert ens["run"] == ""
+    e = rows["multimodal:ensemble"]
+    for key in ("mean", "ci_low", "ci_high", "delta_vs_reference", "without_image", "without_text", "verdict"):
+        assert e[key] is not None, key
+    assert e["mean"] == pytest.approx(np.mean([_by_hand(cmp, s, ["image", "text"]) for s in seeds]))
+    report = (cmp / "report.md").read_text()
+    assert "| multimodal:ensemble | 2 |" in report and "average of the other modalities' runs" in report
+    with open(cmp / "per_class.csv", newline="") as handle:
+        assert any(r["variant"] == "multimodal:ensemble" for r in csv.DictReader(handle))
+
+
+def test_collect_gives_the_same_ensemble(cmp):
+    before = summary(cmp)
+    shown = ok("compare", "--collect", cmp)
+    assert summary(cmp) == before
+    assert "multimodal:ensemble" in shown.stdout
+
+
+def test_a_unimodal_run_without_saved_outputs_runs_again_for_the_ensemble(toy_small, tmp_path):
+    """A run finished by an mmcli older than the ensemble saved no outputs: a plan with the
+    ensemble runs it again; a plan without the ensemble reuses it."""
+    from mmcli import runs
+
+    out = tmp_path / "cmp"
+    args = ["--data", toy_small, "--modalities", "image,text", "--epochs", "1", "--jobs", "1", "--out", out, "--quiet"]
+
+    def make_old(run: Path) -> None:
+        result = json.loads((run / "compare-result.json").read_text())
+        del result["outputs"]
+        runs.write_json(run / "compare-result.json", result)  # as mmcli wrote it: the ledger knows it
+        (run / "compare-outputs.npz").unlink()
+
+    ok("compare", "unimodal:text", *args)
+    make_old(out / "runs" / "unimodal-text-seed0")
+    ok("compare", "unimodal:text", *args)
+    assert [r["reused"] for r in results(out)] == ["True"]
+    ok("compare", "multimodal:ensemble", *args)
+    reused = {r["variant"]: r["reused"] for r in results(out)}
+    assert reused["unimodal:text"] == "False" and summary(out)["multimodal:ensemble"]["n"] == 1
+    assert (out / "runs" / "unimodal-text-seed0" / "compare-outputs.npz").is_file()
+
+
+# --------------------------------------------------------------------------- --reference
+
+def test_reference_tests_every_variant_against_the_chosen_one(cmp):
+    ok("compare", "--collect", cmp, "--reference", "unimodal:text")
+    rows = summary(cmp)
+    ref = rows["unimodal:text"]
+    assert ref["is_reference"] and ref["delta_vs_reference"] == 0.0 and ref["p_value"] is None
+    assert ref["verdict"] == "reference"
+    values = {(r["variant"], int(r["seed"])): float(r["value"]) for r in results(cmp)}
+    for name in ("unimodal:image", "multimodal:ensemble"):
+        row = rows[name]
+        diffs = [values[(name, s)] - values[("unimodal:text", s)] for s in (0, 1)]
+        assert row["reference"] == "unimodal:text" and not row["is_reference"]
+        assert row["delta_vs_reference"] == pytest.approx(sum(diffs) / 2)
+        assert row["p_value"] == stats.paired_t_test(diffs)
+        if row["p_value"] is not None:  # else every seed differs by the same amount: no test, and the verdict says so
+            assert row["verdict"].endswith("unimodal:text") and "best single modality" not in row["verdict"]
+    assert any(rows[n]["p_value"] is not None for n in ("unimodal:image", "multimodal:ensemble"))
+    best = rows["unimodal:image"]["best_unimodal"]  # still reported beside the chosen reference
+    assert rows[best]["is_best_unimodal"]
+    report = (cmp / "report.md").read_text()
+    assert "delta vs unimodal:text" in report and "`unimodal:text` (chosen with --reference)" in report
+    # without --reference, --collect goes back to the plan's: the best unimodal variant
+    ok("compare", "--collect", cmp)
+    rows = summary(cmp)
+    assert rows[best]["verdict"] == "best single modality (reference)" and rows[best]["reference"] == best
+
+
+def test_a_planned_reference_is_kept_for_collect(toy_small, tmp_path):
+    out = tmp_path / "cmp"
+    printed = ok("compare", "multimodal:ensemble", "--data", toy_small, "--modalities", "image,text", "--seeds", "2",
+                 "--reference", "multimodal:ensemble", "--out", out, "--print-jobs")
+    assert len(printed.stdout.splitlines()) == 4  # two unimodal variants x two seeds: the ensemble is no job
+    assert json.loads((out / "compare.json").read_text())["reference"] == "multimodal:ensemble"
+    shown = ok("compare", "--collect", out)
+    assert "delta vs multimodal:ensemble" in shown.stdout
+    assert all(r["reference"] == "multimodal:ensemble" for r in summary(out).values())
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["compare", "unimodal", "--modalities", "image,text", "--reference", "unimodal:audio"],
+     ["--reference unimodal:audio", "not a variant", "unimodal:image, unimodal:text"]),
+    (["compare", "--collect", "{out}", "--reference", "multimodal:concat"],
+     ["--reference multimodal:concat", "unimodal:image, unimodal:text, multimodal:ensemble"]),
+    (["compare", "--out", "{out}", "--job", "0", "--reference", "unimodal:text"], ["drop --reference"]),
+], ids=["plan", "collect", "job"])
+def test_an_unknown_reference_is_exit_2_naming_the_variants(cmp, toy_small, tmp_path, args, needles):
+    args = [str(cmp) if a == "{out}" else a for a in args]
+    if "--collect" not in args and "--job" not in args:
+        args += ["--data", str(toy_small), "--out", str(tmp_path / "x")]
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    for needle in needles:
+        assert needle in result.output
+    assert not (tmp_path / "x" / "runs").exists()  # refused before any run
+
+
+def test_list_variants_names_the_ensemble():
+    assert "multimodal:ensemble" in ok("list", "variants").stdout
