@@ -2,12 +2,16 @@
 real multimodal set in ../shared/data, one table per set.
 
     python bench/quality.py [--seeds 5] [--sets mdi-icons,avmnist,coco-super] [--out DIR]
+                            [--ludwig LUDWIG_VENV]
     make bench-quality
 
 For each set it prints each variant's mean, 95 % interval, its difference to the best
 single modality with the paired t-test's p-value, and the scores with each modality
 missing; and the comparison's wall time. Nothing is tuned per set: the command is the one
-a new user runs. The peer (Ludwig) runs on the same split with bench/peers/run_ludwig.sh.
+a new user runs. With `--ludwig VENV` (a virtual environment with Ludwig 0.11:
+bench/peers/README.md), the sets that have Ludwig configs (mdi-icons) also run through
+Ludwig's text, image and concat models on the split of the comparison's seed 0
+(bench/peers/run_ludwig.sh), and its table follows mmcli's.
 Takes about an hour with 5 seeds on 2 cores (docs/results.md has the measured tables).
 """
 
@@ -22,6 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from quality_sets import build  # noqa: E402
+
+
+LUDWIG_SETS = ("mdi-icons",)  # sets whose columns bench/peers/ludwig/*.yaml name
 
 
 def pct(value) -> str:
@@ -49,6 +56,7 @@ def main() -> None:
     parser.add_argument("--sets", default="mdi-icons,avmnist,coco-super")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-quality"))
     parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--ludwig", type=Path, help="a virtual environment with Ludwig 0.11: run the peer too")
     args = parser.parse_args()
     if not args.shared.is_dir():
         sys.exit(f"{args.shared}: no real data here (see ../shared/data/README.md); nothing to benchmark")
@@ -63,6 +71,10 @@ def main() -> None:
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
         print(f"\n### {name} ({args.seeds} seeds, wall {wall / 60:.1f} min)\n\n`{' '.join(cmd[1:])}`\n")
         print("\n".join(table(summary)), flush=True)
+        if args.ludwig and name in LUDWIG_SETS:
+            splits = next((out / "runs").glob("unimodal-*-seed*/splits.json"))  # every variant shares the split
+            subprocess.run(["bash", str(Path(__file__).parent / "peers" / "run_ludwig.sh"), str(args.ludwig),
+                            str(sets[name]), str(splits), str(args.out / f"ludwig-{name}")], check=True)
 
 
 if __name__ == "__main__":
