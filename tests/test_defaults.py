@@ -139,3 +139,20 @@ def test_without_auxiliary_heads_the_fused_head_predicts_everything():
     with torch.no_grad():
         features = model.encode(batch)
         assert torch.allclose(model(batch), model.head(model.fusion(features, batch["mask"])))
+
+
+def test_a_run_folder_from_before_the_new_defaults_still_loads(tmp_path, cli):
+    """A run trained with the old defaults (text.textcnn, image.cnn 16 wide) has a
+    config.yaml that names neither: read with today's defaults, its weights no longer fit."""
+    manifest = write_own_manifest(tmp_path / "own", n=24)
+    run = tmp_path / "old"
+    result = cli("train", manifest, "--epochs", "1", "--modalities", "photo,caption", "--out", run,
+                 "--set", "model.encoders.caption=textcnn", "--set", "model.encoder_options.photo.width=16")
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"]["encoders"], config["model"]["encoder_options"] = {}, {}
+    for key in ("augment", "crop_scale", "hflip"):  # the keys an mmcli before issue 19 did not write
+        del config["train"][key]
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    result = cli("evaluate", run)
+    assert result.exit_code == 0, result.output

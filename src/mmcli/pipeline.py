@@ -264,6 +264,7 @@ def load_run(run_dir: Path, weights: str = "best") -> LoadedRun:
     runs.check_run_dir(run_dir)
     config = runfiles.read_config(run_dir)
     specs, columns, n_classes = runfiles.read_data(run_dir, config)
+    config = runfiles.with_defaults_of_then(run_dir / "config.yaml", config, specs)
     labels = runfiles.read_labels(run_dir, n_classes)
     tokenizers = runfiles.read_fitted(run_dir, config, specs, columns)
     state = runfiles.read_target(run_dir, config, labels)

@@ -69,6 +69,27 @@ def read_config(run_dir: Path) -> Config:
     return config
 
 
+def with_defaults_of_then(config_file: Path, config: Config, specs: dict[str, ModalitySpec]) -> Config:
+    """A run trained before issue 19 changed the defaults (its config.yaml has no
+    `train.augment`) was built with the defaults of then, which its config.yaml does not
+    spell out: text.textcnn for text, image.cnn 16 channels wide, no image augmentation.
+    Without this its weights no longer fit the model that today's defaults build."""
+    from mmcli.models import encoder_choice
+
+    raw = load_yaml(config_file)
+    if not isinstance(raw, dict) or "augment" in (raw.get("train") or {}):
+        return config
+    config = config.copy()
+    config.train.augment = False
+    for name, spec in specs.items():
+        if spec.kind == "text" and not (config.model.encoders.get(name) or config.model.encoders.get("text")):
+            config.model.encoders[name] = "text.textcnn"
+        choice, options = encoder_choice(config, spec)
+        if choice == "image.cnn" and "width" not in options:
+            config.model.encoder_options[name] = {**options, "width": 16}
+    return config
+
+
 def read_data(run_dir: Path, config: Config) -> tuple[dict[str, ModalitySpec], dict[str, ModalityConfig], int]:
     """data.json: each modality's spec (what the encoders are built for) and source (its
     columns in a manifest), and the number of outputs."""

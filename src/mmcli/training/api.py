@@ -205,6 +205,11 @@ def resume(run: Path, cache_dir: str | None = None, progress: FitProgress | None
     if manifest and not manifest.startswith("builtin:"):
         config.data.manifest = str((work / manifest).resolve())
     data = _run_data(config, None, cache_dir, 1, preprocess_progress)
+    from mmcli.runfiles import with_defaults_of_then
+
+    config = with_defaults_of_then(work / "config.yaml", config, data.specs)
+    data = RunData(config, data.table, data.splits, data.modalities, data.labels, data.tokenizers, data.specs,
+                   data.target_state)
     task = data.task
     checkpoint = load_checkpoint(work)
     generator = seed_everything(config.train.seed, config.train.deterministic)
