@@ -37,9 +37,16 @@ def epochs_done(parent: Path, name: str) -> int:
     return 0
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C as a user's terminal delivers it. A suite started in the background (`make
+    test &`, some CI runners) ignores SIGINT, its children inherit that, and Python then
+    installs no KeyboardInterrupt handler: the test would time the run, not the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt(toy: Path, out: Path, sig: int, after_epochs: int, into_next: bool = True) -> subprocess.CompletedProcess | int:
     proc = subprocess.Popen([sys.executable, "-m", "mmcli", "train", str(toy), *ARGS, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_as_in_a_terminal)
     deadline = time.monotonic() + 120
     seen: dict[int, float] = {}  # epochs done -> when first seen
     while proc.poll() is None and time.monotonic() < deadline:
