@@ -156,3 +156,42 @@ def test_a_run_folder_from_before_the_new_defaults_still_loads(tmp_path, cli):
     (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     result = cli("evaluate", run)
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("name", ["text.bag", "text.transformer"])
+def test_text_embeddings_start_small_and_the_pooled_vector_is_normalised(name):
+    """N(0, 0.02) embeddings, so that the learning rate moves rare words' vectors, and a
+    layer-normalised pooled vector (mdi-icons' names: 79 -> 84 %, docs/results.md)."""
+    torch.manual_seed(0)
+    spec = ModalitySpec(name="t", kind="text", vocab_size=500)
+    encoder = ENCODERS.get(name)(spec, 16)
+    encoder.eval()
+    table = encoder.embed.weight.detach()
+    assert table[0].abs().max() == 0 and 0.015 < table[1:].std() < 0.025
+    pooled = encoder(torch.tensor([[5, 7, 9, 0], [3, 0, 0, 0]])).pooled
+    assert torch.allclose(pooled.mean(dim=1), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(pooled.var(dim=1, unbiased=False), torch.ones(2), atol=0.02)  # within layer_norm's epsilon
+    plain = ENCODERS.get(name)(spec, 16, norm=False).eval()
+    assert not torch.allclose(plain(torch.tensor([[5, 7, 9, 0]])).pooled.var(dim=1, unbiased=False), torch.ones(1), atol=0.1)
+
+
+def test_an_old_transformer_run_is_evaluated_without_the_pooled_norm(tmp_path, cli):
+    """A run from before issue 19 that chose text.transformer was trained without the
+    normalised pooling: it must be evaluated without it, to the same loss."""
+    import json
+
+    manifest = write_own_manifest(tmp_path / "own", n=24)
+    run = tmp_path / "old"
+    result = cli("train", manifest, "--epochs", "2", "--modalities", "caption", "--out", run,
+                 "--set", "model.encoders.caption=transformer", "--set", "model.encoder_options.caption.norm=false")
+    assert result.exit_code == 0, result.output
+    before = json.loads((run / "eval-test.json").read_text())
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"]["encoder_options"] = {}
+    for key in ("augment", "crop_scale", "hflip"):
+        del config["train"][key]
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    result = cli("evaluate", run)
+    assert result.exit_code == 0, result.output
+    after = json.loads((run / "eval-test.json").read_text())
+    assert after["loss"] == pytest.approx(before["loss"], rel=1e-5)

@@ -69,10 +69,14 @@ def read_config(run_dir: Path) -> Config:
     return config
 
 
+NORMED_TEXT = ("text.bag", "text.transformer")  # encoders with the `norm` option, on since issue 19
+
+
 def with_defaults_of_then(config_file: Path, config: Config, specs: dict[str, ModalitySpec]) -> Config:
     """A run trained before issue 19 changed the defaults (its config.yaml has no
     `train.augment`) was built with the defaults of then, which its config.yaml does not
-    spell out: text.textcnn for text, image.cnn 16 channels wide, no image augmentation.
+    spell out: text.textcnn for text, image.cnn 16 channels wide, no image augmentation,
+    no normalised pooling in the text encoders that now have it.
     Without this its weights no longer fit the model that today's defaults build."""
     from mmcli.models import encoder_choice
 
@@ -87,6 +91,8 @@ def with_defaults_of_then(config_file: Path, config: Config, specs: dict[str, Mo
         choice, options = encoder_choice(config, spec)
         if choice == "image.cnn" and "width" not in options:
             config.model.encoder_options[name] = {**options, "width": 16}
+        if choice in NORMED_TEXT and "norm" not in options:  # their pooled vectors were not normalised
+            config.model.encoder_options[name] = {**options, "norm": False}
     return config
 
 

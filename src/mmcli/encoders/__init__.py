@@ -78,6 +78,23 @@ def encoder_name(kind: str, name: str) -> str:
     return f"{kind}.{name}"
 
 
+EMBEDDING_STD = 0.02
+
+
+def embedding(count: int, dim: int, padding_idx: int | None = 0) -> nn.Embedding:
+    """A token embedding table initialised as BERT and GPT do, N(0, 0.02) with a zero
+    padding row, instead of nn.Embedding's N(0, 1): at the default learning rate a row
+    moves by about 0.003 per step, and a word seen in few training examples gets few
+    steps, so from N(0, 1) the rare words kept their random vectors. On mdi-icons' names
+    (3 seeds) the embedding bag went from 79.4 to 86.6 % with this alone; docs/results.md."""
+    table = nn.Embedding(count, dim, padding_idx=padding_idx)
+    nn.init.normal_(table.weight, std=EMBEDDING_STD)
+    if padding_idx is not None:
+        with torch.no_grad():
+            table.weight[padding_idx].zero_()
+    return table
+
+
 class Encoder(nn.Module):
     """features(x) -> raw tokens [B, T, C] and mask [B, T]; proj -> [B, T, D]; pooled
     over the real tokens by `pool` ("mean" or "max").
@@ -87,6 +104,7 @@ class Encoder(nn.Module):
     """
 
     pool = "mean"
+    norm_pooled = False  # True: the pooled vector is layer-normalised (no parameters); see `text.py`
     augments = False  # True while the encoder changes its inputs in training (no feature cache then)
 
     def features(self, x, lengths=None):
@@ -101,6 +119,8 @@ class Encoder(nn.Module):
         else:
             weights = mask.unsqueeze(-1).to(tokens.dtype)
             pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        if self.norm_pooled:
+            pooled = nn.functional.layer_norm(pooled, pooled.shape[-1:])
         return EncoderOutput(pooled, tokens, mask)
 
     def forward(self, x, lengths=None) -> EncoderOutput:

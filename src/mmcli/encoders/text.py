@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from mmcli.encoders import ENCODERS, Encoder, ModalitySpec
+from mmcli.encoders import ENCODERS, Encoder, ModalitySpec, embedding
 
 
 class _RNN(Encoder):
@@ -18,7 +18,7 @@ class _RNN(Encoder):
 
     def __init__(self, spec: ModalitySpec, out_dim: int, embed_dim: int = 64, hidden: int = 64, **_: object):
         super().__init__()
-        self.embed = nn.Embedding(spec.vocab_size, embed_dim, padding_idx=0)
+        self.embed = embedding(spec.vocab_size, embed_dim)
         self.rnn = self.cell(embed_dim, hidden, batch_first=True, bidirectional=True)
         self.proj = nn.Linear(2 * hidden, out_dim)
         self.out_dim = out_dim
@@ -50,7 +50,7 @@ class TextCNN(Encoder):
 
     def __init__(self, spec: ModalitySpec, out_dim: int, embed_dim: int = 64, channels: int = 64, **_: object):
         super().__init__()
-        self.embed = nn.Embedding(spec.vocab_size, embed_dim, padding_idx=0)
+        self.embed = embedding(spec.vocab_size, embed_dim)
         self.convs = nn.ModuleList(nn.Conv1d(embed_dim, channels, k, padding=k // 2) for k in (2, 3, 4))
         self.proj = nn.Linear(3 * channels, out_dim)
         self.out_dim = out_dim
@@ -68,9 +68,10 @@ class Bag(Encoder):
     as names and titles, whose words carry the meaning, generalise better than through
     convolutions or recurrences, which memorise their few training examples."""
 
-    def __init__(self, spec: ModalitySpec, out_dim: int, embed_dim: int = 128, **_: object):
+    def __init__(self, spec: ModalitySpec, out_dim: int, embed_dim: int = 128, norm: bool = True, **_: object):
         super().__init__()
-        self.embed = nn.Embedding(spec.vocab_size, embed_dim, padding_idx=0)
+        self.norm_pooled = norm
+        self.embed = embedding(spec.vocab_size, embed_dim)
         self.proj = nn.Linear(embed_dim, out_dim)
         self.out_dim = out_dim
 
@@ -93,9 +94,10 @@ class SmallTransformer(Encoder):
     4 heads); padding is masked out of attention."""
 
     def __init__(self, spec: ModalitySpec, out_dim: int, embed_dim: int = 64, layers: int = 2, heads: int = 4,
-                 dropout: float = 0.1, **_: object):
+                 dropout: float = 0.1, norm: bool = True, **_: object):
         super().__init__()
-        self.embed = nn.Embedding(spec.vocab_size, embed_dim, padding_idx=0)
+        self.norm_pooled = norm
+        self.embed = embedding(spec.vocab_size, embed_dim)
         layer = nn.TransformerEncoderLayer(embed_dim, heads, 2 * embed_dim, dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(embed_dim)
