@@ -177,13 +177,15 @@ def test_text_embeddings_start_small_and_the_pooled_vector_is_normalised(name):
 
 def test_an_old_transformer_run_is_evaluated_without_the_pooled_norm(tmp_path, cli):
     """A run from before issue 19 that chose text.transformer was trained without the
-    normalised pooling: it must be evaluated without it, to the same loss."""
+    normalised pooling and with full-sized positions: it must be evaluated so, to the same
+    loss."""
     import json
 
     manifest = write_own_manifest(tmp_path / "own", n=24)
     run = tmp_path / "old"
     result = cli("train", manifest, "--epochs", "2", "--modalities", "caption", "--out", run,
-                 "--set", "model.encoders.caption=transformer", "--set", "model.encoder_options.caption.norm=false")
+                 "--set", "model.encoders.caption=transformer", "--set", "model.encoder_options.caption.norm=false",
+                 "--set", "model.encoder_options.caption.position_scale=1.0")
     assert result.exit_code == 0, result.output
     before = json.loads((run / "eval-test.json").read_text())
     config = yaml.safe_load((run / "config.yaml").read_text())

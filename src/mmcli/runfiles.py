@@ -76,7 +76,8 @@ def with_defaults_of_then(config_file: Path, config: Config, specs: dict[str, Mo
     """A run trained before issue 19 changed the defaults (its config.yaml has no
     `train.augment`) was built with the defaults of then, which its config.yaml does not
     spell out: text.textcnn for text, image.cnn 16 channels wide, no image augmentation,
-    no normalised pooling in the text encoders that now have it.
+    no normalised pooling in the text encoders that now have it, full-sized positions in
+    text.transformer.
     Without this its weights no longer fit the model that today's defaults build."""
     from mmcli.models import encoder_choice
 
@@ -91,8 +92,9 @@ def with_defaults_of_then(config_file: Path, config: Config, specs: dict[str, Mo
         choice, options = encoder_choice(config, spec)
         if choice == "image.cnn" and "width" not in options:
             config.model.encoder_options[name] = {**options, "width": 16}
-        if choice in NORMED_TEXT and "norm" not in options:  # their pooled vectors were not normalised
-            config.model.encoder_options[name] = {**options, "norm": False}
+        if choice in NORMED_TEXT:  # their pooled vectors were not normalised, their positions full-sized
+            then = {"norm": False, **({"position_scale": 1.0} if choice == "text.transformer" else {})}
+            config.model.encoder_options[name] = {**then, **options}
     return config
 
 

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from mmcli.encoders import ENCODERS, Encoder, ModalitySpec, embedding
+from mmcli.encoders import EMBEDDING_STD, ENCODERS, Encoder, ModalitySpec, embedding
 
 
 class _RNN(Encoder):
@@ -94,9 +94,10 @@ class SmallTransformer(Encoder):
     4 heads); padding is masked out of attention."""
 
     def __init__(self, spec: ModalitySpec, out_dim: int, embed_dim: int = 64, layers: int = 2, heads: int = 4,
-                 dropout: float = 0.1, norm: bool = True, **_: object):
+                 dropout: float = 0.1, norm: bool = True, position_scale: float = EMBEDDING_STD, **_: object):
         super().__init__()
         self.norm_pooled = norm
+        self.position_scale = position_scale  # the positions' size beside the tokens' (both N(0, 0.02) at the start)
         self.embed = embedding(spec.vocab_size, embed_dim)
         layer = nn.TransformerEncoderLayer(embed_dim, heads, 2 * embed_dim, dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
@@ -109,7 +110,7 @@ class SmallTransformer(Encoder):
 
     def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
         mask = x != 0
-        h = self.embed(x) + sinusoids(x.shape[1], self.embed.embedding_dim, x.device)
+        h = self.embed(x) + self.position_scale * sinusoids(x.shape[1], self.embed.embedding_dim, x.device)
         # an example without any token (a missing text) still attends to its first place,
         # so that attention has something to normalise over; the mask hides it afterwards
         attend = mask.clone()
