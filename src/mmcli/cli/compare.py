@@ -91,7 +91,7 @@ def _refuse_ignored(collect_dir, job, **given) -> None:
 
 
 def _jobs(value: str, device: str) -> int:
-    from mmcli.compare.runner import auto_jobs
+    from mmcli.compare.parallel import auto_jobs
 
     if value.strip().lower() == "auto":
         return auto_jobs(device)
@@ -130,7 +130,8 @@ def _command_line(ctx: typer.Context) -> str:
 
 
 def _print_jobs(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, command, jobs, reference) -> None:
-    from mmcli.compare.runner import job_commands, make_plan, prepare_out, threads_per_job, write_plan
+    from mmcli.compare.parallel import threads_per_job
+    from mmcli.compare.runner import job_commands, make_plan, prepare_out, write_plan
     from mmcli.reporting.console import task_bar
 
     with task_bar("preprocessing") as update:  # each job runs with the threads a --jobs run would give it

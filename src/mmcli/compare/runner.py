@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
 import shlex
 import sys
@@ -276,32 +275,6 @@ def _test_scores(outcome, cfg: Config) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- drivers
 
-def auto_jobs(device: str) -> int:
-    """`--jobs auto`: one run at a time on a GPU; on the CPU up to 4 runs, one per core.
-    Small models use a core each better than two cores together, so on 2 cores two runs
-    of one thread finish a comparison sooner than one run of two (docs/performance.md)."""
-    if device not in ("auto", "cpu"):
-        return 1
-    if device == "auto":
-        from mmcli.training.setup import pick_device
-
-        if pick_device("auto").type != "cpu":
-            return 1
-    return max(1, min(4, usable_cores()))
-
-
-def usable_cores() -> int:
-    """The cores this process may use (Slurm and taskset limit them), not the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def threads_per_job(jobs: int) -> int:
-    return max(1, usable_cores() // jobs)
-
-
 def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric: str | None = None,
                 cache_dir: str | None = None, overwrite: bool = False, workers: int = 1,
                 on_run: Callable[[int, int, str], Any] | None = None, fit_progress=None,
@@ -312,6 +285,7 @@ def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric:
     `on_run(done, total, name)` is called before each run of a sequential comparison,
     `on_done(done, total, result)` after each run that finished in either mode."""
     from mmcli.compare.collect import collect
+    from mmcli.compare.parallel import run_parallel, threads_per_job
 
     plan, data = make_plan(config, items, seeds, metric, cache_dir, workers, preprocess_progress, command,
                            threads_per_job(jobs) if jobs > 1 else 0, reference)
@@ -354,72 +328,3 @@ def job_commands(out: Path, plan: Plan, cache_dir: str | None = None) -> list[st
     extra = ["--cache-dir", str(Path(cache_dir).resolve())] if cache_dir else []
     base = [sys.executable, "-m", "mmcli", "compare", "--out", str(out.resolve()), *extra, "--quiet", "--job"]
     return [shlex.join(base + [str(k)]) for k in range(len(plan.cells))]
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _worker_init(out: str, cache_dir: str | None, parent: int) -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
-    _exit_with_parent(parent)
-    from mmcli.reporting.console import setup_logging
-
-    setup_logging()
-    plan = load_plan(Path(out))
-    _WORKER.update(out=Path(out), plan=plan, data=DataPool(plan.base_config(), plan.kinds, cache_dir), cache_dir=cache_dir)
-
-
-def _exit_with_parent(parent: int, interval: float = 0.1) -> None:
-    """A worker whose comparison was killed stops too, instead of training on unseen; its
-    unfinished run is cleaned up when the comparison is run again."""
-    import threading
-    import time
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="mmcli-parent-watch").start()
-
-
-def _worker_cell(k: int) -> tuple[int, dict[str, Any]]:
-    return k, run_cell(_WORKER["plan"], _WORKER["data"], k, _WORKER["out"], cache_dir=_WORKER["cache_dir"])[0]
-
-
-def run_parallel(out: Path, plan: Plan, cache_dir: str | None, todo: list[int], jobs: int):
-    """Run cells in `jobs` processes; yields (k, result) as each finishes. The runs with the
-    most modalities go first, so no long run is left alone at the end."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
-    from mmcli.errors import RunFailed
-
-    if not todo:
-        return
-    order = sorted(todo, key=lambda k: -len(plan.variant(plan.cells[k]["variant"]).modalities))
-    context = multiprocessing.get_context("spawn")  # a clean interpreter: no forked torch threads
-    with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=context, initializer=_worker_init,
-                             initargs=(str(out), cache_dir, os.getpid())) as pool:
-        futures = [pool.submit(_worker_cell, k) for k in order]
-        try:
-            for future in as_completed(futures):
-                yield future.result()  # the first failure is raised here
-        except BrokenProcessPool:
-            _stop(pool)
-            raise RunFailed("a worker process died (out of memory?); finished runs are kept: rerun the same command "
-                            "to resume, or use --jobs 1") from None
-        except BaseException:
-            _stop(pool)
-            raise
-
-
-def _stop(pool) -> None:
-    """Cancel what has not started and end the workers now, not after their current run."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        process.terminate()

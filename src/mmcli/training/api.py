@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -116,11 +117,8 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     data = _run_data(config, data, cache_dir, workers, preprocess_progress)
     config = data.config  # with the length limits derived from the data (mmcli.data.lengths)
     task = data.task
-    resolved = _with_defaults(config, task, data.counts()["train"])
-    if resolved is not config:
-        config = resolved
-        data = RunData(config, data.table, data.splits, data.modalities, data.labels, data.tokenizers, data.specs,
-                       data.target_state)
+    config = _with_defaults(config, task, data.counts()["train"])
+    data = dataclasses.replace(data, config=config)
     check_config(config, task)
     variant = variant_of(config, data.modalities)
     here = world()
@@ -208,8 +206,7 @@ def resume(run: Path, cache_dir: str | None = None, progress: FitProgress | None
     from mmcli.runfiles import with_defaults_of_then
 
     config = with_defaults_of_then(work / "config.yaml", config, data.specs)
-    data = RunData(config, data.table, data.splits, data.modalities, data.labels, data.tokenizers, data.specs,
-                   data.target_state)
+    data = dataclasses.replace(data, config=config)
     task = data.task
     checkpoint = load_checkpoint(work)
     generator = seed_everything(config.train.seed, config.train.deterministic)
