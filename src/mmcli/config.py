@@ -115,6 +115,7 @@ class ModelConfig:
     aux_loss_weight: float = ranged(1.0, 0, 1000)  # weight of the per-modality auxiliary losses (0: none; docs/fusion.md)
     crossmodal: Optional[str] = None  # align (contrastive pre-alignment) or translate (MCTN-style; source = first modality)
     translate_weight: float = ranged(1.0, 0, 1000)  # translate: weight of the translation loss
+    init_from: dict[str, str] = field(default_factory=dict)  # modality -> run folder whose encoder (and head) start this model's (warm start; compare sets it)
 
 
 @dataclass
@@ -123,6 +124,7 @@ class TrainConfig:
     batch_size: int = ranged(64, 1, 65536)
     lr: float = ranged(3e-3, 0, 10, lo_open=True)
     weight_decay: float = ranged(0.01, 0, 10)
+    trained_lr_scale: float = ranged(0.1, 0, 1, lo_open=True)  # parameters that start trained (warm start, pretrained weights) learn at lr x this
     warmup_epochs: float = ranged(1.0, 0, 100_000)
     patience: Optional[int] = ranged(None, 0, 100_000)  # 0: no early stopping; None: derived with the epochs
     grad_clip: float = ranged(1.0, 0, 1e6)  # 0: no clipping

@@ -28,6 +28,10 @@ class ConfigError(UsageError):
     """A config file, flag or `--set` expression is wrong; names the key."""
 
 
+class Busy(UsageError):
+    """Another process holds the lock of what was asked for (a run, a comparison's job)."""
+
+
 class Interrupted(MmcliError):
     """The user stopped a run (Ctrl-C); what it saved can be resumed."""
 

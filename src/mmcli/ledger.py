@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from mmcli.errors import UsageError
+from mmcli.errors import Busy, UsageError
 
 LEDGER = ".mmcli-files.jsonl"
 FORMAT = 1
@@ -338,7 +338,7 @@ def _acquire(path: Path, busy: str, fcntl) -> tuple[int, bool]:
             os.close(fd)
             owner = lock_owner(path) or {}
             who = f" (pid {owner['pid']} on {owner.get('host', '?')})" if "pid" in owner else ""
-            raise UsageError(busy + who) from None
+            raise Busy(busy + who) from None
         if not _same_file(fd, path):
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)

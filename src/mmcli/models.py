@@ -37,6 +37,7 @@ class Model(nn.Module):
         self.aux_heads = nn.ModuleDict(aux_heads or {})
         self.aux_weight = aux_weight
         self.blend: dict[str, float] | None = None  # set by gradient blending, per epoch
+        self.trained_prefixes: list[str] = []  # parameter names that start trained (warm start): their lr is scaled
 
     @property
     def modalities(self) -> list[str]:
@@ -250,7 +251,7 @@ def build(config: Config, specs: dict[str, ModalitySpec], n_outputs: int) -> Mod
     task = TASKS.get(config.model.task)(config)
     own_head = task.build_model_head(in_dims, n_outputs, config)
     if own_head is not None:  # cross-modal tasks: the head reads every encoder's output itself
-        return Model(encoders, None, own_head)
+        return _with_trained(Model(encoders, None, own_head))
     fusion_name = fusion_choice(config, modalities)
     hidden, dropout = config.model.hidden_dim, config.model.dropout
 
@@ -262,7 +263,8 @@ def build(config: Config, specs: dict[str, ModalitySpec], n_outputs: int) -> Mod
             raise ConfigError("model.crossmodal=translate needs two or more modalities: the first is the source")
         from mmcli.heads.translation import TranslationHead
 
-        return Model(encoders, None, TranslationHead(modalities[0], in_dims, make_head, hidden, config.model.translate_weight))
+        return _with_trained(Model(encoders, None, TranslationHead(modalities[0], in_dims, make_head, hidden,
+                                                                   config.model.translate_weight)))
     factory = FUSIONS.get(fusion_name)
     options = dict(config.model.fusion_options)
     options.setdefault("dropout", dropout)
@@ -272,7 +274,13 @@ def build(config: Config, specs: dict[str, ModalitySpec], n_outputs: int) -> Mod
     head = nn.Identity() if getattr(fusion, "produces_outputs", False) else make_head(fusion.out_dim)
     wants_aux = config.model.aux_loss_weight > 0 or config.train.gradient_blending
     aux = {n: make_head(e.out_dim) for n, e in encoders.items()} if wants_aux and len(encoders) > 1 else None
-    return Model(encoders, fusion, head, config.model.modality_dropout, aux, config.model.aux_loss_weight)
+    return _with_trained(Model(encoders, fusion, head, config.model.modality_dropout, aux, config.model.aux_loss_weight))
+
+
+def _with_trained(model: Model) -> Model:
+    """List the pretrained encoders' parts in `model.trained_prefixes` (their lr is scaled)."""
+    model.trained_prefixes = [f"encoders.{n}.{part}" for n, e in model.encoders.items() for part in e.trained_parts]
+    return model
 
 
 def _construct(factory: Any, what: str, *args: Any, **kwargs: Any) -> nn.Module:

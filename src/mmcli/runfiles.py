@@ -77,14 +77,19 @@ def with_defaults_of_then(config_file: Path, config: Config, specs: dict[str, Mo
     `train.augment`) was built with the defaults of then, which its config.yaml does not
     spell out: text.textcnn for text, image.cnn 16 channels wide, no image augmentation,
     no normalised pooling in the text encoders that now have it, full-sized positions in
-    text.transformer.
+    text.transformer. A run from before `train.trained_lr_scale` trained its pretrained
+    weights at the full learning rate (so --resume keeps its optimizer's groups).
     Without this its weights no longer fit the model that today's defaults build."""
     from mmcli.models import encoder_choice
 
     raw = load_yaml(config_file)
-    if not isinstance(raw, dict) or "augment" in (raw.get("train") or {}):
+    if not isinstance(raw, dict):
         return config
     config = config.copy()
+    if "trained_lr_scale" not in (raw.get("train") or {}):  # pretrained weights learnt at the full rate then
+        config.train.trained_lr_scale = 1.0
+    if "augment" in (raw.get("train") or {}):
+        return config
     config.train.augment = False
     for name, spec in specs.items():
         if spec.kind == "text" and not (config.model.encoders.get(name) or config.model.encoders.get("text")):

@@ -29,6 +29,7 @@ def compare(
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Most epochs per run.", show_default=False)] = None,
     metric: Annotated[Optional[str], typer.Option("--metric", help="Metric of the summary, the statistics and the verdicts (default: the task's, accuracy for classification).", show_default=False)] = None,
     reference: Annotated[Optional[str], typer.Option("--reference", help="Test every variant against this one, paired by seed (default: the best unimodal variant); also with --collect.", show_default=False)] = None,
+    warm_start: Annotated[bool, typer.Option("--warm-start/--no-warm-start", help="Start each fused run's encoders and per-modality heads from the unimodal runs of its seed (UMT, Du et al. 2023; docs/fusion.md), so the weaker modality's encoder is trained too; --no-warm-start trains every run from scratch.")] = True,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Base seed: the split's seed, and seed i trains with base + i.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for runs and results (default: runs/compare-<timestamp>). Rerunning into the same folder skips finished runs.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an existing comparison folder: deletes the files mmcli wrote there, and refuses if the folder holds any other file.")] = False,
@@ -50,7 +51,7 @@ def compare(
     if collect_dir is not None or job is not None:
         _refuse_ignored(collect_dir, job, items=items, data=data, modalities=modalities, config=config, task=task, epochs=epochs, metric=metric,
                         seed=seed, sets=sets, print_jobs=print_jobs, overwrite=overwrite, seeds=seeds != 1, encoder=encoders,
-                        reference=reference if job is not None else None)
+                        reference=reference if job is not None else None, no_warm_start=not warm_start)
     if collect_dir is not None:
         from mmcli.compare.collect import collect
 
@@ -74,14 +75,15 @@ def compare(
     out = out or Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     command = _command_line(ctx)
     if print_jobs:
-        _print_jobs(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, command, n_jobs, reference)
+        _print_jobs(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, command, n_jobs, reference,
+                    warm_start)
         return
-    _run(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, n_jobs, command, reference)
+    _run(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, n_jobs, command, reference, warm_start)
 
 
 def _refuse_ignored(collect_dir, job, **given) -> None:
     """--collect and --job read the plan saved in the folder: options they would ignore are an error."""
-    flags = {"items": "variants", "sets": "--set", "print_jobs": "--print-jobs"}
+    flags = {"items": "variants", "sets": "--set", "print_jobs": "--print-jobs", "no_warm_start": "--no-warm-start"}
     named = [flags.get(k, f"--{k}") for k, v in given.items() if v]
     if collect_dir is not None and job is not None:
         named.append("--job")
@@ -119,8 +121,8 @@ def _command_line(ctx: typer.Context) -> str:
             words += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
             continue
         name = max(param.opts, key=len)
-        if param.is_flag:
-            words.append(name)
+        if param.is_flag:  # an on/off pair given its "off" form: --no-warm-start
+            words.append(max(param.secondary_opts, key=len) if value is False and param.secondary_opts else name)
         elif isinstance(value, (list, tuple)):
             for v in value:
                 words += [name, str(v)]
@@ -129,21 +131,21 @@ def _command_line(ctx: typer.Context) -> str:
     return shlex.join(words)
 
 
-def _print_jobs(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, command, jobs, reference) -> None:
+def _print_jobs(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, command, jobs, reference, warm_start) -> None:
     from mmcli.compare.parallel import threads_per_job
     from mmcli.compare.runner import job_commands, make_plan, prepare_out, write_plan
     from mmcli.reporting.console import task_bar
 
     with task_bar("preprocessing") as update:  # each job runs with the threads a --jobs run would give it
         plan, _ = make_plan(cfg, items, seeds, metric, cache_dir, workers, update, command,
-                            threads_per_job(jobs) if jobs > 1 else 0, reference)
+                            threads_per_job(jobs) if jobs > 1 else 0, reference, warm_start)
     prepare_out(out, overwrite)
     write_plan(out, plan)
     for line in job_commands(out, plan, cache_dir):
         print(line)
 
 
-def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, command, reference) -> None:
+def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, command, reference, warm_start) -> None:
     from mmcli.compare.runner import run_compare
     from mmcli.reporting.console import FitBar, log, task_bar
 
@@ -165,7 +167,7 @@ def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, co
                 log(f"[{done}/{total}] {result['variant']} seed {result['seed']}{score} ({result['seconds']:.0f} s)")
 
         result = run_compare(cfg, items, seeds, out, metric, cache_dir, overwrite, workers, on_run,
-                             None if parallel else bar, update, jobs, command, on_done, reference)
+                             None if parallel else bar, update, jobs, command, on_done, reference, warm_start)
     names = ["results.csv", "summary.csv", "summary.json", "report.md", "compare.png"]
     names += ["attribution.json"] if result.attribution else []
     log(f"results in {out} ({', '.join(names)})")

@@ -72,24 +72,35 @@ def _worker_cell(k: int) -> tuple[int, dict[str, Any]]:
 
 
 def run_parallel(out: Path, plan: Plan, cache_dir: str | None, todo: list[int], jobs: int):
-    """Run cells in `jobs` processes; yields (k, result) as each finishes. The runs with the
-    most modalities go first, so no long run is left alone at the end."""
+    """Run cells in `jobs` processes; yields (k, result) as each finishes. A cell starts
+    once the cells it starts from (warm start) have finished; among those ready, the runs
+    with the most modalities go first, so no long run is left alone at the end."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
+    from mmcli.compare import warm
     from mmcli.errors import RunFailed
 
     if not todo:
         return
-    order = sorted(todo, key=lambda k: -len(plan.variant(plan.cells[k]["variant"]).modalities))
+    waiting = sorted(todo, key=lambda k: -len(plan.variant(plan.cells[k]["variant"]).modalities))
+    pending = set(todo)  # not finished in this call: what a waiting cell may still need
     context = multiprocessing.get_context("spawn")  # a clean interpreter: no forked torch threads
     with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=context, initializer=_worker_init,
                              initargs=(str(out), cache_dir, os.getpid())) as pool:
-        futures = [pool.submit(_worker_cell, k) for k in order]
+        running: dict[Any, int] = {}
         try:
-            for future in as_completed(futures):
-                yield future.result()  # the first failure is raised here
+            while waiting or running:
+                for k in [k for k in waiting if not set(warm.sources(plan, k).values()) & pending]:
+                    waiting.remove(k)
+                    running[pool.submit(_worker_cell, k)] = k
+                if not running:  # cannot happen with a plan that compare made: a cell waits for itself
+                    raise RunFailed(f"jobs {waiting} wait for cells that never run; plan the comparison again")
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    pending.discard(running.pop(future))
+                    yield future.result()  # the first failure is raised here
         except BrokenProcessPool:
             _stop(pool)
             raise RunFailed("a worker process died (out of memory?); finished runs are kept: rerun the same command "

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from mmcli import ledger, runs
-from mmcli.compare import ensemble
+from mmcli.compare import ensemble, warm
 from mmcli.compare.locking import job_lock
 from mmcli.compare.outdir import prepare_out  # noqa: F401 (the CLI imports it from here)
 from mmcli.compare.pool import DataPool
@@ -56,6 +56,7 @@ class Plan:
     threads: int = 0  # torch threads of every run (0: torch's default), whichever process runs it
     kinds: dict[str, str] = field(default_factory=dict)  # modality -> kind, for the encoders variants choose
     reference: str | None = None  # the variant every other is tested against (None: the best unimodal one)
+    warm_start: bool = False  # fused runs start from the unimodal runs of their seed (compare.warm); old plans: no
 
     def base_config(self) -> Config:
         return from_dict(self.config)
@@ -121,7 +122,7 @@ def shared_data(base: Config, cache_dir: str | None, workers: int = 1, progress=
 
 def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, cache_dir: str | None,
               workers: int = 1, progress=None, command: str = "", threads: int = 0,
-              reference: str | None = None) -> tuple[Plan, DataPool]:
+              reference: str | None = None, warm_start: bool = True) -> tuple[Plan, DataPool]:
     """Check the request, prepare the data once and list every cell with its fingerprint."""
     from mmcli.compare.collect import check_reference
     from mmcli.data.preprocess import BUILTIN_PREFIX
@@ -158,9 +159,11 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
     variants = expand(items, data.modalities, FUSIONS.names(), DEFAULT_FUSIONS, base.model.fusion, kinds, ENCODERS.names())
     check_reference(reference, variants)
     plan = Plan(variants, seeds, metric, metric not in task.lower_is_better, base.to_dict(), list(data.modalities),
-                baseline=_baseline(data.task, data), command=command, threads=threads, reference=reference, kinds=kinds)
+                baseline=_baseline(data.task, data), command=command, threads=threads, reference=reference, kinds=kinds,
+                warm_start=warm_start)
     pool = DataPool(base, kinds, cache_dir, data)
     stems = [run_dir_for(v, 0).lower() for v in variants]  # lower: folders differ only in case on macOS and Windows
+    configs = []
     for v, stem in zip(variants, stems):
         if ensemble.is_ensemble(v):  # trains nothing: computed from the unimodal runs when collected
             continue
@@ -172,6 +175,9 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
             plan.cells.append({"variant": v.name, "seed_index": i, "seed": cfg.train.seed,
                                "run": run_dir_for(v, cfg.train.seed, stems.count(stem) > 1),
                                "fingerprint": f"{fingerprint(cfg, pool.get(cfg).table.key)}-t{threads}"})
+            configs.append(cfg)
+    if warm_start:
+        warm.link(plan, configs, data.specs)
     ensemble.mark_cells(plan)
     return plan, pool
 
@@ -218,7 +224,7 @@ def run_cell(plan: Plan, pool: DataPool, k: int, out: Path, fit_progress=None,
     variant = plan.variant(cell["variant"])
     cfg = variant_config(plan.base_config(), variant, cell["seed_index"], plan.kinds)
     data = pool.get(cfg)
-    if f"{fingerprint(cfg, data.table.key)}-t{plan.threads}" != cell["fingerprint"]:
+    if f"{fingerprint(cfg, data.table.key)}-t{plan.threads}" != cell["fingerprint"].split("-w")[0]:
         raise UsageError(f"job {k} ({cell['variant']} seed {cell['seed']}): the data, its files or mmcli changed "
                          f"since the comparison in {out} was planned; plan it again (rerun the compare command)")
     if plan.threads:
@@ -226,6 +232,8 @@ def run_cell(plan: Plan, pool: DataPool, k: int, out: Path, fit_progress=None,
 
         torch.set_num_threads(plan.threads)  # the same in every process: results do not depend on --jobs
     folder = out / cell["run"]
+    if warm.sources(plan, k):  # after the check above: the fingerprint is of the config without it
+        cfg.model.init_from = warm.init_from(plan, k, out, lambda j: read_cell(out, plan.cells[j]))
     with job_lock(out / ".locks" / f"{folder.name}.lock", k, cell):
         saved = read_cell(out, cell)  # another process may have finished it while we waited to start
         if saved is not None:
@@ -279,7 +287,7 @@ def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric:
                 cache_dir: str | None = None, overwrite: bool = False, workers: int = 1,
                 on_run: Callable[[int, int, str], Any] | None = None, fit_progress=None,
                 preprocess_progress=None, jobs: int = 1, command: str = "", on_done: Callable[[int, int, dict], Any] | None = None,
-                reference: str | None = None):
+                reference: str | None = None, warm_start: bool = True):
     """Plan, run every unfinished cell (in `jobs` processes), then collect the results.
 
     `on_run(done, total, name)` is called before each run of a sequential comparison,
@@ -288,11 +296,11 @@ def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric:
     from mmcli.compare.parallel import run_parallel, threads_per_job
 
     plan, data = make_plan(config, items, seeds, metric, cache_dir, workers, preprocess_progress, command,
-                           threads_per_job(jobs) if jobs > 1 else 0, reference)
+                           threads_per_job(jobs) if jobs > 1 else 0, reference, warm_start)
     prepare_out(out, overwrite)
     write_plan(out, plan)
     reused = {k for k, cell in enumerate(plan.cells) if read_cell(out, cell) is not None}
-    todo = [k for k in range(len(plan.cells)) if k not in reused]
+    todo = warm.ready_order(plan, [k for k in range(len(plan.cells)) if k not in reused])
     total = len(plan.cells)
     done = len(reused)
     if jobs > 1:
@@ -312,19 +320,33 @@ def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric:
     return collect(out, plan, reused)
 
 
-def run_job(out: Path, k: int, cache_dir: str | None = None) -> tuple[dict[str, Any], bool]:
-    """`mmcli compare --out DIR --job K`: run cell K of the plan in DIR."""
+def run_job(out: Path, k: int, cache_dir: str | None = None, wait: float = 5.0) -> tuple[dict[str, Any], bool]:
+    """`mmcli compare --out DIR --job K`: run cell K of the plan in DIR. A warm-started
+    cell first needs the unimodal cells it starts from: this process runs those that have
+    not run, and waits for those that another process is running."""
+    import time
+
+    from mmcli.errors import Busy
+
     plan = load_plan(out)
     if not 0 <= k < len(plan.cells):
         raise UsageError(f"--job {k}: the comparison in {out} has jobs 0 to {len(plan.cells) - 1}")
     saved = read_cell(out, plan.cells[k])
     if saved is not None:
         return saved, True
-    return run_cell(plan, DataPool(plan.base_config(), plan.kinds, cache_dir), k, out, cache_dir=cache_dir)
+    pool = DataPool(plan.base_config(), plan.kinds, cache_dir)
+    for j in warm.sources(plan, k).values():
+        while read_cell(out, plan.cells[j]) is None:
+            try:
+                run_cell(plan, pool, j, out, cache_dir=cache_dir)
+            except Busy:
+                LOG.info("job %d: waiting for job %d, which another process is running", k, j)
+                time.sleep(wait)
+    return run_cell(plan, pool, k, out, cache_dir=cache_dir)
 
 
 def job_commands(out: Path, plan: Plan, cache_dir: str | None = None) -> list[str]:
     """One shell command per cell: the same Python, `-m mmcli compare --out DIR --job K`."""
     extra = ["--cache-dir", str(Path(cache_dir).resolve())] if cache_dir else []
     base = [sys.executable, "-m", "mmcli", "compare", "--out", str(out.resolve()), *extra, "--quiet", "--job"]
-    return [shlex.join(base + [str(k)]) for k in range(len(plan.cells))]
+    return [shlex.join(base + [str(k)]) for k in warm.ready_order(plan, list(range(len(plan.cells))))]

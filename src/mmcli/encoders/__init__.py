@@ -107,6 +107,7 @@ class Encoder(nn.Module):
     pool = "mean"
     norm_pooled = False  # True: the pooled vector is layer-normalised (no parameters); see `text.py`
     augments = False  # True while the encoder changes its inputs in training (no feature cache then)
+    trained_parts: tuple[str, ...] = ()  # submodules whose weights start trained (pretrained): their lr is scaled
 
     def features(self, x, lengths=None):
         raise NotImplementedError

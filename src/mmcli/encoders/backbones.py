@@ -133,6 +133,7 @@ class TorchvisionBackbone(Encoder):
             raise ValueError(f"{arch} needs data.image_size of at least {MIN_IMAGE_SIZE[arch]}, got {spec.image_size}")
         tv = _torchvision_model(arch, pretrained, weights)
         self.body, self._blocks, channels = _stages(arch, tv)
+        self.trained_parts = ("body.",) if pretrained or weights else ()  # also when a run is loaded without them
         self.pool_grid = nn.AdaptiveAvgPool2d(TOKENS_GRID)
         self.proj = nn.Linear(channels, out_dim)
         self.out_dim = out_dim
@@ -160,6 +161,7 @@ class ViTBackbone(Encoder):
             raise ValueError(f"vit_b_16 needs data.image_size divisible by 16, not {size}")
         self.vit = _torchvision_model("vit_b_16", pretrained, weights, image_size=size)
         self.vit.heads = nn.Identity()
+        self.trained_parts = ("vit.",) if pretrained or weights else ()
         self.pool_grid = nn.AdaptiveAvgPool2d(TOKENS_GRID)
         self.proj = nn.Linear(self.vit.hidden_dim, out_dim)
         self.out_dim = out_dim

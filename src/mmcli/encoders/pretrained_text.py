@@ -65,6 +65,7 @@ class HFText(Encoder):
             self.backbone = transformers.AutoModel.from_config(config)
         self.proj = nn.Linear(self.backbone.config.hidden_size, out_dim)
         self.out_dim = out_dim
+        self.trained_parts = ("backbone.",) if pretrained else ()
 
     def blocks(self) -> list[nn.Module]:
         lists = [m for m in self.backbone.modules() if isinstance(m, nn.ModuleList)]

@@ -129,6 +129,10 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     final = runs.resolve_out_dir(out, variant, overwrite)
     generator = seed_everything(config.train.seed, config.train.deterministic)
     model = build(config, data.specs, task.n_outputs(data.labels))
+    if config.model.init_from:
+        from mmcli.training.warmstart import warm_start
+
+        warm_start(model, config.model.init_from, data)
     if LOG.isEnabledFor(logging.INFO):
         LOG.info("%s: %s parameters; train/val/test %s; device %s, %d threads", variant,
                  f"{count_parameters(model):,}", "/".join(str(n) for n in data.counts().values()),
@@ -212,6 +216,10 @@ def resume(run: Path, cache_dir: str | None = None, progress: FitProgress | None
     generator = seed_everything(config.train.seed, config.train.deterministic)
     with skip_pretrained():  # the checkpoint's weights replace them
         model = build(config, data.specs, task.n_outputs(data.labels))
+    if config.model.init_from:  # the optimizer's groups of the interrupted run
+        from mmcli.training.warmstart import mark_trained
+
+        mark_trained(model, config.model.init_from)
     if "model" in checkpoint:  # the weights of the checkpoint's own epoch
         model.load_state_dict(checkpoint["model"])
     else:  # a checkpoint written before the weights went into it

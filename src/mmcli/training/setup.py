@@ -59,14 +59,20 @@ def budget(n_train: int, cfg: TrainConfig) -> tuple[int, int]:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int):
-    """AdamW (no weight decay on biases and norms) with linear warm-up then cosine decay."""
-    decay, no_decay, devices = [], [], set()
-    for p in model.parameters():
+    """AdamW (no weight decay on biases and norms) with linear warm-up then cosine decay.
+    Parameters that start trained (`model.trained_prefixes`: a warm start, pretrained
+    weights) learn at `cfg.trained_lr_scale` times the learning rate."""
+    trained = tuple(getattr(model, "trained_prefixes", ())) if cfg.trained_lr_scale != 1.0 else ()
+    groups: dict[tuple[bool, bool], list] = {(True, False): [], (False, False): []}  # the order checkpoints hold
+    devices = set()
+    for name, p in model.named_parameters():
         devices.add(p.device.type)
         if p.requires_grad:
-            (decay if p.dim() > 1 else no_decay).append(p)
+            groups.setdefault((p.dim() > 1, bool(trained) and name.startswith(trained)), []).append(p)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+        [{"params": params, "weight_decay": cfg.weight_decay if decays else 0.0,
+          "lr": cfg.lr * (cfg.trained_lr_scale if starts_trained else 1.0)}
+         for (decays, starts_trained), params in groups.items()], lr=cfg.lr,
         fused=devices <= {"cpu", "cuda"} or None,  # one kernel for all parameters, where torch has it
     )
     total = max(1, cfg.epochs * steps_per_epoch)
