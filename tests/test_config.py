@@ -44,6 +44,7 @@ def test_defaults():
     assert config.train.batch_size == 64 and config.train.seed == 0
     assert config.train.epochs is None and config.train.patience is None  # derived from the data (training.setup.budget)
     assert config.model.aux_loss_weight == 1.0 and config.train.augment and not config.train.hflip
+    assert config.train.trained_lr_scale == pytest.approx(0.1)
     assert config.train.lr == pytest.approx(3e-3)
     assert config.eval.split == "test" and config.eval.metric is None  # the task's own: accuracy for classification
     assert from_dict(None) == Config()

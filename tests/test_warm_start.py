@@ -102,6 +102,7 @@ def test_compare_starts_each_fused_run_from_the_unimodal_runs_of_its_seed(warm):
             source = warm / plan["cells"][cells[(f"unimodal:{m}", seed)]]["run"]
             assert same(part(weights, f"encoders.{m}."), part(state(source), f"encoders.{m}."))
     assert all("after" not in c for c in plan["cells"] if c["variant"].startswith("unimodal"))
+    assert "Warm start: each run of `multimodal:sum` started" in (warm / "report.md").read_text()
 
 
 def test_no_warm_start_trains_from_scratch_and_is_a_different_plan(warm, toy_small, tmp_path):
@@ -111,6 +112,7 @@ def test_no_warm_start_trains_from_scratch_and_is_a_different_plan(warm, toy_sma
     plan = json.loads((out / "compare.json").read_text())
     assert plan["warm_start"] is False and all("after" not in c for c in plan["cells"])
     assert "--no-warm-start" in plan["command"] and "--no-warm-start" in (out / "report.md").read_text()
+    assert "Warm start: each run" not in (out / "report.md").read_text()
     fused = next(c for c in plan["cells"] if c["variant"] == "multimodal:sum")
     warm_cell = next(c for c in json.loads((warm / "compare.json").read_text())["cells"] if c["variant"] == "multimodal:sum")
     assert fused["fingerprint"] != warm_cell["fingerprint"]  # a different run: never reused for the other

@@ -241,6 +241,11 @@ def _summary_section(result: CompareResult, plan: Plan) -> list[str]:
     if any(ensemble.is_ensemble(v) for v in plan.variants):
         lines += [f"`{ensemble.NAME}` trains nothing: for each seed it averages the predictions of that seed's unimodal "
                   "runs (late fusion; probabilities for classes and labels, values for regression).", ""]
+    warmed = sorted({c["variant"] for c in plan.cells if c.get("after")})
+    if warmed:
+        lines += [f"Warm start: each run of {', '.join(f'`{v}`' for v in warmed)} started its encoders and per-modality "
+                  "heads from the unimodal runs of its seed, then trained with them at `train.trained_lr_scale` times "
+                  "the learning rate (`--no-warm-start` trains from scratch).", ""]
     if result.missing:
         lines += [f"**Incomplete**: {len(result.missing)} run(s) have no result yet: " + "; ".join(result.missing), ""]
     lines += [f"| variant | n | mean | std | 95 % CI | delta vs {result.reference or 'best unimodal'} | delta 95 % CI | p | verdict |",
