@@ -19,7 +19,7 @@ from mmcli.data import text as text_mod
 from mmcli.data.dataset import Encoded, encode_table
 from mmcli.data.decode import audio_frames
 from mmcli.data.preprocess import BUILTIN_PREFIX, Progress, preprocess, warn_skipped
-from mmcli.data.splits import assign_splits
+from mmcli.data.splits import assign_splits, source_groups
 from mmcli.data.table import Table
 from mmcli.data.tabular import TabularCodec
 from mmcli.encoders import ENCODERS, ModalitySpec
@@ -143,7 +143,7 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
     if values is None:
         raise DataError(f"{table.source}: no label column '{config.data.label}'")
     splits = assign_splits(task.split_keys(values), table.given_splits, split_seed(config),
-                           config.data.val_fraction, config.data.test_fraction, table.source)
+                           config.data.val_fraction, config.data.test_fraction, table.source, source_groups(table))
     modalities = chosen_modalities(config, list(table.modalities))
     train_rows = [i for i, s in enumerate(splits) if s == "train"]
     if not train_rows:
@@ -346,7 +346,7 @@ def _choose_rows(run: LoadedRun, table: Table, same: bool, split: str | None, so
         scope = split or "test"
         keys = task.split_keys(targets) if targets is not None else None
         splits = assign_splits(keys, table.given_splits, split_seed(config),
-                               config.data.val_fraction, config.data.test_fraction, table.source)
+                               config.data.val_fraction, config.data.test_fraction, table.source, source_groups(table))
         rows = [i for i, s in enumerate(splits) if s == scope]
     record = membership.read_record(run.path)
     if record is None:

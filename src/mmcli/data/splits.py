@@ -11,7 +11,11 @@ SPLITS = ("train", "val", "test")
 
 
 def assign_splits(labels: list[str] | None, given: list[str] | None, seed: int,
-                  val_fraction: float, test_fraction: float, source: str = "manifest") -> list[str]:
+                  val_fraction: float, test_fraction: float, source: str = "manifest",
+                  groups: list[int] | None = None) -> list[str]:
+    """The split column's splits, with validation rows drawn from its training rows when it
+    has none (keeping the rows of one source together: `groups`, from `source_groups`), or
+    else a stratified split from the seed."""
     if given is not None and any(given):
         bad = [BadRow(source, i + 1, "split", f"split '{s}' is not one of train, val, test")
                for i, s in enumerate(given) if s not in SPLITS]
@@ -20,7 +24,16 @@ def assign_splits(labels: list[str] | None, given: list[str] | None, seed: int,
         splits = list(given)
         if "val" not in splits and val_fraction > 0:
             train = [i for i, s in enumerate(splits) if s == "train"]
-            sub = _stratified([labels[i] for i in train] if labels else None, seed, val_fraction, 0.0)
+            if groups is not None:  # one draw per source; its rows follow it
+                first: dict[int, int] = {}
+                for i in train:
+                    first.setdefault(groups[i], i)
+                heads = list(first.values())
+                drawn = dict(zip(heads, _stratified([labels[i] for i in heads] if labels else ["_"] * len(heads),
+                                                    seed, val_fraction, 0.0)))
+                sub = [drawn[first[groups[i]]] for i in train]
+            else:
+                sub = _stratified([labels[i] for i in train] if labels else None, seed, val_fraction, 0.0)
             for i, s in zip(train, sub):
                 splits[i] = "val" if s == "val" else "train"
         return splits
@@ -49,3 +62,43 @@ def _stratified(labels: list[str] | None, seed: int, val_fraction: float, test_f
 
 def random_splits(n: int, seed: int, val_fraction: float, test_fraction: float) -> list[str]:
     return _stratified(["_"] * n, seed, val_fraction, test_fraction)
+
+
+FILE_KINDS = ("image", "audio")
+
+
+def source_groups(table) -> list[int] | None:
+    """Rows that share a source (the same image or clip, byte for byte after decoding: a
+    photo with five captions, one row each) get one group number, so that validation rows
+    drawn from a split column's training rows never share a photo with a training row (the
+    model would be selected on what it memorised). None when no source repeats, or when
+    nothing is drawn (no split column, or one that names validation rows already)."""
+    import hashlib
+
+    given = table.given_splits
+    if given is None or not any(given) or "val" in given:
+        return None
+    rows = [i for i, s in enumerate(given) if s == "train"]
+    parent = list(range(len(given)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    repeated = False
+    for name, modality in table.modalities.items():
+        if modality.kind not in FILE_KINDS or name not in table.tensors:
+            continue
+        seen: dict[bytes, int] = {}
+        present = table.present.get(name)
+        for i in rows:
+            if present is not None and not bool(present[i]):
+                continue
+            digest = hashlib.blake2b(table.tensors[name][i].contiguous().numpy().tobytes(), digest_size=16).digest()
+            j = seen.setdefault(digest, i)
+            if j != i:
+                parent[find(i)] = find(j)
+                repeated = True
+    return [find(i) for i in range(len(given))] if repeated else None
