@@ -4,9 +4,9 @@ The unimodal variants are trained anyway; each run of a fused variant (multimoda
 subset of two or more modalities) has its encoders and auxiliary heads initialised from
 the unimodal runs of the same seed that use the same encoder (`model.init_from`,
 mmcli.training.warmstart), then trains as before. Such a cell lists the cells it starts
-from (`after`) and runs once they have finished; its fingerprint includes theirs, so a
-unimodal run trained again makes the fused runs train again. `--no-warm-start` trains every
-run from scratch.
+from (`after`) and runs once they have finished; its fingerprint includes theirs, so what
+makes a unimodal run train again (config, data, mmcli's version) makes the fused runs that
+start from it train again. `--no-warm-start` trains every run from scratch.
 """
 
 from __future__ import annotations
