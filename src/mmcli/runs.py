@@ -294,7 +294,8 @@ def save_weights(model, path: Path, meta: dict[str, Any]) -> None:
     write_atomic(path, save(state, metadata=metadata))
 
 
-def load_weights(model, path: Path) -> dict[str, str]:
+def read_weights(path: Path) -> tuple[dict, dict[str, str]]:
+    """A weights file's tensors and metadata; an unreadable file is a UsageError naming it."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -308,6 +309,11 @@ def load_weights(model, path: Path) -> dict[str, str]:
         if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
             raise
         raise UsageError(f"{path}: cannot read weights ({str(exc)[:200]})") from None
+    return state, metadata
+
+
+def load_weights(model, path: Path) -> dict[str, str]:
+    state, metadata = read_weights(path)
     _check_weights(path, model, state, metadata)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

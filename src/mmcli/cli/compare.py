@@ -53,14 +53,7 @@ def compare(
                         seed=seed, sets=sets, print_jobs=print_jobs, overwrite=overwrite, seeds=seeds != 1, encoder=encoders,
                         reference=reference if job is not None else None, no_warm_start=not warm_start)
     if collect_dir is not None:
-        from mmcli.compare.collect import collect
-
-        result = collect(collect_dir, reference=reference)
-        if result.missing:
-            log(f"warning: {len(result.missing)} run(s) have no result yet and are left out: " + "; ".join(result.missing))
-        log(f"results in {collect_dir}")
-        _show(result)
-        return
+        return _collect(collect_dir, reference)
     if job is not None:
         if out is None:
             raise UsageError("--job needs --out: the comparison folder that --print-jobs planned")
@@ -79,6 +72,17 @@ def compare(
                     warm_start)
         return
     _run(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, n_jobs, command, reference, warm_start)
+
+
+def _collect(collect_dir: Path, reference: str | None) -> None:
+    from mmcli.compare.collect import collect
+    from mmcli.reporting.console import log
+
+    result = collect(collect_dir, reference=reference)
+    if result.missing:
+        log(f"warning: {len(result.missing)} run(s) have no result yet and are left out: " + "; ".join(result.missing))
+    log(f"results in {collect_dir}")
+    _show(result)
 
 
 def _refuse_ignored(collect_dir, job, **given) -> None:

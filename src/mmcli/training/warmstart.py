@@ -56,17 +56,10 @@ def mark_trained(model, init_from: dict[str, str]) -> None:
 
 
 def _read(folder: Path, key: str) -> dict:
-    from safetensors.torch import load_file
-
     path = folder / "best.safetensors"
     if not path.is_file():
         raise ConfigError(f"{key}: {folder} is not a finished run folder (no {path.name})")
-    try:
-        return load_file(str(path))
-    except BaseException as exc:  # safetensors raises several types, and a Rust panic is a BaseException
-        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
-            raise
-        raise ConfigError(f"{key}: cannot read {path} ({str(exc)[:200]})") from None
+    return runs.read_weights(path)[0]
 
 
 def _check_labels(folder: Path, key: str, labels: list[str]) -> None:
