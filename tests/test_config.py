@@ -42,7 +42,7 @@ def test_defaults():
     assert config.model.modalities is None
     assert config.model.task == "classification"
     assert config.train.batch_size == 64 and config.train.seed == 0
-    assert config.train.epochs is None and config.train.patience is None  # derived from the data (training.setup.budget)
+    assert config.train.epochs is None and config.train.patience is None and config.train.min_epochs is None  # derived from the data (training.setup.budget)
     assert config.model.aux_loss_weight == 1.0 and config.train.augment and not config.train.hflip
     assert config.train.trained_lr_scale == pytest.approx(0.1)
     assert config.train.lr == pytest.approx(3e-3)

@@ -11,7 +11,7 @@ from conftest import write_own_manifest
 from mmcli.config import Config, TrainConfig
 from mmcli.encoders import ENCODERS, ModalitySpec
 from mmcli.encoders.augment import ImageAugment
-from mmcli.training.setup import BUDGET_STEPS, MAX_EPOCHS, MIN_EPOCHS, budget
+from mmcli.training.setup import BUDGET_STEPS, MAX_EPOCHS, MIN_EPOCHS, budget, stop_floor
 
 
 @pytest.mark.parametrize("n_train, epochs", [
@@ -37,6 +37,44 @@ def test_a_run_saves_the_budget_it_derived(tmp_path, cli):
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]
     assert saved["epochs"] == MAX_EPOCHS and saved["patience"] == 1  # a tiny set: the cap; the set patience kept
+
+
+@pytest.mark.parametrize("epochs, warmup, floor", [
+    (30, 1.0, 16),  # the rate has halved after 1 + 29 / 2 epochs
+    (13, 1.0, 7),
+    (12, 0.0, 6),
+    (1, 1.0, 1),  # never past the budget
+])
+def test_early_stopping_waits_until_the_rate_has_halved(epochs, warmup, floor):
+    assert stop_floor(epochs, TrainConfig(warmup_epochs=warmup)) == floor
+    assert stop_floor(epochs, TrainConfig(min_epochs=3)) == min(3, epochs)  # a set value is kept, within the budget
+
+
+def test_early_stopping_waits_for_the_floor_and_the_loss():
+    from mmcli.training.loop import FitResult, _loss_fell, _stops, _tie_won_on_loss
+
+    config = Config()
+    config.train.patience, config.train.min_epochs = 1, 4
+    assert not _stops(config, 2, 1) and not _stops(config, 3, 5)  # before the floor: never
+    assert _stops(config, 4, 1) and not _stops(config, 4, 0)
+    config.train.patience = 0
+    assert not _stops(config, 40, 40)  # patience 0: no early stopping
+    history = [{"epoch": 1, "val_loss": 1.2}, {"epoch": 2, "val_loss": 1.0}]
+    assert _loss_fell({"val_loss": 0.9}, history) and not _loss_fell({"val_loss": 1.05}, history)
+    assert not _loss_fell({"val_loss": float("nan")}, history) and not _loss_fell({}, history)
+    result = FitResult(best_epoch=2, best_metric=0.5, metric="accuracy", history=history)
+    assert _tie_won_on_loss({"val_loss": 0.9}, 0.5, result)  # same score, lower loss: the later epoch
+    assert not _tie_won_on_loss({"val_loss": 1.1}, 0.5, result) and not _tie_won_on_loss({"val_loss": 0.9}, 0.4, result)
+
+
+def test_a_run_saves_its_floor_and_trains_to_it(tmp_path, cli):
+    manifest = write_own_manifest(tmp_path / "own", n=24)
+    result = cli("train", manifest, "--modalities", "photo", "--out", tmp_path / "run", "--epochs", "8",
+                 "--set", "train.patience=1", "--set", "train.warmup_epochs=0")
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]
+    assert saved["min_epochs"] == 4  # 8 epochs, no warm-up: the rate halves after 4
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) >= 4
 
 
 def test_augmentation_changes_images_in_training_only():

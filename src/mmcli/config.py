@@ -127,6 +127,7 @@ class TrainConfig:
     trained_lr_scale: float = ranged(0.1, 0, 1, lo_open=True)  # parameters that start trained (warm start, pretrained weights) learn at lr x this
     warmup_epochs: float = ranged(1.0, 0, 100_000)
     patience: Optional[int] = ranged(None, 0, 100_000)  # 0: no early stopping; None: derived with the epochs
+    min_epochs: Optional[int] = ranged(None, 0, 100_000)  # early stopping never ends a run before this epoch; None: the middle of the learning-rate decay
     grad_clip: float = ranged(1.0, 0, 1e6)  # 0: no clipping
     seed: int = ranged(0, *SEEDS)
     device: str = "auto"

@@ -78,7 +78,8 @@ def with_defaults_of_then(config_file: Path, config: Config, specs: dict[str, Mo
     spell out: text.textcnn for text, image.cnn 16 channels wide, no image augmentation,
     no normalised pooling in the text encoders that now have it, full-sized positions in
     text.transformer. A run from before `train.trained_lr_scale` trained its pretrained
-    weights at the full learning rate (so --resume keeps its optimizer's groups).
+    weights at the full learning rate (so --resume keeps its optimizer's groups), and one from
+    before `train.min_epochs` could stop early at any epoch.
     Without this its weights no longer fit the model that today's defaults build."""
     from mmcli.models import encoder_choice
 
@@ -88,6 +89,8 @@ def with_defaults_of_then(config_file: Path, config: Config, specs: dict[str, Mo
     config = config.copy()
     if "trained_lr_scale" not in (raw.get("train") or {}):  # pretrained weights learnt at the full rate then
         config.train.trained_lr_scale = 1.0
+    if "min_epochs" not in (raw.get("train") or {}):  # early stopping could end a run at any epoch then
+        config.train.min_epochs = 0
     if "augment" in (raw.get("train") or {}):
         return config
     config.train.augment = False

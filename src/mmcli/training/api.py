@@ -76,9 +76,10 @@ def _run_data(config: Config, data: RunData | None, cache_dir, workers, progress
 def _with_defaults(config: Config, task, n_train: int) -> Config:
     """The config with what depends on the data filled in: the metric, and the budget
     (epochs, patience) from the training split's size, logged; saved with the run."""
-    from mmcli.training.setup import budget
+    from mmcli.training.setup import budget, stop_floor
 
-    if config.eval.metric is not None and config.train.epochs is not None and config.train.patience is not None:
+    train = config.train
+    if config.eval.metric is not None and None not in (train.epochs, train.patience, train.min_epochs):
         return config
     config = config.copy()
     config.eval.metric = config.eval.metric or task.default_metric
@@ -88,6 +89,8 @@ def _with_defaults(config: Config, task, n_train: int) -> Config:
         if derived:
             LOG.info("train.epochs=%d, train.patience=%d (derived from %d training examples in batches of %d)",
                      config.train.epochs, config.train.patience, n_train, config.train.batch_size)
+    if config.train.min_epochs is None:
+        config.train.min_epochs = stop_floor(config.train.epochs, config.train)
     return config
 
 

@@ -303,11 +303,41 @@ def _logger(config: Config, run_dir: Path):
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
+def _tie_won_on_loss(record: dict[str, Any], value: float, result) -> bool:
+    """The same validation score as the kept epoch, with a lower validation loss. A small
+    split's accuracy often comes back to an early lucky peak later in training; the later
+    model, which fits the validation rows better, is the one to keep."""
+    if value != result.best_metric:
+        return False
+    best = next((h for h in result.history if h.get("epoch") == result.best_epoch), {})
+    loss, before = record.get("val_loss"), best.get("val_loss")
+    return all(isinstance(v, float) and math.isfinite(v) for v in (loss, before)) and loss < before
+
+
+def _loss_fell(record: dict[str, Any], history: list[dict[str, Any]]) -> bool:
+    """Whether this epoch's validation loss is the lowest yet. On a small validation split
+    a score such as accuracy moves in steps of whole examples and can sit on a lucky early
+    peak while the loss still falls; early stopping waits while either improves (the
+    epoch kept is still the one with the best score)."""
+    loss = record.get("val_loss")
+    if not isinstance(loss, float) or not math.isfinite(loss):
+        return False
+    before = [h["val_loss"] for h in history if isinstance(h.get("val_loss"), float) and math.isfinite(h["val_loss"])]
+    return not before or loss < min(before)
+
+
+def _stops(config: Config, epoch: int, stale: int) -> bool:
+    """Early stopping: `patience` epochs without a better validation score or a lower
+    validation loss, once the run has reached `min_epochs`."""
+    train = config.train
+    return 0 < train.patience <= stale and epoch >= (train.min_epochs or 0)
+
+
 def _epochs(model, task, train, val, config, run_dir, labels, generator, progress, device, steps, stepper,
             metric, result, blender, loaders, logger, resume=None) -> None:
     start, stale = time.monotonic(), (resume or {}).get("stale", 0)
     first = (resume or {}).get("epoch", 0) + 1
-    if resume is not None and config.train.patience > 0 and stale >= config.train.patience:
+    if resume is not None and _stops(config, first - 1, stale):
         return  # it had stopped early already
     for epoch in range(first, config.train.epochs + 1):
         progress.epoch_start(epoch, config.train.epochs, steps)
@@ -323,9 +353,11 @@ def _epochs(model, task, train, val, config, run_dir, labels, generator, progres
         # without a validation split there is nothing to select on: the last epoch is "best"
         meta = {"epoch": epoch, "metric": f"val_{metric}" if value is not None else "none (no validation split)",
                 "value": value}
-        if value is None or _better(task, metric, value, result.best_metric):
+        if value is None or _better(task, metric, value, result.best_metric) or _tie_won_on_loss(record, value, result):
             result.best_epoch, result.best_metric, stale = epoch, value, 0
             runs.save_weights(model, run_dir / "best.safetensors", meta)
+        elif _loss_fell(record, result.history):
+            stale = 0  # not a better score, but a lower validation loss: still learning
         else:
             stale += 1
         runs.save_weights(model, run_dir / "last.safetensors", meta)
@@ -339,5 +371,5 @@ def _epochs(model, task, train, val, config, run_dir, labels, generator, progres
                 if key != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     logger.add_scalar(key.replace("_", "/", 1) if key.startswith(("val_", "train_")) else key, v, epoch)
             logger.flush()
-        if config.train.patience > 0 and stale >= config.train.patience and value is not None:
+        if value is not None and _stops(config, epoch, stale):
             break
