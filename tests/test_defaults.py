@@ -235,3 +235,22 @@ def test_an_old_transformer_run_is_evaluated_without_the_pooled_norm(tmp_path, c
     assert result.exit_code == 0, result.output
     after = json.loads((run / "eval-test.json").read_text())
     assert after["loss"] == pytest.approx(before["loss"], rel=1e-5)
+
+
+def test_a_run_from_before_the_stopping_rules_and_smoothing_resumes_as_it_was_trained(tmp_path):
+    """Its config.yaml has no `train.min_epochs` and no `label_smoothing`: it stopped on the
+    metric alone at any epoch and trained on hard targets, and --resume must go on so."""
+    from mmcli.runfiles import with_defaults_of_then
+
+    config = Config()
+    old = config.to_dict()
+    del old["train"]["min_epochs"]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    then = with_defaults_of_then(tmp_path / "old.yaml", config, {})
+    assert then.train.min_epochs == 0 and then.model.task_options["label_smoothing"] == 0.0
+    new = config.to_dict()
+    new["train"]["min_epochs"], new["model"]["task_options"] = 16, {"label_smoothing": 0.1}
+    (tmp_path / "new.yaml").write_text(yaml.safe_dump(new))
+    config.train.min_epochs, config.model.task_options = 16, {"label_smoothing": 0.1}
+    now = with_defaults_of_then(tmp_path / "new.yaml", config, {})
+    assert now.train.min_epochs == 16 and now.model.task_options["label_smoothing"] == 0.1
