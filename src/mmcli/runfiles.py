@@ -88,14 +88,14 @@ def with_defaults_of_then(config_file: Path, config: Config, specs: dict[str, Mo
     if not isinstance(raw, dict):
         return config
     config = config.copy()
-    if "trained_lr_scale" not in (raw.get("train") or {}):  # pretrained weights learnt at the full rate then
+    train, model = raw.get("train") or {}, raw.get("model") or {}
+    if "trained_lr_scale" not in train:  # pretrained weights learnt at the full rate then
         config.train.trained_lr_scale = 1.0
-    if "min_epochs" not in (raw.get("train") or {}):  # early stopping could end a run at any epoch then
+    if "min_epochs" not in train:  # early stopping could end a run at any epoch then
         config.train.min_epochs = 0
-    model = raw.get("model") or {}
     if model.get("task", "classification") == "classification" and "label_smoothing" not in (model.get("task_options") or {}):
         config.model.task_options = {**config.model.task_options, "label_smoothing": 0.0}  # none before issue 19
-    if "augment" in (raw.get("train") or {}):
+    if "augment" in train:
         return config
     config.train.augment = False
     for name, spec in specs.items():

@@ -303,6 +303,12 @@ def _logger(config: Config, run_dir: Path):
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
+def _val_loss(record: dict[str, Any]) -> float | None:
+    """An epoch record's validation loss, when it has a finite one."""
+    loss = record.get("val_loss")
+    return loss if isinstance(loss, float) and math.isfinite(loss) else None
+
+
 def _tie_won_on_loss(record: dict[str, Any], value: float, result) -> bool:
     """The same validation score as the kept epoch, with a lower validation loss. A small
     split's accuracy often comes back to an early lucky peak later in training; the later
@@ -310,8 +316,8 @@ def _tie_won_on_loss(record: dict[str, Any], value: float, result) -> bool:
     if value != result.best_metric:
         return False
     best = next((h for h in result.history if h.get("epoch") == result.best_epoch), {})
-    loss, before = record.get("val_loss"), best.get("val_loss")
-    return all(isinstance(v, float) and math.isfinite(v) for v in (loss, before)) and loss < before
+    loss, before = _val_loss(record), _val_loss(best)
+    return loss is not None and before is not None and loss < before
 
 
 def _loss_fell(record: dict[str, Any], history: list[dict[str, Any]]) -> bool:
@@ -319,11 +325,9 @@ def _loss_fell(record: dict[str, Any], history: list[dict[str, Any]]) -> bool:
     a score such as accuracy moves in steps of whole examples and can sit on a lucky early
     peak while the loss still falls; early stopping waits while either improves (the
     epoch kept is still the one with the best score)."""
-    loss = record.get("val_loss")
-    if not isinstance(loss, float) or not math.isfinite(loss):
-        return False
-    before = [h["val_loss"] for h in history if isinstance(h.get("val_loss"), float) and math.isfinite(h["val_loss"])]
-    return not before or loss < min(before)
+    loss = _val_loss(record)
+    before = [v for v in map(_val_loss, history) if v is not None]
+    return loss is not None and (not before or loss < min(before))
 
 
 def _stops(config: Config, epoch: int, stale: int) -> bool:
