@@ -30,6 +30,9 @@ def compare(
     metric: Annotated[Optional[str], typer.Option("--metric", help="Metric of the summary, the statistics and the verdicts (default: the task's, accuracy for classification).", show_default=False)] = None,
     reference: Annotated[Optional[str], typer.Option("--reference", help="Test every variant against this one, paired by seed (default: the best unimodal variant); also with --collect.", show_default=False)] = None,
     warm_start: Annotated[bool, typer.Option("--warm-start/--no-warm-start", help="Start each fused run's encoders and per-modality heads from the unimodal runs of its seed (UMT, Du et al. 2023; docs/fusion.md), so the weaker modality's encoder is trained too; --no-warm-start trains every run from scratch.")] = True,
+    tune: Annotated[bool, typer.Option("--tune", help="Before the runs, give every trained variant the same small search on the validation split (first seed): by default the learning rate x {1/3, 1, 3} and the weight decay x {1, 10}; each variant's best setting is used for all its seeds and reported in report.md and summary.json. The test split is never seen by the search.")] = False,
+    tune_space: Annotated[Optional[list[str]], typer.Option("--tune-space", help="A key and the values to search, KEY=V1,V2,... (train.* or model.*; repeat for a grid over several keys); implies --tune and replaces the default space.", show_default=False)] = None,
+    tune_trials: Annotated[Optional[int], typer.Option("--tune-trials", min=1, help="Search this many points of the grid, drawn with the base seed (the same for every variant); default: the whole grid. Implies --tune.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Base seed: the split's seed, and seed i trains with base + i.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for runs and results (default: runs/compare-<timestamp>). Rerunning into the same folder skips finished runs.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an existing comparison folder: deletes the files mmcli wrote there, and refuses if the folder holds any other file.")] = False,
@@ -51,7 +54,8 @@ def compare(
     if collect_dir is not None or job is not None:
         _refuse_ignored(collect_dir, job, items=items, data=data, modalities=modalities, config=config, task=task, epochs=epochs, metric=metric,
                         seed=seed, sets=sets, print_jobs=print_jobs, overwrite=overwrite, seeds=seeds != 1, encoder=encoders,
-                        reference=reference if job is not None else None, no_warm_start=not warm_start)
+                        reference=reference if job is not None else None, no_warm_start=not warm_start,
+                        tune=tune or bool(tune_space) or tune_trials is not None)
     if collect_dir is not None:
         return _collect(collect_dir, reference)
     if job is not None:
@@ -67,11 +71,22 @@ def compare(
     n_jobs = _jobs(jobs, cfg.train.device)
     out = out or Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     command = _command_line(ctx)
+    search = _tune_request(tune, tune_space, tune_trials)
     if print_jobs:
         _print_jobs(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, command, n_jobs, reference,
-                    warm_start)
+                    warm_start, search)
         return
-    _run(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, n_jobs, command, reference, warm_start)
+    _run(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, n_jobs, command, reference, warm_start,
+         search)
+
+
+def _tune_request(tune: bool, space: list[str] | None, trials: int | None) -> dict | None:
+    """--tune, --tune-space, --tune-trials -> what make_plan takes (None: no search)."""
+    if not (tune or space or trials is not None):
+        return None
+    from mmcli.compare.tune import parse_space
+
+    return {"space": parse_space(space) if space else None, "trials": trials}
 
 
 def _collect(collect_dir: Path, reference: str | None) -> None:
@@ -135,21 +150,23 @@ def _command_line(ctx: typer.Context) -> str:
     return shlex.join(words)
 
 
-def _print_jobs(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, command, jobs, reference, warm_start) -> None:
+def _print_jobs(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, command, jobs, reference, warm_start,
+                tune) -> None:
     from mmcli.compare.parallel import threads_per_job
-    from mmcli.compare.runner import job_commands, make_plan, prepare_out, write_plan
-    from mmcli.reporting.console import task_bar
+    from mmcli.compare.runner import job_commands, make_plan, prepare_out, tune_plan, write_plan
+    from mmcli.reporting.console import log, task_bar
 
     with task_bar("preprocessing") as update:  # each job runs with the threads a --jobs run would give it
-        plan, _ = make_plan(cfg, items, seeds, metric, cache_dir, workers, update, command,
-                            threads_per_job(jobs) if jobs > 1 else 0, reference, warm_start)
+        plan, pool = make_plan(cfg, items, seeds, metric, cache_dir, workers, update, command,
+                               threads_per_job(jobs) if jobs > 1 else 0, reference, warm_start, tune)
     prepare_out(out, overwrite)
+    tune_plan(plan, pool, out, say=log)  # the search runs here, before the jobs are handed out
     write_plan(out, plan)
     for line in job_commands(out, plan, cache_dir):
         print(line)
 
 
-def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, command, reference, warm_start) -> None:
+def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, command, reference, warm_start, tune) -> None:
     from mmcli.compare.runner import run_compare
     from mmcli.reporting.console import FitBar, log, task_bar
 
@@ -171,7 +188,7 @@ def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, co
                 log(f"[{done}/{total}] {result['variant']} seed {result['seed']}{score} ({result['seconds']:.0f} s)")
 
         result = run_compare(cfg, items, seeds, out, metric, cache_dir, overwrite, workers, on_run,
-                             None if parallel else bar, update, jobs, command, on_done, reference, warm_start)
+                             None if parallel else bar, update, jobs, command, on_done, reference, warm_start, tune, log)
     names = ["results.csv", "summary.csv", "summary.json", "report.md", "compare.png"]
     names += ["attribution.json"] if result.attribution else []
     log(f"results in {out} ({', '.join(names)})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,9 @@ def summarise(results: list[dict[str, Any]], plan: Plan, reference: str | None =
             # robustness: the metric with a modality missing at test time (translation: all but the source)
             values = list(_values(results, row["variant"], key).values())
             row[key] = sum(values) / len(values) if values else None
+        if plan.tune is not None:  # --tune: the values the search chose for it (the ensemble: its unimodal runs')
+            row["tuned"] = plan.tuned.get(row["variant"], {}).get("values")
+            row["tuned_validation"] = plan.tuned.get(row["variant"], {}).get("score")
     return rows
 
 
@@ -209,7 +213,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in row.items()} for row in rows)
     return buffer.getvalue()
 
 
@@ -222,7 +226,8 @@ def _interval(low: Any, high: Any) -> str:
 
 
 def report_markdown(result: CompareResult, plan: Plan) -> str:
-    lines = _summary_section(result, plan) + _missing_section(result) + _translation_section(result, plan)
+    lines = _summary_section(result, plan) + _tuning_section(plan) + _missing_section(result)
+    lines += _translation_section(result, plan)
     lines += _attribution_section(result, plan)
     lines += _per_class_section(result, plan)
     lines += ["", "Files: results.csv (one row per run), summary.csv / summary.json (one row per variant), "
@@ -256,6 +261,33 @@ def _summary_section(result: CompareResult, plan: Plan) -> list[str]:
                      f"{_f(r['p_value'], 3)} | {r['verdict']} |")
     if plan.seeds < 2:
         lines += ["", "One seed: no interval or test can be given. Run with `--seeds 3` or more."]
+    return lines
+
+
+def _tuning_section(plan: Plan) -> list[str]:
+    """--tune: the space, and per variant the chosen values and the trials' validation scores."""
+    if plan.tune is None:
+        return []
+    from mmcli.compare.tune import describe
+
+    space = "; ".join(f"`{k}` in {', '.join(str(v) for v in values)}" for k, values in plan.tune["space"].items())
+    trials = plan.tune.get("trials")
+    lines = ["", "## Tuning", "",
+             f"Every trained variant had the same search: {space}"
+             f"{f' ({trials} points of the grid, drawn with the base seed)' if trials else ' (the whole grid)'}. "
+             f"Each trial trained with seed {plan.base_config().train.seed} on the training split and was scored on the "
+             f"validation split ({plan.metric}); the test split was not read. The best setting was used for every seed "
+             "of the variant (trials in `tune/`).", "",
+             f"| variant | chosen | validation {plan.metric} | trials (validation, worst to best) |", "|---|---|---|---|"]
+    for v in plan.variants:
+        t = plan.tuned.get(v.name)
+        if t is None:
+            continue
+        scores = sorted(x["score"] for x in t["trials"] if x["score"] is not None)
+        if not plan.higher_is_better:
+            scores.reverse()
+        lines.append(f"| {v.name} | {describe(t['values'])} | {_f(t['score'])} | {len(t['trials'])} "
+                     f"({_f(scores[0])} to {_f(scores[-1])}) |")
     return lines
 
 

@@ -57,6 +57,8 @@ class Plan:
     kinds: dict[str, str] = field(default_factory=dict)  # modality -> kind, for the encoders variants choose
     reference: str | None = None  # the variant every other is tested against (None: the best unimodal one)
     warm_start: bool = False  # fused runs start from the unimodal runs of their seed (compare.warm); old plans: no
+    tune: dict[str, Any] | None = None  # --tune: {"space": {key: values}, "trials": N or None} (compare.tune)
+    tuned: dict[str, Any] = field(default_factory=dict)  # variant -> {"values", "score", "trial", "trials"}
 
     def base_config(self) -> Config:
         return from_dict(self.config)
@@ -88,7 +90,14 @@ def load_plan(out: Path) -> Plan:
         raise UsageError(f"{path}: cannot read the comparison plan ({exc})") from None
 
 
-def variant_config(base: Config, variant: Variant, seed_index: int, kinds: dict[str, str] | None = None) -> Config:
+def variant_config(base: Config, variant: Variant, seed_index: int, kinds: dict[str, str] | None = None,
+                   tuned: dict[str, Any] | None = None) -> Config:
+    """The config of a variant's run with seed index `seed_index`; `tuned`: the values that
+    `--tune` chose for the variant (compare.tune)."""
+    if tuned:
+        from mmcli.compare.tune import with_values
+
+        base = with_values(base, tuned)
     cfg = base.copy()
     if variant.encoders:  # `@ENCODER`: also the image size and normalization of its weights
         from mmcli.models import with_encoders
@@ -122,14 +131,17 @@ def shared_data(base: Config, cache_dir: str | None, workers: int = 1, progress=
 
 def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, cache_dir: str | None,
               workers: int = 1, progress=None, command: str = "", threads: int = 0,
-              reference: str | None = None, warm_start: bool = True) -> tuple[Plan, DataPool]:
-    """Check the request, prepare the data once and list every cell with its fingerprint."""
+              reference: str | None = None, warm_start: bool = True,
+              tune: dict[str, Any] | None = None) -> tuple[Plan, DataPool]:
+    """Check the request, prepare the data once and list every cell with its fingerprint.
+    `tune` ({"space": {key: values} or None for the default, "trials": N or None}): the cells
+    are listed again by `tune_plan` once the search has chosen each variant's values."""
     from mmcli.compare.collect import check_reference
     from mmcli.data.preprocess import BUILTIN_PREFIX
     from mmcli.fusion import DEFAULT_FUSIONS, FUSIONS
     from mmcli.heads import make_task
     from mmcli.pipeline import modality_kinds
-    from mmcli.training.api import check_config, fingerprint
+    from mmcli.training.api import check_config
 
     if seeds < 1:
         raise UsageError("--seeds must be at least 1")
@@ -145,6 +157,12 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
     base.eval.metric = metric
     check_config(base, task)  # before any preprocessing or run
     check_batch_size(base, set(modality_kinds(base).values()))
+    if tune is not None:  # checked before any preprocessing
+        from mmcli.compare import tune as tuning
+
+        space = tune.get("space") or tuning.default_space(base)
+        tuning.check_space(base, space)
+        tune = {"space": space, "trials": tune.get("trials")}
     if base.data.manifest and not base.data.manifest.startswith(BUILTIN_PREFIX):
         # absolute in the plan, so that --job K finds the data from any working folder
         base.data.manifest = str(Path(base.data.manifest).resolve())
@@ -153,6 +171,9 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
     if "test" not in data.splits:
         raise UsageError(f"{data.table.source}: no test rows to compare on; add rows with split=test, "
                          "or drop the split column to draw a split")
+    if tune is not None and not len(data.part("val")):
+        raise UsageError("--tune chooses on the validation split, and this data has none: set data.val_fraction above 0 "
+                         "or give rows with split=val")
     from mmcli.encoders import ENCODERS
 
     kinds = {m: data.table.modalities[m].kind for m in data.modalities}
@@ -160,26 +181,46 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
     check_reference(reference, variants)
     plan = Plan(variants, seeds, metric, metric not in task.lower_is_better, base.to_dict(), list(data.modalities),
                 baseline=_baseline(data.task, data), command=command, threads=threads, reference=reference, kinds=kinds,
-                warm_start=warm_start)
+                warm_start=warm_start, tune=tune)
     pool = DataPool(base, kinds, cache_dir, data)
+    list_cells(plan, pool, data.specs)
+    return plan, pool
+
+
+def list_cells(plan: Plan, pool: DataPool, specs: dict[str, Any]) -> None:
+    """plan.cells: every run of every trained variant, with its fingerprint (and, with warm
+    start, the unimodal cells it starts from); with --tune, each variant's chosen values."""
+    from mmcli.training.api import fingerprint
+
+    base, kinds, variants = plan.base_config(), plan.kinds, plan.variants
+    plan.cells = []
     stems = [run_dir_for(v, 0).lower() for v in variants]  # lower: folders differ only in case on macOS and Windows
     configs = []
     for v, stem in zip(variants, stems):
         if ensemble.is_ensemble(v):  # trains nothing: computed from the unimodal runs when collected
             continue
-        for i in range(seeds):
-            cfg = variant_config(base, v, i, kinds)
+        for i in range(plan.seeds):
+            cfg = variant_config(base, v, i, kinds, plan.tuned.get(v.name, {}).get("values"))
             if v.encoders:
                 check_batch_size(cfg, set(kinds.values()))  # its encoders' image size
             # the torch thread count is part of a run's identity: it changes the floating-point sums
             plan.cells.append({"variant": v.name, "seed_index": i, "seed": cfg.train.seed,
                                "run": run_dir_for(v, cfg.train.seed, stems.count(stem) > 1),
-                               "fingerprint": f"{fingerprint(cfg, pool.get(cfg).table.key)}-t{threads}"})
+                               "fingerprint": f"{fingerprint(cfg, pool.get(cfg).table.key)}-t{plan.threads}"})
             configs.append(cfg)
-    if warm_start:
-        warm.link(plan, configs, data.specs)
+    if plan.warm_start:
+        warm.link(plan, configs, specs)
     ensemble.mark_cells(plan)
-    return plan, pool
+
+
+def tune_plan(plan: Plan, pool: DataPool, out: Path, progress=None, say: Callable[[str], Any] | None = None) -> None:
+    """--tune: run the search into `out` (compare.tune), then list the cells with its choices."""
+    if plan.tune is None:
+        return
+    from mmcli.compare.tune import search
+
+    search(plan, pool, out, progress, say)
+    list_cells(plan, pool, pool.get(plan.base_config()).specs)
 
 
 def _baseline(task, data: RunData) -> dict[str, float] | None:
@@ -222,7 +263,8 @@ def run_cell(plan: Plan, pool: DataPool, k: int, out: Path, fit_progress=None,
         LOG.info("job %d (%s seed %d): finished before, reused", k, cell["variant"], cell["seed"])
         return saved, True
     variant = plan.variant(cell["variant"])
-    cfg = variant_config(plan.base_config(), variant, cell["seed_index"], plan.kinds)
+    cfg = variant_config(plan.base_config(), variant, cell["seed_index"], plan.kinds,
+                         plan.tuned.get(variant.name, {}).get("values"))
     data = pool.get(cfg)
     if f"{fingerprint(cfg, data.table.key)}-t{plan.threads}" != cell["fingerprint"].split("-w")[0]:
         raise UsageError(f"job {k} ({cell['variant']} seed {cell['seed']}): the data, its files or mmcli changed "
@@ -287,17 +329,21 @@ def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric:
                 cache_dir: str | None = None, overwrite: bool = False, workers: int = 1,
                 on_run: Callable[[int, int, str], Any] | None = None, fit_progress=None,
                 preprocess_progress=None, jobs: int = 1, command: str = "", on_done: Callable[[int, int, dict], Any] | None = None,
-                reference: str | None = None, warm_start: bool = True):
-    """Plan, run every unfinished cell (in `jobs` processes), then collect the results.
+                reference: str | None = None, warm_start: bool = True, tune: dict[str, Any] | None = None,
+                say: Callable[[str], Any] | None = None):
+    """Plan, search (--tune), run every unfinished cell (in `jobs` processes), then collect
+    the results.
 
     `on_run(done, total, name)` is called before each run of a sequential comparison,
-    `on_done(done, total, result)` after each run that finished in either mode."""
+    `on_done(done, total, result)` after each run that finished in either mode, `say` with
+    each step of the search."""
     from mmcli.compare.collect import collect
     from mmcli.compare.parallel import run_parallel, threads_per_job
 
     plan, data = make_plan(config, items, seeds, metric, cache_dir, workers, preprocess_progress, command,
-                           threads_per_job(jobs) if jobs > 1 else 0, reference, warm_start)
+                           threads_per_job(jobs) if jobs > 1 else 0, reference, warm_start, tune)
     prepare_out(out, overwrite)
+    tune_plan(plan, data, out, fit_progress, say)
     write_plan(out, plan)
     reused = {k for k, cell in enumerate(plan.cells) if read_cell(out, cell) is not None}
     todo = warm.ready_order(plan, [k for k in range(len(plan.cells)) if k not in reused])

@@ -1,0 +1,180 @@
+"""`compare --tune`: the same small search on the validation split for every variant.
+
+A comparison is only as fair as its least tuned variant: a fused model run at a learning
+rate that suits the image model but not the text model loses for a reason that has nothing
+to do with fusion. With `--tune`, each trained variant gets the same grid of settings
+(by default the learning rate x {1/3, 1, 3} and the weight decay x {1, 10} of the
+configuration: 6 trials; `--tune-space KEY=V1,V2,...` replaces it, `--tune-trials N`
+draws N of its points with the base seed, the same points for every variant). Each trial
+trains the variant with the comparison's first seed on the training split and is scored
+on the validation split, never on the test split (trials are trained with
+`evaluate_test=False` and write no test scores); the setting with the best validation
+score is the variant's for every seed. A fused variant's trials start from the unimodal
+variants' chosen trials (warm start), as its runs start from their runs.
+
+Trials live in `tune/<variant>/trial-<i>/` of the comparison folder with a
+`tune-result.json` carrying their fingerprint, so a comparison resumed or extended with
+more seeds never repeats a finished trial. The chosen values are in `compare.json`,
+`summary.json` (`tuned`) and `report.md`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from mmcli import runs
+from mmcli.config import apply_set, from_dict
+from mmcli.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from mmcli.compare.pool import DataPool
+    from mmcli.compare.runner import Plan
+    from mmcli.config import Config
+
+LOG = logging.getLogger("mmcli")
+
+RESULT = "tune-result.json"
+FOLDER = "tune"
+DEFAULT_FACTORS = {"train.lr": (1 / 3, 1.0, 3.0), "train.weight_decay": (1.0, 10.0)}
+# what a trial may not change: the data every variant shares, what makes a variant, the seed
+FIXED = ("data.", "eval.", "train.seed", "train.device", "model.modalities", "model.fusion", "model.crossmodal",
+         "model.task", "model.init_from", "model.encoders")
+
+
+def parse_space(items: list[str]) -> dict[str, list[Any]]:
+    """`--tune-space KEY=V1,V2,...` (each value read as YAML, like --set) -> {key: values}."""
+    from mmcli.yamlio import read_yaml
+
+    space: dict[str, list[Any]] = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"--tune-space {item}: expected KEY=V1,V2,... (for example train.lr=0.001,0.003,0.01)")
+        key, raw = (s.strip() for s in item.split("=", 1))
+        if key in space:
+            raise UsageError(f"--tune-space {key}: given twice; list all its values once")
+        try:
+            values = read_yaml(raw if raw.startswith("[") else f"[{raw}]")
+        except Exception:  # noqa: BLE001 - the YAML library's own error types vary
+            raise UsageError(f"--tune-space {key}: cannot read the values '{raw}'") from None
+        if not isinstance(values, list) or not values:
+            raise UsageError(f"--tune-space {key}: give one or more values, comma-separated")
+        space[key] = values
+    return space
+
+
+def default_space(base: Config) -> dict[str, list[Any]]:
+    """The learning rate x {1/3, 1, 3} and the weight decay x {1, 10} of `base`."""
+    space = {}
+    for key, factors in DEFAULT_FACTORS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(base, section), name)
+        space[key] = list(dict.fromkeys(float(f"{value * f:.3g}") for f in factors))
+    return space
+
+
+def check_space(base: Config, space: dict[str, list[Any]]) -> None:
+    """Every key a setting a trial may change, every value one the config accepts: exit 2 naming it."""
+    for key, values in space.items():
+        if any(key == f or (f.endswith(".") and key.startswith(f)) for f in FIXED):
+            raise UsageError(f"--tune-space {key}: not searchable (the data, the split, the seed and what makes a variant "
+                             "are the same for every trial); search train.* or model.* settings such as train.lr, "
+                             "train.weight_decay, model.dropout")
+        for value in values:
+            try:
+                with_values(base, {key: value})
+            except ConfigError as exc:
+                raise UsageError(f"--tune-space {key}={value}: {exc}") from None
+
+
+def grid(space: dict[str, list[Any]], trials: int | None, seed: int) -> list[dict[str, Any]]:
+    """Every point of the space, or `trials` of them drawn with `seed` (in grid order)."""
+    keys = list(space)
+    points = [dict(zip(keys, combo)) for combo in itertools.product(*(space[k] for k in keys))]
+    if trials is not None and trials < len(points):
+        chosen = sorted(random.Random(seed).sample(range(len(points)), trials))
+        points = [points[i] for i in chosen]
+    return points
+
+
+def with_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """`cfg` with `values` ({'train.lr': 0.001, ...}) set, checked as --set checks them."""
+    if not values:
+        return cfg
+    raw = cfg.to_dict()
+    for key, value in values.items():
+        apply_set(raw, key.split("."), value)
+    return from_dict(raw)
+
+
+def describe(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items()) or "-"
+
+
+def search(plan: Plan, pool: DataPool, out: Path, progress=None, say: Callable[[str], Any] | None = None) -> None:
+    """Run (or reuse) every trial of every trained variant; set plan.tuned[variant]."""
+    from mmcli.compare import ensemble
+    from mmcli.compare.runner import run_dir_for, variant_config
+    from mmcli.compare.warm import encoder_identity
+    from mmcli.training.api import fingerprint, train
+
+    setup = plan.tune or {}
+    points = grid(setup["space"], setup.get("trials"), plan.base_config().train.seed)
+    base = plan.base_config()
+    specs = pool.get(base).specs
+    order = sorted((v for v in plan.variants if not ensemble.is_ensemble(v)), key=lambda v: v.family != "unimodal")
+    chosen_uni: dict[tuple[str, str], tuple[Path, str]] = {}  # (modality, encoder identity) -> chosen trial, its fingerprint
+    pick = max if plan.higher_is_better else min
+    for v in order:
+        stem = Path(run_dir_for(v, 0)).name.rsplit("-seed", 1)[0]
+        trials = []
+        for i, values in enumerate(points):
+            cfg = with_values(variant_config(base, v, 0, plan.kinds), values)
+            data = pool.get(cfg)
+            fp = fingerprint(cfg, data.table.key)
+            sources = {}
+            if plan.warm_start and len(v.modalities) > 1 and v.fusion and not v.crossmodal:
+                for m in v.modalities:
+                    found = chosen_uni.get((m, encoder_identity(cfg, m, specs[m])))
+                    if found:
+                        sources[m] = found
+            if sources:
+                fp += "-w" + hashlib.sha256("".join(f for _, f in sources.values()).encode()).hexdigest()[:8]
+                cfg.model.init_from = {m: str(p.resolve()) for m, (p, _) in sources.items()}
+            folder = out / FOLDER / stem / f"trial-{i}"
+            saved = _read(folder, fp)
+            if saved is None:
+                if say:
+                    say(f"tune {v.name} trial {i + 1}/{len(points)}: {describe(values)}")
+                outcome = train(cfg, folder, overwrite=True, data=data, progress=progress, evaluate_test=False)
+                saved = {"fingerprint": fp, "variant": v.name, "values": values, "score": outcome.result.best_metric,
+                         "best_epoch": outcome.result.best_epoch, "seconds": round(outcome.result.seconds, 2)}
+                runs.write_json(folder / RESULT, saved)
+            LOG.info("tune %s %s: validation %s %s", v.name, describe(values), plan.metric, saved["score"])
+            trials.append({**saved, "folder": str(folder.relative_to(out)), "trial": i})
+        scored = [t for t in trials if t["score"] is not None]
+        if not scored:
+            raise UsageError(f"--tune: no trial of {v.name} has a validation score")
+        best = pick(scored, key=lambda t: t["score"])  # ties: the first in grid order
+        plan.tuned[v.name] = {"values": best["values"], "score": best["score"], "trial": best["trial"],
+                              "trials": [{"values": t["values"], "score": t["score"], "best_epoch": t["best_epoch"],
+                                          "seconds": t["seconds"]} for t in trials]}
+        if say:
+            say(f"tune {v.name}: chose {describe(best['values'])} (validation {plan.metric} {best['score']:.4f})")
+        if v.family == "unimodal":
+            m = v.modalities[0]
+            cfg = with_values(variant_config(base, v, 0, plan.kinds), best["values"])
+            chosen_uni.setdefault((m, encoder_identity(cfg, m, specs[m])), (out / best["folder"], best["fingerprint"]))
+
+
+def _read(folder: Path, fp: str) -> dict[str, Any] | None:
+    try:
+        saved = json.loads((folder / RESULT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return saved if saved.get("fingerprint") == fp else None
