@@ -2,13 +2,14 @@
 real multimodal set in ../shared/data, one table per set.
 
     python bench/quality.py [--seeds 5] [--sets mdi-icons,avmnist,coco-super] [--out DIR]
-                            [--ludwig LUDWIG_VENV]
+                            [--ludwig LUDWIG_VENV] [--tune]
     make bench-quality
 
 For each set it prints each variant's mean, 95 % interval, its difference to the best
 single modality with the paired t-test's p-value, and the scores with each modality
 missing; and the comparison's wall time. Nothing is tuned per set: the command is the one
-a new user runs. With `--ludwig VENV` (a virtual environment with Ludwig 0.11:
+a new user runs (`--tune` adds compare's own search, the same for every variant, at about
+six times the cost). With `--ludwig VENV` (a virtual environment with Ludwig 0.11:
 bench/peers/README.md), the sets that have Ludwig configs (mdi-icons) also run through
 Ludwig's text, image and concat models on the split of the comparison's seed 0
 (bench/peers/run_ludwig.sh), and its table follows mmcli's.
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-quality"))
     parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
     parser.add_argument("--ludwig", type=Path, help="a virtual environment with Ludwig 0.11: run the peer too")
+    parser.add_argument("--tune", action="store_true", help="compare --tune: the same search for every variant first")
     args = parser.parse_args()
     if not args.shared.is_dir():
         sys.exit(f"{args.shared}: no real data here (see ../shared/data/README.md); nothing to benchmark")
@@ -64,7 +66,7 @@ def main() -> None:
     for name in args.sets.split(","):
         out = args.out / name
         cmd = [sys.executable, "-m", "mmcli", "compare", "unimodal", "multimodal", "--data", str(sets[name]),
-               "--seeds", str(args.seeds), "--out", str(out), "--overwrite", "--quiet"]
+               "--seeds", str(args.seeds), "--out", str(out), "--overwrite", "--quiet", *(["--tune"] if args.tune else [])]
         start = time.perf_counter()
         subprocess.run(cmd, check=True)
         wall = time.perf_counter() - start

@@ -130,8 +130,10 @@ def search(plan: Plan, pool: DataPool, out: Path, progress=None, say: Callable[[
     order = sorted((v for v in plan.variants if not ensemble.is_ensemble(v)), key=lambda v: v.family != "unimodal")
     chosen_uni: dict[tuple[str, str], tuple[Path, str]] = {}  # (modality, encoder identity) -> chosen trial, its fingerprint
     pick = max if plan.higher_is_better else min
+    lowered = [run_dir_for(x, 0).lower() for x in plan.variants]  # as list_cells names the runs' folders
     for v in order:
-        stem = Path(run_dir_for(v, 0)).name.rsplit("-seed", 1)[0]
+        clash = lowered.count(run_dir_for(v, 0).lower()) > 1
+        stem = Path(run_dir_for(v, 0, clash)).name.rsplit("-seed", 1)[0]
         trials = []
         for i, values in enumerate(points):
             cfg = with_values(variant_config(base, v, 0, plan.kinds), values)
