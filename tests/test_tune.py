@@ -40,7 +40,9 @@ def test_each_variant_gets_the_setting_with_its_best_validation_score(tuned):
         assert rows[variant]["tuned"] == best["values"]
         assert rows[variant]["tuned_validation"] == pytest.approx(best["score"])
         # every seed of the variant trained with the chosen value
-        for run in tuned.glob(f"runs/{variant.replace(':', '-')}-seed*"):
+        seeds = list(tuned.glob(f"runs/{variant.replace(':', '-')}-seed*"))
+        assert len(seeds) >= 2
+        for run in seeds:
             assert f"lr: {best['values']['train.lr']}" in (run / "config.yaml").read_text()
 
 
@@ -118,6 +120,40 @@ def test_default_space_and_grid():
     assert grid(space, 10, 0) == points  # more trials than points: the whole grid
 
 
+def test_default_space_stays_in_range_and_keeps_the_configured_value():
+    from mmcli.compare.tune import default_space
+    from mmcli.config import resolve
+
+    space = default_space(resolve(sets=["train.lr=0.0012345", "train.weight_decay=0"]))
+    assert space["train.lr"][1] == 0.0012345 and space["train.weight_decay"] == [0.0]
+    space = default_space(resolve(sets=["train.lr=5", "train.weight_decay=0.5"]))
+    assert space == {"train.lr": [1.67, 5.0], "train.weight_decay": [0.5, 5.0]}  # lr 15 is out of range
+
+
+def test_choose_takes_the_best_finite_score_and_the_first_of_ties():
+    from mmcli.compare.tune import choose
+
+    nan = float("nan")
+    trials = [{"score": nan, "i": 0}, {"score": 0.5, "i": 1}, {"score": 0.7, "i": 2}, {"score": 0.7, "i": 3},
+              {"score": None, "i": 4}, {"score": 0.2, "i": 5}]
+    assert choose(trials, True)["i"] == 2
+    assert choose(trials, False)["i"] == 5  # mae, loss: lower is better
+    assert choose([{"score": nan}, {"score": None}], True) is None
+
+
+def test_print_jobs_searches_while_planning_and_each_job_trains_the_choice(toy_small, tmp_path):
+    out = tmp_path / "cmp"
+    printed = cli("compare", "unimodal:text", "--data", toy_small, "--epochs", "1", "--tune-space",
+                  "model.dropout=0.0,0.4", "--out", out, "--print-jobs").stdout.splitlines()
+    assert len(printed) == 1 and printed[0].endswith("--job 0")
+    assert len(list(out.glob("tune/unimodal-text/trial-*/tune-result.json"))) == 2
+    chosen = json.loads((out / "compare.json").read_text())["tuned"]["unimodal:text"]["values"]["model.dropout"]
+    cli("compare", "--out", out, "--job", "0", "--quiet")
+    assert f"dropout: {chosen}" in (out / "runs" / "unimodal-text-seed0" / "config.yaml").read_text()
+    cli("compare", "--collect", out, "--quiet")
+    assert summary(out)[0]["tuned"] == {"model.dropout": chosen}
+
+
 def test_parse_space_reads_values_as_yaml():
     from mmcli.compare.tune import parse_space
 
@@ -129,6 +165,8 @@ def test_parse_space_reads_values_as_yaml():
     (["--tune-space", "data.image_size=32,64"], "not searchable"),
     (["--tune-space", "train.seed=1,2"], "not searchable"),
     (["--tune-space", "model.fusion=sum,concat"], "not searchable"),
+    (["--tune-space", "model.encoders.image=cnn,resnet18"], "not searchable"),
+    (["--tune-space", "model={dropout: 0.1}"], "not searchable"),
     (["--tune-space", "train.lr=-1,0.1"], "train.lr=-1"),
     (["--tune-space", "train.lrr=0.1"], "unknown config key 'train.lrr'"),
     (["--tune-space", "train.lr"], "expected KEY=V1,V2"),

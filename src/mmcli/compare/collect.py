@@ -111,7 +111,7 @@ def summarise(results: list[dict[str, Any]], plan: Plan, reference: str | None =
             # robustness: the metric with a modality missing at test time (translation: all but the source)
             values = list(_values(results, row["variant"], key).values())
             row[key] = sum(values) / len(values) if values else None
-        if plan.tune is not None:  # --tune: the values the search chose for it (the ensemble: its unimodal runs')
+        if plan.tune is not None:  # --tune: the values the search chose for it (none for the ensemble, which trains nothing)
             row["tuned"] = plan.tuned.get(row["variant"], {}).get("values")
             row["tuned_validation"] = plan.tuned.get(row["variant"], {}).get("score")
     return rows
@@ -272,6 +272,10 @@ def _tuning_section(plan: Plan) -> list[str]:
 
     space = "; ".join(f"`{k}` in {', '.join(str(v) for v in values)}" for k, values in plan.tune["space"].items())
     trials = plan.tune.get("trials")
+    size = 1
+    for values in plan.tune["space"].values():
+        size *= len(values)
+    trials = trials if trials is not None and trials < size else None
     lines = ["", "## Tuning", "",
              f"Every trained variant had the same search: {space}"
              f"{f' ({trials} points of the grid, drawn with the base seed)' if trials else ' (the whole grid)'}. "
@@ -286,8 +290,8 @@ def _tuning_section(plan: Plan) -> list[str]:
         scores = sorted(x["score"] for x in t["trials"] if x["score"] is not None)
         if not plan.higher_is_better:
             scores.reverse()
-        lines.append(f"| {v.name} | {describe(t['values'])} | {_f(t['score'])} | {len(t['trials'])} "
-                     f"({_f(scores[0])} to {_f(scores[-1])}) |")
+        span = f"{_f(scores[0])} to {_f(scores[-1])}" if scores else "no finite score: the configured values"
+        lines.append(f"| {v.name} | {describe(t['values'])} | {_f(t['score'])} | {len(t['trials'])} ({span}) |")
     return lines
 
 

@@ -251,6 +251,17 @@ def read_cell(out: Path, cell: dict[str, Any]) -> dict[str, Any] | None:
     return saved
 
 
+def clean_partials(folder: Path) -> None:
+    """Remove the staging folders that a killed training into `folder` left: only mmcli's,
+    and only the files it wrote there."""
+    for stale in folder.parent.glob(f".{folder.name}.partial-*"):
+        if (ledger.header(stale) or {}).get("kind") == "staging":
+            ledger.remove_written(stale)
+        else:  # killed before its ledger was written: an empty folder goes, anything else stays
+            with contextlib.suppress(OSError):
+                stale.rmdir()
+
+
 def run_cell(plan: Plan, pool: DataPool, k: int, out: Path, fit_progress=None,
              cache_dir: str | None = None) -> tuple[dict[str, Any], bool]:
     """Run cell k (train, score the test split clean and with each modality missing) unless
@@ -280,12 +291,7 @@ def run_cell(plan: Plan, pool: DataPool, k: int, out: Path, fit_progress=None,
         saved = read_cell(out, cell)  # another process may have finished it while we waited to start
         if saved is not None:
             return saved, True
-        for stale in folder.parent.glob(f".{folder.name}.partial-*"):  # left by a run that was killed
-            if (ledger.header(stale) or {}).get("kind") == "staging":  # only mmcli's, and only its files
-                ledger.remove_written(stale)
-            else:  # killed before its ledger was written: an empty folder goes, anything else stays
-                with contextlib.suppress(OSError):
-                    stale.rmdir()
+        clean_partials(folder)
         outcome = train(cfg, folder, overwrite=True, data=data, progress=fit_progress, cache_dir=cache_dir)
         result = {"fingerprint": cell["fingerprint"], "variant": variant.name, "family": variant.family,
                   "seed": cell["seed"], "best_epoch": outcome.result.best_epoch,

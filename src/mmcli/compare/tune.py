@@ -24,6 +24,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -43,8 +44,9 @@ RESULT = "tune-result.json"
 FOLDER = "tune"
 DEFAULT_FACTORS = {"train.lr": (1 / 3, 1.0, 3.0), "train.weight_decay": (1.0, 10.0)}
 # what a trial may not change: the data every variant shares, what makes a variant, the seed
-FIXED = ("data.", "eval.", "train.seed", "train.device", "model.modalities", "model.fusion", "model.crossmodal",
-         "model.task", "model.init_from", "model.encoders")
+FIXED = ("data", "eval", "train.seed", "train.device", "model.modalities", "model.fusion", "model.crossmodal",
+         "model.task", "model.init_from", "model.encoders", "model.encoder_options")
+SECTIONS = ("train", "model")  # a whole section is no setting: its keys are
 
 
 def parse_space(items: list[str]) -> dict[str, list[Any]]:
@@ -69,22 +71,34 @@ def parse_space(items: list[str]) -> dict[str, list[Any]]:
 
 
 def default_space(base: Config) -> dict[str, list[Any]]:
-    """The learning rate x {1/3, 1, 3} and the weight decay x {1, 10} of `base`."""
+    """The learning rate x {1/3, 1, 3} and the weight decay x {1, 10} of `base`: the factor
+    1 is the configured value itself (a variant that keeps it trains the runs it would
+    train without --tune), the others rounded to 3 digits; a point outside the key's
+    allowed range, or equal to another, is left out (a weight decay of 0 has one)."""
     space = {}
     for key, factors in DEFAULT_FACTORS.items():
         section, name = key.split(".")
         value = getattr(getattr(base, section), name)
-        space[key] = list(dict.fromkeys(float(f"{value * f:.3g}") for f in factors))
+        points = []
+        for f in factors:
+            point = value if f == 1.0 else float(f"{value * f:.3g}")
+            try:
+                with_values(base, {key: point})
+            except ConfigError:
+                continue
+            points.append(point)
+        space[key] = list(dict.fromkeys(points))
     return space
 
 
 def check_space(base: Config, space: dict[str, list[Any]]) -> None:
     """Every key a setting a trial may change, every value one the config accepts: exit 2 naming it."""
     for key, values in space.items():
-        if any(key == f or (f.endswith(".") and key.startswith(f)) for f in FIXED):
+        if key in SECTIONS or any(key == f or key.startswith(f + ".") for f in FIXED):
             raise UsageError(f"--tune-space {key}: not searchable (the data, the split, the seed and what makes a variant "
                              "are the same for every trial); search train.* or model.* settings such as train.lr, "
-                             "train.weight_decay, model.dropout")
+                             "train.weight_decay, model.dropout; an encoder's options are compared with "
+                             "'@encoder' variants")
         for value in values:
             try:
                 with_values(base, {key: value})
@@ -119,7 +133,7 @@ def describe(values: dict[str, Any]) -> str:
 def search(plan: Plan, pool: DataPool, out: Path, progress=None, say: Callable[[str], Any] | None = None) -> None:
     """Run (or reuse) every trial of every trained variant; set plan.tuned[variant]."""
     from mmcli.compare import ensemble
-    from mmcli.compare.runner import run_dir_for, variant_config
+    from mmcli.compare.runner import clean_partials, run_dir_for, variant_config
     from mmcli.compare.warm import encoder_identity
     from mmcli.training.api import fingerprint, train
 
@@ -129,14 +143,13 @@ def search(plan: Plan, pool: DataPool, out: Path, progress=None, say: Callable[[
     specs = pool.get(base).specs
     order = sorted((v for v in plan.variants if not ensemble.is_ensemble(v)), key=lambda v: v.family != "unimodal")
     chosen_uni: dict[tuple[str, str], tuple[Path, str]] = {}  # (modality, encoder identity) -> chosen trial, its fingerprint
-    pick = max if plan.higher_is_better else min
     lowered = [run_dir_for(x, 0).lower() for x in plan.variants]  # as list_cells names the runs' folders
     for v in order:
         clash = lowered.count(run_dir_for(v, 0).lower()) > 1
         stem = Path(run_dir_for(v, 0, clash)).name.rsplit("-seed", 1)[0]
         trials = []
         for i, values in enumerate(points):
-            cfg = with_values(variant_config(base, v, 0, plan.kinds), values)
+            cfg = variant_config(base, v, 0, plan.kinds, values)  # as the variant's runs will be made
             data = pool.get(cfg)
             fp = fingerprint(cfg, data.table.key)
             sources = {}
@@ -153,25 +166,42 @@ def search(plan: Plan, pool: DataPool, out: Path, progress=None, say: Callable[[
             if saved is None:
                 if say:
                     say(f"tune {v.name} trial {i + 1}/{len(points)}: {describe(values)}")
-                outcome = train(cfg, folder, overwrite=True, data=data, progress=progress, evaluate_test=False)
+                clean_partials(folder)
+                outcome = train(cfg, folder, overwrite=True, data=data, progress=progress, evaluate_test=False,
+                                cache_dir=pool.cache_dir)
                 saved = {"fingerprint": fp, "variant": v.name, "values": values, "score": outcome.result.best_metric,
                          "best_epoch": outcome.result.best_epoch, "seconds": round(outcome.result.seconds, 2)}
                 runs.write_json(folder / RESULT, saved)
             LOG.info("tune %s %s: validation %s %s", v.name, describe(values), plan.metric, saved["score"])
             trials.append({**saved, "folder": str(folder.relative_to(out)), "trial": i})
-        scored = [t for t in trials if t["score"] is not None]
-        if not scored:
-            raise UsageError(f"--tune: no trial of {v.name} has a validation score")
-        best = pick(scored, key=lambda t: t["score"])  # ties: the first in grid order
-        plan.tuned[v.name] = {"values": best["values"], "score": best["score"], "trial": best["trial"],
-                              "trials": [{"values": t["values"], "score": t["score"], "best_epoch": t["best_epoch"],
-                                          "seconds": t["seconds"]} for t in trials]}
+        best = choose(trials, plan.higher_is_better)
+        record = [{"values": t["values"], "score": _finite(t["score"]), "best_epoch": t["best_epoch"],
+                   "seconds": t["seconds"]} for t in trials]
+        if best is None:  # no trial has a finite validation score (every one diverged): the configured values
+            LOG.warning("tune %s: no trial has a finite validation %s; its runs use the configured values", v.name,
+                        plan.metric)
+            plan.tuned[v.name] = {"values": {}, "score": None, "trial": None, "trials": record}
+            continue
+        plan.tuned[v.name] = {"values": best["values"], "score": best["score"], "trial": best["trial"], "trials": record}
         if say:
             say(f"tune {v.name}: chose {describe(best['values'])} (validation {plan.metric} {best['score']:.4f})")
         if v.family == "unimodal":
             m = v.modalities[0]
-            cfg = with_values(variant_config(base, v, 0, plan.kinds), best["values"])
+            cfg = variant_config(base, v, 0, plan.kinds, best["values"])
             chosen_uni.setdefault((m, encoder_identity(cfg, m, specs[m])), (out / best["folder"], best["fingerprint"]))
+
+
+def _finite(score: Any) -> float | None:
+    return float(score) if isinstance(score, (int, float)) and math.isfinite(score) else None
+
+
+def choose(trials: list[dict[str, Any]], higher_is_better: bool) -> dict[str, Any] | None:
+    """The trial with the best finite validation score (ties: the first, in grid order);
+    None when no trial has one."""
+    scored = [t for t in trials if _finite(t["score"]) is not None]
+    if not scored:
+        return None
+    return (max if higher_is_better else min)(scored, key=lambda t: t["score"])
 
 
 def _read(folder: Path, fp: str) -> dict[str, Any] | None:
