@@ -1,7 +1,7 @@
 """The quality benchmark (issue 19): the default `mmcli compare unimodal multimodal` on every
 real multimodal set in ../shared/data, one table per set.
 
-    python bench/quality.py [--seeds 5] [--sets mdi-icons,avmnist,coco-super] [--out DIR]
+    python bench/quality.py [--seeds 5] [--sets mdi-icons,avmnist,coco-super,spoken-coco-super] [--out DIR]
                             [--ludwig LUDWIG_VENV] [--tune]
     make bench-quality
 
@@ -54,7 +54,7 @@ def table(summary: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--sets", default="mdi-icons,avmnist,coco-super")
+    parser.add_argument("--sets", default="mdi-icons,avmnist,coco-super,spoken-coco-super")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-quality"))
     parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
     parser.add_argument("--ludwig", type=Path, help="a virtual environment with Ludwig 0.11: run the peer too")

@@ -11,11 +11,12 @@
 # `accuracy` (torchmetrics' default average, macro: the mean of per-class recalls), the
 # epochs trained, the wall seconds and the CPU seconds (user + system, from /usr/bin/time;
 # less sensitive than the wall to other jobs on the machine) of each run. TABLE_ONLY=1
-# prints the table of runs already in OUT_DIR without running anything. VARIANTS="text concat" runs a subset.
+# prints the table of runs already in OUT_DIR without running anything. VARIANTS="text concat" runs a subset;
+# SEED=N trains with Ludwig's --random_seed N instead of its default 42 (seeds over one split).
 set -euo pipefail
 
 if [ $# -ne 4 ]; then
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 venv=$1 manifest=$2 splits=$3 out=$4
@@ -36,7 +37,7 @@ for v in $to_run; do
     # evaluates the test split with the best checkpoint's weights.
     /usr/bin/time -v -o "$out/$v.time" nice -n "${NICE:-10}" "$venv/bin/ludwig" experiment \
         --config "$here/ludwig/$v.yaml" --dataset "$out/dataset.csv" \
-        --output_directory "$out/$v" \
+        --output_directory "$out/$v" --random_seed "${SEED:-42}" \
         --skip_save_processed_input --skip_save_unprocessed_output \
         --skip_save_predictions --skip_save_log --skip_save_progress \
         >"$out/$v.log" 2>&1 || { echo "$v failed: see $out/$v.log" >&2; continue; }
