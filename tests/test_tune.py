@@ -21,6 +21,18 @@ def trials(out: Path) -> dict[str, list[dict]]:
     return found
 
 
+def choose_here(ts: list[dict]) -> dict:
+    """The rule, counted here from the trials' files: best score, then lowest validation loss
+    at the kept epoch, then the first trial."""
+    def loss(t):
+        rows = [json.loads(line) for line in (t["folder"] / "metrics.jsonl").read_text().splitlines()]
+        return next(r["val_loss"] for r in rows if r["epoch"] == t["best_epoch"])
+
+    best = max(t["score"] for t in ts)
+    tied = [t for t in ts if t["score"] == best]
+    return min(tied, key=loss)
+
+
 @pytest.fixture(scope="module")
 def tuned(toy_small, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tune") / "cmp"
@@ -36,7 +48,7 @@ def test_each_variant_gets_the_setting_with_its_best_validation_score(tuned):
     rows = {r["variant"]: r for r in summary(tuned)}
     for variant, ts in found.items():
         assert sorted(t["values"]["train.lr"] for t in ts) == [0.0003, 0.01]  # the whole grid, for every variant
-        best = max(ts, key=lambda t: t["score"])  # ties: the first in grid order, as max keeps the first
+        best = choose_here(ts)
         assert rows[variant]["tuned"] == best["values"]
         assert rows[variant]["tuned_validation"] == pytest.approx(best["score"])
         # every seed of the variant trained with the chosen value
@@ -52,7 +64,7 @@ def test_trials_never_score_the_test_split_and_fused_trials_start_from_the_chose
         for t in ts:
             assert not (t["folder"] / "eval-test.json").exists()
             assert t["best_epoch"] >= 1 and 0 <= t["score"] <= 1
-    chosen = {v: max(ts, key=lambda t: t["score"])["folder"] for v, ts in found.items()}
+    chosen = {v: choose_here(ts)["folder"] for v, ts in found.items()}
     for t in found["multimodal:sum"]:
         config = (t["folder"] / "config.yaml").read_text()
         assert str(chosen["unimodal:audio"].resolve()) in config and str(chosen["unimodal:text"].resolve()) in config
@@ -130,14 +142,16 @@ def test_default_space_stays_in_range_and_keeps_the_configured_value():
     assert space == {"train.lr": [1.67, 5.0], "train.weight_decay": [0.5, 5.0]}  # lr 15 is out of range
 
 
-def test_choose_takes_the_best_finite_score_and_the_first_of_ties():
+def test_choose_takes_the_best_finite_score_then_the_lower_loss_then_the_first():
     from mmcli.compare.tune import choose
 
     nan = float("nan")
-    trials = [{"score": nan, "i": 0}, {"score": 0.5, "i": 1}, {"score": 0.7, "i": 2}, {"score": 0.7, "i": 3},
-              {"score": None, "i": 4}, {"score": 0.2, "i": 5}]
-    assert choose(trials, True)["i"] == 2
-    assert choose(trials, False)["i"] == 5  # mae, loss: lower is better
+    trials = [{"score": nan, "loss": 0.1, "i": 0}, {"score": 0.5, "loss": 0.1, "i": 1}, {"score": 0.7, "loss": 0.9, "i": 2},
+              {"score": 0.7, "loss": 0.8, "i": 3}, {"score": 0.7, "loss": 0.8, "i": 4}, {"score": None, "i": 5},
+              {"score": 0.2, "loss": None, "i": 6}]
+    assert choose(trials, True)["i"] == 3  # 0.7 three times: the lowest loss, then the first
+    assert choose(trials, False)["i"] == 6  # mae, loss: lower is better
+    assert choose([{"score": 0.7, "loss": None, "i": 0}, {"score": 0.7, "loss": 2.0, "i": 1}], True)["i"] == 1
     assert choose([{"score": nan}, {"score": None}], True) is None
 
 

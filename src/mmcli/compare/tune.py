@@ -9,7 +9,7 @@ draws N of its points with the base seed, the same points for every variant). Ea
 trains the variant with the comparison's first seed on the training split and is scored
 on the validation split, never on the test split (trials are trained with
 `evaluate_test=False` and write no test scores); the setting with the best validation
-score is the variant's for every seed. A fused variant's trials start from the unimodal
+score (equal scores: the lower validation loss) is the variant's for every seed. A fused variant's trials start from the unimodal
 variants' chosen trials (warm start), as its runs start from their runs.
 
 Trials live in `tune/<variant>/trial-<i>/` of the comparison folder with a
@@ -173,9 +173,10 @@ def search(plan: Plan, pool: DataPool, out: Path, progress=None, say: Callable[[
                          "best_epoch": outcome.result.best_epoch, "seconds": round(outcome.result.seconds, 2)}
                 runs.write_json(folder / RESULT, saved)
             LOG.info("tune %s %s: validation %s %s", v.name, describe(values), plan.metric, saved["score"])
-            trials.append({**saved, "folder": str(folder.relative_to(out)), "trial": i})
+            trials.append({**saved, "folder": str(folder.relative_to(out)), "trial": i,
+                           "loss": _val_loss(folder, saved["best_epoch"])})
         best = choose(trials, plan.higher_is_better)
-        record = [{"values": t["values"], "score": _finite(t["score"]), "best_epoch": t["best_epoch"],
+        record = [{"values": t["values"], "score": _finite(t["score"]), "loss": t["loss"], "best_epoch": t["best_epoch"],
                    "seconds": t["seconds"]} for t in trials]
         if best is None:  # no trial has a finite validation score (every one diverged): the configured values
             LOG.warning("tune %s: no trial has a finite validation %s; its runs use the configured values", v.name,
@@ -196,12 +197,35 @@ def _finite(score: Any) -> float | None:
 
 
 def choose(trials: list[dict[str, Any]], higher_is_better: bool) -> dict[str, Any] | None:
-    """The trial with the best finite validation score (ties: the first, in grid order);
-    None when no trial has one."""
+    """The trial with the best finite validation score; among equal scores (a few hundred
+    validation rows make many), the one with the lowest validation loss at its kept epoch,
+    as early stopping breaks its ties; then the first in grid order. None when no trial
+    has a finite score."""
     scored = [t for t in trials if _finite(t["score"]) is not None]
     if not scored:
         return None
-    return (max if higher_is_better else min)(scored, key=lambda t: t["score"])
+
+    def key(t: dict[str, Any]) -> tuple[float, float]:
+        loss = _finite(t.get("loss"))
+        return (t["score"] if higher_is_better else -t["score"], -loss if loss is not None else -math.inf)
+
+    return max(scored, key=key)
+
+
+def _val_loss(folder: Path, epoch: int | None) -> float | None:
+    """The validation loss of a trial's kept epoch, from its metrics.jsonl (None if absent)."""
+    try:
+        lines = (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("epoch") == epoch:
+            return _finite(record.get("val_loss"))
+    return None
 
 
 def _read(folder: Path, fp: str) -> dict[str, Any] | None:
