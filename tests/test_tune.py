@@ -90,7 +90,7 @@ def test_a_resumed_comparison_reuses_its_trials(tuned, toy_small):
 def test_the_search_reads_no_test_row(toy_small, tmp_path, monkeypatch):
     """In process: while the search runs, nothing asks the data for its test rows (or all rows)."""
     from mmcli import config as config_mod
-    from mmcli.compare import runner
+    from mmcli.compare import runner, tune
     from mmcli.pipeline import RunData
 
     cfg = config_mod.resolve(flags={"data.manifest": str(toy_small), "train.epochs": 1})
@@ -106,7 +106,7 @@ def test_the_search_reads_no_test_row(toy_small, tmp_path, monkeypatch):
     monkeypatch.setattr(RunData, "part", spy)
     out = tmp_path / "cmp"
     runner.prepare_out(out, False)
-    runner.tune_plan(plan, pool, out)
+    tune.tune_plan(plan, pool, out)
     assert "train" in asked and "val" in asked
     assert "test" not in asked and None not in asked
     assert set(plan.tuned) == {"unimodal:text", "multimodal:concat"}

@@ -153,7 +153,8 @@ def _command_line(ctx: typer.Context) -> str:
 def _print_jobs(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, command, jobs, reference, warm_start,
                 tune) -> None:
     from mmcli.compare.parallel import threads_per_job
-    from mmcli.compare.runner import job_commands, make_plan, prepare_out, tune_plan, write_plan
+    from mmcli.compare.runner import job_commands, make_plan, prepare_out, write_plan
+    from mmcli.compare.tune import tune_plan
     from mmcli.reporting.console import log, task_bar
 
     with task_bar("preprocessing") as update:  # each job runs with the threads a --jobs run would give it

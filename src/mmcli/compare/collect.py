@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,8 +113,8 @@ def summarise(results: list[dict[str, Any]], plan: Plan, reference: str | None =
             values = list(_values(results, row["variant"], key).values())
             row[key] = sum(values) / len(values) if values else None
         if plan.tune is not None:  # --tune: the values the search chose for it (none for the ensemble, which trains nothing)
-            row["tuned"] = plan.tuned.get(row["variant"], {}).get("values")
-            row["tuned_validation"] = plan.tuned.get(row["variant"], {}).get("score")
+            row["tuned"] = plan.tuned_values(row["variant"])
+            row["tuned_validation"] = (plan.tuned.get(row["variant"]) or {}).get("score")
     return rows
 
 
@@ -272,10 +273,8 @@ def _tuning_section(plan: Plan) -> list[str]:
 
     space = "; ".join(f"`{k}` in {', '.join(str(v) for v in values)}" for k, values in plan.tune["space"].items())
     trials = plan.tune.get("trials")
-    size = 1
-    for values in plan.tune["space"].values():
-        size *= len(values)
-    trials = trials if trials is not None and trials < size else None
+    if trials is not None and trials >= math.prod(len(values) for values in plan.tune["space"].values()):
+        trials = None  # the whole grid ran
     lines = ["", "## Tuning", "",
              f"Every trained variant had the same search: {space}"
              f"{f' ({trials} points of the grid, drawn with the base seed)' if trials else ' (the whole grid)'}. "

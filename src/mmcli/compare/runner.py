@@ -63,6 +63,10 @@ class Plan:
     def base_config(self) -> Config:
         return from_dict(self.config)
 
+    def tuned_values(self, variant: str) -> dict[str, Any] | None:
+        """The values --tune chose for `variant` (None: no search, or nothing chosen)."""
+        return (self.tuned.get(variant) or {}).get("values")
+
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
 
@@ -135,7 +139,7 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
               tune: dict[str, Any] | None = None) -> tuple[Plan, DataPool]:
     """Check the request, prepare the data once and list every cell with its fingerprint.
     `tune` ({"space": {key: values} or None for the default, "trials": N or None}): the cells
-    are listed again by `tune_plan` once the search has chosen each variant's values."""
+    are listed again by `compare.tune.tune_plan` once the search has chosen each variant's values."""
     from mmcli.compare.collect import check_reference
     from mmcli.data.preprocess import BUILTIN_PREFIX
     from mmcli.fusion import DEFAULT_FUSIONS, FUSIONS
@@ -200,7 +204,7 @@ def list_cells(plan: Plan, pool: DataPool, specs: dict[str, Any]) -> None:
         if ensemble.is_ensemble(v):  # trains nothing: computed from the unimodal runs when collected
             continue
         for i in range(plan.seeds):
-            cfg = variant_config(base, v, i, kinds, plan.tuned.get(v.name, {}).get("values"))
+            cfg = variant_config(base, v, i, kinds, plan.tuned_values(v.name))
             if v.encoders:
                 check_batch_size(cfg, set(kinds.values()))  # its encoders' image size
             # the torch thread count is part of a run's identity: it changes the floating-point sums
@@ -211,16 +215,6 @@ def list_cells(plan: Plan, pool: DataPool, specs: dict[str, Any]) -> None:
     if plan.warm_start:
         warm.link(plan, configs, specs)
     ensemble.mark_cells(plan)
-
-
-def tune_plan(plan: Plan, pool: DataPool, out: Path, progress=None, say: Callable[[str], Any] | None = None) -> None:
-    """--tune: run the search into `out` (compare.tune), then list the cells with its choices."""
-    if plan.tune is None:
-        return
-    from mmcli.compare.tune import search
-
-    search(plan, pool, out, progress, say)
-    list_cells(plan, pool, pool.get(plan.base_config()).specs)
 
 
 def _baseline(task, data: RunData) -> dict[str, float] | None:
@@ -274,8 +268,7 @@ def run_cell(plan: Plan, pool: DataPool, k: int, out: Path, fit_progress=None,
         LOG.info("job %d (%s seed %d): finished before, reused", k, cell["variant"], cell["seed"])
         return saved, True
     variant = plan.variant(cell["variant"])
-    cfg = variant_config(plan.base_config(), variant, cell["seed_index"], plan.kinds,
-                         plan.tuned.get(variant.name, {}).get("values"))
+    cfg = variant_config(plan.base_config(), variant, cell["seed_index"], plan.kinds, plan.tuned_values(variant.name))
     data = pool.get(cfg)
     if f"{fingerprint(cfg, data.table.key)}-t{plan.threads}" != cell["fingerprint"].split("-w")[0]:
         raise UsageError(f"job {k} ({cell['variant']} seed {cell['seed']}): the data, its files or mmcli changed "
@@ -345,6 +338,7 @@ def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric:
     each step of the search."""
     from mmcli.compare.collect import collect
     from mmcli.compare.parallel import run_parallel, threads_per_job
+    from mmcli.compare.tune import tune_plan
 
     plan, data = make_plan(config, items, seeds, metric, cache_dir, workers, preprocess_progress, command,
                            threads_per_job(jobs) if jobs > 1 else 0, reference, warm_start, tune)

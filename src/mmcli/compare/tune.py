@@ -9,8 +9,9 @@ draws N of its points with the base seed, the same points for every variant). Ea
 trains the variant with the comparison's first seed on the training split and is scored
 on the validation split, never on the test split (trials are trained with
 `evaluate_test=False` and write no test scores); the setting with the best validation
-score (equal scores: the lower validation loss) is the variant's for every seed. A fused variant's trials start from the unimodal
-variants' chosen trials (warm start), as its runs start from their runs.
+score (equal scores: the lower validation loss) is the variant's for every seed. A fused
+variant's trials start from the unimodal variants' chosen trials (warm start), as its
+runs start from their runs.
 
 Trials live in `tune/<variant>/trial-<i>/` of the comparison folder with a
 `tune-result.json` carrying their fingerprint, so a comparison resumed or extended with
@@ -20,7 +21,6 @@ more seeds never repeats a finished trial. The chosen values are in `compare.jso
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -130,15 +130,24 @@ def describe(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in values.items()) or "-"
 
 
-def search(plan: Plan, pool: DataPool, out: Path, progress=None, say: Callable[[str], Any] | None = None) -> None:
-    """Run (or reuse) every trial of every trained variant; set plan.tuned[variant]."""
-    from mmcli.compare import ensemble
-    from mmcli.compare.runner import clean_partials, run_dir_for, variant_config
-    from mmcli.compare.warm import encoder_identity
-    from mmcli.training.api import fingerprint, train
+def tune_plan(plan: Plan, pool: DataPool, out: Path, progress=None, say: Callable[[str], Any] | None = None) -> None:
+    """--tune: run the search into `out`, then list the plan's cells with its choices."""
+    if plan.tune is None:
+        return
+    from mmcli.compare.runner import list_cells
 
-    setup = plan.tune or {}
-    points = grid(setup["space"], setup.get("trials"), plan.base_config().train.seed)
+    search(plan, pool, out, progress, say)
+    list_cells(plan, pool, pool.get(plan.base_config()).specs)
+
+
+def search(plan: Plan, pool: DataPool, out: Path, progress=None, say: Callable[[str], Any] | None = None) -> None:
+    """Run (or reuse) every trial of every trained variant, the unimodal ones first; set
+    plan.tuned[variant]."""
+    from mmcli.compare import ensemble
+    from mmcli.compare.runner import run_dir_for, variant_config
+    from mmcli.compare.warm import encoder_identity
+
+    points = grid(plan.tune["space"], plan.tune.get("trials"), plan.base_config().train.seed)
     base = plan.base_config()
     specs = pool.get(base).specs
     order = sorted((v for v in plan.variants if not ensemble.is_ensemble(v)), key=lambda v: v.family != "unimodal")
@@ -146,50 +155,66 @@ def search(plan: Plan, pool: DataPool, out: Path, progress=None, say: Callable[[
     lowered = [run_dir_for(x, 0).lower() for x in plan.variants]  # as list_cells names the runs' folders
     for v in order:
         clash = lowered.count(run_dir_for(v, 0).lower()) > 1
-        stem = Path(run_dir_for(v, 0, clash)).name.rsplit("-seed", 1)[0]
+        folder = out / FOLDER / Path(run_dir_for(v, 0, clash)).name.rsplit("-seed", 1)[0]
         trials = []
         for i, values in enumerate(points):
             cfg = variant_config(base, v, 0, plan.kinds, values)  # as the variant's runs will be made
-            data = pool.get(cfg)
-            fp = fingerprint(cfg, data.table.key)
             sources = {}
             if plan.warm_start and len(v.modalities) > 1 and v.fusion and not v.crossmodal:
-                for m in v.modalities:
-                    found = chosen_uni.get((m, encoder_identity(cfg, m, specs[m])))
-                    if found:
-                        sources[m] = found
-            if sources:
-                fp += "-w" + hashlib.sha256("".join(f for _, f in sources.values()).encode()).hexdigest()[:8]
-                cfg.model.init_from = {m: str(p.resolve()) for m, (p, _) in sources.items()}
-            folder = out / FOLDER / stem / f"trial-{i}"
-            saved = _read(folder, fp)
-            if saved is None:
-                if say:
-                    say(f"tune {v.name} trial {i + 1}/{len(points)}: {describe(values)}")
-                clean_partials(folder)
-                outcome = train(cfg, folder, overwrite=True, data=data, progress=progress, evaluate_test=False,
-                                cache_dir=pool.cache_dir)
-                saved = {"fingerprint": fp, "variant": v.name, "values": values, "score": outcome.result.best_metric,
-                         "best_epoch": outcome.result.best_epoch, "seconds": round(outcome.result.seconds, 2)}
-                runs.write_json(folder / RESULT, saved)
-            LOG.info("tune %s %s: validation %s %s", v.name, describe(values), plan.metric, saved["score"])
-            trials.append({**saved, "folder": str(folder.relative_to(out)), "trial": i,
-                           "loss": _val_loss(folder, saved["best_epoch"])})
-        best = choose(trials, plan.higher_is_better)
-        record = [{"values": t["values"], "score": _finite(t["score"]), "loss": t["loss"], "best_epoch": t["best_epoch"],
-                   "seconds": t["seconds"]} for t in trials]
-        if best is None:  # no trial has a finite validation score (every one diverged): the configured values
-            LOG.warning("tune %s: no trial has a finite validation %s; its runs use the configured values", v.name,
-                        plan.metric)
-            plan.tuned[v.name] = {"values": {}, "score": None, "trial": None, "trials": record}
-            continue
-        plan.tuned[v.name] = {"values": best["values"], "score": best["score"], "trial": best["trial"], "trials": record}
-        if say:
-            say(f"tune {v.name}: chose {describe(best['values'])} (validation {plan.metric} {best['score']:.4f})")
-        if v.family == "unimodal":
+                sources = {m: chosen_uni[key] for m in v.modalities
+                           if (key := (m, encoder_identity(cfg, m, specs[m]))) in chosen_uni}
+            saved = _trial(plan, pool, cfg, sources, folder / f"trial-{i}", {"variant": v.name, "values": values},
+                           progress, say, f"tune {v.name} trial {i + 1}/{len(points)}: {describe(values)}")
+            trials.append({**saved, "values": values, "folder": folder / f"trial-{i}", "trial": i,
+                           "loss": _val_loss(folder / f"trial-{i}", saved["best_epoch"])})
+        best = _record(plan, v.name, trials, say)
+        if best is not None and v.family == "unimodal":
             m = v.modalities[0]
             cfg = variant_config(base, v, 0, plan.kinds, best["values"])
-            chosen_uni.setdefault((m, encoder_identity(cfg, m, specs[m])), (out / best["folder"], best["fingerprint"]))
+            chosen_uni.setdefault((m, encoder_identity(cfg, m, specs[m])), (best["folder"], best["fingerprint"]))
+
+
+def _trial(plan: Plan, pool: DataPool, cfg: Config, sources: dict[str, tuple[Path, str]], folder: Path,
+           meta: dict[str, Any], progress, say, message: str) -> dict[str, Any]:
+    """One trial's saved result (`meta`: the variant and values it records): reused when its
+    fingerprint matches, else trained without test scoring, warm-started from `sources`
+    (modality -> chosen unimodal trial, its fingerprint)."""
+    from mmcli.compare.runner import clean_partials
+    from mmcli.compare.warm import suffix
+    from mmcli.training.api import fingerprint, train
+
+    data = pool.get(cfg)
+    fp = fingerprint(cfg, data.table.key)
+    if sources:
+        fp += suffix([f for _, f in sources.values()])
+        cfg.model.init_from = {m: str(p.resolve()) for m, (p, _) in sources.items()}
+    saved = _read(folder, fp)
+    if saved is None:
+        if say:
+            say(message)
+        clean_partials(folder)
+        outcome = train(cfg, folder, overwrite=True, data=data, progress=progress, evaluate_test=False,
+                        cache_dir=pool.cache_dir)
+        saved = {"fingerprint": fp, **meta, "score": outcome.result.best_metric, "best_epoch": outcome.result.best_epoch,
+                 "seconds": round(outcome.result.seconds, 2)}
+        runs.write_json(folder / RESULT, saved)
+    LOG.info("tune %s %s: validation %s %s", meta["variant"], describe(meta["values"]), plan.metric, saved["score"])
+    return saved
+
+
+def _record(plan: Plan, variant: str, trials: list[dict[str, Any]], say) -> dict[str, Any] | None:
+    """Choose among a variant's trials and keep the choice and every trial in plan.tuned."""
+    best = choose(trials, plan.higher_is_better)
+    record = [{"values": t["values"], "score": _finite(t["score"]), "loss": t["loss"], "best_epoch": t["best_epoch"],
+               "seconds": t["seconds"]} for t in trials]
+    if best is None:  # no trial has a finite validation score (every one diverged): the configured values
+        LOG.warning("tune %s: no trial has a finite validation %s; its runs use the configured values", variant, plan.metric)
+        plan.tuned[variant] = {"values": {}, "score": None, "trial": None, "trials": record}
+        return None
+    plan.tuned[variant] = {"values": best["values"], "score": best["score"], "trial": best["trial"], "trials": record}
+    if say:
+        say(f"tune {variant}: chose {describe(best['values'])} (validation {plan.metric} {best['score']:.4f})")
+    return best
 
 
 def _finite(score: Any) -> float | None:

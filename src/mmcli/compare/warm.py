@@ -63,10 +63,15 @@ def link(plan: Plan, configs: list[Config], specs: dict[str, Any]) -> None:
                 after[m] = source
         if after:
             cell[AFTER] = after
-            cell["fingerprint"] += "-w" + hashlib.sha256(
-                "".join(plan.cells[j]["fingerprint"] for j in after.values()).encode()).hexdigest()[:8]
+            cell["fingerprint"] += suffix([plan.cells[j]["fingerprint"] for j in after.values()])
     if lonely:
         LOG.info("warm start: no unimodal run with the same encoder for %s; trained from scratch", ", ".join(sorted(lonely)))
+
+
+def suffix(fingerprints: list[str]) -> str:
+    """What a warm-started run adds to its fingerprint: the runs it starts from, so that what
+    makes one of them train again makes it train again."""
+    return "-w" + hashlib.sha256("".join(fingerprints).encode()).hexdigest()[:8]
 
 
 def sources(plan: Plan, k: int) -> dict[str, int]:
