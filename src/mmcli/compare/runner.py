@@ -194,7 +194,7 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
 def list_cells(plan: Plan, pool: DataPool, specs: dict[str, Any]) -> None:
     """plan.cells: every run of every trained variant, with its fingerprint (and, with warm
     start, the unimodal cells it starts from); with --tune, each variant's chosen values."""
-    from mmcli.training.api import fingerprint
+    from mmcli.training.api import planned_fingerprint
 
     base, kinds, variants = plan.base_config(), plan.kinds, plan.variants
     plan.cells = []
@@ -210,7 +210,7 @@ def list_cells(plan: Plan, pool: DataPool, specs: dict[str, Any]) -> None:
             # the torch thread count is part of a run's identity: it changes the floating-point sums
             plan.cells.append({"variant": v.name, "seed_index": i, "seed": cfg.train.seed,
                                "run": run_dir_for(v, cfg.train.seed, stems.count(stem) > 1),
-                               "fingerprint": f"{fingerprint(cfg, pool.get(cfg).table.key)}-t{plan.threads}"})
+                               "fingerprint": f"{planned_fingerprint(cfg, pool.get(cfg))}-t{plan.threads}"})
             configs.append(cfg)
     if plan.warm_start:
         warm.link(plan, configs, specs)
@@ -260,7 +260,7 @@ def run_cell(plan: Plan, pool: DataPool, k: int, out: Path, fit_progress=None,
              cache_dir: str | None = None) -> tuple[dict[str, Any], bool]:
     """Run cell k (train, score the test split clean and with each modality missing) unless
     its result is already saved; returns (result, reused)."""
-    from mmcli.training.api import fingerprint, train
+    from mmcli.training.api import planned_fingerprint, train
 
     cell = plan.cells[k]
     saved = read_cell(out, cell)
@@ -270,7 +270,7 @@ def run_cell(plan: Plan, pool: DataPool, k: int, out: Path, fit_progress=None,
     variant = plan.variant(cell["variant"])
     cfg = variant_config(plan.base_config(), variant, cell["seed_index"], plan.kinds, plan.tuned_values(variant.name))
     data = pool.get(cfg)
-    if f"{fingerprint(cfg, data.table.key)}-t{plan.threads}" != cell["fingerprint"].split("-w")[0]:
+    if f"{planned_fingerprint(cfg, data)}-t{plan.threads}" != cell["fingerprint"].split("-w")[0]:
         raise UsageError(f"job {k} ({cell['variant']} seed {cell['seed']}): the data, its files or mmcli changed "
                          f"since the comparison in {out} was planned; plan it again (rerun the compare command)")
     if plan.threads:

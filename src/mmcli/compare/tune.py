@@ -181,10 +181,10 @@ def _trial(plan: Plan, pool: DataPool, cfg: Config, sources: dict[str, tuple[Pat
     (modality -> chosen unimodal trial, its fingerprint)."""
     from mmcli.compare.runner import clean_partials
     from mmcli.compare.warm import suffix
-    from mmcli.training.api import fingerprint, train
+    from mmcli.training.api import planned_fingerprint, train
 
     data = pool.get(cfg)
-    fp = fingerprint(cfg, data.table.key)
+    fp = planned_fingerprint(cfg, data)
     if sources:
         fp += suffix([f for _, f in sources.values()])
         cfg.model.init_from = {m: str(p.resolve()) for m, (p, _) in sources.items()}

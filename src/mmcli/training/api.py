@@ -18,7 +18,7 @@ from mmcli.encoders import skip_pretrained
 from mmcli.models import adapt_data, build, chosen_modalities, count_parameters, fusion_choice
 from mmcli.errors import ConfigError
 from mmcli.heads import make_task
-from mmcli.pipeline import RunData, make_specs, modality_kinds, prepare_training, save_run_inputs
+from mmcli.pipeline import RunData, make_specs, modality_kinds, prepare_training, save_run_inputs, text_encoder_defaults
 from mmcli.training.loop import FitProgress, FitResult, fit, predict_logits
 from mmcli.training.distributed import world
 from mmcli.training.setup import pick_device, seed_everything
@@ -61,6 +61,12 @@ def fingerprint(config: Config, data_key: str) -> str:
     """What makes two runs the same run: the resolved config, the data and mmcli's version."""
     text = json.dumps({"config": config.to_dict(), "data": data_key, "mmcli": __version__}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def planned_fingerprint(config: Config, data: RunData) -> str:
+    """A compare cell's identity before it trains: `config` with the encoders that the data
+    chooses for it (pipeline.text_encoder_defaults), so a rule's choice is part of it."""
+    return fingerprint(text_encoder_defaults(config, data, log=False), data.table.key)
 
 
 def _run_data(config: Config, data: RunData | None, cache_dir, workers, progress) -> RunData:
@@ -120,7 +126,7 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     data = _run_data(config, data, cache_dir, workers, preprocess_progress)
     config = data.config  # with the length limits derived from the data (mmcli.data.lengths)
     task = data.task
-    config = _with_defaults(config, task, data.counts()["train"])
+    config = _with_defaults(text_encoder_defaults(config, data), task, data.counts()["train"])
     data = dataclasses.replace(data, config=config)
     check_config(config, task)
     variant = variant_of(config, data.modalities)
