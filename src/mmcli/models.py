@@ -283,6 +283,60 @@ def _with_trained(model: Model) -> Model:
     return model
 
 
+ANY_OPTION = None  # declared_options' answer for a factory that reads options it does not name (**kwargs)
+BUILD_OPTIONS = {"encoder": {"trainable"}, "fusion": {"dropout", "make_head"}}  # read or set by build for every one
+
+
+def declared_options(factory: Any) -> set[str] | None:
+    """The options a component's constructor names after its two inputs (an encoder's spec
+    and size, a fusion's input sizes and size). A trailing `**_` takes what build passes to
+    every component and ignores it; a factory with another `**kwargs` may read any option
+    (ANY_OPTION)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check against
+        return ANY_OPTION
+    if any(p.kind is p.VAR_KEYWORD and p.name != "_" for p in params):
+        return ANY_OPTION
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return set(named[2:])
+
+
+def check_options(config: Config, specs: dict[str, ModalitySpec]) -> None:
+    """Every option in `model.encoder_options` and `model.fusion_options` must be one that
+    some component of its place takes: a misspelt key (`attn_dimm`, `widht`) is an error
+    naming it and the chosen component's options, not a setting silently ignored. An
+    option that another encoder of the kind (or another fusion) takes is kept: a config may
+    name options for several, and `compare` trains several with one config."""
+    for name in chosen_modalities(config, list(specs)):
+        encoder, options = encoder_choice(config, specs[name])
+        if encoder not in ENCODERS:
+            continue  # build names the unknown encoder
+        kind = specs[name].kind
+        siblings = [declared_options(e.factory) for e in ENCODERS.entries() if e.name.startswith(kind + ".")]
+        _refuse_unknown(options, declared_options(ENCODERS.get(encoder)), siblings, BUILD_OPTIONS["encoder"],
+                        f"model.encoder_options.{name}", f"encoder {encoder}")
+    if len(chosen_modalities(config, list(specs))) > 1 and config.model.fusion in FUSIONS:
+        siblings = [declared_options(e.factory) for e in FUSIONS.entries()]
+        _refuse_unknown(config.model.fusion_options, declared_options(FUSIONS.get(config.model.fusion)), siblings,
+                        BUILD_OPTIONS["fusion"], "model.fusion_options", f"fusion {config.model.fusion}")
+
+
+def _refuse_unknown(options: dict[str, Any], own: set[str] | None, siblings: list[set[str] | None], generic: set[str],
+                    where: str, what: str) -> None:
+    if own is ANY_OPTION or any(s is ANY_OPTION for s in siblings):
+        return
+    known = set().union(own, generic, *siblings)
+    unknown = sorted(k for k in options if k not in known)
+    if unknown:
+        shown = sorted((own | generic) - {"make_head"} if what.startswith("encoder") else own - {"make_head"})
+        takes = f"the options of {what}: {', '.join(shown)}" if shown else f"{what} takes no options"
+        raise ConfigError(f"{where}.{unknown[0]}: unknown option{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(unknown)}; {takes}")
+
+
 def _construct(factory: Any, what: str, *args: Any, **kwargs: Any) -> nn.Module:
     try:
         return factory(*args, **kwargs)

@@ -194,6 +194,7 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
 def list_cells(plan: Plan, pool: DataPool, specs: dict[str, Any]) -> None:
     """plan.cells: every run of every trained variant, with its fingerprint (and, with warm
     start, the unimodal cells it starts from); with --tune, each variant's chosen values."""
+    from mmcli.models import check_options
     from mmcli.training.api import planned_fingerprint
 
     base, kinds, variants = plan.base_config(), plan.kinds, plan.variants
@@ -207,6 +208,8 @@ def list_cells(plan: Plan, pool: DataPool, specs: dict[str, Any]) -> None:
             cfg = variant_config(base, v, i, kinds, plan.tuned_values(v.name))
             if v.encoders:
                 check_batch_size(cfg, set(kinds.values()))  # its encoders' image size
+            if i == 0:  # a misspelt option stops the comparison before anything trains
+                check_options(cfg, pool.get(cfg).specs)
             # the torch thread count is part of a run's identity: it changes the floating-point sums
             plan.cells.append({"variant": v.name, "seed_index": i, "seed": cfg.train.seed,
                                "run": run_dir_for(v, cfg.train.seed, stems.count(stem) > 1),

@@ -15,7 +15,7 @@ from pathlib import Path
 from mmcli import __version__, runs
 from mmcli.config import Config, check_batch_size
 from mmcli.encoders import skip_pretrained
-from mmcli.models import adapt_data, build, chosen_modalities, count_parameters, fusion_choice
+from mmcli.models import adapt_data, build, check_options, chosen_modalities, count_parameters, fusion_choice
 from mmcli.errors import ConfigError
 from mmcli.heads import make_task
 from mmcli.pipeline import RunData, make_specs, modality_kinds, prepare_training, save_run_inputs, text_encoder_defaults
@@ -129,6 +129,7 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     config = _with_defaults(text_encoder_defaults(config, data), task, data.counts()["train"])
     data = dataclasses.replace(data, config=config)
     check_config(config, task)
+    check_options(config, data.specs)
     variant = variant_of(config, data.modalities)
     here = world()
     scratch = None
