@@ -22,6 +22,7 @@ demo: install
 	$(BIN)/mmcli compare unimodal multimodal --seeds 3 --out runs/demo --overwrite
 
 test: install
+	$(BIN)/ruff check src/
 	$(BIN)/python -m pytest
 
 bench: install

@@ -65,7 +65,7 @@ def decode_file(kind: str, path: Path, config: DataConfig) -> tuple[torch.Tensor
             value, length = (decode_image(path, config), 0) if kind == "image" else decode_audio(path, config)
         except DecodeError:
             raise
-        except Exception as exc:  # noqa: BLE001: see above
+        except Exception as exc:  # noqa: BLE001 (see above)
             raise DecodeError(f"cannot decode {kind} ({type(exc).__name__}: {exc})") from None
     notes = list(dict.fromkeys(str(w.message).strip() for w in caught))
     return value, length, notes
