@@ -23,6 +23,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check src/
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench: install

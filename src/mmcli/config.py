@@ -184,7 +184,7 @@ def _check(value: Any, hint: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
-        return _build(hint, value, key)
+        return _build(typing.cast(type, hint), value, key)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"config key '{key}' must be a list, got {value!r}")

@@ -77,7 +77,8 @@ def _field(row: dict[str, str], m) -> str:
 
 
 def _decode_record(run: LoadedRun, rec: Record) -> tuple[dict[str, Any], list[BadRow]]:
-    values, problems = {}, []
+    values: dict[str, Any] = {}
+    problems: list[BadRow] = []
     for name, spec in run.specs.items():
         raw = rec.fields.get(name, "").strip()
         if not raw:
@@ -125,7 +126,7 @@ def encode_records(run: LoadedRun, records: list[Record]) -> tuple[Encoded, list
             width = spec.numeric + len(spec.categories)
             inputs[name] = run.tokenizers[name].encode([v.get(name, [""] * width) for v in decoded])
         elif spec.kind == "image":
-            blank = torch.zeros(3, spec.image_size, spec.image_size, dtype=torch.uint8)
+            blank: Any = torch.zeros(3, spec.image_size, spec.image_size, dtype=torch.uint8)
             inputs[name] = torch.stack([v.get(name, blank) for v in decoded]) if n else blank[None][:0]
         else:
             blank = (torch.full((spec.n_mels, spec.frames), decode.SILENCE_DB, dtype=torch.float16), 1)

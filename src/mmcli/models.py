@@ -6,6 +6,7 @@ A unimodal model is the same `Model` with one encoder and the identity fusion.
 from __future__ import annotations
 
 import json
+import typing
 from typing import Any
 
 import torch
@@ -30,9 +31,9 @@ class Model(nn.Module):
     def __init__(self, encoders: dict[str, nn.Module], fusion: nn.Module | None, head: nn.Module,
                  modality_dropout: float = 0.0, aux_heads: dict[str, nn.Module] | None = None, aux_weight: float = 0.0):
         super().__init__()
-        self.encoders = nn.ModuleDict(encoders)
-        self.fusion = fusion
-        self.head = head
+        self.encoders: Any = nn.ModuleDict(encoders)  # Any: each is an mmcli Encoder, called by its methods
+        self.fusion: Any = fusion
+        self.head: Any = head
         self.modality_dropout = modality_dropout
         self.aux_heads = nn.ModuleDict(aux_heads or {})
         self.aux_weight = aux_weight
@@ -93,7 +94,7 @@ class Model(nn.Module):
             return task.loss(outputs, batch) + sum(self.head.extra_losses(features, batch, task).values())
         losses = self.head_losses(batch, task)
         if self.blend is not None:
-            return sum(self.blend[k] * v for k, v in losses.items())
+            return typing.cast(torch.Tensor, sum(self.blend[k] * v for k, v in losses.items()))
         aux = [v for k, v in losses.items() if k != "fused"]
         if self.aux_weight > 0 and aux:
             return losses["fused"] + self.aux_weight * torch.stack(aux).mean()
@@ -141,7 +142,8 @@ def own_options(config: Config, name: str) -> dict[str, Any]:
     (`model.encoder_options.image.mobilenet_v2.weights=PATH`)."""
     kind, _, short = name.partition(".")
     nested = (config.model.encoder_options.get(kind) or {}).get(short)
-    return {**(nested if _names_encoder(kind, short, nested) else {}), **(config.model.encoder_options.get(name) or {})}
+    return {**(typing.cast(dict, nested) if _names_encoder(kind, short, nested) else {}),
+            **(config.model.encoder_options.get(name) or {})}
 
 
 def _names_encoder(kind: str, key: str, value: Any) -> bool:
@@ -176,7 +178,7 @@ def wanted_preprocessing(config: Config, kinds: dict[str, str] | None = None) ->
     images += [n for n, m in config.data.modalities.items() if m.kind == "image" and n not in images]
     if not kinds and not config.data.modalities:  # no encoder's registered name is a modality
         images = ["image", *(n for n in [*config.model.encoders, *config.model.encoder_options] if "." not in n)]
-    wanted = {}
+    wanted: dict[tuple[str, bool], Any] = {}
     for name in dict.fromkeys(images):
         choice, options = encoder_choice(config, ModalitySpec(name=name, kind="image"))
         arch, from_file = choice.split(".", 1)[1], bool(options.get("weights"))
@@ -189,7 +191,7 @@ def wanted_preprocessing(config: Config, kinds: dict[str, str] | None = None) ->
 
 
 # compare's `VARIANT@ENCODER:MODE`: what each mode sets in the encoder's options
-ENCODER_MODES = {"frozen": {"trainable": False}, "finetuned": {"trainable": True},
+ENCODER_MODES: dict[str, dict[str, Any]] = {"frozen": {"trainable": False}, "finetuned": {"trainable": True},
                  "scratch": {"pretrained": False, "weights": None, "trainable": True}}
 
 
@@ -233,7 +235,7 @@ def build(config: Config, specs: dict[str, ModalitySpec], n_outputs: int) -> Mod
     """Compose the model that `config` describes for data with these modality specs."""
     modalities = chosen_modalities(config, list(specs))
     dim = config.model.feature_dim
-    encoders = {}
+    encoders: dict[str, Any] = {}
     for name in modalities:
         enc_name, options = encoder_choice(config, specs[name])
         trainable = options.pop("trainable", True)
@@ -270,7 +272,7 @@ def build(config: Config, specs: dict[str, ModalitySpec], n_outputs: int) -> Mod
     options.setdefault("dropout", dropout)
     if getattr(factory, "produces_outputs", False):
         options["make_head"] = make_head
-    fusion = _construct(factory, f"fusion {fusion_name}", in_dims, hidden, **options)
+    fusion: Any = _construct(factory, f"fusion {fusion_name}", in_dims, hidden, **options)
     head = nn.Identity() if getattr(fusion, "produces_outputs", False) else make_head(fusion.out_dim)
     wants_aux = config.model.aux_loss_weight > 0 or config.train.gradient_blending
     aux = {n: make_head(e.out_dim) for n, e in encoders.items()} if wants_aux and len(encoders) > 1 else None
@@ -326,9 +328,9 @@ def check_options(config: Config, specs: dict[str, ModalitySpec]) -> None:
 
 def _refuse_unknown(options: dict[str, Any], own: set[str] | None, siblings: list[set[str] | None], generic: set[str],
                     where: str, what: str) -> None:
-    if own is ANY_OPTION or any(s is ANY_OPTION for s in siblings):
+    if own is None or any(s is None for s in siblings):  # ANY_OPTION: nothing to check against
         return
-    known = set().union(own, generic, *siblings)
+    known = own | generic | set().union(*(s for s in siblings if s is not None))
     unknown = sorted(k for k in options if k not in known)
     if unknown:
         shown = sorted((own | generic) - {"make_head"} if what.startswith("encoder") else own - {"make_head"})

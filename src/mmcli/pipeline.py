@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def make_specs(config: Config, table: Table, modalities: list[str], tokenizers: 
 
             extra = {"tokenizer": "pretrained", "backbone_config": model_config_json(model)}
         specs[name] = ModalitySpec(name=name, kind=kind, image_size=d.image_size, vocab_size=vocab,
-                                   max_len=d.text_max_len, n_mels=d.n_mels, frames=audio_frames(d), **extra)
+                                   max_len=typing.cast(int, d.text_max_len), n_mels=d.n_mels, frames=audio_frames(d), **extra)
     return specs
 
 

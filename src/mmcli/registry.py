@@ -63,5 +63,6 @@ class Registry(Generic[T]):
     def build(self, spec: Any, *args: Any, **kwargs: Any) -> Any:
         """Build from a name, or return `spec` itself when it is a ready object."""
         if isinstance(spec, str):
-            return self.get(spec)(*args, **kwargs)
+            factory: Any = self.get(spec)
+            return factory(*args, **kwargs)
         return spec

@@ -14,6 +14,7 @@ import json
 import math
 import re
 from pathlib import Path
+import typing
 from typing import Any, Callable
 
 from mmcli import runs
@@ -239,7 +240,7 @@ def read_fitted(run_dir: Path, config: Config, specs: dict[str, ModalitySpec], s
     for name, spec in specs.items():
         path = run_dir / fitted_file(name, spec.kind)
         if spec.kind == "text":
-            out[name] = text_mod.load_tokenizer(path, config.data.text_max_len, pretrained=spec.tokenizer == "pretrained")
+            out[name] = text_mod.load_tokenizer(path, typing.cast(int, config.data.text_max_len), pretrained=spec.tokenizer == "pretrained")
             _check_vocab(path, out[name], spec)
         elif spec.kind == "tabular":
             out[name] = TabularCodec.load(path)

@@ -9,7 +9,7 @@ from mmcli.cli.common import CacheDirOpt, handles_errors
 app = typer.Typer(help="The preprocessing cache: list entries, free the space.", no_args_is_help=True)
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -140,7 +140,7 @@ def _command_line(ctx: typer.Context) -> str:
             words += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
             continue
         name = max(param.opts, key=len)
-        if param.is_flag:  # an on/off pair given its "off" form: --no-warm-start
+        if getattr(param, "is_flag", False):  # an on/off pair given its "off" form: --no-warm-start
             words.append(max(param.secondary_opts, key=len) if value is False and param.secondary_opts else name)
         elif isinstance(value, (list, tuple)):
             for v in value:
@@ -182,7 +182,7 @@ def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, co
 
         def on_done(done: int, total: int, result: dict) -> None:
             if parallel:
-                bar(done, total)
+                bar(done, total)  # type: ignore[operator]  # the task bar's update; FitBar when not parallel
                 name = metric
                 value = result["scores"].get(name)
                 score = "" if value is None else f": {name} {value:.4f}"

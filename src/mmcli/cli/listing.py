@@ -51,7 +51,7 @@ def _rows(what: What) -> list[tuple[str, ...]]:
         return [(e.name, e.description) for e in TASKS.entries()]
     from mmcli.fusion import DEFAULT_FUSIONS, FUSIONS
 
-    rows = [("unimodal", "family: one variant per modality of the data"),
+    rows: list[tuple[str, ...]] = [("unimodal", "family: one variant per modality of the data"),
             ("multimodal", f"family: {', '.join(DEFAULT_FUSIONS)} over all modalities, and ensemble beside every unimodal variant"),
             ("unimodal:<modality>", "one modality alone, e.g. unimodal:image"),
             ("multimodal:all", "every registered fusion over all modalities"),

@@ -43,6 +43,9 @@ script to install it by hand.
 
 
 def render() -> str:
+    import typing
+    from typing import Any
+
     import click
     import typer
     from typer.cli import get_docs_for_click
@@ -50,7 +53,8 @@ def render() -> str:
     from mmcli.cli import app
 
     command = typer.main.get_command(app)
-    body = get_docs_for_click(obj=command, ctx=click.Context(command, info_name="mmcli"), name="mmcli",
+    context: Any = click.Context(typing.cast(Any, command), info_name="mmcli")  # typer's click and click's types differ
+    body = get_docs_for_click(obj=command, ctx=context, name="mmcli",
                               title="mmcli command reference")
     return HEADER + "\n" + body.rstrip() + "\n\n" + FOOTER
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import logging
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,7 +91,7 @@ def results(out: Path, plan: Plan, saved: dict[int, dict[str, Any]]) -> list[tup
         if not is_ensemble(v):
             continue
         for i in range(plan.seeds):
-            ks = {m: next((k for k, c in enumerate(plan.cells) if c["variant"] == name and c["seed_index"] == i), None)
+            ks: dict[str, Any] = {m: next((k for k, c in enumerate(plan.cells) if c["variant"] == name and c["seed_index"] == i), None)
                   for m, name in members(v).items()}
             if not all(k in saved for k in ks.values()):
                 continue  # the runs that are missing are named by collect
@@ -99,7 +100,7 @@ def results(out: Path, plan: Plan, saved: dict[int, dict[str, Any]]) -> list[tup
                 continue
             first = plan.cells[ks[v.modalities[0]]]
             cell = {"variant": v.name, "seed_index": i, "seed": first["seed"], "run": None}
-            pairs.append((cell, score(plan, loaded, out / first["run"])))
+            pairs.append((cell, score(plan, typing.cast(dict, loaded), out / first["run"])))
     return pairs
 
 
@@ -143,7 +144,7 @@ def evaluate(plan: Plan, loaded: dict[str, dict[str, Any]], mods: list[str], nam
     from mmcli.heads import make_task
 
     config = plan.base_config()
-    task = make_task(config, state)
+    task: Any = make_task(config, state)
     val = loaded[mods[0]]
     if len(val["val_ids"]):
         state = {**state, **task.after_fit(task.average([loaded[m]["val_outputs"] for m in mods]), val["val_targets"], names)}

@@ -147,7 +147,8 @@ def search(plan: Plan, pool: DataPool, out: Path, progress=None, say: Callable[[
     from mmcli.compare.runner import run_dir_for, variant_config
     from mmcli.compare.warm import encoder_identity
 
-    points = grid(plan.tune["space"], plan.tune.get("trials"), plan.base_config().train.seed)
+    tune: dict[str, Any] = plan.tune or {}  # a plan made with --tune
+    points = grid(tune["space"], tune.get("trials"), plan.base_config().train.seed)
     base = plan.base_config()
     specs = pool.get(base).specs
     order = sorted((v for v in plan.variants if not ensemble.is_ensemble(v)), key=lambda v: v.family != "unimodal")

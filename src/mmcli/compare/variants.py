@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from itertools import combinations
-from typing import Any
+from typing import Any, Sequence
 
 from mmcli.errors import UsageError
 
@@ -54,7 +54,7 @@ class Variant:
 
 
 def expand(items: list[str], modalities: list[str], fusions: list[str], default_fusions: tuple[str, ...],
-           subset_fusion: str = "concat", kinds: dict[str, str] | None = None, encoders: list[str] = ()) -> list[Variant]:
+           subset_fusion: str = "concat", kinds: dict[str, str] | None = None, encoders: Sequence[str] = ()) -> list[Variant]:
     """Families and variant names -> variants, in order, without repeats. `kinds` (modality
     -> kind) and `encoders` (the registered names) check the encoders chosen after '@'."""
     out: list[Variant] = []

@@ -76,7 +76,7 @@ class CacheEntry:
 
 
 def list_entries(root: Path) -> list[CacheEntry]:
-    entries = []
+    entries: list[CacheEntry] = []
     folder = tensor_dir(root)
     if not folder.is_dir():
         return entries
@@ -89,7 +89,8 @@ def list_entries(root: Path) -> list[CacheEntry]:
         except (OSError, ValueError, RecursionError):
             meta = {}
         meta = meta if isinstance(meta, dict) else {}  # a damaged entry is listed, not a crash
-        ids = meta.get("ids") if isinstance(meta.get("ids"), list) else []
+        ids = meta.get("ids")
+        ids = ids if isinstance(ids, list) else []
         size = sum(f.stat().st_size for f in sub.rglob("*") if f.is_file())
         entries.append(CacheEntry(sub, str(meta.get("source", "?")), len(ids), size))
     return entries

@@ -15,7 +15,7 @@ the workers, the batches are the same, in the same order, with any number of wor
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -103,7 +103,7 @@ class _Order(torch.utils.data.Sampler):
         return (self.n + self.batch_size - 1) // self.batch_size
 
 
-def _keep(packed: tuple[torch.Tensor, list]) -> tuple[torch.Tensor, list]:
+def _keep(packed: Any) -> Any:
     return packed  # no collation: a worker's batch is already whole
 
 

@@ -105,7 +105,9 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Manifest:
            for i, name in enumerate(header) if not name or header.count(name) > 1]
     if bad:
         raise DataError(f"{path}: bad header", bad)
-    rows, lines, problems = [], [], []
+    rows: list[dict[str, str]] = []
+    lines: list[int] = []
+    problems: list[BadRow] = []
     while True:
         line = reader.line_num + 1  # where the next record starts (a quoted field may span lines)
         try:
@@ -126,7 +128,10 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Manifest:
 
 
 def _read_jsonl(path: Path, text: str) -> Manifest:
-    rows, lines, problems, columns = [], [], [], {}
+    rows: list[dict[str, str]] = []
+    lines: list[int] = []
+    problems: list[BadRow] = []
+    columns: dict[str, None] = {}
     for number, line in enumerate((part.rstrip("\r") for part in text.split("\n")), start=1):
         if not line.strip():
             continue

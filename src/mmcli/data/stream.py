@@ -19,7 +19,7 @@ import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -83,7 +83,7 @@ def decode_chunk(task: tuple[str, list[tuple[int, dict[str, str]]], dict[str, st
     notes: dict[int, list[tuple[str, str]]] = {}
     for i, cells in rows:
         for name, kind in kinds.items():
-            value = _blank(kind, config)  # what a missing modality (data.missing=allow) keeps: its mask hides it
+            value: Any = _blank(kind, config)  # what a missing modality (data.missing=allow) keeps: its mask hides it
             if cells[name].strip():
                 try:
                     *value, warned = decode.decode_file(kind, media_path(Path(root), cells[name]), config)

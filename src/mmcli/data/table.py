@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,7 +37,7 @@ class Table:
     modalities: dict[str, ModalityConfig]
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # name, name.lengths
     present: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> bool [N]
-    texts: dict[str, list[str]] = field(default_factory=dict)
+    texts: dict[str, list[Any]] = field(default_factory=dict)  # text: strings; tabular: each row's cells
     key: str = ""
     source: str = ""
     bad_rows: list[BadRow] = field(default_factory=list)

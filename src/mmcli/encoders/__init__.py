@@ -108,6 +108,8 @@ class Encoder(nn.Module):
     norm_pooled = False  # True: the pooled vector is layer-normalised (no parameters); see `text.py`
     augments = False  # True while the encoder changes its inputs in training (no feature cache then)
     trained_parts: tuple[str, ...] = ()  # submodules whose weights start trained (pretrained): their lr is scaled
+    proj: nn.Module  # set by each subclass
+    out_dim: int
 
     def features(self, x, lengths=None):
         raise NotImplementedError

@@ -67,6 +67,8 @@ def _time_mask(tokens: torch.Tensor, lengths: torch.Tensor | None, stride: int) 
 
 
 class _AudioEncoder(Encoder):
+    augment: Any  # SpecAugment, or None
+    body: nn.Sequential
     def _set_augment(self, spec_augment: Any) -> None:
         self.augment = make_augment(spec_augment)
 

@@ -63,7 +63,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
+            state: Any = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch and safetensors raise many types for a foreign file
@@ -88,7 +88,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Any, what:
         raise ConfigError(f"{path}: these weights do not fit {what}: {first}") from None
 
 
-def _torchvision_model(arch: str, pretrained: bool, weights: str | None, **kwargs: Any) -> nn.Module:
+def _torchvision_model(arch: str, pretrained: bool, weights: str | None, **kwargs: Any) -> Any:
+    """A torchvision model (Any: its parts are read by name, `tv.layer1`, `tv.features`)."""
     import torchvision.models as tvm
 
     builder = getattr(tvm, arch)
@@ -105,7 +106,7 @@ def _torchvision_model(arch: str, pretrained: bool, weights: str | None, **kwarg
                           f"download them elsewhere and pass the file as weights: PATH") from None
 
 
-def _stages(arch: str, tv: nn.Module) -> tuple[nn.Module, list[nn.Module], int]:
+def _stages(arch: str, tv: Any) -> tuple[nn.Module, list[nn.Module], int]:
     """(the feature-map body, its blocks in order, its channels)."""
     if arch.startswith("resnet"):
         body = nn.Sequential(tv.conv1, tv.bn1, tv.relu, tv.maxpool, tv.layer1, tv.layer2, tv.layer3, tv.layer4)
@@ -159,7 +160,7 @@ class ViTBackbone(Encoder):
                              "(leave data.image_size unset)")
         if size % 16:
             raise ValueError(f"vit_b_16 needs data.image_size divisible by 16, not {size}")
-        self.vit = _torchvision_model("vit_b_16", pretrained, weights, image_size=size)
+        self.vit: Any = _torchvision_model("vit_b_16", pretrained, weights, image_size=size)
         self.vit.heads = nn.Identity()
         self.trained_parts = ("vit.",) if pretrained or weights else ()
         self.pool_grid = nn.AdaptiveAvgPool2d(TOKENS_GRID)

@@ -69,7 +69,8 @@ class HFText(Encoder):
 
     def blocks(self) -> list[nn.Module]:
         lists = [m for m in self.backbone.modules() if isinstance(m, nn.ModuleList)]
-        return list(max(lists, key=len)) if lists else [self.backbone]
+        longest: Any = max(lists, key=len) if lists else [self.backbone]  # the stack of layers
+        return list(longest)
 
     def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
         ids, mask = unshift(x)

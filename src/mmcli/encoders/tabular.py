@@ -8,6 +8,8 @@ one token, so token-level fusions can attend to columns.
 
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import nn
 
@@ -38,7 +40,8 @@ class TabularMLP(Encoder):
         if self.numeric:
             numbers = x[:, : self.numeric].float().unsqueeze(-1)  # [B, n, 1]
             columns.append(numbers * self.number_vectors[: self.numeric] + self.number_bias[: self.numeric])
-        for j, embed in enumerate(self.embeds):
+        for j, module in enumerate(self.embeds):
+            embed = typing.cast(nn.Embedding, module)
             index = x[:, self.numeric + j].long().clamp(0, embed.num_embeddings - 1)
             columns.append(embed(index).unsqueeze(1))
         tokens = self.mlp(torch.cat(columns, dim=1))  # [B, columns, hidden]

@@ -14,12 +14,12 @@ from mmcli.encoders import EMBEDDING_STD, ENCODERS, Encoder, ModalitySpec, embed
 class _RNN(Encoder):
     """Embedding + one bidirectional recurrent layer; the states are the tokens."""
 
-    cell = nn.GRU
+    cell: type[nn.RNNBase] = nn.GRU
 
     def __init__(self, spec: ModalitySpec, out_dim: int, embed_dim: int = 64, hidden: int = 64, **_: object):
         super().__init__()
         self.embed = embedding(spec.vocab_size, embed_dim)
-        self.rnn = self.cell(embed_dim, hidden, batch_first=True, bidirectional=True)
+        self.rnn = self.cell(embed_dim, hidden, batch_first=True, bidirectional=True)  # type: ignore[call-arg, arg-type]
         self.proj = nn.Linear(2 * hidden, out_dim)
         self.out_dim = out_dim
 

@@ -77,10 +77,12 @@ class Sum(nn.Module):
 class Weighted(Sum):
     """Weighted sum a*F_x + b*F_y + ...; weights learned (softmax) or fixed in the config."""
 
+    fixed: torch.Tensor  # a buffer: the fixed weights, empty when they are learned
+
     def __init__(self, in_dims: dict[str, int], out_dim: int, weights: list[float] | dict | None = None, **_: object):
         super().__init__(in_dims, out_dim)
         if weights is None:
-            self.logits = nn.Parameter(torch.zeros(len(self.names)))
+            self.logits: nn.Parameter | None = nn.Parameter(torch.zeros(len(self.names)))
             self.register_buffer("fixed", torch.empty(0), persistent=False)
         else:
             if isinstance(weights, dict) and set(weights) != set(self.names):

@@ -114,12 +114,14 @@ class FitBar:
 
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
         description = f"{self.label} epoch {epoch}/{epochs}"
+        assert self._bar is not None, "FitBar is used as a context manager"
         if self._task is None:
             self._task = self._bar.add_task(description, total=batches, info="")
         else:
             self._bar.reset(self._task, total=batches, description=description, info="")
 
     def batch_end(self, loss: float) -> None:
+        assert self._bar is not None, "FitBar is used as a context manager"
         self._bar.update(self._task, advance=1, info=f"loss {loss:.3f} {self.last_shown}")
 
     def epoch_end(self, record: dict[str, Any]) -> None:

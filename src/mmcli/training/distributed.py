@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -93,7 +94,7 @@ class LossOf(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, task):
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a mmcli Model: its loss() is called
         self.task = task
 
     def forward(self, batch: dict) -> torch.Tensor:

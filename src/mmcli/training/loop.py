@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -213,7 +214,7 @@ def fit(model, task, train: Encoded, val: Encoded, config: Config, run_dir: Path
     stepper = Stepper(optimizer, scheduler, config, device, here,
                       distributed.wrap(model, task, device) if here.active else None)
     metric = config.eval.metric
-    result = FitResult(best_epoch=0, best_metric=None, metric=metric)
+    result = FitResult(best_epoch=0, best_metric=None, metric=typing.cast(str, metric))  # set by _with_defaults
     blender = _blender(model, config, val)
     if blender is not None and here.active:
         raise ConfigError("train.gradient_blending does not run distributed (--nproc); train it in one process")
@@ -315,7 +316,7 @@ def _tie_won_on_loss(record: dict[str, Any], value: float, result) -> bool:
     model, which fits the validation rows better, is the one to keep."""
     if value != result.best_metric:
         return False
-    best = next((h for h in result.history if h.get("epoch") == result.best_epoch), {})
+    best: dict[str, Any] = next((h for h in result.history if h.get("epoch") == result.best_epoch), {})
     loss, before = _val_loss(record), _val_loss(best)
     return loss is not None and before is not None and loss < before
 
@@ -334,7 +335,7 @@ def _stops(config: Config, epoch: int, stale: int) -> bool:
     """Early stopping: `patience` epochs without a better validation score or a lower
     validation loss, once the run has reached `min_epochs`."""
     train = config.train
-    return 0 < train.patience <= stale and epoch >= (train.min_epochs or 0)
+    return 0 < typing.cast(int, train.patience) <= stale and epoch >= (train.min_epochs or 0)
 
 
 def _epochs(model, task, train, val, config, run_dir, labels, generator, progress, device, steps, stepper,

@@ -87,6 +87,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: in
          for (decays, starts_trained), params in groups.items()], lr=cfg.lr,
         fused=devices <= {"cpu", "cuda"} or None,  # one kernel for all parameters, where torch has it
     )
+    assert cfg.epochs is not None, "the budget is derived before the optimizer is made"
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
 

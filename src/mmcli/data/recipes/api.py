@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from mmcli.data.recipes import avmnist, captions, coco, fsdd, mnist, staged
 
@@ -14,8 +14,8 @@ Progress = Optional[Callable[[int, int], None]]
 
 
 @contextlib.contextmanager
-def _inputs(tmp: Path, source: Optional[Path], find: Callable[[Path], Path],
-            download: Callable[..., Path], mirror: Optional[str], progress: Progress) -> Iterator[tuple[Path, str]]:
+def _inputs(tmp: Path, source: Optional[Path], find: Callable[[Path], Any],
+            download: Callable[..., Any], mirror: Optional[str], progress: Progress) -> Iterator[tuple[Any, str]]:
     """(folder to read, how it was obtained); a download lives in OUT's staging folder and
     is deleted before OUT appears."""
     if source is not None:

@@ -111,7 +111,7 @@ def build(out: Path, mnist_folder: Path, recordings: Path, source_text: str, see
     noise_seeds = rng.integers(0, 2**63 - 1, size=len(pairs), dtype=np.int64)
     (out / "images").mkdir()
     (out / "audio").mkdir()
-    rows = []
+    rows: list[dict[str, str]] = []
     for j, (split, index, clip) in enumerate(pairs):
         ex_id = f"{split}-{len(rows):05d}"
         Image.fromarray(images[index], mode="L").save(out / "images" / f"{ex_id}.png")

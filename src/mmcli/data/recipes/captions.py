@@ -84,8 +84,8 @@ def import_captions(folder: Path, captions_csv: Path, manifest: Path, image_colu
     rows, columns = read_captions_csv(captions_csv, image_column, caption_column)
     captions = group([(r[image_column], r[caption_column]) for r in rows])
     missing_images(folder, list(captions), captions_csv.name)
-    carried = [c for c in ("label", "split") if c in columns]
-    first = {}
+    carried: list[str] = [c for c in ("label", "split") if c in columns]
+    first: dict[str, dict[str, str]] = {}
     for row in rows:
         first.setdefault(row[image_column], row)
     prefix = relative_prefix(folder, manifest)
