@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from mmcli.data.manifest import BATCH_KEYS
+from mmcli.data.dataset import BATCH_KEYS
 from mmcli.models import ANY_OPTION, declared_options
 from test_data import _write_rows as write_rows
 

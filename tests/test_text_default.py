@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from mmcli.config import Config
-from mmcli.pipeline import SHORT_TEXT_TOKENS, prepare_training, text_encoder_defaults
+from mmcli.encoders.from_data import SHORT_TEXT_TOKENS, text_encoder_defaults
+from mmcli.pipeline import prepare_training
 from test_data import _write_rows as write_rows
 
 

@@ -312,7 +312,8 @@ def check_options(config: Config, specs: dict[str, ModalitySpec]) -> None:
     naming it and the chosen component's options, not a setting silently ignored. An
     option that another encoder of the kind (or another fusion) takes is kept: a config may
     name options for several, and `compare` trains several with one config."""
-    for name in chosen_modalities(config, list(specs)):
+    modalities = chosen_modalities(config, list(specs))
+    for name in modalities:
         encoder, options = encoder_choice(config, specs[name])
         if encoder not in ENCODERS:
             continue  # build names the unknown encoder
@@ -320,7 +321,7 @@ def check_options(config: Config, specs: dict[str, ModalitySpec]) -> None:
         siblings = [declared_options(e.factory) for e in ENCODERS.entries() if e.name.startswith(kind + ".")]
         _refuse_unknown(options, declared_options(ENCODERS.get(encoder)), siblings, BUILD_OPTIONS["encoder"],
                         f"model.encoder_options.{name}", f"encoder {encoder}")
-    if len(chosen_modalities(config, list(specs))) > 1 and config.model.fusion in FUSIONS:
+    if len(modalities) > 1 and config.model.fusion in FUSIONS:
         siblings = [declared_options(e.factory) for e in FUSIONS.entries()]
         _refuse_unknown(config.model.fusion_options, declared_options(FUSIONS.get(config.model.fusion)), siblings,
                         BUILD_OPTIONS["fusion"], "model.fusion_options", f"fusion {config.model.fusion}")
@@ -333,7 +334,7 @@ def _refuse_unknown(options: dict[str, Any], own: set[str] | None, siblings: lis
     known = own | generic | set().union(*(s for s in siblings if s is not None))
     unknown = sorted(k for k in options if k not in known)
     if unknown:
-        shown = sorted((own | generic) - {"make_head"} if what.startswith("encoder") else own - {"make_head"})
+        shown = sorted(own - {"make_head"} | generic - BUILD_OPTIONS["fusion"])  # not what build passes to fusions
         takes = f"the options of {what}: {', '.join(shown)}" if shown else f"{what} takes no options"
         raise ConfigError(f"{where}.{unknown[0]}: unknown option{'s' if len(unknown) > 1 else ''} "
                           f"{', '.join(unknown)}; {takes}")

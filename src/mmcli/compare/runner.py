@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
-import re
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -28,7 +26,7 @@ from mmcli.compare import ensemble, warm
 from mmcli.compare.locking import job_lock
 from mmcli.compare.outdir import prepare_out  # noqa: F401 (the CLI imports it from here)
 from mmcli.compare.pool import DataPool
-from mmcli.compare.variants import Variant, expand
+from mmcli.compare.variants import Variant, expand, run_dir_for, variant_config
 from mmcli.config import Config, check_batch_size, from_dict
 from mmcli.errors import UsageError
 
@@ -92,37 +90,6 @@ def load_plan(out: Path) -> Plan:
         return Plan.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{path}: cannot read the comparison plan ({exc})") from None
-
-
-def variant_config(base: Config, variant: Variant, seed_index: int, kinds: dict[str, str] | None = None,
-                   tuned: dict[str, Any] | None = None) -> Config:
-    """The config of a variant's run with seed index `seed_index`; `tuned`: the values that
-    `--tune` chose for the variant (compare.tune)."""
-    if tuned:
-        from mmcli.compare.tune import with_values
-
-        base = with_values(base, tuned)
-    cfg = base.copy()
-    if variant.encoders:  # `@ENCODER`: also the image size and normalization of its weights
-        from mmcli.models import with_encoders
-
-        cfg = with_encoders(cfg, dict(variant.encoders), kinds or {}, list(variant.modalities))
-    cfg.model.modalities = list(variant.modalities)
-    if variant.fusion:
-        cfg.model.fusion = variant.fusion
-    cfg.model.crossmodal = variant.crossmodal
-    cfg.train.seed = base.train.seed + seed_index
-    return cfg
-
-
-def run_dir_for(variant: Variant, seed: int, clash: bool = False) -> str:
-    """The run's folder: the variant's name with ':', '+', '@''s '=' and ',' (anything but
-    letters, digits, '_', '.', '@', '-') as '-'; `clash`: another variant of the plan reads
-    the same, so the name's hash is added."""
-    stem = re.sub(r"[^A-Za-z0-9_.@-]", "-", variant.name)
-    if clash:
-        stem += "-" + hashlib.sha256(variant.name.encode()).hexdigest()[:8]
-    return f"runs/{stem}-seed{seed}"
 
 
 def shared_data(base: Config, cache_dir: str | None, workers: int = 1, progress=None, report: bool = True) -> RunData:

@@ -144,7 +144,7 @@ def search(plan: Plan, pool: DataPool, out: Path, progress=None, say: Callable[[
     """Run (or reuse) every trial of every trained variant, the unimodal ones first; set
     plan.tuned[variant]."""
     from mmcli.compare import ensemble
-    from mmcli.compare.runner import run_dir_for, variant_config
+    from mmcli.compare.variants import run_dir_for, variant_config
     from mmcli.compare.warm import encoder_identity
 
     tune: dict[str, Any] = plan.tune or {}  # a plan made with --tune

@@ -25,11 +25,16 @@ gives the choice to each of its variants that has such a modality.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import asdict, dataclass, replace
 from itertools import combinations
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from mmcli.errors import UsageError
+
+if TYPE_CHECKING:
+    from mmcli.config import Config
 
 FAMILIES = ("unimodal", "multimodal", "subsets", "crossmodal")
 ENSEMBLE = "ensemble"  # multimodal:ensemble, the unimodal runs averaged: trains nothing (compare/ensemble.py)
@@ -218,3 +223,34 @@ def _short(encoder: str) -> str:
 def _known(kinds: dict[str, str], known: list[str]) -> str:
     per_kind = {k: [_short(n) for n in known if n.startswith(f"{k}.")] for k in dict.fromkeys(kinds.values())}
     return "known: " + "; ".join(f"{k} encoders {', '.join(names)}" for k, names in per_kind.items()) + " (mmcli list encoders)"
+
+
+def variant_config(base: Config, variant: Variant, seed_index: int, kinds: dict[str, str] | None = None,
+                   tuned: dict[str, Any] | None = None) -> Config:
+    """The config of a variant's run with seed index `seed_index`; `tuned`: the values that
+    `--tune` chose for the variant (compare.tune)."""
+    if tuned:
+        from mmcli.compare.tune import with_values
+
+        base = with_values(base, tuned)
+    cfg = base.copy()
+    if variant.encoders:  # `@ENCODER`: also the image size and normalization of its weights
+        from mmcli.models import with_encoders
+
+        cfg = with_encoders(cfg, dict(variant.encoders), kinds or {}, list(variant.modalities))
+    cfg.model.modalities = list(variant.modalities)
+    if variant.fusion:
+        cfg.model.fusion = variant.fusion
+    cfg.model.crossmodal = variant.crossmodal
+    cfg.train.seed = base.train.seed + seed_index
+    return cfg
+
+
+def run_dir_for(variant: Variant, seed: int, clash: bool = False) -> str:
+    """The run's folder: the variant's name with ':', '+', '@''s '=' and ',' (anything but
+    letters, digits, '_', '.', '@', '-') as '-'; `clash`: another variant of the plan reads
+    the same, so the name's hash is added."""
+    stem = re.sub(r"[^A-Za-z0-9_.@-]", "-", variant.name)
+    if clash:
+        stem += "-" + hashlib.sha256(variant.name.encode()).hexdigest()[:8]
+    return f"runs/{stem}-seed{seed}"

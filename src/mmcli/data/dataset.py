@@ -10,13 +10,15 @@ padding, and short clips and captions then cost what they are, not what the cap 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 import torch
 
-from mmcli.config import DataConfig
+from mmcli.config import DataConfig, ModalityConfig
 from mmcli.data import decode, text
 from mmcli.data.table import Table
+from mmcli.errors import BadRow, DataError
 
 
 @dataclass
@@ -59,6 +61,24 @@ def encode_table(table: Table, modalities: list[str], tokenizers: dict, targets=
         labels = targets(list(values))
     kinds = {name: table.modalities[name].kind for name in modalities}
     return Encoded(list(table.ids), inputs, lengths, present, labels, kinds)
+
+
+# keys of the batch a model reads beside its modalities' inputs (gather_batch)
+BATCH_KEYS = ("lengths", "mask", "index", "label", "features", "feature_mask")
+
+
+def check_names(source: str, modalities: dict[str, ModalityConfig]) -> None:
+    """A modality a model reads, named like a key of its batch (a text column `mask`, or
+    `label` when the label is another column), would overwrite that key: refused, naming
+    the column and the declaration that renames it."""
+    clash = [n for n in modalities if n in BATCH_KEYS]
+    if clash:
+        m = modalities[clash[0]]
+        where = m.column or clash[0]
+        raise DataError(f"{source}: a modality cannot be named '{clash[0]}' (mmcli's batches use the names "
+                        f"{', '.join(BATCH_KEYS)}); give it another name in the config, e.g. data.modalities: "
+                        f"{{{clash[0]}_{m.kind}: {{column: {where}, kind: {m.kind}}}}}",
+                        [BadRow(Path(source).name, None, where, f"the {m.kind} modality '{clash[0]}' needs another name")])
 
 
 def make_batch(data: Encoded, index: torch.Tensor, config: DataConfig) -> dict:

@@ -153,24 +153,6 @@ def _read_jsonl(path: Path, text: str) -> Manifest:
                     [set(r) for r in rows])
 
 
-# keys of the batch a model reads beside its modalities' inputs (mmcli.data.dataset)
-BATCH_KEYS = ("lengths", "mask", "index", "label", "features", "feature_mask")
-
-
-def check_names(source: str, modalities: dict[str, ModalityConfig]) -> None:
-    """A modality a model reads, named like a key of its batch (a text column `mask`, or
-    `label` when the label is another column), would overwrite that key: refused, naming
-    the column and the declaration that renames it."""
-    clash = [n for n in modalities if n in BATCH_KEYS]
-    if clash:
-        m = modalities[clash[0]]
-        where = m.column or clash[0]
-        raise DataError(f"{source}: a modality cannot be named '{clash[0]}' (mmcli's batches use the names "
-                        f"{', '.join(BATCH_KEYS)}); give it another name in the config, e.g. data.modalities: "
-                        f"{{{clash[0]}_{m.kind}: {{column: {where}, kind: {m.kind}}}}}",
-                        [BadRow(Path(source).name, None, where, f"the {m.kind} modality '{clash[0]}' needs another name")])
-
-
 def detect_modalities(manifest: Manifest, config: DataConfig) -> dict[str, ModalityConfig]:
     """Declared modalities, checked against the columns; else detected from the values."""
     if config.modalities:

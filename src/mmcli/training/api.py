@@ -18,7 +18,8 @@ from mmcli.encoders import skip_pretrained
 from mmcli.models import adapt_data, build, check_options, chosen_modalities, count_parameters, fusion_choice
 from mmcli.errors import ConfigError
 from mmcli.heads import make_task
-from mmcli.pipeline import RunData, make_specs, modality_kinds, prepare_training, save_run_inputs, text_encoder_defaults
+from mmcli.encoders.from_data import text_encoder_defaults
+from mmcli.pipeline import RunData, make_specs, modality_kinds, prepare_training, save_run_inputs
 from mmcli.training.loop import FitProgress, FitResult, fit, predict_logits
 from mmcli.training.distributed import world
 from mmcli.training.setup import pick_device, seed_everything
@@ -65,7 +66,7 @@ def fingerprint(config: Config, data_key: str) -> str:
 
 def planned_fingerprint(config: Config, data: RunData) -> str:
     """A compare cell's identity before it trains: `config` with the encoders that the data
-    chooses for it (pipeline.text_encoder_defaults), so a rule's choice is part of it."""
+    chooses for it (encoders.from_data.text_encoder_defaults), so a rule's choice is part of it."""
     return fingerprint(text_encoder_defaults(config, data, log=False), data.table.key)
 
 
