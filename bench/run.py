@@ -15,9 +15,12 @@
    files, mmcli's epoch against a minimal hand-written loop, batched predict against one
    example at a time.
 
-`make bench` runs all but `compare` (about 4 minutes on 2 cores); `python bench/run.py
+5. Video (bench/video.py): preprocessing peak memory at 10x the clips against 1x, and a
+   training epoch over the cached frames against decoding the clips every epoch.
+
+`make bench` runs all but `compare` (about 5 minutes on 2 cores); `python bench/run.py
 NAME ...` runs the named ones (startup, preprocess, memory, cache, loop, predict, frozen,
-compare).
+video_memory, video_cache, compare).
 """
 
 from __future__ import annotations
@@ -102,9 +105,10 @@ def frozen() -> list[tuple[str, str, str, str]]:
 
 
 import scale  # noqa: E402  (bench/scale.py, beside this file)
+import video  # noqa: E402  (bench/video.py)
 
-# `make bench` runs these (about 4 minutes on 2 cores); `compare` (5 minutes) runs by name
-BENCHMARKS = {"startup": startup, **scale.BENCHMARKS, "frozen": frozen}
+# `make bench` runs these (about 5 minutes on 2 cores); `compare` (5 minutes) runs by name
+BENCHMARKS = {"startup": startup, **scale.BENCHMARKS, "frozen": frozen, **video.BENCHMARKS}
 EXTRA = {"compare": compare}
 
 

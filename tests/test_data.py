@@ -198,7 +198,7 @@ def test_detect_modalities_follows_the_configured_reserved_columns(tmp_path):
 
 def test_detect_modalities_nothing_found(tmp_path):
     path = _write_rows(tmp_path / "m.csv", [{"id": "1", "split": "train", "label": "a"}])
-    with pytest.raises(DataError, match="no image, audio, text or numeric column"):
+    with pytest.raises(DataError, match="no image, video, audio, text or numeric column"):
         detect_modalities(read_manifest(path), DataConfig())
 
 

@@ -24,6 +24,8 @@ def inputs(kind: str, spec: ModalitySpec, gen: torch.Generator) -> tuple[torch.T
         return torch.randn(B, 3, spec.image_size, spec.image_size, generator=gen), None
     if kind == "audio":
         return torch.randn(B, spec.n_mels, spec.frames, generator=gen), torch.full((B,), spec.frames)
+    if kind == "video":
+        return torch.randn(B, 3, 3, spec.image_size, spec.image_size, generator=gen), torch.full((B,), 3)
     if kind == "tabular":
         return torch.cat([torch.randn(B, spec.numeric, generator=gen), torch.randint(0, 3, (B, 1), generator=gen)], dim=1), None
     return torch.randint(1, spec.vocab_size, (B, spec.max_len), generator=gen), None

@@ -58,6 +58,8 @@ def _inputs(kind: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor
         return _text_ids(gen), None
     if kind == "audio":
         return torch.randn(B, N_MELS, FRAMES, generator=gen), torch.tensor([FRAMES, 16, 8, 3])
+    if kind == "video":  # 3 frames, the last clip with 1 real frame
+        return torch.randn(B, 3, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen), torch.tensor([3, 3, 2, 1])
     if kind == "tabular":
         numbers = torch.randn(B, NUMERIC, generator=gen)
         cats = torch.stack([torch.randint(0, n + 1, (B,), generator=gen) for n in CATEGORIES], dim=1).float()

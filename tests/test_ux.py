@@ -66,7 +66,7 @@ def run_mmcli(*args: str, env: dict | None = None, cwd: Path | None = None) -> s
 
 
 def test_shell_completion_completes_commands_and_subcommands():
-    env = {"_MMCLI_COMPLETE": "complete_bash", "COMP_WORDS": "mmcli datasets get a", "COMP_CWORD": "3"}
+    env = {"_MMCLI_COMPLETE": "complete_bash", "COMP_WORDS": "mmcli datasets get avm", "COMP_CWORD": "3"}
     result = subprocess.run([str(Path(sys.executable).parent / "mmcli")], capture_output=True, text=True,
                             env={**os.environ, **env}, timeout=60)
     assert result.stdout.split() == ["avmnist"]

@@ -19,10 +19,10 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from mmcli import kinds
 from mmcli.errors import ConfigError
 from mmcli.yamlio import YamlTooBig, load_yaml, read_yaml  # noqa: F401  (re-exported: config files are read there)
 
-MODALITY_KINDS = ("image", "text", "audio", "tabular")
 SEEDS = (0, 2**63 - 1)  # what every random number generator mmcli seeds accepts
 
 
@@ -93,6 +93,8 @@ class DataConfig:
     win_length: Optional[int] = ranged(None, 1, 16384)  # audio: the analysis window's length in samples (None: n_fft)
     window: str = "hann"  # audio: the window's shape (any that scipy.signal.get_window knows: hann, hamming, ...)
     max_seconds: Optional[float] = ranged(None, 0, 3600, lo_open=True)  # None: derived from the audio files (mmcli.data.lengths)
+    video_frames: int = ranged(8, 1, 512)  # video: frames taken from each clip (its frames are data.image_size square)
+    video_sampling: str = "uniform"  # video: uniform (evenly spaced) or segment (one random frame per segment, as TSN)
     on_error: str = "fail"
     missing: str = "fail"  # a row lacking some modality: fail (a bad row) or allow (kept, masked as in predict)
     label_separator: str = "|"  # multilabel: labels joined by this in the label column
@@ -247,12 +249,9 @@ BATCH_VALUES = 2**29
 def check_batch_size(config: Config, kinds: set[str], skip: tuple[str, ...] = ()) -> None:
     """One batch of the data's images or spectrograms (`kinds`: the modality kinds the data
     has) must fit in memory; tabular or text data has no such bound."""
-    d = config.data
-    frames = int((d.max_seconds or 0) * d.sample_rate) // d.hop_length + 1  # as mmcli.data.decode.audio_frames
-    inputs = [(f"images of data.image_size={d.image_size}", 3 * d.image_size**2)] if "image" in kinds else []
-    if "audio" in kinds and d.max_seconds is not None:  # a derived limit is checked once derived (prepare_training)
-        inputs.append((f"spectrograms of data.n_mels={d.n_mels} x {frames} frames (data.max_seconds, "
-                       f"sample_rate, hop_length)", d.n_mels * frames))
+    from mmcli import kinds as registry
+
+    inputs = [x for x in (registry.get(k).batch_input(config.data) for k in registry.names() if k in kinds) if x]
     for key, batch in (("train.batch_size", config.train.batch_size), ("eval.batch_size", config.eval.batch_size)):
         if key.split(".")[0] in skip:
             continue
@@ -270,18 +269,16 @@ def validate(config: Config, skip: tuple[str, ...] = ()) -> None:
         if section.name not in skip:
             _check_ranges(getattr(config, section.name), section.name)
     for name, mod in config.data.modalities.items():
-        if mod.kind not in MODALITY_KINDS:
+        if mod.kind not in kinds.KINDS:
             raise ConfigError(
                 f"config key 'data.modalities.{name}.kind': unknown kind '{mod.kind}' "
-                f"(known: {', '.join(MODALITY_KINDS)})"
+                f"(known: {', '.join(kinds.names())})"
             )
-        if mod.kind == "tabular":
-            stray = [c for c in mod.categorical if c not in mod.columns]
-            if not mod.columns or stray:
-                raise ConfigError(f"config key 'data.modalities.{name}': a tabular modality lists its columns under "
-                                  f"columns, and categorical names some of them" + (f" ({stray} are not in columns)" if stray else ""))
-        elif not mod.column:
-            raise ConfigError(f"config key 'data.modalities.{name}.column' is missing: the column that holds the {mod.kind}")
+        problem = kinds.get(mod.kind).check_config(name, mod)
+        if problem:
+            raise ConfigError(problem)
+    if config.data.video_sampling not in ("uniform", "segment"):
+        raise ConfigError(f"config key 'data.video_sampling' must be 'uniform' or 'segment', not '{config.data.video_sampling}'")
     if config.data.on_error not in ("fail", "skip"):
         raise ConfigError("config key 'data.on_error' must be 'fail' or 'skip'")
     if config.data.missing not in ("fail", "allow"):

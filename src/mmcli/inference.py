@@ -7,7 +7,6 @@ modalities were used. An example with none of the run's modalities is an error.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +14,9 @@ from typing import Any, Iterable
 
 import torch
 
-from mmcli.data import decode, tabular
-from mmcli.data import text as text_mod
 from mmcli.data.dataset import Encoded
-from mmcli.data.manifest import media_path
 from mmcli.errors import BadRow, DataError
+from mmcli.kinds import KINDS
 from mmcli.pipeline import LoadedRun
 from mmcli.training.loop import predict_outputs
 from mmcli.training.setup import pick_device
@@ -55,25 +52,14 @@ def records_from_dicts(run: LoadedRun, items: Iterable[dict[str, Any]], base: Pa
     """JSON objects keyed by modality name (or by the training column name)."""
     out = []
     for i, item in enumerate(items):
-        fields = {}
-        for name, m in run.sources.items():
-            value = item.get(name, item.get(m.column))
-            if m.kind == "tabular":  # its columns at the top level, or under the modality's name
-                cells = value if isinstance(value, dict) else item
-                fields[name] = _field({k: "" if v is None else v if isinstance(v, str) else json.dumps(v)
-                                       for k, v in cells.items()}, m)
-                continue
-            fields[name] = "" if value is None else str(value)
+        fields = {name: KINDS[m.kind].from_json(item, name, m) for name, m in run.sources.items()}
         out.append(Record(str(item.get("id", i + 1)), fields, base, source, i + 1))
     return out
 
 
 def _field(row: dict[str, str], m) -> str:
-    """A modality's field of a row: its column, or a tabular modality's cells as JSON
-    (present, as in training, when the row has any of its columns, even empty)."""
-    if m.kind != "tabular":
-        return row.get(m.column, "")
-    return json.dumps(tabular.cells([row], m)[0]) if any(c in row for c in m.columns) else ""
+    """A modality's field of a row: its column (a tabular modality's cells as JSON)."""
+    return KINDS[m.kind].field(row, m)
 
 
 def _decode_record(run: LoadedRun, rec: Record) -> tuple[dict[str, Any], list[BadRow]]:
@@ -83,23 +69,15 @@ def _decode_record(run: LoadedRun, rec: Record) -> tuple[dict[str, Any], list[Ba
         raw = rec.fields.get(name, "").strip()
         if not raw:
             continue
-        if spec.kind == "text":
-            values[name] = raw
-            continue
-        if spec.kind == "tabular":
-            cells = json.loads(raw)
-            order = tabular.numeric_columns(run.sources[name]) + run.sources[name].categorical
-            bad = [(c, v) for c, v in zip(order[: spec.numeric], cells) if v and not tabular.is_number(v)]
-            problems += [BadRow(rec.source, rec.row, c, f"'{v}' is not a number", rec.line) for c, v in bad]
-            values[name] = cells
-            continue
-        try:
-            tensor, length, warned = decode.decode_file(spec.kind, media_path(rec.base, raw), run.config.data)
-            values[name] = tensor if spec.kind == "image" else (tensor, length)
-            for text in warned:
-                LOG.warning("%s", BadRow(rec.source, rec.row, run.columns[name], f"{raw}: {text}", rec.line))
-        except decode.DecodeError as exc:
-            problems.append(BadRow(rec.source, rec.row, run.columns[name], f"{exc}: {raw}", rec.line))
+        column = run.columns[name]
+
+        def warn(text: str, column: str = column) -> None:
+            LOG.warning("%s", BadRow(rec.source, rec.row, column, text, rec.line))
+
+        value, bad = KINDS[spec.kind].read(raw, rec.base, run.config.data, spec, run.sources[name], warn)
+        problems += [BadRow(rec.source, rec.row, c, reason, rec.line) for c, reason in bad]
+        if not bad:
+            values[name] = value
     if not values and not problems:
         wanted = ", ".join(run.specs)
         problems.append(BadRow(rec.source, rec.row, None, f"has none of the modalities this model reads ({wanted})", rec.line))
@@ -115,24 +93,12 @@ def encode_records(run: LoadedRun, records: list[Record]) -> tuple[Encoded, list
     if bad:
         raise DataError(f"{len(bad)} problem(s) in the examples to predict", bad)
     inputs, lengths, present = {}, {}, {}
-    n = len(records)
     for name, spec in run.specs.items():
         present[name] = torch.tensor([name in v for v in decoded], dtype=torch.bool)
-        if spec.kind == "text":
-            ids = text_mod.encode(run.tokenizers[name], [v.get(name, "") for v in decoded])
-            inputs[name] = ids
-            lengths[name] = (ids != 0).sum(dim=1).clamp(min=1)
-        elif spec.kind == "tabular":
-            width = spec.numeric + len(spec.categories)
-            inputs[name] = run.tokenizers[name].encode([v.get(name, [""] * width) for v in decoded])
-        elif spec.kind == "image":
-            blank: Any = torch.zeros(3, spec.image_size, spec.image_size, dtype=torch.uint8)
-            inputs[name] = torch.stack([v.get(name, blank) for v in decoded]) if n else blank[None][:0]
-        else:
-            blank = (torch.full((spec.n_mels, spec.frames), decode.SILENCE_DB, dtype=torch.float16), 1)
-            pairs = [v.get(name, blank) for v in decoded]
-            inputs[name] = torch.stack([p[0] for p in pairs])
-            lengths[name] = torch.tensor([p[1] for p in pairs])
+        inputs[name], length = KINDS[spec.kind].stack([v.get(name) for v in decoded], spec, run.tokenizers.get(name),
+                                                      run.config.data)
+        if length is not None:
+            lengths[name] = length
     kinds = {n: s.kind for n, s in run.specs.items()}
     used = [[m for m in run.specs if m in v] for v in decoded]
     return Encoded([r.id for r in records], inputs, lengths, present, None, kinds), used

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from mmcli.config import Config
-from mmcli.encoders import DEFAULT_ENCODERS, ENCODERS, ModalitySpec
+from mmcli.encoders import ENCODERS, ModalitySpec
+from mmcli.kinds import KINDS
 from mmcli.errors import ConfigError
 from mmcli.fusion import FUSIONS
 from mmcli.heads import TASKS
@@ -127,7 +128,7 @@ def chosen_modalities(config: Config, available: list[str]) -> list[str]:
 def encoder_choice(config: Config, spec: ModalitySpec) -> tuple[str, dict[str, Any]]:
     """The modality's encoder and its options: those keyed by the encoder's name, overridden
     by those keyed by the modality's name or else by its kind."""
-    choice = config.model.encoders.get(spec.name) or config.model.encoders.get(spec.kind) or DEFAULT_ENCODERS[spec.kind]
+    choice = config.model.encoders.get(spec.name) or config.model.encoders.get(spec.kind) or KINDS[spec.kind].default_encoder
     name = choice if "." in choice else f"{spec.kind}.{choice}"
     if name in ENCODERS and not name.startswith(spec.kind + "."):
         raise ConfigError(f"model.encoders.{spec.name}: '{name}' is not an encoder for {spec.kind}")
@@ -170,22 +171,20 @@ def adapt_data(config: Config, kinds: dict[str, str] | None = None) -> Config:
 
 
 def wanted_preprocessing(config: Config, kinds: dict[str, str] | None = None) -> dict[str, Any] | None:
-    """The image size and normalization that the image encoders' pretrained weights read
-    (None: no encoder has pretrained weights)."""
-    from mmcli.encoders.backbones import ARCHS, image_preprocessing
-
-    images = [n for n, k in (kinds or {}).items() if k == "image"]
-    images += [n for n, m in config.data.modalities.items() if m.kind == "image" and n not in images]
-    if not kinds and not config.data.modalities:  # no encoder's registered name is a modality
-        images = ["image", *(n for n in [*config.model.encoders, *config.model.encoder_options] if "." not in n)]
-    wanted: dict[tuple[str, bool], Any] = {}
-    for name in dict.fromkeys(images):
-        choice, options = encoder_choice(config, ModalitySpec(name=name, kind="image"))
-        arch, from_file = choice.split(".", 1)[1], bool(options.get("weights"))
-        if choice.startswith("image.") and arch in ARCHS and (options.get("pretrained") or from_file):
-            wanted.setdefault((arch, from_file), image_preprocessing(arch, from_file))
+    """The data settings that the encoders' pretrained weights read: an image size and
+    normalization (None: no encoder has pretrained weights that want any)."""
+    named = [(n, k) for n, k in (kinds or {}).items()]
+    named += [(n, m.kind) for n, m in config.data.modalities.items() if n not in (kinds or {})]
+    if not kinds and not config.data.modalities:  # no encoder's registered name is a modality: any name may be one
+        names = [n for n in [*config.model.encoders, *config.model.encoder_options] if "." not in n]
+        named = [(n, k) for k in KINDS for n in [k, *names]]
+    wanted: dict[str, Any] = {}
+    for name, kind in dict.fromkeys(named):
+        found = KINDS[kind].wanted_preprocessing(config, name)
+        if found is not None:
+            wanted.setdefault(f"{kind}:{found[0]}:{found[1]}", found[1])
     if len({str(v) for v in wanted.values()}) > 1:
-        raise ConfigError(f"image encoders {', '.join(dict.fromkeys(a for a, _ in wanted))} want different input sizes or "
+        raise ConfigError(f"encoders {', '.join(dict.fromkeys(a.split(':')[1] for a in wanted))} want different input sizes or "
                           "normalizations; set data.image_size, image_mean and image_std yourself")
     return next(iter(wanted.values()), None)
 
@@ -243,11 +242,10 @@ def build(config: Config, specs: dict[str, ModalitySpec], n_outputs: int) -> Mod
             raise ConfigError(f"model.encoder_options.{name}.trainable: true, false or a number of blocks, not {trainable!r}")
         encoders[name] = _construct(ENCODERS.get(enc_name), f"encoder {enc_name}", specs[name], dim, **options)
         encoders[name].set_trainable(trainable)
-        if specs[name].kind == "image" and config.train.augment and not encoders[name].feature_frozen:
-            from mmcli.encoders.augment import ImageAugment
-
+        augment = KINDS[specs[name].kind].input_augment(config)
+        if augment is not None and not encoders[name].feature_frozen:
             # a frozen encoder is left alone: its features are computed once and cached
-            encoders[name].input_augment = ImageAugment(config.train.crop_scale, config.train.hflip)
+            encoders[name].input_augment = augment
         encoders[name].options_key = json.dumps(options, sort_keys=True, default=str)  # for the feature cache's key
     in_dims = {n: e.out_dim for n, e in encoders.items()}
     task = TASKS.get(config.model.task)(config)

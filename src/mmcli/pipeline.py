@@ -16,18 +16,16 @@ from pathlib import Path
 
 from mmcli import runs
 from mmcli.config import Config, ModalityConfig, check_batch_size
-from mmcli.data import lengths
-from mmcli.data import text as text_mod
 from mmcli.data.dataset import Encoded, check_names, encode_table
 from mmcli.data.decode import audio_frames
 from mmcli.data.preprocess import BUILTIN_PREFIX, Progress, preprocess, warn_skipped
 from mmcli.data.splits import assign_splits, source_groups
 from mmcli.data.table import Table
-from mmcli.data.tabular import TabularCodec
-from mmcli.encoders import ENCODERS, ModalitySpec
+from mmcli.encoders import ModalitySpec
+from mmcli.kinds import KINDS
 from mmcli.errors import BadRow, DataError, MmcliError, UsageError
 from mmcli.heads import make_task
-from mmcli.models import Model, chosen_modalities, encoder_choice
+from mmcli.models import Model, chosen_modalities
 
 
 
@@ -66,15 +64,9 @@ def make_specs(config: Config, table: Table, modalities: list[str], tokenizers: 
     specs = {}
     for name in modalities:
         kind = table.modalities[name].kind
-        vocab = tokenizers[name].get_vocab_size() if kind == "text" else d.vocab_size
-        extra: dict = tokenizers[name].spec() if kind == "tabular" else {}
-        model = pretrained_text_model(config, name) if kind == "text" else None
-        if model is not None:
-            from mmcli.encoders.pretrained_text import model_config_json
-
-            extra = {"tokenizer": "pretrained", "backbone_config": model_config_json(model)}
-        specs[name] = ModalitySpec(name=name, kind=kind, image_size=d.image_size, vocab_size=vocab,
-                                   max_len=typing.cast(int, d.text_max_len), n_mels=d.n_mels, frames=audio_frames(d), **extra)
+        extra = {"vocab_size": d.vocab_size, **KINDS[kind].spec_extra(config, name, tokenizers.get(name))}
+        specs[name] = ModalitySpec(name=name, kind=kind, image_size=d.image_size, max_len=typing.cast(int, d.text_max_len),
+                                   n_mels=d.n_mels, frames=audio_frames(d), **extra)
     return specs
 
 
@@ -86,9 +78,13 @@ def modality_kinds(config: Config) -> dict[str, str]:
 
     source = config.data.manifest
     if source == f"{BUILTIN_PREFIX}toy-captions":
-        return {"image": "image", "caption": "text"}
+        from mmcli.data.toy import CAPTION_KINDS
+
+        return dict(CAPTION_KINDS)
     if source is None or source.startswith(BUILTIN_PREFIX):
-        return {"image": "image", "audio": "audio", "text": "text"}
+        from mmcli.data.toy import TOY_KINDS
+
+        return dict(TOY_KINDS)
     try:
         path = Path(source)
         if path.is_dir() and (path / "table.json").is_file():
@@ -100,35 +96,19 @@ def modality_kinds(config: Config) -> dict[str, str]:
         return {}  # a damaged table.json is named when it is loaded
 
 
-def pretrained_text_model(config: Config, name: str) -> str | None:
-    """The Hugging Face model whose tokenizer a text modality must use, if any."""
-    encoder, options = encoder_choice(config, ModalitySpec(name=name, kind="text"))
-    if encoder in ENCODERS and "weights:hf" in ENCODERS.entry(encoder).tags:
-        return str(options.get("model") or "") or None
-    return None
-
-
-def make_tokenizer(config: Config, name: str, texts: list[str]):
-    max_len = config.data.text_max_len or lengths.TOKENS[1]  # unset: derived once fitted (fit_tokenizers)
-    model = pretrained_text_model(config, name)
-    if model is not None:
-        return text_mod.pretrained_tokenizer(model, max_len)
-    return text_mod.fit_tokenizer(texts, config.data.vocab_size, max_len)
-
-
 def fit_tokenizers(config: Config, table: Table, modalities: list[str], train_rows: list[int]) -> dict:
-    """Each text modality's tokenizer and each tabular one's statistics, fitted on the training
-    rows; an unset data.text_max_len is derived from those texts (mmcli.data.lengths)."""
-    texts = {name: [table.texts[name][i] for i in train_rows] for name in modalities
-             if table.modalities[name].kind in ("text", "tabular")}
-    tokenizers = {name: make_tokenizer(config, name, texts[name])
-                  for name in texts if table.modalities[name].kind == "text"}
-    present = {name: [table.texts[name][i] for i in train_rows if name not in table.present or bool(table.present[name][i])]
-               for name in tokenizers}
-    lengths.resolve_tokens(config.data, tokenizers, present)
-    tokenizers.update({name: TabularCodec.fit(table.modalities[name], texts[name])
-                       for name in texts if table.modalities[name].kind == "tabular"})
-    return tokenizers
+    """What each modality's kind fits on the training rows (a text modality's tokenizer, a
+    tabular one's statistics), by modality; then what a kind derives from all of its
+    modalities together (an unset data.text_max_len, mmcli.data.lengths)."""
+    fitted: dict = {}
+    for kind_name, kind in KINDS.items():  # every kind finishes, with none of its modalities too (a limit unused)
+        names = [n for n in modalities if table.modalities[n].kind == kind_name and kind.fitted]
+        own = {n: kind.fit(config, n, table.modalities[n], [table.texts[n][i] for i in train_rows]) for n in names}
+        present = {n: [table.texts[n][i] for i in train_rows if n not in table.present or bool(table.present[n][i])]
+                   for n in names}
+        kind.finish_fit(config, own, present)
+        fitted.update(own)
+    return {n: fitted[n] for n in modalities if n in fitted}
 
 
 def prepare_training(config: Config, cache_dir: str | None = None, workers: int = 1,
@@ -137,7 +117,7 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
     of `config` with the length limits it left unset derived from the data (mmcli.data.lengths).
     `report`: say what the length limits cut (False where another process said it already)."""
     config = config.copy()
-    derived = {"audio": config.data.max_seconds is None, "text": config.data.text_max_len is None}
+    derived = {name: kind.derived_limit(config.data) for name, kind in KINDS.items()}
     task = make_task(config)
     table = preprocess(config.data.manifest, config.data, cache_dir, workers, progress, task.needs_label)
     check_batch_size(config, {m.kind for m in table.modalities.values()})  # again, with max_seconds derived
@@ -178,14 +158,10 @@ def warn_cutoffs(config: Config, table: Table, modalities: list[str], tokenizers
         have = [i for i in rows if bool(table.present[name][i])] if name in table.present else rows
         if not have:
             continue
-        if kind == "text" and hasattr(tokenizers.get(name), "encode_batch"):
-            encodings = tokenizers[name].encode_batch([table.texts[name][i] for i in have])
-            cut, limit = sum(bool(e.overflowing) for e in encodings), f"data.text_max_len={config.data.text_max_len} tokens"
-        elif kind == "audio" and f"{name}.lengths" in table.tensors:
-            cut = int((table.tensors[f"{name}.lengths"][have] >= audio_frames(config.data)).sum())
-            limit = f"data.max_seconds={config.data.max_seconds:g} s"
-        else:
+        found = KINDS[kind].cut(config, table, name, have, tokenizers.get(name))
+        if found is None:
             continue
+        cut, limit = found
         if cut:
             logging.getLogger("mmcli").warning(
                 "%s: %d of the %d training examples reach %s and are cut there; raise it to keep more of them",
@@ -206,12 +182,12 @@ def _check_targets(task, table: Table, splits: list[str], labels: list[str], row
 
 def fitted_file(name: str, kind: str) -> str:
     """What was fitted on the training split for a modality: a tokenizer or tabular statistics."""
-    return f"tabular-{name}.json" if kind == "tabular" else f"tokenizer-{name}.json"
+    return f"{KINDS[kind].fitted}-{name}.json"
 
 
 def source_dict(m: ModalityConfig) -> dict:
     """Where a modality comes from in a manifest, for data.json."""
-    return {"column": m.column} | ({"columns": m.columns, "categorical": m.categorical} if m.kind == "tabular" else {})
+    return KINDS[m.kind].source(m)
 
 
 def save_run_inputs(run_dir: Path, rd: RunData) -> None:

@@ -14,12 +14,12 @@ import json
 import math
 import re
 from pathlib import Path
-import typing
 from typing import Any, Callable
 
 from mmcli import runs
-from mmcli.config import MODALITY_KINDS, Config, ModalityConfig, from_dict, load_yaml
+from mmcli.config import Config, ModalityConfig, from_dict, load_yaml
 from mmcli.encoders import ModalitySpec
+from mmcli.kinds import KINDS
 from mmcli.errors import ConfigError, UsageError
 
 # data.json, as `pipeline.save_run_inputs` writes it: each key and its JSON type
@@ -100,8 +100,9 @@ def with_defaults_of_then(config_file: Path, config: Config, specs: dict[str, Mo
         return config
     config.train.augment = False
     for name, spec in specs.items():
-        if spec.kind == "text" and not (config.model.encoders.get(name) or config.model.encoders.get("text")):
-            config.model.encoders[name] = "text.textcnn"
+        old = KINDS[spec.kind].old_default_encoder
+        if old and not (config.model.encoders.get(name) or config.model.encoders.get(spec.kind)):
+            config.model.encoders[name] = f"{spec.kind}.{old}"
         choice, options = encoder_choice(config, spec)
         if choice == "image.cnn" and "width" not in options:
             config.model.encoder_options[name] = {**options, "width": 16}
@@ -135,15 +136,16 @@ def _modality(path: Path, name: str, entry: Any, config: Config) -> tuple[Modali
         raise damaged(path, f"'{where}' must be an object, got {entry!r:.60}")
     _check_keys(path, entry, SPEC_KEYS | SOURCE_KEYS, {"kind", "column"}, where)
     kind = entry["kind"]
-    if kind not in MODALITY_KINDS:
-        raise damaged(path, f"'{where}.kind' is '{kind}' (known: {', '.join(MODALITY_KINDS)})")
-    if kind in ("text", "tabular") and not SAFE_NAME.match(name):  # its tokenizer or statistics file is named by it
+    if kind not in KINDS:
+        raise damaged(path, f"'{where}.kind' is '{kind}' (known: {', '.join(KINDS)})")
+    if KINDS[kind].fitted and not SAFE_NAME.match(name):  # its tokenizer or statistics file is named by it
         raise damaged(path, f"modality name {name!r:.60} cannot be part of a file name")
     columns, categorical = entry.get("columns", []), entry.get("categorical", [])
     if not all(isinstance(c, str) for c in columns + categorical) or not set(categorical) <= set(columns):
         raise damaged(path, f"'{where}': columns must be names, and categorical some of them")
-    if (kind == "tabular") != bool(columns) or (kind != "tabular") != bool(entry["column"]):
-        raise damaged(path, f"'{where}': a {kind} modality comes from " + ("columns" if kind == "tabular" else "one column"))
+    many = KINDS[kind].many_columns
+    if many != bool(columns) or (not many) != bool(entry["column"]):
+        raise damaged(path, f"'{where}': a {kind} modality comes from " + ("columns" if many else "one column"))
     spec_args = {k: v for k, v in entry.items() if k in SPEC_KEYS}
     if not all(_is_int(c) and 0 <= c <= MAX_COUNT for c in spec_args.get("categories", [])):
         raise damaged(path, f"'{where}.categories' must be numbers of values, got {spec_args['categories']!r:.60}")
@@ -161,7 +163,7 @@ def _check_spec(path: Path, where: str, spec: ModalitySpec, config: Config) -> N
     d = config.data
     expected = {"channels": 3, "image_size": d.image_size, "max_len": d.text_max_len, "n_mels": d.n_mels,
                 "frames": audio_frames(d)}
-    if spec.kind != "text":
+    if not KINDS[spec.kind].tokenized:  # a tokenizer's own vocabulary otherwise
         expected["vocab_size"] = d.vocab_size
     for key, want in expected.items():
         if getattr(spec, key) != want:
@@ -231,56 +233,11 @@ def read_target(run_dir: Path, config: Config, labels: list[str]) -> dict[str, A
 
 def read_fitted(run_dir: Path, config: Config, specs: dict[str, ModalitySpec], sources: dict[str, ModalityConfig]) -> dict:
     """What was fitted on the training split: each text modality's tokenizer, each tabular
-    modality's statistics."""
-    from mmcli.data import text as text_mod
-    from mmcli.data.tabular import TabularCodec
+    modality's statistics (each kind loads and checks its own)."""
     from mmcli.pipeline import fitted_file
 
-    out: dict = {}
-    for name, spec in specs.items():
-        path = run_dir / fitted_file(name, spec.kind)
-        if spec.kind == "text":
-            out[name] = text_mod.load_tokenizer(path, typing.cast(int, config.data.text_max_len), pretrained=spec.tokenizer == "pretrained")
-            _check_vocab(path, out[name], spec)
-        elif spec.kind == "tabular":
-            out[name] = TabularCodec.load(path)
-            _check_codec(path, out[name], spec, sources[name])
-    return out
-
-
-def _check_vocab(path: Path, tokenizer: Any, spec: ModalitySpec) -> None:
-    """Every id the tokenizer can give must index the text encoder's embedding."""
-    from mmcli.data import text as text_mod
-
-    inner = getattr(tokenizer, "tokenizer", tokenizer)
-    shift = 1 if getattr(tokenizer, "pretrained", False) else 0
-    size = tokenizer.get_vocab_size()
-    top = max(inner.get_vocab(with_added_tokens=True).values(), default=0) + shift
-    try:
-        probe = int(text_mod.encode(tokenizer, ["Probe: a 2nd TEXT, ünïcode & [UNK] [PAD]!"]).max())
-    except BaseException as exc:  # a Rust panic is a BaseException
-        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
-            raise
-        raise damaged(path, f"cannot encode a text ({str(exc)[:120]})") from None
-    if size != spec.vocab_size or max(top, probe) >= spec.vocab_size:
-        raise damaged(path, f"gives ids up to {max(top, probe)} ({size} tokens); the text encoder's embedding in "
-                            f"data.json has {spec.vocab_size}")
-
-
-def _check_codec(path: Path, codec: Any, spec: ModalitySpec, source: ModalityConfig) -> None:
-    from mmcli.data.tabular import numeric_columns
-
-    if codec.numeric != numeric_columns(source) or codec.categorical != list(source.categorical):
-        raise damaged(path, f"its columns ({codec.numeric + codec.categorical}) are not data.json's ({source.columns})")
-    stats_ok = isinstance(codec.stats, dict) and all(
-        isinstance(codec.stats.get(c), list) and len(codec.stats[c]) == 2 and all(map(_is_number, codec.stats[c]))
-        and codec.stats[c][1] > 0 for c in codec.numeric)
-    values_ok = isinstance(codec.values, dict) and all(
-        isinstance(codec.values.get(c), list) and all(isinstance(v, str) for v in codec.values[c]) for c in codec.categorical)
-    if not stats_ok or not values_ok:
-        raise damaged(path, "each numeric column needs [mean, std > 0] and each categorical column a list of values")
-    if spec.numeric != len(codec.numeric) or spec.categories != tuple(len(codec.values[c]) for c in codec.categorical):
-        raise damaged(path, f"does not fit data.json's numeric {spec.numeric} and categories {list(spec.categories)}")
+    return {name: KINDS[spec.kind].load_fitted(run_dir / fitted_file(name, spec.kind), config, spec, sources[name])
+            for name, spec in specs.items() if KINDS[spec.kind].fitted}
 
 
 def build_model(run_dir: Path, config: Config, specs: dict[str, ModalitySpec], n_outputs: int):

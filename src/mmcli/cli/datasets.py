@@ -9,6 +9,7 @@ from typing import Callable, Optional
 import typer
 from typing_extensions import Annotated
 
+from mmcli.kinds import KINDS
 from mmcli.cli.common import QuietOpt, handles_errors, set_quiet
 
 app = typer.Typer(help="Data sets: list the recipes, make the toy set, get public ones, import your folders.",
@@ -136,6 +137,52 @@ def get_avmnist(
         test_fraction=test_fraction))
 
 
+def _moving_mnist(name: str, av: bool):
+    """`datasets get moving-mnist` and `av-moving-mnist`: the same options, the second with FSDD's sound."""
+
+    def command(
+        out: OutArg,
+        source: Annotated[Optional[Path], typer.Option(
+            "--source", help="A folder holding mnist/ (and fsdd/ for av-moving-mnist) laid out as in ../shared/data "
+                             "(default: download).", show_default=False)] = None,
+        mirror: MirrorOpt = None,
+        n: Annotated[int, typer.Option("--n", min=10, help="Number of clips.")] = 1000,
+        frames: Annotated[int, typer.Option("--frames", min=2, help="Frames per clip.")] = 16,
+        size: Annotated[int, typer.Option("--size", min=28, help="Frame width and height in pixels (even).")] = 64,
+        fps: Annotated[int, typer.Option("--fps", min=1, help="Frames per second of the files.")] = 8,
+        digits: Annotated[int, typer.Option("--digits", min=1, max=3, help="Digits per clip (more than one: a multilabel target).")] = 1,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the digits, their motion, the split and the noise.")] = 0,
+        energy_removed: Annotated[Optional[float], typer.Option(
+            "--energy-removed", min=0.0, max=0.99, help="Share of the digit images' PCA energy removed (default: 0, "
+            "or 0.75 for av-moving-mnist, as AV-MNIST).", show_default=False)] = None,
+        snr_db: Annotated[float, typer.Option("--snr-db", help="av-moving-mnist: signal-to-noise ratio of the "
+                                              "spoken digit in dB (white noise; 'inf' for none).")] = -8.0,
+        quiet: QuietOpt = False,
+    ) -> None:
+        from mmcli.data.recipes.api import get_moving_mnist as get
+        from mmcli.errors import UsageError
+
+        if math.isnan(snr_db):
+            raise UsageError("--snr-db: not a number")
+        if size % 2:
+            raise UsageError(f"--size must be even (video codecs need it), not {size}")
+        options: dict = {"n": n, "frames": frames, "size": size, "fps": fps, "digits_per_clip": digits, "seed": seed,
+                         "av": av}
+        if energy_removed is not None:
+            options["energy_removed"] = energy_removed
+        if av:
+            options["snr_db"] = snr_db
+        _get(name, out, quiet, lambda progress: get(out, source, mirror, progress, **options))
+
+    command.__doc__ = ("Moving MNIST with each clip's digit spoken in its sound track (video + audio from one file), "
+                       "both degraded as AV-MNIST." if av else "Moving MNIST: digits moving in short video clips (MP4).")
+    get_app.command(name)(handles_errors(command))
+
+
+_moving_mnist("moving-mnist", av=False)
+_moving_mnist("av-moving-mnist", av=True)
+
+
 @get_app.command("coco-captions")
 @handles_errors
 def get_coco(out: OutArg, source: SourceOpt = None, mirror: MirrorOpt = None, quiet: QuietOpt = False) -> None:
@@ -169,26 +216,24 @@ def _folder_import(kind: str, folder: Path, out: Optional[Path], quiet: bool) ->
     _imported(manifest, f"wrote {manifest}: {files:,} files in {classes} classes")
 
 
-@import_app.command("imagefolder")
-@handles_errors
-def import_imagefolder(
-    folder: Annotated[Path, typer.Argument(help="Folder with one subfolder of images per class (optionally under train/, val/, test/).")],
-    out: ImportOutOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """Manifest for images sorted into one folder per class."""
-    _folder_import("imagefolder", folder, out, quiet)
+def _folder_command(kind: str) -> None:
+    """`datasets import KINDfolder` for a kind read from files (mmcli.kinds): one per kind."""
+    files = KINDS[kind].plural
+
+    def command(folder: Path, out: ImportOutOpt = None, quiet: QuietOpt = False) -> None:
+        _folder_import(f"{kind}folder", folder, out, quiet)
+
+    help = f"Folder with one subfolder of {files} per class (optionally under train/, val/, test/)."
+    command.__annotations__ = {"folder": Annotated[Path, typer.Argument(help=help)], "out": ImportOutOpt,
+                               "quiet": QuietOpt, "return": None}  # evaluated here: the help names the kind's files
+    command.__doc__ = f"Manifest for {files} sorted into one folder per class."
+    command.__name__ = f"import_{kind}folder"
+    import_app.command(f"{kind}folder")(handles_errors(command))
 
 
-@import_app.command("audiofolder")
-@handles_errors
-def import_audiofolder(
-    folder: Annotated[Path, typer.Argument(help="Folder with one subfolder of recordings per class (optionally under train/, val/, test/).")],
-    out: ImportOutOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """Manifest for recordings sorted into one folder per class."""
-    _folder_import("audiofolder", folder, out, quiet)
+for _kind in KINDS:
+    if KINDS[_kind].from_files:
+        _folder_command(_kind)
 
 
 @import_app.command("captions")

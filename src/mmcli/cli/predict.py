@@ -2,35 +2,32 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
+import typing
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from typing_extensions import Annotated
 
 from mmcli.cli.common import handles_errors
+from mmcli.kinds import KINDS
 
 
-@handles_errors
 def predict(
     run: Annotated[Path, typer.Argument(help="Run folder written by mmcli train (it may have been copied elsewhere).")],
     input: Annotated[Optional[str], typer.Argument(help="Manifest (CSV, TSV, JSONL) or '-' for JSON lines on stdin.", show_default=False)] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", help="One example: path of its image.", show_default=False)] = None,
-    text: Annotated[Optional[str], typer.Option("--text", help="One example: its text.", show_default=False)] = None,
-    audio: Annotated[Optional[Path], typer.Option("--audio", help="One example: path of its audio file.", show_default=False)] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many labels to list with their probabilities.")] = 5,
     fmt: Annotated[str, typer.Option("--format", help="jsonl (one JSON object per example) or csv.")] = "jsonl",
     weights: Annotated[str, typer.Option("--weights", help="best or last.")] = "best",
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps (not the device the run was trained on).")] = "auto",
     explain: Annotated[bool, typer.Option("--explain", help="Add each example's per-modality fusion weights (weighted, attention, gated, late fusions; null for others).")] = False,
-    query_text: Annotated[Optional[list[str]], typer.Option("--query-text", help="Retrieval runs: find the items of --index nearest to this text (repeatable).", show_default=False)] = None,
-    query_image: Annotated[Optional[list[Path]], typer.Option("--query-image", help="Retrieval runs: find the items of --index nearest to this image (repeatable).", show_default=False)] = None,
-    query_audio: Annotated[Optional[list[Path]], typer.Option("--query-audio", help="Retrieval runs: find the items of --index nearest to this audio file (repeatable).", show_default=False)] = None,
     index: Annotated[Optional[Path], typer.Option("--index", help="Retrieval runs: the manifest whose items --query-* searches; --top-k of them are listed per query.", show_default=False)] = None,
     embed: Annotated[bool, typer.Option("--embed", help="Write each example's embeddings (one vector per modality) instead of predictions; retrieval runs give the aligned unit vectors.")] = False,
     beam: Annotated[Optional[int], typer.Option("--beam", min=1, help="Captioning runs: beam width (1: greedy; default: the run's model.task_options.beam_size).", show_default=False)] = None,
+    **by_kind: Any,
 ) -> None:
     """Predict labels or captions (one JSON object per example), search a retrieval run's index
     (--query-*), or write embeddings (--embed)."""
@@ -40,10 +37,10 @@ def predict(
 
     if fmt not in ("jsonl", "csv"):
         raise UsageError(f"--format must be jsonl or csv, not '{fmt}'")
-    single = {"image": image, "text": text, "audio": audio}
+    single = {k: by_kind.get(f"one_{k}") for k in _single_kinds()}
     if input is not None and any(v is not None for v in single.values()):
-        raise UsageError("give either INPUT or --image/--text/--audio, not both")
-    queries = {k: [str(v) for v in q] for k, q in (("text", query_text), ("image", query_image), ("audio", query_audio)) if q}
+        raise UsageError(f"give either INPUT or {_options(_single_kinds())}, not both")
+    queries = {k: [str(v) for v in by_kind[f"query_{k}"]] for k in _query_kinds() if by_kind.get(f"query_{k}")}
     _check_modes(queries, index, embed, beam, explain, fmt)
     loaded = load_run(run, weights)
     if queries:
@@ -53,7 +50,7 @@ def predict(
     if beam is not None and task != "captioning":
         raise UsageError(f"--beam is for captioning runs; this one is {task}")
     if task == "retrieval" and not embed:
-        raise UsageError("a retrieval run searches (--query-text/--query-image/--query-audio with --index DATA) "
+        raise UsageError(f"a retrieval run searches ({_options(_query_kinds(), '--query-')} with --index DATA) "
                          "or writes embeddings (--embed); it has no labels to predict")
     records = _records(loaded, input, single)
     if embed:
@@ -66,12 +63,57 @@ def predict(
     _write(predict_records(loaded, records, top_k, explain, device), fmt)
 
 
+def _single_kinds() -> list[str]:
+    """The kinds whose one example `predict --KIND VALUE` takes (mmcli.kinds: predict_option)."""
+    return [k for k, kind in KINDS.items() if kind.predict_option]
+
+
+def _query_kinds() -> list[str]:
+    """The kinds a retrieval run can be searched with (`--query-KIND`)."""
+    return [k for k, kind in KINDS.items() if kind.query_help]
+
+
+def _options(names: list[str], prefix: str = "--") -> str:
+    return "/".join(prefix + n for n in names)
+
+
+def _kind_parameters() -> list[inspect.Parameter]:
+    """`--KIND` for one example and `--query-KIND` for a search, for every kind that has them:
+    a new modality kind brings its own options (mmcli.kinds)."""
+    def option(name: str, value: Any, flag: str, help: str | None) -> inspect.Parameter:
+        annotation = Annotated[Optional[value], typer.Option(flag, help=help, show_default=False)]  # type: ignore[valid-type]
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+
+    one = [option(f"one_{k}", KINDS[k].value_type, f"--{k}", (KINDS[k].predict_option or ("", ""))[1])
+           for k in _single_kinds()]
+    query = [option(f"query_{k}", typing.List[KINDS[k].value_type], f"--query-{k}", KINDS[k].query_help)  # type: ignore[misc]
+             for k in _query_kinds()]
+    return one + query
+
+
+def _signature() -> inspect.Signature:
+    """predict's parameters with the kinds' options: the single-example ones after INPUT,
+    the queries before --index, as the help lists them."""
+    fixed = [p for p in inspect.signature(predict).parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+    hints = typing.get_type_hints(predict, include_extras=True)
+    fixed = [p.replace(annotation=hints[p.name], kind=inspect.Parameter.KEYWORD_ONLY if p.default is not p.empty
+                       and p.name != "input" else p.kind) for p in fixed]
+    kinds = _kind_parameters()
+    one, query = [p for p in kinds if p.name.startswith("one_")], [p for p in kinds if p.name.startswith("query_")]
+    at = [p.name for p in fixed].index("index")
+    return inspect.Signature(fixed[:2] + one + fixed[2:at] + query + fixed[at:])
+
+
+predict.__signature__ = _signature()  # type: ignore[attr-defined]
+predict = handles_errors(predict)
+
+
 def _check_modes(queries: dict, index, embed: bool, beam, explain: bool, fmt: str) -> None:
     """Options that belong to different modes, refused before the run is loaded."""
     from mmcli.errors import UsageError
 
     if index is not None and not queries:
-        raise UsageError("--index is the data a --query-text/--query-image/--query-audio searches; give a query")
+        raise UsageError(f"--index is the data a {_options(_query_kinds(), '--query-')} searches; give a query")
     if queries and (embed or beam is not None or explain):
         raise UsageError("--query-* searches; --embed, --beam and --explain belong to other modes")
     if embed and (beam is not None or explain or fmt != "jsonl"):
@@ -83,11 +125,11 @@ def _search(loaded, queries: dict, index, input, single: dict, top_k: int, devic
     from mmcli.search import search
 
     if len(queries) > 1:
-        raise UsageError("give queries of one kind at a time (--query-text, --query-image or --query-audio)")
+        raise UsageError(f"give queries of one kind at a time ({_options(_query_kinds(), '--query-')})")
     if index is None:
         raise UsageError("--query-* searches a data set: give it with --index DATA (a manifest)")
     if input is not None or any(v is not None for v in single.values()):
-        raise UsageError("--query-* and --index replace INPUT and --image/--text/--audio; give one or the other")
+        raise UsageError(f"--query-* and --index replace INPUT and {_options(_single_kinds())}; give one or the other")
     (kind, asked), = queries.items()
     return search(loaded, kind, asked, index, top_k, device)
 
@@ -120,7 +162,7 @@ def _records(loaded, input: Optional[str], single: dict):
             raise UsageError(f"--{kind}: this run has no {kind} modality (it reads: {', '.join(loaded.specs)})")
         given[names[0]] = str(value)
     if not given:
-        raise UsageError("nothing to predict: give INPUT, '-' for stdin, or --image/--text/--audio")
+        raise UsageError(f"nothing to predict: give INPUT, '-' for stdin, or {_options(_single_kinds())}")
     return records_from_dicts(loaded, [{"id": "1", **given}], Path.cwd(), "command line")
 
 

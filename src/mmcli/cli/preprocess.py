@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
+from mmcli.kinds import KINDS
 from mmcli.cli.common import CacheDirOpt, ConfigOpt, QuietOpt, SetOpt, WorkersOpt, cache_arg, handles_errors, resolve_config, set_quiet
 
 
@@ -38,8 +39,8 @@ def preprocess(
     with task_bar("preprocessing") as update:
         table = run(cfg.data.manifest, cfg.data, cache_arg(out or cache_dir), workers, update)
     log(f"{len(table)} examples in cache {table.key}; modalities: "
-        + ", ".join(f"{n} ({m.kind}, " + (f"columns {', '.join(m.columns)})" if m.kind == "tabular" else f"column {m.column})")
-                    + _lacking(table, n) for n, m in table.modalities.items()))
+        + ", ".join(f"{n} ({m.kind}, " + (f"columns {', '.join(m.columns)})" if KINDS[m.kind].many_columns
+                                         else f"column {m.column})") + _lacking(table, n) for n, m in table.modalities.items()))
     from mmcli.data.preprocess import skipped_message
 
     skipped = skipped_message(table, cache_arg(out or cache_dir))

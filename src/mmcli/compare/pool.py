@@ -28,10 +28,10 @@ class DataPool:
     def _key(self, config: Config) -> str:
         """What a variant's config changes in the prepared data: the data settings and the
         tokenizer of each text modality (a pretrained text model brings its own)."""
-        from mmcli.pipeline import pretrained_text_model
+        from mmcli.kinds import KINDS
 
-        texts = {m: pretrained_text_model(config, m) for m, kind in self.kinds.items() if kind == "text"}
-        return json.dumps([dataclasses.asdict(config.data), texts], sort_keys=True, default=str)
+        fitted = {m: KINDS[kind].fit_key(config, m) for m, kind in self.kinds.items() if KINDS[kind].fitted}
+        return json.dumps([dataclasses.asdict(config.data), fitted], sort_keys=True, default=str)
 
     def get(self, config: Config) -> RunData:
         """The data prepared as `config` (a variant's config) reads it."""

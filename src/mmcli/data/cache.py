@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from mmcli.kinds import KINDS
 from mmcli.config import DataConfig, ModalityConfig
 
 PREPROCESS_KEYS = ("image_size", "sample_rate", "n_mels", "n_fft", "hop_length", "win_length", "window", "max_seconds",
@@ -51,8 +52,9 @@ def data_key(manifest_path: Path, files: list[Path], modalities: dict[str, Modal
         except (OSError, ValueError):  # ValueError: a NUL character in the path; the row check reports it
             digest.update(f"{_rel(path, manifest_path)}|missing\n".encode())
     settings = {k: getattr(config, k) for k in PREPROCESS_KEYS}
-    settings["modalities"] = {k: [m.column, m.kind] + ([m.columns, m.categorical] if m.kind == "tabular" else [])
+    settings["modalities"] = {k: [m.column, m.kind] + ([m.columns, m.categorical] if KINDS[m.kind].many_columns else [])
                               for k, m in sorted(modalities.items())}
+    settings.update({k: getattr(config, k) for m in modalities.values() for k in KINDS[m.kind].preprocess_keys})
     settings["require_label"] = require_label
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:20]

@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 
 from mmcli.config import DataConfig, ModalityConfig
-from mmcli.data import decode, text
+from mmcli import kinds
 from mmcli.data.table import Table
 from mmcli.errors import BadRow, DataError
 
@@ -43,24 +43,16 @@ def encode_table(table: Table, modalities: list[str], tokenizers: dict, targets=
     task's target tensor (None: no targets)."""
     inputs, lengths, present = {}, {}, {}
     for name in modalities:
-        kind = table.modalities[name].kind
-        if kind == "text":
-            ids = text.encode(tokenizers[name], table.texts[name])
-            inputs[name] = ids
-            lengths[name] = (ids != 0).sum(dim=1).clamp(min=1)
-        elif kind == "tabular":
-            inputs[name] = tokenizers[name].encode(table.texts[name])
-        else:
-            inputs[name] = table.tensors[name]
-            if f"{name}.lengths" in table.tensors:
-                lengths[name] = table.tensors[f"{name}.lengths"]
+        inputs[name], length = kinds.get(table.modalities[name].kind).encode(table, name, tokenizers.get(name))
+        if length is not None:
+            lengths[name] = length
         present[name] = table.present[name]
     labels = None
     values = table.labels if values is None else values
     if targets is not None and values is not None:
         labels = targets(list(values))
-    kinds = {name: table.modalities[name].kind for name in modalities}
-    return Encoded(list(table.ids), inputs, lengths, present, labels, kinds)
+    kinds_of = {name: table.modalities[name].kind for name in modalities}
+    return Encoded(list(table.ids), inputs, lengths, present, labels, kinds_of)
 
 
 # keys of the batch a model reads beside its modalities' inputs (gather_batch)
@@ -96,7 +88,7 @@ def gather_batch(data: Encoded, index: torch.Tensor) -> dict:
         batch["mask"].update({n: data.present[n][index] for n in data.features})
     for name, tensor in data.inputs.items():
         x = tensor[index]
-        if data.kinds[name] in ("text", "audio") and name in data.lengths and len(index):
+        if kinds.get(data.kinds[name]).padded_to_batch and name in data.lengths and len(index):
             x = x[..., : max(1, int(data.lengths[name][index].max()))]  # pad to the batch's longest
         batch[name] = x
         batch["mask"][name] = data.present[name][index]
@@ -107,21 +99,18 @@ def gather_batch(data: Encoded, index: torch.Tensor) -> dict:
     return batch
 
 
-def finish_batch(batch: dict, kinds: dict[str, str], config: DataConfig) -> dict:
-    """Normalise images and audio, and zero the inputs of missing modalities, on whatever
+def finish_batch(batch: dict, kinds_of: dict[str, str], config: DataConfig) -> dict:
+    """Normalise images and audio (each kind its own way), and zero the inputs of missing modalities, on whatever
     device the gathered batch is (the GPU, after a loader's copy)."""
     if "features" in batch:
         batch["features"] = {n: x.float() for n, x in batch["features"].items()}
-    for name, kind in kinds.items():
+    for name, kind_name in kinds_of.items():
         if name not in batch:
             continue
-        x = batch[name]
-        if kind == "image":
-            x = decode.normalize_image(x, config)
-        elif kind == "audio":
-            x = decode.normalize_audio(x)
+        kind = kinds.get(kind_name)
+        x = kind.normalize(batch[name], config)
         mask = batch["mask"][name]
-        if kind != "text" and not bool(mask.all()):  # zeros where the modality is missing
+        if kind.zero_missing and not bool(mask.all()):  # zeros where the modality is missing
             x = x * mask.view(-1, *([1] * (x.dim() - 1)))
         batch[name] = x
     return batch

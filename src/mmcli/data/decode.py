@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmcli import kinds
 from mmcli.config import DataConfig
 
 SILENCE_DB = -100.0
@@ -50,7 +51,7 @@ def file_problem(path: Path) -> str | None:
 
 
 def decode_file(kind: str, path: Path, config: DataConfig) -> tuple[torch.Tensor, int, list[str]]:
-    """One image or audio file: (tensor, audio frame count or 0, the decoders' warnings).
+    """One file of a kind read from files: (tensor, its length or 0, the decoders' warnings).
 
     Every failure is the file's, whatever the library raises (Pillow, libsndfile and
     librosa each have their own exceptions, and new ones with new versions), so one bad
@@ -62,7 +63,7 @@ def decode_file(kind: str, path: Path, config: DataConfig) -> tuple[torch.Tensor
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            value, length = (decode_image(path, config), 0) if kind == "image" else decode_audio(path, config)
+            value, length = kinds.get(kind).decode(path, config)
         except DecodeError:
             raise
         except Exception as exc:  # noqa: BLE001 (see above)
@@ -135,6 +136,17 @@ def decode_audio(path: Path, config: DataConfig) -> tuple[torch.Tensor, int]:
     return log_mel(samples.mean(axis=1), rate, config)
 
 
+def decode_sound_track(path: Path, config: DataConfig) -> tuple[torch.Tensor, int]:
+    """The sound of any container FFmpeg reads (a video's track, M4A, AAC) through PyAV,
+    as `decode_audio`'s spectrogram: only max_seconds are decoded."""
+    from mmcli.data.video import decode_audio_track
+
+    samples = decode_audio_track(path, sample_rate=config.sample_rate, max_seconds=max_seconds(config))
+    if not np.isfinite(samples).all():
+        raise DecodeError("audio holds NaN or infinite samples")
+    return log_mel(samples, config.sample_rate, config)
+
+
 def _frames_used(rate: int, config: DataConfig) -> int:
     """The frames of a file at `rate` that make `max_seconds`, and a tenth of a second
     more so that resampling sees what follows the cut: only these are read, so a file of
@@ -164,18 +176,13 @@ def log_mel(samples: np.ndarray, rate: int, config: DataConfig) -> tuple[torch.T
     return torch.from_numpy(out).to(torch.float16), length
 
 
-def warm_up(kinds: set[str], config: DataConfig) -> None:
-    """Decode a blank image and a short silence: the libraries the decoders import on
+def warm_up(names: set[str], config: DataConfig) -> None:
+    """Decode a blank image, a short silence...: the libraries the decoders import on
     first use (torchvision's, librosa's, about 3 s of imports) are then loaded in this
     process, which the forked preprocessing workers inherit instead of each loading them."""
-    if "image" in kinds:
-        from torchvision.transforms.v2 import functional as F
-
-        F.resize(torch.zeros(3, 8, 8, dtype=torch.uint8), [4, 4], antialias=True)
-    if "audio" in kinds:
-        silence = np.zeros(max(config.n_fft, config.sample_rate // 10), dtype=np.float32)
-        log_mel(silence, config.sample_rate * 2, config)  # with a resampling, as for files at another rate
-        import soundfile  # noqa: F401
+    for name in kinds.names():
+        if name in names:
+            kinds.get(name).warm_up(config)
 
 
 def normalize_audio(db: torch.Tensor) -> torch.Tensor:

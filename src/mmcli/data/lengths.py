@@ -30,6 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mmcli.kinds import KINDS
 from mmcli.config import DataConfig, ModalityConfig
 
 LOG = logging.getLogger("mmcli")
@@ -59,12 +60,13 @@ def resolve_seconds(config: DataConfig, manifest, modalities: dict[str, Modality
     """Set config.max_seconds, where unset, from the audio files' durations (see above)."""
     if config.max_seconds is not None:
         return
-    audio = [n for n, m in modalities.items() if m.kind == "audio"]
+    audio = [n for n, m in modalities.items() if KINDS[m.kind].seconds_limit]
     if not audio:
         config.max_seconds = UNUSED_SECONDS
         return
     rows, where = _seconds_rows(manifest, config)
-    durations = {n: [d for d in (_duration(manifest, manifest.rows[i].get(modalities[n].column, "")) for i in rows)
+    durations = {n: [d for d in (_duration(manifest, manifest.rows[i].get(modalities[n].column, ""), modalities[n].kind)
+                                 for i in rows)
                      if d is not None] for n in audio}
     durations = {n: d for n, d in durations.items() if d}
     if not durations:  # no readable file: preprocessing names each bad row
@@ -88,11 +90,9 @@ def _seconds_rows(manifest, config: DataConfig) -> tuple[list[int], str]:
     return rows, "all rows (no split column: the split is drawn later, and a duration reveals no label)"
 
 
-def _duration(manifest, cell: str) -> float | None:
+def _duration(manifest, cell: str, kind: str) -> float | None:
     """Seconds of audio a file holds, from its header; None for an empty cell or a file that
     preprocessing will refuse (it names the row: nothing is said here)."""
-    import soundfile
-
     from mmcli.data.decode import file_problem
     from mmcli.data.manifest import media_path
 
@@ -101,11 +101,7 @@ def _duration(manifest, cell: str) -> float | None:
     path = media_path(manifest.root, cell)
     if file_problem(path) is not None:  # a FIFO would block, a device never end
         return None
-    try:
-        with soundfile.SoundFile(str(path)) as handle:
-            return handle.frames / handle.samplerate if handle.samplerate > 0 else None
-    except Exception:  # libsndfile's errors are many; the decoder reports this file as a bad row
-        return None
+    return KINDS[kind].duration(path)
 
 
 def resolve_cached_seconds(config: DataConfig, table) -> None:
@@ -116,7 +112,7 @@ def resolve_cached_seconds(config: DataConfig, table) -> None:
     if config.max_seconds is not None:
         return
     frames = [int(table.tensors[n].shape[2]) for n, m in table.modalities.items()
-              if m.kind == "audio" and n in table.tensors and table.tensors[n].dim() == 3]
+              if KINDS[m.kind].seconds_limit and n in table.tensors and table.tensors[n].dim() == 3]
     if not frames:
         config.max_seconds = UNUSED_SECONDS
         return

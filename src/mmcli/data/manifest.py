@@ -14,11 +14,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmcli import kinds
 from mmcli.config import DataConfig, ModalityConfig
 from mmcli.errors import BadRow, DataError, UsageError
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm"}  # Netpbm: ORL faces and other research sets
-AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 
 LOG = logging.getLogger("mmcli")
 _TOLD: set[tuple] = set()  # sparse columns already warned about: detection runs several times a command
@@ -157,7 +156,7 @@ def detect_modalities(manifest: Manifest, config: DataConfig) -> dict[str, Modal
     """Declared modalities, checked against the columns; else detected from the values."""
     if config.modalities:
         missing = [BadRow(manifest.path.name, None, column, f"modality '{name}' is declared on this column, which the manifest lacks")
-                   for name, m in config.modalities.items() for column in (m.columns if m.kind == "tabular" else [m.column])
+                   for name, m in config.modalities.items() for column in kinds.get(m.kind).columns(m)
                    if column not in manifest.columns]
         if missing:
             raise DataError(f"{manifest.path}: declared columns are missing", missing)
@@ -178,12 +177,17 @@ def detect_modalities(manifest: Manifest, config: DataConfig) -> dict[str, Modal
             numbers.append(column)
         elif kind is not None:
             found[column] = ModalityConfig(column=column, kind=kind)
-    if numbers:  # the numeric columns together are one tabular modality
-        name = next(n for n in ("tabular", "numbers", "tabular_columns") if n not in found)
-        found[name] = ModalityConfig(kind="tabular", columns=numbers)
+            paths = [media_path(manifest.root, v) for v in values[:20]] if kinds.get(kind).from_files else []
+            found.update({n: c for n, c in kinds.get(kind).companions(column, found[column], paths).items()
+                          if n not in manifest.columns})
+    if numbers:  # the numeric columns together are one modality (of the tabular kind)
+        kind = kinds.with_trait("detects_numbers")[0]
+        name = next(n for n in (kind, "numbers", f"{kind}_columns") if n not in found)
+        found[name] = ModalityConfig(kind=kind, columns=numbers)
     if not found:
         raise DataError(
-            f"{manifest.path}: no image, audio, text or numeric column found among {manifest.columns}"
+            f"{manifest.path}: no {', '.join(_detected_kinds())} "
+            f"or numeric column found among {manifest.columns}"
             + (f" (filled in fewer than half the rows, so not detected: {', '.join(sparse)})" if sparse else "")
             + "; declare them under data.modalities in the config"
         )
@@ -200,17 +204,23 @@ def _tell_sparse(manifest: Manifest, column: str, filled: int) -> None:
                 manifest.path.name, column, filled, len(manifest.rows))
 
 
+def _detected_kinds() -> list[str]:
+    """The kinds detection can find, in the order it tries them."""
+    return [k.name for k in sorted(kinds.KINDS.values(), key=lambda k: k.detect_rank) if not k.detects_numbers]
+
+
 def _column_kind(values: list[str]) -> str | None:
+    """The kind whose files most of the values name, else "number" when all are numbers,
+    else the fallback kind (text)."""
     if not values:
         return None
     suffixes = [Path(v).suffix.lower() for v in values[:200]]
-    if sum(s in IMAGE_EXTENSIONS for s in suffixes) > len(suffixes) / 2:
-        return "image"
-    if sum(s in AUDIO_EXTENSIONS for s in suffixes) > len(suffixes) / 2:
-        return "audio"
+    for name in _detected_kinds():
+        if kinds.get(name).matches(suffixes):
+            return name
     if all(_is_number(v) for v in values):
         return "number"
-    return "text"
+    return kinds.with_trait("fallback")[0]
 
 
 def _is_number(value: str) -> bool:

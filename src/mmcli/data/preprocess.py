@@ -15,8 +15,9 @@ from typing import Callable
 
 import torch
 
+from mmcli import kinds
 from mmcli.config import DataConfig, ModalityConfig
-from mmcli.data import cache, decode, lengths, stream, tabular
+from mmcli.data import cache, lengths, stream
 from mmcli.data.manifest import Manifest, detect_modalities, media_path, read_manifest
 from mmcli.data.table import Table, check_settings, is_table, load_table
 from mmcli.errors import BadRow, DataError, MmcliError, writing
@@ -84,7 +85,7 @@ def _referenced_files(manifest: Manifest, modalities: dict[str, ModalityConfig])
     out: list[Path | None] = []
     for row in manifest.rows:
         for m in modalities.values():
-            if m.kind in ("image", "audio") and row.get(m.column):
+            if kinds.get(m.kind).from_files and row.get(m.column):
                 out.append(media_path(manifest.root, row[m.column]))
     return out
 
@@ -118,9 +119,9 @@ def check_rows(manifest: Manifest, modalities: dict[str, ModalityConfig], config
 
 
 def is_absent(row: dict[str, str], m: ModalityConfig) -> bool:
-    """The row lacks the modality (an empty cell or a missing key). A tabular modality is
-    never absent: its empty cells are missing values, filled in by its statistics."""
-    return m.kind != "tabular" and not row.get(m.column, "").strip()
+    """The row lacks the modality (an empty cell or a missing key; a tabular modality is
+    never absent: its empty cells are missing values, filled in by its statistics)."""
+    return kinds.get(m.kind).absent(row, m)
 
 
 def _modality_problems(manifest: Manifest, i: int, modalities: dict[str, ModalityConfig], config: DataConfig,
@@ -151,17 +152,7 @@ def _empty(manifest: Manifest, i: int, column: str, reason: str, known: set[str]
 
 
 def _check_cell(manifest: Manifest, i: int, m: ModalityConfig) -> list[BadRow]:
-    if m.kind == "tabular":  # empty cells are missing values; others must be numbers where numbers belong
-        return [manifest.bad(i, column, reason) for column, reason in tabular.cell_problems(manifest.rows[i], m)]
-    value = manifest.rows[i].get(m.column, "")
-    if not value.strip():
-        return [manifest.bad(i, m.column, f"{m.kind} is empty")]
-    if m.kind == "text":
-        return []
-    # absolute, ~ and ../ paths and symbolic links may lead anywhere the user can read, as
-    # in other tools; only what is not a readable regular file is refused
-    problem = decode.file_problem(media_path(manifest.root, value))
-    return [manifest.bad(i, m.column, f"{problem}: {value}")] if problem else []
+    return kinds.get(m.kind).cell_problems(manifest, i, m)
 
 
 def build_table(manifest: Manifest, modalities: dict[str, ModalityConfig], config: DataConfig,
@@ -207,10 +198,9 @@ def _assemble(manifest: Manifest, keep: list[int], modalities: dict[str, Modalit
     )
     for name, m in modalities.items():
         table.present[name] = torch.tensor([not is_absent(r, m) for r in rows], dtype=torch.bool)
-        if m.kind == "text":
-            table.texts[name] = [r[m.column] for r in rows]
-        elif m.kind == "tabular":
-            table.texts[name] = tabular.cells(rows, m)
+        texts = kinds.get(m.kind).texts(rows, m)
+        if texts is not None:
+            table.texts[name] = texts
     return table
 
 

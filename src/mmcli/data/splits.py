@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
+from mmcli.kinds import KINDS
 from mmcli.errors import BadRow, DataError
 
 SPLITS = ("train", "val", "test")
@@ -64,9 +65,6 @@ def random_splits(n: int, seed: int, val_fraction: float, test_fraction: float) 
     return _stratified(["_"] * n, seed, val_fraction, test_fraction)
 
 
-FILE_KINDS = ("image", "audio")
-
-
 def source_groups(table) -> list[int] | None:
     """Rows that share a source (the same image or clip, byte for byte after decoding: a
     photo with five captions, one row each) get one group number, so that validation rows
@@ -89,7 +87,7 @@ def source_groups(table) -> list[int] | None:
 
     repeated = False
     for name, modality in table.modalities.items():
-        if modality.kind not in FILE_KINDS or name not in table.tensors:
+        if not KINDS[modality.kind].from_files or name not in table.tensors:
             continue
         seen: dict[bytes, int] = {}
         present = table.present.get(name)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from mmcli import kinds
 from mmcli.config import DataConfig, ModalityConfig
 from mmcli.data import decode
 from mmcli.data.manifest import Manifest, media_path
@@ -65,42 +66,40 @@ def building(folder: Path, wait: bool = True) -> Iterator[bool]:
 
 
 def _media(modalities: dict[str, ModalityConfig]) -> dict[str, ModalityConfig]:
-    return {n: m for n, m in modalities.items() if m.kind in ("image", "audio")}
+    return {n: m for n, m in modalities.items() if kinds.get(m.kind).from_files}
 
 
-def _blank(kind: str, config: DataConfig) -> tuple[torch.Tensor, int]:
-    if kind == "image":
-        return torch.zeros(3, config.image_size, config.image_size, dtype=torch.uint8), 0
-    return torch.full((config.n_mels, decode.audio_frames(config)), decode.SILENCE_DB, dtype=torch.float16), 1
+def _arrays(name: str, kind: str) -> list[str]:
+    """The arrays a modality's rows fill in a cache entry (its tensor, and lengths where its kind keeps them)."""
+    return [name + suffix for suffix in kinds.get(kind).arrays()]
 
 
 def decode_chunk(task: tuple[str, list[tuple[int, dict[str, str]]], dict[str, str], DataConfig]):
     """One chunk, in a worker: {tensor name: stacked tensor}, {row: [(modality, reason)]}
     for the rows that failed, and {row: [(modality, warning)]} for the decoders' warnings."""
-    root, rows, kinds, config = task
+    root, rows, kinds_of, config = task
     out: dict[str, list] = {}
     problems: dict[int, list[tuple[str, str]]] = {}
     notes: dict[int, list[tuple[str, str]]] = {}
     for i, cells in rows:
-        for name, kind in kinds.items():
-            value: Any = _blank(kind, config)  # what a missing modality (data.missing=allow) keeps: its mask hides it
+        for name, kind in kinds_of.items():
+            value: Any = kinds.get(kind).blank(config)  # what a missing modality (data.missing=allow) keeps: its mask hides it
             if cells[name].strip():
                 try:
                     *value, warned = decode.decode_file(kind, media_path(Path(root), cells[name]), config)
                     notes.setdefault(i, []).extend((name, f"{cells[name]}: {w}") for w in warned)
                 except decode.DecodeError as exc:
                     problems.setdefault(i, []).append((name, f"{cells[name]}: {exc}"))
-            out.setdefault(name, []).append(value[0])
-            if kind == "audio":
-                out.setdefault(f"{name}.lengths", []).append(torch.tensor(value[1]))
+            for array, part in zip(_arrays(name, kind), (value[0], torch.tensor(value[1]))):
+                out.setdefault(array, []).append(part)
     return {k: torch.stack(v) for k, v in out.items()}, problems, {i: v for i, v in notes.items() if v}
 
 
 def _chunks(manifest: Manifest, rows: list[int], media: dict[str, ModalityConfig], config: DataConfig, start: int):
-    kinds = {n: m.kind for n, m in media.items()}
+    kinds_of = {n: m.kind for n, m in media.items()}
     for k in range(start * CHUNK, len(rows), CHUNK):
         part = [(i, {n: manifest.rows[i][m.column] for n, m in media.items()}) for i in rows[k:k + CHUNK]]
-        yield str(manifest.root), part, kinds, config
+        yield str(manifest.root), part, kinds_of, config
 
 
 def _worker_init() -> None:
@@ -114,11 +113,11 @@ def _worker_init() -> None:
     threadpool_limits(1)
 
 
-def _decoded(tasks: Iterator, workers: int, kinds: set[str], config: DataConfig) -> Iterator:
+def _decoded(tasks: Iterator, workers: int, names: set[str], config: DataConfig) -> Iterator:
     if workers <= 1:
         yield from map(decode_chunk, tasks)
         return
-    decode.warm_up(kinds, config)  # before the fork: the workers start with the libraries loaded
+    decode.warm_up(names, config)  # before the fork: the workers start with the libraries loaded
     with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
         yield from pool.map(decode_chunk, tasks)
 
@@ -143,7 +142,7 @@ def decode_into(partial: Path, manifest: Manifest, rows: list[int], modalities: 
                 config: DataConfig, workers: int, progress: Callable[[int, int], None] | None) -> dict[int, list[BadRow]]:
     """Decode `rows`' files into `partial`, resuming a run that stopped; the rows that failed."""
     media = _media(modalities)
-    names = [x for n, m in media.items() for x in ([n, f"{n}.lengths"] if m.kind == "audio" else [n])]
+    names = [x for n, m in media.items() for x in _arrays(n, m.kind)]
     if not names:  # text and numbers only: nothing to decode
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -189,10 +188,9 @@ def _tell_warnings(manifest: Manifest, columns: dict[str, str], notes: dict[int,
 def _shapes(modalities: dict[str, ModalityConfig], config: DataConfig) -> dict[str, tuple[str, list[int]]]:
     out = {}
     for name, m in _media(modalities).items():
-        blank, _ = _blank(m.kind, config)
+        blank, _ = kinds.get(m.kind).blank(config)
         out[name] = (str(blank.dtype).replace("torch.", ""), list(blank.shape))
-        if m.kind == "audio":
-            out[f"{name}.lengths"] = ("int64", [])
+        out.update({array: ("int64", []) for array in _arrays(name, m.kind)[1:]})  # the lengths
     return out
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from mmcli import kinds
 from mmcli.config import ModalityConfig
 from mmcli.data.cache import plain_name
 from mmcli.errors import BadRow, UsageError
@@ -167,15 +168,11 @@ def check_settings(table: Table, config, folder: Path) -> Table:
     """A cache folder given as DATA was made with some data settings: the config in force
     must have the same, or the model would be built (and the run saved) for other inputs
     than it trains on."""
-    from mmcli.data.decode import audio_frames
-
     for name, m in table.modalities.items():
-        if m.kind == "image":
-            want, keys = [3, config.image_size, config.image_size], f"data.image_size={config.image_size} gives"
-        elif m.kind == "audio":
-            want, keys = [config.n_mels, audio_frames(config)], "data.n_mels, max_seconds, sample_rate and hop_length give"
-        else:
+        shape = kinds.get(m.kind).cache_shape(config)
+        if shape is None:
             continue
+        want, keys = shape
         got = list(table.tensors[name].shape[1:])
         if got != want:
             raise UsageError(f"{folder}: this cache holds '{name}' of shape {got}, but {keys} {want}; set them as the cache "
@@ -187,10 +184,6 @@ def _strings(value: object, n: int | None = None, optional: bool = False) -> boo
     if value is None:
         return optional
     return isinstance(value, list) and (n is None or len(value) == n) and all(isinstance(v, str) for v in value)
-
-
-# each kind's arrays in a cache entry: name suffix -> (dtype, dimensions of one row)
-ROW_SHAPES = {"image": {"": ("uint8", 3)}, "audio": {"": ("float16", 2), ".lengths": ("int64", 0)}}
 
 
 def _meta_problem(meta: dict) -> str | None:
@@ -216,7 +209,7 @@ def _meta_problem(meta: dict) -> str | None:
         if problem:
             return problem
         wanted[f"{name}.present"] = ("uint8", 0)
-        wanted.update({name + suffix: spec for suffix, spec in ROW_SHAPES.get(m["kind"], {}).items()})
+        wanted.update({name + suffix: spec for suffix, spec in kinds.get(m["kind"]).arrays().items()})
     if set(meta["texts"]) - set(meta["modalities"]) or set(meta["arrays"]) != set(wanted):
         return f"its arrays ({sorted(meta['arrays'])}) and texts are not those of its modalities ({sorted(wanted)})"
     outside = [name for name in wanted if not plain_name(f"{name}.bin")]
@@ -228,23 +221,17 @@ def _meta_problem(meta: dict) -> str | None:
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape) or \
                 a.get("dtype") != dtype or len(shape) != dims + 1 or shape[0] != n:
             return f"array '{name}' must be {dtype} of {dims + 1} dimensions with {n} rows, got {a!r:.80}"
-    images = [name for name, m in meta["modalities"].items() if m["kind"] == "image"]
-    if any(meta["arrays"][name]["shape"][1] != 3 for name in images):
-        return "an image array must hold 3 colour channels"
+    for name, m in meta["modalities"].items():
+        problem = kinds.get(m["kind"]).array_problem(meta["arrays"][name]["shape"]) if name in meta["arrays"] else None
+        if problem:
+            return problem
     return None
 
 
 def _modality_problem(name: str, m: object, texts: object, n: int) -> str | None:
-    from mmcli.config import MODALITY_KINDS
-
     fields = [f.name for f in dataclasses.fields(ModalityConfig)]
-    if not isinstance(m, dict) or not set(m) <= set(fields) or m.get("kind") not in MODALITY_KINDS or \
+    if not isinstance(m, dict) or not set(m) <= set(fields) or m.get("kind") not in kinds.KINDS or \
             not isinstance(m.get("column", ""), str) or not _strings(m.get("columns", [])) or \
             not _strings(m.get("categorical", [])):
-        return f"modality '{name}' must have {', '.join(fields)} (kind one of {', '.join(MODALITY_KINDS)})"
-    if m["kind"] == "text" and not _strings(texts, n):
-        return f"texts of '{name}' must be {n} texts, one per id"
-    if m["kind"] == "tabular" and not (isinstance(texts, list) and len(texts) == n and
-                                       all(_strings(row, len(m.get("columns", []))) for row in texts)):
-        return f"texts of '{name}' must be {n} rows of {len(m.get('columns', []))} cells"
-    return None
+        return f"modality '{name}' must have {', '.join(fields)} (kind one of {', '.join(kinds.names())})"
+    return kinds.get(m["kind"]).texts_problem(name, texts, n, m)

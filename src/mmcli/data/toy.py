@@ -32,6 +32,9 @@ IMAGE_SIZE = 64
 SAMPLE_RATE = 16_000
 MANIFEST_COLUMNS = ("id", "image", "audio", "text", "label")
 CAPTION_COLUMNS = ("id", "image", "caption")
+# each modality of the toy sets and its kind (the toy's columns are named after their kinds)
+TOY_KINDS = {column: column for column in MANIFEST_COLUMNS[1:4]}
+CAPTION_KINDS = {"image": "image", "caption": "text"}
 CAPTIONS = "captions.csv"
 PROGRESS_EVERY = 50
 

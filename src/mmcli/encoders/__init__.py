@@ -25,7 +25,6 @@ from torch import nn
 from mmcli.registry import Registry
 
 ENCODERS: Registry = Registry("encoder")
-DEFAULT_ENCODERS = {"image": "cnn", "text": "transformer", "audio": "cnn", "tabular": "mlp"}
 
 # Registry tags saying where an encoder's pretrained weights come from.
 PRETRAINED_TAGS = {"weights:torchvision": "torchvision (pretrained: true) or a file (weights: PATH)",
@@ -184,7 +183,7 @@ class Encoder(nn.Module):
 
 
 def _register_builtins() -> None:
-    from mmcli.encoders import audio, backbones, image, pretrained_text, tabular, text  # noqa: F401  (registration)
+    from mmcli.encoders import audio, backbones, image, pretrained_text, tabular, text, video  # noqa: F401  (registration)
 
 
 _register_builtins()

@@ -23,20 +23,31 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from mmcli.data.decode import SILENCE_DB
+from mmcli import kinds as registry
 from mmcli.errors import UsageError
 
-KINDS = {
-    "image": ("gaussian_noise", "blur", "occlusion", "grayscale", "jpeg"),
-    "text": ("typos", "word_dropout", "word_shuffle"),
-    "audio": ("white_noise", "time_mask", "clipping"),
-    "tabular": ("missing", "gaussian_noise"),
-}
+class _Corruptions(Mapping):
+    """Each modality kind's corruptions, as its module in mmcli.kinds declares them (read
+    when asked: a kind registered later has its own)."""
+
+    def __getitem__(self, kind: str) -> tuple[str, ...]:
+        return registry.get(kind).corruptions
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(registry.KINDS)
+
+    def __len__(self) -> int:
+        return len(registry.KINDS)
+
+
+KINDS: Mapping[str, tuple[str, ...]] = _Corruptions()
 
 
 @dataclass(frozen=True)
@@ -194,17 +205,5 @@ def perturb(table, drops: list[str], corruptions: list[Corruption], seed: int = 
     for name in drops:
         out.present[name] = torch.zeros(len(table), dtype=torch.bool)
     for i, c in enumerate(corruptions):
-        kind = table.modalities[c.modality].kind
-        seed_i = seed * 1000 + i
-        if kind == "image":
-            out.tensors[c.modality] = corrupt_images(out.tensors[c.modality], c.kind, c.level, seed_i)
-        elif kind == "text":
-            out.texts[c.modality] = corrupt_texts(out.texts[c.modality], c.kind, c.level, seed_i)
-        elif kind == "tabular":
-            from mmcli.data.tabular import numeric_columns
-
-            numeric = len(numeric_columns(table.modalities[c.modality]))
-            out.texts[c.modality] = corrupt_cells(out.texts[c.modality], numeric, c.kind, c.level, seed_i)
-        else:
-            out.tensors[c.modality] = corrupt_audio(out.tensors[c.modality], out.tensors[f"{c.modality}.lengths"], c.kind, c.level, seed_i)
+        registry.get(table.modalities[c.modality].kind).corrupt(out, c.modality, c.kind, c.level, seed * 1000 + i)
     return out

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmcli.kinds import KINDS, with_trait
 from mmcli.errors import ConfigError
 from mmcli.heads import TASKS, Task
 from mmcli.heads.decoders import BOS, EOS, PAD, SPECIALS, UNK, CaptionHead
@@ -85,20 +86,22 @@ class Captioning(Task):
             raise ConfigError(f"model.task_options.decoder: gru or transformer, not {self.option('decoder')!r}")
         pair = config.model.modalities
         if pair is None:
-            texts = [n for n, k in kinds.items() if k == "text"]
-            sources = [n for n, k in kinds.items() if k in ("image", "audio")]
+            texts = [n for n, k in kinds.items() if KINDS[k].caption_target]
+            sources = [n for n, k in kinds.items() if KINDS[k].caption_source]
             if len(texts) != 1 or len(sources) != 1:
                 raise ConfigError("the captioning task needs a source and a text target: choose them with "
                                   f"--modalities SOURCE,TARGET (the data has: {', '.join(kinds) or 'none found'})")
             pair = [sources[0], texts[0]]
         if len(pair) == 1:  # the source alone: the target is the label column (a saved run's config)
             pair = [pair[0], config.data.label]
-            kinds = {**kinds, config.data.label: "text"} if kinds else kinds
+            kinds = {**kinds, config.data.label: with_trait("caption_target")[0]} if kinds else kinds
         if len(pair) != 2:
             raise ConfigError(f"the captioning task reads --modalities SOURCE,TARGET, two names, not {','.join(pair)}")
         source, target = pair
-        if kinds and (kinds.get(target) != "text" or kinds.get(source) not in ("image", "audio")):
-            raise ConfigError(f"captioning: '{source}' must be an image or audio modality and '{target}' a text one "
+        if kinds and not (target in kinds and KINDS[kinds[target]].caption_target and source in kinds
+                          and KINDS[kinds[source]].caption_source):
+            raise ConfigError(f"captioning: '{source}' must be an {' or '.join(with_trait('caption_source'))} modality "
+                              f"and '{target}' a {' or '.join(with_trait('caption_target'))} one "
                               f"(the data has: {', '.join(f'{n} ({k})' for n, k in kinds.items())})")
         config = config.copy()
         declared = config.data.modalities.get(target)

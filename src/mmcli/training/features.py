@@ -21,6 +21,7 @@ import torch
 from mmcli import runs
 from mmcli.config import Config
 from mmcli.data.dataset import Encoded, iterate
+from mmcli.kinds import KINDS
 
 LOG = logging.getLogger("mmcli")
 FEATURES_VERSION = "1"
@@ -41,8 +42,7 @@ def _digest(encoder, name: str, part: Encoded, config: Config) -> str:
         if not key.startswith("proj."):
             h.update(key.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    if part.kinds[name] == "image":
-        h.update(repr((config.data.image_mean, config.data.image_std)).encode())
+    h.update(KINDS[part.kinds[name]].feature_key(config).encode())  # settings that change the inputs (a normalisation)
     for tensor in (part.inputs[name], part.lengths.get(name)):
         if tensor is not None:
             h.update(str((tuple(tensor.shape), tensor.dtype)).encode())

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from mmcli.data.recipes import avmnist, captions, coco, fsdd, mnist, staged
+from mmcli.data.recipes import avmnist, captions, coco, fsdd, mnist, moving_mnist, staged
 
 Progress = Optional[Callable[[int, int], None]]
 
@@ -49,6 +49,25 @@ def get_avmnist(out: Path, source: Optional[Path] = None, mirror: Optional[str] 
 
     with staged(out) as tmp, _inputs(tmp, source, find, download, mirror, progress) as ((images, recordings), how):
         return avmnist.build(tmp, images, recordings, how, progress=progress, **options)
+
+
+def get_moving_mnist(out: Path, source: Optional[Path] = None, mirror: Optional[str] = None, progress: Progress = None,
+                     **options) -> int:
+    """Moving MNIST clips (video) built from the mnist recipe's files; av=True: with FSDD's
+    spoken digits in their sound track (av-moving-mnist)."""
+    av = options.pop("av", False)
+
+    def find(root: Path) -> tuple[Path, Optional[Path]]:
+        return mnist.find(root), fsdd.find(root) if av else None
+
+    def download(scratch: Path, mirror_url: Optional[str], bar: Progress) -> tuple[Path, Optional[Path]]:
+        images = mnist.download(scratch / "mnist", mirror_url, bar)
+        return images, fsdd.download(scratch / "fsdd", mirror_url, bar) if av else None
+
+    with staged(out) as tmp, _inputs(tmp, source, find, download, mirror, progress) as ((images, recordings), _how):
+        if recordings is not None:
+            return moving_mnist.make_av_moving_mnist(tmp, images, recordings, progress=progress, **options)
+        return moving_mnist.make_moving_mnist(tmp, images, progress=progress, **options)
 
 
 def get_coco(out: Path, source: Optional[Path] = None, mirror: Optional[str] = None, progress: Progress = None) -> int:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmcli.data.manifest import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
+from mmcli import kinds as registry
 from mmcli.data.recipes import relative_prefix, write_manifest
 from mmcli.data.splits import SPLITS
 from mmcli.errors import UsageError
 
-KINDS = {"imagefolder": ("image", IMAGE_EXTENSIONS), "audiofolder": ("audio", AUDIO_EXTENSIONS)}
+# `datasets import KINDfolder` for each kind read from files: (the manifest's column, the files' suffixes)
+KINDS = {f"{k}folder": (k, set(registry.get(k).extensions)) for k in registry.with_trait("from_files")}
 
 
 def _class_folders(folder: Path) -> list[Path]:

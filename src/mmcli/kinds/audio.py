@@ -1,0 +1,110 @@
+"""The audio kind: a sound file per cell (soundfile decodes, librosa resamples), stored
+as a float16 log-mel spectrogram [n_mels, frames] padded to data.max_seconds, with its
+true number of frames beside; cut to the longest clip of each batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mmcli import kinds
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from mmcli.config import Config, DataConfig
+    from mmcli.data.table import Table
+
+EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"})
+
+
+@kinds.register
+class Audio(kinds.ModalityKind):
+    name = "audio"
+    about = "a sound file per cell (WAV, FLAC, Ogg, MP3, AIFF)"
+    extensions = EXTENSIONS
+    detect_rank = 20
+    from_files = True
+    plural = "recordings"
+    default_encoder = "cnn"
+    corruptions = ("white_noise", "time_mask", "clipping")
+    padded_to_batch = True
+    seconds_limit = True
+    caption_source = True
+    predict_option = ("--audio", "One example: path of its audio file.")
+    query_help = "Retrieval runs: find the items of --index nearest to this audio file (repeatable)."
+
+    def arrays(self) -> dict[str, tuple[str, int]]:
+        return {"": ("float16", 2), ".lengths": ("int64", 0)}
+
+    def decode(self, path: Path, config: DataConfig) -> tuple[torch.Tensor, int]:
+        """Sound files through libsndfile; any other container (a video's sound track, M4A)
+        through FFmpeg (PyAV)."""
+        from mmcli.data.decode import decode_audio, decode_sound_track
+
+        return decode_audio(path, config) if path.suffix.lower() in self.extensions else decode_sound_track(path, config)
+
+    def blank(self, config: DataConfig) -> tuple[torch.Tensor, int]:
+        import torch
+
+        from mmcli.data.decode import SILENCE_DB, audio_frames
+
+        return torch.full((config.n_mels, audio_frames(config)), SILENCE_DB, dtype=torch.float16), 1
+
+    def warm_up(self, config: DataConfig) -> None:
+        import numpy as np
+        import soundfile  # noqa: F401
+
+        from mmcli.data.decode import log_mel
+
+        silence = np.zeros(max(config.n_fft, config.sample_rate // 10), dtype=np.float32)
+        log_mel(silence, config.sample_rate * 2, config)  # with a resampling, as for files at another rate
+
+    def batch_input(self, config: DataConfig) -> tuple[str, int] | None:
+        if config.max_seconds is None:  # a derived limit is checked once derived (prepare_training)
+            return None
+        frames = int(config.max_seconds * config.sample_rate) // config.hop_length + 1  # as decode.audio_frames
+        return (f"spectrograms of data.n_mels={config.n_mels} x {frames} frames (data.max_seconds, sample_rate, "
+                "hop_length)", config.n_mels * frames)
+
+    def cache_shape(self, config: DataConfig) -> tuple[list[int], str] | None:
+        from mmcli.data.decode import audio_frames
+
+        return [config.n_mels, audio_frames(config)], "data.n_mels, max_seconds, sample_rate and hop_length give"
+
+    def normalize(self, x: torch.Tensor, config: DataConfig) -> torch.Tensor:
+        from mmcli.data.decode import normalize_audio
+
+        return normalize_audio(x)
+
+    def duration(self, path: Path) -> float | None:
+        import soundfile
+
+        if path.suffix.lower() not in self.extensions:  # a container FFmpeg reads
+            from mmcli.data.video import probe
+
+            try:
+                return probe(path).duration or None
+            except Exception:  # noqa: BLE001 (the decoder reports this file as a bad row)
+                return None
+        try:
+            with soundfile.SoundFile(str(path)) as handle:
+                return handle.frames / handle.samplerate if handle.samplerate > 0 else None
+        except Exception:  # libsndfile's errors are many; the decoder reports this file as a bad row
+            return None
+
+    def derived_limit(self, config: DataConfig) -> bool:
+        return config.max_seconds is None
+
+    def cut(self, config: Config, table: Table, name: str, rows: list[int], fitted: object) -> tuple[int, str] | None:
+        from mmcli.data.decode import audio_frames
+
+        if f"{name}.lengths" not in table.tensors:
+            return None
+        cut = int((table.tensors[f"{name}.lengths"][rows] >= audio_frames(config.data)).sum())
+        return cut, f"data.max_seconds={config.data.max_seconds:g} s"
+
+    def corrupt(self, table: Table, name: str, what: str, level: float, seed: int) -> None:
+        from mmcli.evaluation.corrupt import corrupt_audio
+
+        table.tensors[name] = corrupt_audio(table.tensors[name], table.tensors[f"{name}.lengths"], what, level, seed)
