@@ -229,3 +229,29 @@ def test_a_failing_job_among_parallel_ones_reports_its_own_error(toy_small, tmp_
     assert result.returncode == 1, result.stderr
     assert "the training loss became" in result.stderr and "lower --lr" in result.stderr
     assert "AttributeError" not in result.stderr and "internal error" not in result.stderr
+
+
+def test_corrupt_scores_every_run_with_a_modality_degraded(toy_small, tmp_path):
+    """--corrupt: each run scored again on its test split with the modality degraded (a run
+    that does not read it keeps its clean score), side by side in report.md, and computed
+    once: a rerun into the folder reuses the scores."""
+    out = tmp_path / "cmp"
+    args = ["compare", "unimodal:audio", "unimodal:text", "--data", toy_small, "--epochs", "1", "--jobs", "1",
+            "--seeds", "2", "--out", out, "--corrupt", "audio:white_noise@1"]
+    cli(*args)
+    for variant, reads in (("unimodal-audio", True), ("unimodal-text", False)):
+        for seed in ("seed0", "seed1"):
+            saved = json.loads((out / "runs" / f"{variant}-{seed}" / "compare-result.json").read_text())
+            noisy = saved["corrupted"]["audio:white_noise@1"]
+            assert (noisy["loss"] != saved["scores"]["loss"]) is reads, (variant, noisy, saved["scores"])
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert all(r["corrupt audio:white_noise@1"] for r in rows)
+    report = (out / "report.md").read_text()
+    assert "## Degraded inputs" in report and "| variant | clean | audio:white_noise@1 |" in report
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/compare-result.json")}
+    assert len(stamps) == 4
+    cli(*args)  # finished runs and their degraded scores are reused
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/compare-result.json")} == stamps
+    bad = cli("compare", "unimodal:audio", "--data", toy_small, "--out", tmp_path / "x", "--corrupt", "audio:melt@1",
+              check=False)
+    assert bad.returncode == 2 and "melt" in bad.stderr

@@ -33,6 +33,7 @@ def compare(
     tune: Annotated[bool, typer.Option("--tune", help="Before the runs, give every trained variant the same small search on the validation split (first seed): by default the learning rate x {1/3, 1, 3} and the weight decay x {1, 10}; each variant's best setting is used for all its seeds and reported in report.md and summary.json. The test split is never seen by the search.")] = False,
     tune_space: Annotated[Optional[list[str]], typer.Option("--tune-space", help="A key and the values to search, KEY=V1,V2,... (train.* or model.*; repeat for a grid over several keys); implies --tune and replaces the default space.", show_default=False)] = None,
     tune_trials: Annotated[Optional[int], typer.Option("--tune-trials", min=1, help="Search this many points of the grid, drawn with the base seed (the same for every variant); default: the whole grid. Implies --tune.", show_default=False)] = None,
+    corrupt: Annotated[Optional[list[str]], typer.Option("--corrupt", help="Also score every run on the test split with a modality degraded, MODALITY:KIND@LEVEL as evaluate --corrupt takes it (repeatable); report.md compares the variants under each degradation, paired by seed.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Base seed: the split's seed, and seed i trains with base + i.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for runs and results (default: runs/compare-<timestamp>). Rerunning into the same folder skips finished runs.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an existing comparison folder: deletes the files mmcli wrote there, and refuses if the folder holds any other file.")] = False,
@@ -55,7 +56,7 @@ def compare(
         _refuse_ignored(collect_dir, job, items=items, data=data, modalities=modalities, config=config, task=task, epochs=epochs, metric=metric,
                         seed=seed, sets=sets, print_jobs=print_jobs, overwrite=overwrite, seeds=seeds != 1, encoder=encoders,
                         reference=reference if job is not None else None, no_warm_start=not warm_start,
-                        tune=tune or bool(tune_space) or tune_trials is not None)
+                        tune=tune or bool(tune_space) or tune_trials is not None, corrupt=corrupt)
     if collect_dir is not None:
         return _collect(collect_dir, reference)
     if job is not None:
@@ -72,12 +73,15 @@ def compare(
     out = out or Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     command = _command_line(ctx)
     search = _tune_request(tune, tune_space, tune_trials)
+    if print_jobs and corrupt:
+        raise UsageError("--corrupt scores the runs of a comparison that mmcli runs itself; with --print-jobs, "
+                         "use mmcli evaluate RUN --corrupt on the finished runs")
     if print_jobs:
         _print_jobs(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, command, n_jobs, reference,
                     warm_start, search)
         return
     _run(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, n_jobs, command, reference, warm_start,
-         search)
+         search, corrupt or [])
 
 
 def _tune_request(tune: bool, space: list[str] | None, trials: int | None) -> dict | None:
@@ -167,7 +171,8 @@ def _print_jobs(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, c
         print(line)
 
 
-def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, command, reference, warm_start, tune) -> None:
+def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, command, reference, warm_start, tune,
+         corrupt: list[str]) -> None:
     from mmcli.compare.runner import run_compare
     from mmcli.reporting.console import FitBar, log, task_bar
 
@@ -189,7 +194,8 @@ def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, co
                 log(f"[{done}/{total}] {result['variant']} seed {result['seed']}{score} ({result['seconds']:.0f} s)")
 
         result = run_compare(cfg, items, seeds, out, metric, cache_dir, overwrite, workers, on_run,
-                             None if parallel else bar, update, jobs, command, on_done, reference, warm_start, tune, log)
+                             None if parallel else bar, update, jobs, command, on_done, reference, warm_start, tune, log,
+                             corrupt)
     names = ["results.csv", "summary.csv", "summary.json", "report.md", "compare.png"]
     names += ["attribution.json"] if result.attribution else []
     log(f"results in {out} ({', '.join(names)})")

@@ -20,6 +20,7 @@ from typing import Any
 
 from mmcli import ledger, runs
 from mmcli.compare import attribution as attr
+from mmcli.compare import degraded
 from mmcli.compare import ensemble, stats
 from mmcli.compare.runner import Plan, load_plan, read_cell
 from mmcli.compare.variants import Variant, subset_variant
@@ -79,6 +80,7 @@ def _row(plan: Plan, cell: dict[str, Any], r: dict[str, Any], reused: bool | Non
     for m in plan.modalities:
         row[f"without_{m}"] = r["without"].get(m, {}).get(plan.metric)
     row["others_missing"] = r.get("others_missing", {}).get(plan.metric)
+    row.update(degraded.row_fields(plan, r))
     row.update({"best_epoch": r.get("best_epoch"), "seconds": r.get("seconds"), "run": cell["run"], "reused": reused})
     return row
 
@@ -112,6 +114,7 @@ def summarise(results: list[dict[str, Any]], plan: Plan, reference: str | None =
             # robustness: the metric with a modality missing at test time (translation: all but the source)
             values = list(_values(results, row["variant"], key).values())
             row[key] = sum(values) / len(values) if values else None
+        row.update(degraded.summary_fields(plan, results, row["variant"], ref))
         if plan.tune is not None:  # --tune: the values the search chose for it (none for the ensemble, which trains nothing)
             row["tuned"] = plan.tuned_values(row["variant"])
             row["tuned_validation"] = (plan.tuned.get(row["variant"]) or {}).get("score")
@@ -228,6 +231,8 @@ def _interval(low: Any, high: Any) -> str:
 
 def report_markdown(result: CompareResult, plan: Plan) -> str:
     lines = _summary_section(result, plan) + _tuning_section(plan) + _missing_section(result)
+    lines += degraded.section(plan, result.summary, result.reference or next(
+        (r["variant"] for r in result.summary if r.get("is_reference")), None))
     lines += _translation_section(result, plan)
     lines += _attribution_section(result, plan)
     lines += _per_class_section(result, plan)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from mmcli import ledger, runs
-from mmcli.compare import ensemble, warm
+from mmcli.compare import degraded, ensemble, warm
 from mmcli.compare.locking import job_lock
 from mmcli.compare.outdir import prepare_out  # noqa: F401 (the CLI imports it from here)
 from mmcli.compare.pool import DataPool
@@ -57,6 +57,7 @@ class Plan:
     warm_start: bool = False  # fused runs start from the unimodal runs of their seed (compare.warm); old plans: no
     tune: dict[str, Any] | None = None  # --tune: {"space": {key: values}, "trials": N or None} (compare.tune)
     tuned: dict[str, Any] = field(default_factory=dict)  # variant -> {"values", "score", "trial", "trials"}
+    corruptions: list[str] = field(default_factory=list)  # --corrupt: each run also scored so (compare.degraded)
 
     def base_config(self) -> Config:
         return from_dict(self.config)
@@ -299,7 +300,7 @@ def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric:
                 on_run: Callable[[int, int, str], Any] | None = None, fit_progress=None,
                 preprocess_progress=None, jobs: int = 1, command: str = "", on_done: Callable[[int, int, dict], Any] | None = None,
                 reference: str | None = None, warm_start: bool = True, tune: dict[str, Any] | None = None,
-                say: Callable[[str], Any] | None = None):
+                say: Callable[[str], Any] | None = None, corruptions: list[str] | None = None):
     """Plan, search (--tune), run every unfinished cell (in `jobs` processes), then collect
     the results.
 
@@ -312,6 +313,7 @@ def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric:
 
     plan, data = make_plan(config, items, seeds, metric, cache_dir, workers, preprocess_progress, command,
                            threads_per_job(jobs) if jobs > 1 else 0, reference, warm_start, tune)
+    plan.corruptions = degraded.check(corruptions or [], plan.kinds)
     prepare_out(out, overwrite)
     tune_plan(plan, data, out, fit_progress, say)
     write_plan(out, plan)
@@ -333,6 +335,7 @@ def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric:
             done += 1
             if on_done:
                 on_done(done, total, result)
+    degraded.complete(out, plan, cache_dir)
     return collect(out, plan, reused)
 
 
