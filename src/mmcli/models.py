@@ -14,6 +14,8 @@ from torch import nn
 
 from mmcli.config import Config
 from mmcli.encoders import ENCODERS, ModalitySpec
+from mmcli.fusion.base import Fusion
+from mmcli.heads.base import TaskHead
 from mmcli.kinds import KINDS
 from mmcli.errors import ConfigError
 from mmcli.fusion import FUSIONS
@@ -28,6 +30,8 @@ class Model(nn.Module):
     probability `modality_dropout` through the mask, always keeping one. Auxiliary heads
     put the task's loss on each modality's own features too, weighted by `aux_weight`.
     """
+
+    trained_prefixes: list[str] = []  # parameters whose weights start trained (pretrained encoders): build sets them
 
     def __init__(self, encoders: dict[str, nn.Module], fusion: nn.Module | None, head: nn.Module,
                  modality_dropout: float = 0.0, aux_heads: dict[str, nn.Module] | None = None, aux_weight: float = 0.0):
@@ -90,7 +94,7 @@ class Model(nn.Module):
 
     def loss(self, batch: dict, task) -> torch.Tensor:
         """The fused loss, plus the auxiliary losses: blended, or their mean times aux_weight."""
-        if hasattr(self.head, "extra_losses"):  # translation: its translation and target losses too
+        if isinstance(self.head, TaskHead) and self.head.adds_losses:  # translation: its translation and target losses too
             outputs, features = self._forward(batch)
             return task.loss(outputs, batch) + sum(self.head.extra_losses(features, batch, task).values())
         losses = self.head_losses(batch, task)
@@ -266,12 +270,14 @@ def build(config: Config, specs: dict[str, ModalitySpec], n_outputs: int) -> Mod
         return _with_trained(Model(encoders, None, TranslationHead(modalities[0], in_dims, make_head, hidden,
                                                                    config.model.translate_weight)))
     factory = FUSIONS.get(fusion_name)
+    if not (isinstance(factory, type) and issubclass(factory, Fusion)):
+        raise ConfigError(f"fusion {fusion_name}: a registered fusion must be a subclass of mmcli.fusion.base.Fusion")
     options = dict(config.model.fusion_options)
     options.setdefault("dropout", dropout)
-    if getattr(factory, "produces_outputs", False):
+    if factory.produces_outputs:
         options["make_head"] = make_head
     fusion: Any = _construct(factory, f"fusion {fusion_name}", in_dims, hidden, **options)
-    head = nn.Identity() if getattr(fusion, "produces_outputs", False) else make_head(fusion.out_dim)
+    head = nn.Identity() if fusion.produces_outputs else make_head(fusion.out_dim)
     wants_aux = config.model.aux_loss_weight > 0 or config.train.gradient_blending
     aux = {n: make_head(e.out_dim) for n, e in encoders.items()} if wants_aux and len(encoders) > 1 else None
     return _with_trained(Model(encoders, fusion, head, config.model.modality_dropout, aux, config.model.aux_loss_weight))

@@ -249,8 +249,7 @@ def load_run(run_dir: Path, weights: str = "best") -> LoadedRun:
     tokenizers = runfiles.read_fitted(run_dir, config, specs, columns)
     state = runfiles.read_target(run_dir, config, labels)
     task = make_task(config, state)
-    if hasattr(task, "check_state"):
-        task.check_state(str(run_dir))
+    task.check_state(str(run_dir))
     model = runfiles.build_model(run_dir, config, specs, task.n_outputs(labels))
     meta = runs.load_weights(model, run_dir / f"{weights}.safetensors")
     model.eval()

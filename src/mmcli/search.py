@@ -18,6 +18,7 @@ from mmcli.inference import Record, encode_records, records_from_manifest
 from mmcli.pipeline import LoadedRun
 from mmcli.data.loader import to_device
 from mmcli.training.setup import pick_device
+from mmcli.heads.base import TaskHead
 
 
 @torch.no_grad()
@@ -31,8 +32,8 @@ def embed(run: LoadedRun, records: list[Record], device: str = "auto") -> tuple[
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in model.modalities}
     for batch in iterate(encoded, run.config.data, run.config.eval.batch_size):
         features = model.encode(to_device(batch, target))
-        own = getattr(model.head, "embed_modalities", None)  # retrieval: the aligned unit vectors
-        vectors = own(features) if own is not None else {n: f.pooled for n, f in features.items()}
+        own = model.head.embed_modalities(features) if isinstance(model.head, TaskHead) else None  # retrieval: aligned
+        vectors = own if own is not None else {n: f.pooled for n, f in features.items()}
         for name in parts:
             parts[name].append((vectors[name].float() * batch["mask"][name].unsqueeze(1).to(vectors[name].device)).cpu())
     return {n: torch.cat(v) for n, v in parts.items() if v}, used

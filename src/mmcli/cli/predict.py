@@ -44,10 +44,10 @@ def predict(
     _check_modes(queries, index, embed, beam, explain, fmt)
     loaded = load_run(run, weights)
     if queries:
-        _write(_search(loaded, queries, index, input, single, top_k, device), fmt)
+        _write(_search(loaded, queries, index, input, single, top_k, device), fmt)  # a ranked table of any task
         return
     task = loaded.task.name
-    if beam is not None and task != "captioning":
+    if beam is not None and not loaded.task.beam_search:
         raise UsageError(f"--beam is for captioning runs; this one is {task}")
     if task == "retrieval" and not embed:
         raise UsageError(f"a retrieval run searches ({_options(_query_kinds(), '--query-')} with --index DATA) "
@@ -59,8 +59,8 @@ def predict(
         _write(embedding_rows(loaded, records, device), "jsonl")
         return
     if beam is not None:
-        loaded.model.head.beam_size = beam
-    _write(predict_records(loaded, records, top_k, explain, device), fmt)
+        loaded.task.set_beam(loaded.model, beam)
+    _write(predict_records(loaded, records, top_k, explain, device), fmt, loaded.task.csv_table)
 
 
 def _single_kinds() -> list[str]:
@@ -166,7 +166,9 @@ def _records(loaded, input: Optional[str], single: dict):
     return records_from_dicts(loaded, [{"id": "1", **given}], Path.cwd(), "command line")
 
 
-def _write(predictions: list[dict], fmt: str) -> None:
+def _write(predictions: list[dict], fmt: str, table=None) -> None:
+    """JSON lines, or CSV: the task's table (`Task.csv_table`), or every key of the rows
+    (a search's ranked results)."""
     if fmt == "jsonl":
         for p in predictions:
             sys.stdout.write(json.dumps(p, ensure_ascii=False) + "\n")
@@ -174,22 +176,11 @@ def _write(predictions: list[dict], fmt: str) -> None:
     import csv
 
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    if predictions and "rank" in predictions[0]:  # retrieval search
-        writer.writerow(list(predictions[0]))
-        writer.writerows([list(p.values()) for p in predictions])
-    elif predictions and "caption" in predictions[0]:  # captioning
-        writer.writerow(["id", "caption", "modalities_used"])
-        writer.writerows([[p["id"], p["caption"], "|".join(p["modalities_used"])] for p in predictions])
-    elif predictions and "value" in predictions[0]:  # regression
-        writer.writerow(["id", "value", "modalities_used"])
-        for p in predictions:
-            writer.writerow([p["id"], p["value"], "|".join(p["modalities_used"])])
-    elif predictions and "labels" in predictions[0]:  # multilabel
-        writer.writerow(["id", "labels", "scores", "modalities_used"])
-        for p in predictions:
-            writer.writerow([p["id"], "|".join(p["labels"]), "|".join(f"{p['scores'][n]:.6f}" for n in p["labels"]),
-                             "|".join(p["modalities_used"])])
+    if table is not None:
+        header, rows = table(predictions)
+    elif predictions:
+        header, rows = list(predictions[0]), [list(p.values()) for p in predictions]
     else:
-        writer.writerow(["id", "label", "score", "modalities_used"])
-        for p in predictions:
-            writer.writerow([p["id"], p["label"], f"{p['score']:.6f}", "|".join(p["modalities_used"])])
+        return
+    writer.writerow(header)
+    writer.writerows(rows)

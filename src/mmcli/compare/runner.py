@@ -190,11 +190,9 @@ def list_cells(plan: Plan, pool: DataPool, specs: dict[str, Any]) -> None:
 
 def _baseline(task, data: RunData) -> dict[str, float] | None:
     """The metrics of the training label prior on the test split: v(empty set) of attribution."""
-    if not hasattr(task, "prior_outputs"):
-        return None
     train, test = data.part("train"), data.part("test")
     outputs = task.prior_outputs(train.labels, task.n_outputs(data.labels), len(test))
-    return _scalars(task.evaluate(outputs, test.labels, data.labels))
+    return None if outputs is None else _scalars(task.evaluate(outputs, test.labels, data.labels))
 
 
 def _scalars(scores: dict[str, Any]) -> dict[str, float]:

@@ -107,6 +107,7 @@ class Encoder(nn.Module):
     norm_pooled = False  # True: the pooled vector is layer-normalised (no parameters); see `text.py`
     augments = False  # True while the encoder changes its inputs in training (no feature cache then)
     trained_parts: tuple[str, ...] = ()  # submodules whose weights start trained (pretrained): their lr is scaled
+    options_key: str = ""  # the encoder's resolved options as JSON (models.build): part of the feature cache's key
     proj: nn.Module  # set by each subclass
     out_dim: int
 

@@ -69,7 +69,7 @@ class FrameEncoder(Encoder):
         self.frame: Any = ENCODERS.get(frame)(image, out_dim, **options)
         channels = self.frame.proj.in_features
         self.frame.proj = nn.Identity()  # its region features are what this encoder reads
-        self.trained_parts = tuple(f"frame.{p}" for p in getattr(self.frame, "trained_parts", ()))
+        self.trained_parts = tuple(f"frame.{p}" for p in self.frame.trained_parts)
         self.proj = Temporal(temporal, channels, out_dim)
         self.out_dim = out_dim
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mmcli.fusion import FUSIONS
+from mmcli.fusion.base import Fusion
 
 
 def _mask_matrix(mask: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
@@ -30,7 +31,7 @@ def _projections(in_dims: dict[str, int], out_dim: int) -> nn.ModuleDict:
     return nn.ModuleDict({n: nn.Sequential(nn.Linear(d, out_dim), nn.GELU()) for n, d in in_dims.items()})
 
 
-class Identity(nn.Module):
+class Identity(Fusion):
     """One modality: its pooled features, zeroed where it is absent."""
 
     def __init__(self, in_dims: dict[str, int], out_dim: int | None = None, **_: object):
@@ -43,7 +44,7 @@ class Identity(nn.Module):
         return zero_absent(features[self.name].pooled, mask[self.name])
 
 
-class Concat(nn.Module):
+class Concat(Fusion):
     """Concatenation of the pooled features, then an MLP."""
 
     def __init__(self, in_dims: dict[str, int], out_dim: int, dropout: float = 0.1, **_: object):
@@ -57,7 +58,7 @@ class Concat(nn.Module):
         return self.mlp(torch.cat(parts, dim=1))
 
 
-class Sum(nn.Module):
+class Sum(Fusion):
     """Projection to a shared size, then the sum over present modalities."""
 
     def __init__(self, in_dims: dict[str, int], out_dim: int, **_: object):

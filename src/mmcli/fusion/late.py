@@ -14,9 +14,10 @@ from torch import nn
 
 from mmcli.fusion import FUSIONS
 from mmcli.fusion.basic import _mask_matrix
+from mmcli.fusion.base import Fusion
 
 
-class Late(nn.Module):
+class Late(Fusion):
     produces_outputs = True
 
     def __init__(self, in_dims: dict[str, int], out_dim: int, make_head: Callable[[int], nn.Module] | None = None,

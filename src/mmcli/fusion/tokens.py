@@ -16,9 +16,10 @@ from torch import nn
 
 from mmcli.fusion import FUSIONS
 from mmcli.fusion.basic import _mask_matrix, zero_absent
+from mmcli.fusion.base import Fusion
 
 
-class ModalityTransformer(nn.Module):
+class ModalityTransformer(Fusion):
     def __init__(self, in_dims: dict[str, int], out_dim: int, layers: int = 2, heads: int = 4, dropout: float = 0.1, **_: object):
         super().__init__()
         self.names = list(in_dims)
@@ -47,7 +48,7 @@ class ModalityTransformer(nn.Module):
         return self.norm((out * keep).sum(dim=1) / keep.sum(dim=1))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(Fusion):
     def __init__(self, in_dims: dict[str, int], out_dim: int, heads: int = 4, dropout: float = 0.1, **_: object):
         super().__init__()
         self.names = list(in_dims)

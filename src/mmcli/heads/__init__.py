@@ -10,15 +10,19 @@ multi-label thresholds). That state is saved beside the weights as `target.json`
 
 from __future__ import annotations
 
-from typing import Any
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
 
 from mmcli.registry import Registry
 
 TASKS: Registry = Registry("task")
 
 
-class Task:
-    """The defaults every task shares; subclasses set the class attributes below."""
+class Task(ABC):
+    """What the core calls of a task (issue 21): the abstract methods every task writes,
+    and the optional capabilities with explicit defaults (a task without classes has no
+    class weights, a task without a prior has no baseline), so that nothing is probed with
+    `hasattr`. Subclasses set the class attributes below."""
 
     name = ""
     default_metric = ""
@@ -28,15 +32,17 @@ class Task:
     needs_label = True  # the manifest must have the label column (cross-modal tasks: no)
     crossmodal = False  # retrieval, captioning: one modality mapped to or aligned with another
     options: dict[str, Any] = {}  # model.task_options this task reads, with their defaults
+    has_classes: ClassVar[bool] = False  # train.class_weights and train.sampler=weighted apply (one class per example)
+    beam_search: ClassVar[bool] = False  # predict --beam applies (captioning)
 
     def __init__(self, config=None, state: dict[str, Any] | None = None):
         self.config = config
         self.state: dict[str, Any] = dict(state or {})
 
     # targets -------------------------------------------------------------------------
+    @abstractmethod
     def names(self, train_values: list[str]) -> list[str]:
         """The output names (class or label names; the target column for regression)."""
-        raise NotImplementedError
 
     def fit_state(self, train_values: list[str], names: list[str]) -> dict[str, Any]:
         return {}
@@ -45,8 +51,49 @@ class Task:
         """(row index, reason) for every value this task cannot use."""
         return []
 
+    @abstractmethod
     def encode(self, values: list[str], names: list[str]):
-        raise NotImplementedError
+        """The targets of `values` as the tensor the loss reads."""
+
+    # training, scoring, predicting ----------------------------------------------------
+    @abstractmethod
+    def loss(self, outputs, batch: dict):
+        """The loss of a batch's outputs against its targets (batch["label"])."""
+
+    @abstractmethod
+    def evaluate(self, outputs, targets, names: list[str]) -> dict[str, Any]:
+        """The task's metrics (and the loss) of outputs against targets."""
+
+    @abstractmethod
+    def predict(self, outputs, names: list[str], top_k: int) -> list[dict[str, Any]]:
+        """One JSON object per example, as `mmcli predict` writes them."""
+
+    def csv_table(self, predictions: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+        """`predict --format csv`: the header and a row per prediction; by default the
+        label and its score (classification), and the modalities each example used."""
+        rows = [[p["id"], p["label"], f"{p['score']:.6f}", "|".join(p["modalities_used"])] for p in predictions]
+        return ["id", "label", "score", "modalities_used"], rows
+
+    def set_beam(self, model, beam: int) -> None:
+        """`predict --beam N` (tasks with `beam_search`)."""
+        raise NotImplementedError(f"the {self.name} task has no beam search")
+
+    # optional capabilities ------------------------------------------------------------
+    def class_weights(self):
+        """Weights of the classes in the loss (train.class_weights); None: not weighted."""
+        return None
+
+    def sample_weights(self, targets):
+        """Sampling weight of each training example (train.sampler=weighted); tasks with `has_classes`."""
+        raise NotImplementedError(f"the {self.name} task has no classes to balance")
+
+    def prior_outputs(self, train_targets, n_outputs: int, n: int):
+        """Outputs of a model that sees nothing and predicts the training prior, for n
+        examples: the baseline v(empty set) of modality attribution; None: no such baseline."""
+        return None
+
+    def check_state(self, where: str) -> None:
+        """Refuse a saved state (target.json) this task cannot use; `where`: the run folder."""
 
     def n_outputs(self, names: list[str]) -> int:
         return len(names)

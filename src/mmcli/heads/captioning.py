@@ -72,6 +72,7 @@ def cider(hypotheses: list[list[str]], references: list[list[list[str]]]) -> flo
 
 class Captioning(Task):
     name = "captioning"
+    beam_search = True
     default_metric = "bleu4"
     metrics = ("bleu4", "bleu1", "bleu2", "bleu3", "cider")
     lower_is_better = ()
@@ -181,6 +182,13 @@ class Captioning(Task):
         scores["constant_caption"] = " ".join(constant)
         scores["samples"] = [{"generated": " ".join(h), "reference": " ".join(r[0])} for h, r in zip(hyps[:5], refs)]
         return scores
+
+    def csv_table(self, predictions: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+        return ["id", "caption", "modalities_used"], [[p["id"], p["caption"], "|".join(p["modalities_used"])]
+                                                      for p in predictions]
+
+    def set_beam(self, model, beam: int) -> None:
+        model.head.beam_size = beam
 
     def predict(self, outputs: torch.Tensor, names: list[str], top_k: int) -> list[dict[str, Any]]:
         return [{"caption": " ".join(w)} for w in self.decode(outputs, names)]

@@ -29,6 +29,7 @@ class Classification(Task):
     that share of its probability spread over all classes (Szegedy et al., 2016)."""
 
     name = "classification"
+    has_classes = True
     default_metric = "accuracy"
     metrics = ("accuracy", "macro_f1", "loss")
     lower_is_better = ("loss",)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from mmcli.heads.base import TaskHead
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
 
-class CaptionHead(nn.Module):
+class CaptionHead(TaskHead):
     def __init__(self, source: str, memory_dim: int, vocab: int, hidden: int, kind: str = "gru", layers: int = 1,
                  dropout: float = 0.1, max_len: int = 20, beam_size: int = 3, heads: int = 4):
         super().__init__()

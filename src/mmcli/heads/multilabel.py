@@ -113,6 +113,11 @@ class MultiLabel(Task):
                           for j in range(len(names))},
         }
 
+    def csv_table(self, predictions: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+        rows = [[p["id"], "|".join(p["labels"]), "|".join(f"{p['scores'][n]:.6f}" for n in p["labels"]),
+                 "|".join(p["modalities_used"])] for p in predictions]
+        return ["id", "labels", "scores", "modalities_used"], rows
+
     def predict(self, logits: torch.Tensor, names: list[str], top_k: int) -> list[dict[str, Any]]:
         probs = torch.sigmoid(logits.float())
         above = probs >= self.thresholds(len(names))

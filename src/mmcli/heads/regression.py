@@ -91,6 +91,9 @@ class Regression(Task):
             "loss": float(self._loss(outputs.float().squeeze(-1), targets)) if n else float("nan"),
         }
 
+    def csv_table(self, predictions: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+        return ["id", "value", "modalities_used"], [[p["id"], p["value"], "|".join(p["modalities_used"])] for p in predictions]
+
     def predict(self, outputs: torch.Tensor, names: list[str], top_k: int) -> list[dict[str, Any]]:
         return [{"value": round(v, 6)} for v in self.values(outputs).tolist()]
 

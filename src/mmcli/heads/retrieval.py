@@ -22,6 +22,7 @@ from torch import nn
 
 from mmcli.errors import ConfigError
 from mmcli.heads import TASKS, Task
+from mmcli.heads.base import TaskHead
 
 RECALL_AT = (1, 5, 10)
 
@@ -73,7 +74,7 @@ def pair_loss(outputs: torch.Tensor, mask: dict[str, torch.Tensor], names: list[
     return torch.stack(losses).mean() if losses else outputs.sum() * 0.0
 
 
-class TwoTowerHead(nn.Module):
+class TwoTowerHead(TaskHead):
     """Per-modality projection of the pooled features into one space, and the logit scale.
     An absent modality's embedding is zeros (evaluation leaves such pairs out)."""
 

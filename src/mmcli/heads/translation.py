@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from mmcli.heads.base import TaskHead
 
 
-class TranslationHead(nn.Module):
+class TranslationHead(TaskHead):
+    adds_losses = True
     def __init__(self, source: str, in_dims: dict[str, int], make_head, hidden: int, weight: float = 1.0):
         super().__init__()
         self.source, self.weight = source, weight

@@ -103,9 +103,9 @@ def _with_defaults(config: Config, task, n_train: int) -> Config:
 
 def check_config(config: Config, task) -> None:
     """What the task must support of the config: its metric, class weights, the sampler."""
-    if config.train.class_weights != "none" and not hasattr(task, "class_weights"):
+    if config.train.class_weights != "none" and not task.has_classes:
         raise ConfigError(f"config key 'train.class_weights': the {task.name} task has no classes to weigh")
-    if config.train.sampler != "random" and not hasattr(task, "sample_weights"):
+    if config.train.sampler != "random" and not task.has_classes:
         raise ConfigError(f"config key 'train.sampler': the {task.name} task has no classes to balance")
     if config.eval.metric not in task.metrics:
         raise ConfigError(f"config key 'eval.metric': '{config.eval.metric}' is not a metric of {task.name} "

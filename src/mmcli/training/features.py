@@ -37,7 +37,7 @@ def _digest(encoder, name: str, part: Encoded, config: Config) -> str:
     from mmcli import __version__
 
     h = hashlib.sha256(f"{FEATURES_VERSION}|{__version__}|{type(encoder).__module__}.{type(encoder).__qualname__}|"
-                       f"{getattr(encoder, 'options_key', '')}".encode())
+                       f"{encoder.options_key}".encode())
     for key, tensor in sorted(encoder.state_dict().items()):
         if not key.startswith("proj."):
             h.update(key.encode())
@@ -89,7 +89,7 @@ def _load_or_compute(encoder, name: str, part: Encoded, config: Config, device, 
 def with_cached_features(model, parts: list[Encoded], config: Config, device: torch.device,
                          cache_dir: str | None = None) -> list[Encoded]:
     """`parts` with every cacheable encoder's input replaced by its stored features."""
-    names = [n for n, e in model.encoders.items() if getattr(e, "cacheable", False)]
+    names = [n for n, e in model.encoders.items() if e.cacheable]
     if not names or not config.train.feature_cache:
         return parts
     folder = features_dir(cache_dir)

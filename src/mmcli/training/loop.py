@@ -22,6 +22,8 @@ from mmcli.data.dataset import Encoded, n_batches
 from mmcli.data.loader import Loader
 from mmcli.errors import ConfigError, RunFailed, writing
 from mmcli.training.setup import make_optimizer, pick_device
+from mmcli.heads.base import TaskHead
+from mmcli.models import Model
 
 
 class FitProgress(Protocol):
@@ -86,9 +88,10 @@ class Stepper:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        after = getattr(getattr(model, "head", None), "after_step", None)
-        if after is not None:  # retrieval: clamp the logit scale, as OpenCLIP does
-            after()
+        inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        head = inner.head if isinstance(inner, Model) else None
+        if isinstance(head, TaskHead):  # retrieval: clamp the logit scale, as OpenCLIP does
+            head.after_step()
 
     def _clipped(self) -> list[torch.Tensor]:
         """The optimizer's parameters (listed once: walking the modules for them took about
@@ -160,7 +163,7 @@ def predict_outputs(model, data: Encoded, config: Config, device: torch.device,
     for batch in loader or Loader(data, config.data, config.eval.batch_size, device=device):
         with autocast(config, device):
             outs.append(model(batch).float().cpu())
-        w = getattr(model.fusion, "last_weights", None)
+        w = model.fusion.last_weights if model.fusion is not None else None
         if w is not None:
             weights.append(w.float().cpu())
     logits = torch.cat(outs) if outs else torch.empty(0)
@@ -288,7 +291,7 @@ def _loaders(task, train: Encoded, val: Encoded, config: Config, generator, worl
 def _sample_weights(task, train: Encoded, config: Config) -> torch.Tensor | None:
     if config.train.sampler != "weighted":
         return None
-    if not hasattr(task, "sample_weights"):
+    if not task.has_classes:
         raise ConfigError(f"train.sampler=weighted needs a task with classes; {task.name} has none")
     return task.sample_weights(train.labels)
 

@@ -74,7 +74,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: in
     """AdamW (no weight decay on biases and norms) with linear warm-up then cosine decay.
     Parameters that start trained (`model.trained_prefixes`: a warm start, pretrained
     weights) learn at `cfg.trained_lr_scale` times the learning rate."""
-    trained = tuple(getattr(model, "trained_prefixes", ())) if cfg.trained_lr_scale != 1.0 else ()
+    trained = tuple(getattr(model, "trained_prefixes", ())) if cfg.trained_lr_scale != 1.0 else ()  # a bare module: none
     groups: dict[tuple[bool, bool], list] = {(True, False): [], (False, False): []}  # the order checkpoints hold
     devices = set()
     for name, p in model.named_parameters():
