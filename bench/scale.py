@@ -85,7 +85,7 @@ def _prepared(tmp: str, n: int):
     from mmcli.pipeline import prepare_training
 
     toy = _toy(tmp, n)
-    config = from_dict({"data": {"manifest": os.path.join(toy, "manifest.csv")}, "train": {"batch_size": 64}})
+    config = from_dict({"data": {"manifest": os.path.join(toy, "manifest.csv")}, "train": {"batch_size": 64, "epochs": 3}})
     return config, prepare_training(config, cache_dir=os.path.join(tmp, "cache")), toy
 
 
