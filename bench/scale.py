@@ -129,8 +129,8 @@ def cache() -> list[Row]:
 
         def decode_all() -> None:
             for i in train_rows:
-                decode.decode_image(Path(toy) / rows[i]["image"], config.data)
-                decode.decode_audio(Path(toy) / rows[i]["audio"], config.data)
+                decode.decode_image(Path(toy) / rows[i]["image"], data.config.data)  # its limits derived
+                decode.decode_audio(Path(toy) / rows[i]["audio"], data.config.data)
 
         raw = cached + median_seconds(decode_all, 1)
     return [("training epoch: over the cache vs decoding the files each epoch", f"{cached:.2f} s", f"{raw:.2f} s",
