@@ -192,3 +192,21 @@ def test_datasets_import_videofolder_writes_a_manifest(clips, tmp_path, cli):
     assert result.exit_code == 0, result.output
     lines = (tmp_path / "videos" / "manifest.csv").read_text().splitlines()
     assert lines[0] == "id,video,label" and len(lines) == 5
+
+
+def test_a_3d_video_network_loads_a_weights_file_and_asks_for_its_clip_size(tmp_path):
+    import torchvision.models.video as tvv
+
+    from mmcli.config import from_dict
+    from mmcli.encoders import ENCODERS, ModalitySpec
+    from mmcli.models import wanted_preprocessing
+
+    source = tvv.mc3_18(weights=None)
+    torch.save(source.state_dict(), tmp_path / "mc3.pth")
+    spec = ModalitySpec("clip", "video", image_size=32)
+    encoder = ENCODERS.get("video.mc3_18")(spec, 16, weights=str(tmp_path / "mc3.pth"))
+    assert torch.equal(encoder.body[0][0].weight, source.stem[0].weight) and encoder.trained_parts == ("body.",)
+    out = encoder(torch.randn(2, 4, 3, 32, 32))
+    assert out.pooled.shape == (2, 16) and out.tokens.shape[0] == 2
+    config = from_dict({"model": {"encoders": {"clip": "mc3_18"}, "encoder_options": {"clip": {"weights": "mc3.pth"}}}})
+    assert wanted_preprocessing(config, {"clip": "video"})["image_size"] == 112  # the weights' crop

@@ -184,7 +184,7 @@ class Encoder(nn.Module):
 
 
 def _register_builtins() -> None:
-    from mmcli.encoders import audio, backbones, image, pretrained_text, tabular, text, video  # noqa: F401  (registration)
+    from mmcli.encoders import audio, backbones, image, pretrained_text, tabular, text, video, video_backbones  # noqa: F401
 
 
 _register_builtins()

@@ -94,9 +94,17 @@ class Video(kinds.ModalityKind):
         return repr((config.data.image_mean, config.data.image_std))
 
     def wanted_preprocessing(self, config, name: str):
-        """A per-frame pretrained image backbone reads the image size and normalisation its weights want."""
+        """A pretrained frame backbone, or a pretrained 3D network, reads the frame size and
+        normalisation its weights want."""
+        from mmcli.encoders import ModalitySpec
+        from mmcli.encoders.video_backbones import VIDEO_ARCHS, video_preprocessing
         from mmcli.kinds.image import backbone_preprocessing
+        from mmcli.models import encoder_choice
 
+        choice, options = encoder_choice(config, ModalitySpec(name=name, kind=self.name))
+        arch = choice.split(".", 1)[1]
+        if choice.startswith(f"{self.name}.") and arch in VIDEO_ARCHS and (options.get("pretrained") or options.get("weights")):
+            return arch, video_preprocessing(arch)
         return backbone_preprocessing(config, name, self.name)
 
     def corrupt(self, table: Table, name: str, what: str, level: float, seed: int) -> None:
