@@ -49,7 +49,6 @@ def compare(
     """Train every variant with the same splits, budget and seeds; report mean, 95 % interval,
     the paired difference to the best single modality (or to --reference) with its p-value, each variant without
     each modality, and (with the subsets family) each modality's Shapley value."""
-    from mmcli.reporting.console import log
 
     set_quiet(quiet)
     if collect_dir is not None or job is not None:
@@ -60,13 +59,7 @@ def compare(
     if collect_dir is not None:
         return _collect(collect_dir, reference)
     if job is not None:
-        if out is None:
-            raise UsageError("--job needs --out: the comparison folder that --print-jobs planned")
-        from mmcli.compare.runner import run_job
-
-        result, reused = run_job(out, job, cache_arg(cache_dir))
-        log(f"job {job}: {result['variant']} seed {result['seed']} {'already finished' if reused else 'finished'}")
-        return
+        return _run_job(out, job, cache_arg(cache_dir))
     cfg = resolve_config(config, {"data.manifest": data, "model.modalities": split_list(modalities), "train.epochs": epochs, "train.seed": seed, "model.task": task,
                                   **encoder_flags(encoders)}, sets)
     n_jobs = _jobs(jobs, cfg.train.device)
@@ -82,6 +75,17 @@ def compare(
         return
     _run(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, n_jobs, command, reference, warm_start,
          search, corrupt or [])
+
+
+def _run_job(out: Optional[Path], job: int, cache_dir: str | None) -> None:
+    """--job K: one run of the comparison planned in --out."""
+    from mmcli.compare.runner import run_job
+    from mmcli.reporting.console import log
+
+    if out is None:
+        raise UsageError("--job needs --out: the comparison folder that --print-jobs planned")
+    result, reused = run_job(out, job, cache_dir)
+    log(f"job {job}: {result['variant']} seed {result['seed']} {'already finished' if reused else 'finished'}")
 
 
 def _tune_request(tune: bool, space: list[str] | None, trials: int | None) -> dict | None:

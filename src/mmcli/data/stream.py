@@ -189,8 +189,8 @@ def _shapes(modalities: dict[str, ModalityConfig], config: DataConfig) -> dict[s
     out = {}
     for name, m in _media(modalities).items():
         blank, _ = kinds.get(m.kind).blank(config)
-        out[name] = (str(blank.dtype).replace("torch.", ""), list(blank.shape))
-        out.update({array: ("int64", []) for array in _arrays(name, m.kind)[1:]})  # the lengths
+        for suffix, (dtype, _dims) in kinds.get(m.kind).arrays().items():  # the input, then its lengths
+            out[name + suffix] = (dtype, list(blank.shape) if not suffix else [])
     return out
 
 

@@ -89,10 +89,10 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Any, what:
 
 
 def _torchvision_model(arch: str, pretrained: bool, weights: str | None, **kwargs: Any) -> Any:
-    """A torchvision model (Any: its parts are read by name, `tv.layer1`, `tv.features`)."""
-    import torchvision.models as tvm
+    """A torchvision model, image or video (Any: its parts are read by name, `tv.layer1`, `tv.features`)."""
+    from torchvision.models import get_model_builder
 
-    builder = getattr(tvm, arch)
+    builder = get_model_builder(arch)
     if not load_pretrained() or (not pretrained and not weights):
         return builder(weights=None, **kwargs)
     if weights:

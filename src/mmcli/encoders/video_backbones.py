@@ -19,9 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmcli.encoders import ENCODERS, Encoder, ModalitySpec, load_pretrained
-from mmcli.encoders.backbones import load_into, read_state_dict
-from mmcli.errors import ConfigError
+from mmcli.encoders import ENCODERS, Encoder, ModalitySpec
+from mmcli.encoders.backbones import _torchvision_model
 
 VIDEO_ARCHS = {
     "r3d_18": "R3D-18 (Tran et al., 2018), 3D ResNet on the whole clip, 512 features",
@@ -38,28 +37,11 @@ def video_preprocessing(arch: str) -> dict[str, Any]:
     return {"image_size": int(preset.crop_size[0]), "image_mean": list(preset.mean), "image_std": list(preset.std)}
 
 
-def _model(arch: str, pretrained: bool, weights: str | None) -> Any:
-    import torchvision.models.video as tvv
-
-    builder = getattr(tvv, arch)
-    if not load_pretrained() or (not pretrained and not weights):
-        return builder(weights=None)
-    if weights:
-        model = builder(weights=None)
-        load_into(model, read_state_dict(weights), weights, arch)
-        return model
-    try:
-        return builder(weights="DEFAULT")
-    except (OSError, RuntimeError) as exc:  # no network, a proxy, a broken download
-        raise ConfigError(f"{arch}: cannot download the pretrained weights ({exc}); on a machine without network, "
-                          f"download them elsewhere and pass the file as weights: PATH") from None
-
-
 class VideoBackbone(Encoder):
     def __init__(self, spec: ModalitySpec, out_dim: int, arch: str = "r3d_18", pretrained: bool = False,
                  weights: str | None = None):
         super().__init__()
-        tv = _model(arch, pretrained, weights)
+        tv = _torchvision_model(arch, pretrained, weights)
         self.body = nn.Sequential(tv.stem, tv.layer1, tv.layer2, tv.layer3, tv.layer4)
         self._blocks = [b for layer in (tv.layer1, tv.layer2, tv.layer3, tv.layer4) for b in layer]
         self.trained_parts = ("body.",) if pretrained or weights else ()

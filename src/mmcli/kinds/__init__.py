@@ -244,8 +244,7 @@ class ModalityKind:
         blank = self.blank(config)
         pairs = [blank if v is None else v for v in values]
         inputs = torch.stack([p[0] for p in pairs]) if pairs else blank[0][None][:0]
-        has_lengths = any(suffix for suffix in self.arrays())
-        return inputs, torch.tensor([int(p[1]) for p in pairs]) if has_lengths else None
+        return inputs, torch.tensor([int(p[1]) for p in pairs]) if ".lengths" in self.arrays() else None
 
 
 KINDS: dict[str, ModalityKind] = {}

@@ -91,7 +91,7 @@ class Video(kinds.ModalityKind):
         return normalize_image(x.flatten(0, 1), config).view(x.shape)  # each frame as an image
 
     def feature_key(self, config) -> str:
-        return repr((config.data.image_mean, config.data.image_std))
+        return kinds.get("image").feature_key(config)  # frames are normalised as images
 
     def wanted_preprocessing(self, config, name: str):
         """A pretrained frame backbone, or a pretrained 3D network, reads the frame size and
