@@ -69,6 +69,8 @@ class ModalityConfig:
     kind: str = ""
     columns: list[str] = field(default_factory=list)  # tabular: its columns
     categorical: list[str] = field(default_factory=list)  # tabular: those of its columns that hold categories
+    start: str = ""  # video, audio: the column with each clip's start in seconds (empty: the file's start)
+    end: str = ""  # video, audio: the column with each clip's end in seconds (empty: the file's end)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from mmcli.errors import ConfigError, UsageError
 
 # data.json, as `pipeline.save_run_inputs` writes it: each key and its JSON type
 DATA_KEYS: dict[str, type] = {"source": str, "data_key": str, "modalities": dict, "splits": dict, "n_classes": int}
-SOURCE_KEYS: dict[str, type] = {"column": str, "columns": list, "categorical": list}
+SOURCE_KEYS: dict[str, type] = {"column": str, "columns": list, "categorical": list, "start": str, "end": str}
 SPEC_KEYS: dict[str, type] = {"name": str, "kind": str, "image_size": int, "channels": int, "vocab_size": int,
                               "max_len": int, "n_mels": int, "frames": int, "tokenizer": str, "backbone_config": str,
                               "numeric": int, "categories": list}  # ModalitySpec's fields (a test checks)
@@ -153,7 +153,10 @@ def _modality(path: Path, name: str, entry: Any, config: Config) -> tuple[Modali
     if spec_args.get("name", name) != name:
         raise damaged(path, f"'{where}.name' is '{spec_args['name']}'")
     _check_spec(path, where, spec, config)
-    return spec, ModalityConfig(column=entry["column"], kind=kind, columns=columns, categorical=categorical)
+    if (entry.get("start") or entry.get("end")) and not KINDS[kind].windowed:
+        raise damaged(path, f"'{where}': a {kind} modality has no clip window (start, end)")
+    return spec, ModalityConfig(column=entry["column"], kind=kind, columns=columns, categorical=categorical,
+                                start=entry.get("start", ""), end=entry.get("end", ""))
 
 
 def _check_spec(path: Path, where: str, spec: ModalitySpec, config: Config) -> None:

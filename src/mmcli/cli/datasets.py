@@ -253,3 +253,21 @@ def import_captions(
     set_quiet(quiet)
     manifest, photos, n = run(folder, captions, out or folder / "manifest.csv", image_column, caption_column)
     _imported(manifest, f"wrote {manifest}: {photos:,} images, {n:,} captions")
+
+
+@import_app.command("grid")
+@handles_errors
+def import_grid(
+    folder: Annotated[Path, typer.Argument(help="GRID folder: its videos (*.mpg) and alignments (*.align), in it or below.")],
+    out: Annotated[Path, typer.Option("--out", help="Manifest to write (never overwritten); its rows name the videos "
+                                      "relative to it.")] = Path("grid-words/manifest.csv"),
+    slots: Annotated[str, typer.Option("--slots", help="Comma-separated sentence slots whose words become rows: "
+                                       "command, colour, preposition, letter, digit, adverb.")] = "command,colour,preposition,adverb",
+    quiet: QuietOpt = False,
+) -> None:
+    """Manifest of GRID's spoken words: one row per word, the video with the word's start and end (its lips and its sound)."""
+    from mmcli.data.recipes.grid import import_grid as run
+
+    set_quiet(quiet)
+    manifest, words, sentences = run(folder, out, tuple(s.strip() for s in slots.split(",") if s.strip()))
+    _imported(manifest, f"wrote {manifest}: {words:,} words of {sentences:,} sentences")

@@ -53,7 +53,7 @@ def data_key(manifest_path: Path, files: list[Path], modalities: dict[str, Modal
             digest.update(f"{_rel(path, manifest_path)}|missing\n".encode())
     settings = {k: getattr(config, k) for k in PREPROCESS_KEYS}
     settings["modalities"] = {k: [m.column, m.kind] + ([m.columns, m.categorical] if KINDS[m.kind].many_columns else [])
-                              for k, m in sorted(modalities.items())}
+                              + ([m.start, m.end] if m.start or m.end else []) for k, m in sorted(modalities.items())}
     settings.update({k: getattr(config, k) for m in modalities.values() for k in KINDS[m.kind].preprocess_keys})
     settings["require_label"] = require_label
     digest.update(json.dumps(settings, sort_keys=True).encode())

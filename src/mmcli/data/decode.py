@@ -50,20 +50,22 @@ def file_problem(path: Path) -> str | None:
     return f"{what}, not a file" if what == "a folder" else f"{what}, not a regular file"
 
 
-def decode_file(kind: str, path: Path, config: DataConfig) -> tuple[torch.Tensor, int, list[str]]:
+def decode_file(kind: str, path: Path, config: DataConfig, window=None) -> tuple[torch.Tensor, int, list[str]]:
     """One file of a kind read from files: (tensor, its length or 0, the decoders' warnings).
 
     Every failure is the file's, whatever the library raises (Pillow, libsndfile and
     librosa each have their own exceptions, and new ones with new versions), so one bad
     file is one bad row, never a crash of the whole run. The decoders' warnings are
-    returned, not printed, for the caller to report with the row they belong to."""
+    returned, not printed, for the caller to report with the row they belong to. `window`:
+    the part of the file, (start, end) in seconds (mmcli.data.window), or None."""
     problem = file_problem(path)
     if problem is not None:
         raise DecodeError(problem)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            value, length = kinds.get(kind).decode(path, config)
+            reader = kinds.get(kind)
+            value, length = reader.decode(path, config, window=window) if window else reader.decode(path, config)
         except DecodeError:
             raise
         except Exception as exc:  # noqa: BLE001 (see above)
@@ -119,14 +121,24 @@ def audio_frames(config: DataConfig) -> int:
     return int(max_seconds(config) * config.sample_rate) // config.hop_length + 1
 
 
-def decode_audio(path: Path, config: DataConfig) -> tuple[torch.Tensor, int]:
-    """Log-mel spectrogram [n_mels, frames] in dB (padded), and the true frame count."""
+def decode_audio(path: Path, config: DataConfig, window=None) -> tuple[torch.Tensor, int]:
+    """Log-mel spectrogram [n_mels, frames] in dB (padded), and the true frame count;
+    `window`: (start, end) in seconds of the file (either None), or None for all of it."""
     import soundfile
 
+    start, end = window or (None, None)
     try:
         with soundfile.SoundFile(str(path)) as handle:
             rate = handle.samplerate
-            samples = handle.read(frames=_frames_used(rate, config), dtype="float32", always_2d=True)
+            first = int(round((start or 0.0) * rate))
+            if first >= handle.frames > 0:
+                raise DecodeError(f"the clip starts at {start:g} s, after the recording's end ({handle.frames / rate:.2f} s)")
+            if first:
+                handle.seek(first)
+            wanted = _frames_used(rate, config)
+            if end is not None:
+                wanted = min(wanted, max(1, int(round(end * rate)) - first))
+            samples = handle.read(frames=wanted, dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError, ValueError) as exc:
         raise DecodeError(f"cannot decode audio ({exc})") from None
     if samples.shape[0] == 0:
@@ -136,12 +148,14 @@ def decode_audio(path: Path, config: DataConfig) -> tuple[torch.Tensor, int]:
     return log_mel(samples.mean(axis=1), rate, config)
 
 
-def decode_sound_track(path: Path, config: DataConfig) -> tuple[torch.Tensor, int]:
+def decode_sound_track(path: Path, config: DataConfig, window=None) -> tuple[torch.Tensor, int]:
     """The sound of any container FFmpeg reads (a video's track, M4A, AAC) through PyAV,
-    as `decode_audio`'s spectrogram: only max_seconds are decoded."""
+    as `decode_audio`'s spectrogram: only max_seconds (of the window) are decoded."""
     from mmcli.data.video import decode_audio_track
 
-    samples = decode_audio_track(path, sample_rate=config.sample_rate, max_seconds=max_seconds(config))
+    start, end = window or (None, None)
+    samples = decode_audio_track(path, sample_rate=config.sample_rate, max_seconds=max_seconds(config), start=start,
+                                 end=end)
     if not np.isfinite(samples).all():
         raise DecodeError("audio holds NaN or infinite samples")
     return log_mel(samples, config.sample_rate, config)

@@ -65,8 +65,8 @@ def resolve_seconds(config: DataConfig, manifest, modalities: dict[str, Modality
         config.max_seconds = UNUSED_SECONDS
         return
     rows, where = _seconds_rows(manifest, config)
-    durations = {n: [d for d in (_duration(manifest, manifest.rows[i].get(modalities[n].column, ""), modalities[n].kind)
-                                 for i in rows)
+    durations = {n: [d for d in (_duration(manifest, KINDS[modalities[n].kind].field(manifest.rows[i], modalities[n]),
+                                           modalities[n].kind) for i in rows)
                      if d is not None] for n in audio}
     durations = {n: d for n, d in durations.items() if d}
     if not durations:  # no readable file: preprocessing names each bad row
@@ -98,10 +98,18 @@ def _duration(manifest, cell: str, kind: str) -> float | None:
 
     if not cell.strip():
         return None
-    path = media_path(manifest.root, cell)
+    try:
+        name, window = KINDS[kind].clip(cell)
+    except ValueError:  # not a window: the row checks name it
+        return None
+    path = media_path(manifest.root, name)
     if file_problem(path) is not None:  # a FIFO would block, a device never end
         return None
-    return KINDS[kind].duration(path)
+    whole = KINDS[kind].duration(path)
+    if window is None or whole is None:
+        return whole
+    start, end = window
+    return max(0.0, min(whole, end if end is not None else whole) - (start or 0.0))
 
 
 def resolve_cached_seconds(config: DataConfig, table) -> None:

@@ -180,6 +180,7 @@ def detect_modalities(manifest: Manifest, config: DataConfig) -> dict[str, Modal
             paths = [media_path(manifest.root, v) for v in values[:20]] if kinds.get(kind).from_files else []
             found.update({n: c for n, c in kinds.get(kind).companions(column, found[column], paths).items()
                           if n not in manifest.columns})
+    numbers = _clip_windows(manifest, found, numbers)
     if numbers:  # the numeric columns together are one modality (of the tabular kind)
         kind = kinds.with_trait("detects_numbers")[0]
         name = next(n for n in (kind, "numbers", f"{kind}_columns") if n not in found)
@@ -192,6 +193,24 @@ def detect_modalities(manifest: Manifest, config: DataConfig) -> dict[str, Modal
             + "; declare them under data.modalities in the config"
         )
     return found
+
+
+def _clip_windows(manifest: Manifest, found: dict[str, ModalityConfig], numbers: list[str]) -> list[str]:
+    """Columns named `start` and `end` beside recordings (video, audio) are the clips'
+    windows (mmcli.data.window), not features (a cell that is not a time is then a bad row,
+    not a reason to read the column as text); the other numeric columns are returned."""
+    timed = [n for n, m in found.items() if kinds.get(m.kind).windowed]
+    window = {part: part for part in ("start", "end") if part in numbers
+              or (part in found and found[part].column == part and kinds.get(found[part].kind).fallback)}
+    if not window or not timed:
+        return numbers
+    for part in window:
+        found.pop(part, None)
+    for name in timed:
+        found[name].start, found[name].end = window.get("start", ""), window.get("end", "")
+    LOG.info("%s: column(s) %s taken as the clip window of %s (seconds); to use them as numbers instead, declare "
+             "the modalities under data.modalities", manifest.path.name, " and ".join(window), ", ".join(timed))
+    return [c for c in numbers if c not in window]
 
 
 def _tell_sparse(manifest: Manifest, column: str, filled: int) -> None:

@@ -86,7 +86,10 @@ def _referenced_files(manifest: Manifest, modalities: dict[str, ModalityConfig])
     for row in manifest.rows:
         for m in modalities.values():
             if kinds.get(m.kind).from_files and row.get(m.column):
-                out.append(media_path(manifest.root, row[m.column]))
+                try:
+                    out.append(media_path(manifest.root, kinds.get(m.kind).clip(row[m.column])[0]))
+                except ValueError:  # not a window: the row checks name it
+                    out.append(media_path(manifest.root, row[m.column]))
     return out
 
 

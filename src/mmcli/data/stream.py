@@ -26,7 +26,7 @@ import torch
 from mmcli import kinds
 from mmcli.config import DataConfig, ModalityConfig
 from mmcli.data import decode
-from mmcli.data.manifest import Manifest, media_path
+from mmcli.data.manifest import Manifest
 from mmcli.data.table import Table, array_file, map_array, table_meta, write_array
 from mmcli.errors import BadRow
 
@@ -86,7 +86,7 @@ def decode_chunk(task: tuple[str, list[tuple[int, dict[str, str]]], dict[str, st
             value: Any = kinds.get(kind).blank(config)  # what a missing modality (data.missing=allow) keeps: its mask hides it
             if cells[name].strip():
                 try:
-                    *value, warned = decode.decode_file(kind, media_path(Path(root), cells[name]), config)
+                    *value, warned = kinds.get(kind).decode_cell(Path(root), cells[name], config)
                     notes.setdefault(i, []).extend((name, f"{cells[name]}: {w}") for w in warned)
                 except decode.DecodeError as exc:
                     problems.setdefault(i, []).append((name, f"{cells[name]}: {exc}"))
@@ -98,7 +98,7 @@ def decode_chunk(task: tuple[str, list[tuple[int, dict[str, str]]], dict[str, st
 def _chunks(manifest: Manifest, rows: list[int], media: dict[str, ModalityConfig], config: DataConfig, start: int):
     kinds_of = {n: m.kind for n, m in media.items()}
     for k in range(start * CHUNK, len(rows), CHUNK):
-        part = [(i, {n: manifest.rows[i][m.column] for n, m in media.items()}) for i in rows[k:k + CHUNK]]
+        part = [(i, {n: kinds.get(m.kind).field(manifest.rows[i], m) for n, m in media.items()}) for i in rows[k:k + CHUNK]]
         yield str(manifest.root), part, kinds_of, config
 
 

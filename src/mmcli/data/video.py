@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 SAMPLINGS = ("uniform", "segment")
 SLACK = 2  # frames by which the headers' count may be off without a second decoding
+SEEK_SKIP = 8  # packets after a seek that may fail to decode (the tail of one the seek cut) before it is an error
 
 
 @dataclass(frozen=True)
@@ -181,11 +182,30 @@ def _timed(container: Any, stream: Any, target: float, step: Callable[[Any], flo
             container.seek(int((origin + target) / stream.time_base), stream=stream, backward=True)
         except (av.error.FFmpegError, OSError, ValueError, TypeError):
             return None
-    decoded = container.decode(stream)
+    decoded = _decoded(container, stream, after_seek=target > 0)
     first = next(decoded, None)
     if target > 0 and (first is None or first.time is None or first.time - origin > target + 1e-6):
         return None
     return _with_times(itertools.chain([first] if first is not None else [], decoded), origin, step)
+
+
+def _decoded(container: Any, stream: Any, after_seek: bool) -> Iterator[Any]:
+    """The stream's frames. After a seek, the packets before the first frame may be the
+    tail of one the seek cut (an MPEG program stream's sound lands mid-frame): those that
+    do not decode are skipped, as a player does; any later error is the file's."""
+    import av
+
+    skipped = 0
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            if not after_seek or skipped >= SEEK_SKIP:
+                raise
+            skipped += 1
+            continue
+        after_seek = after_seek and not frames
+        yield from frames
 
 
 def _with_times(frames: Iterator[Any], origin: float, step: Callable[[Any], float]) -> Iterator[tuple[float, Any]]:

@@ -57,11 +57,14 @@ class ModalityKind:
     query_help: ClassVar[str | None] = None  # `predict --query-<kind>`'s help; None: no such option
     value_type: ClassVar[type] = Path  # what the predict options take: a path or a string
     seconds_limit: ClassVar[bool] = False  # cut at data.max_seconds, derived from the files' durations (`duration`)
+    windowed: ClassVar[bool] = False  # a cell may name part of its file: start/end columns, `#t=` (data/window.py)
 
     # -- a manifest ---------------------------------------------------------------------
     def columns(self, m: ModalityConfig) -> list[str]:
         """The manifest columns a modality reads."""
-        return list(m.columns) if self.many_columns else [m.column]
+        if self.many_columns:
+            return list(m.columns)
+        return [m.column] + [c for c in (m.start, m.end) if c]
 
     def matches(self, suffixes: list[str]) -> bool:
         """Detection: a column whose values are mostly files of this kind's extensions."""
@@ -81,10 +84,31 @@ class ModalityKind:
         from mmcli.data.decode import file_problem
         from mmcli.data.manifest import media_path
 
+        if self.windowed:
+            from mmcli.data.window import seconds
+
+            for column in (m.start, m.end):
+                try:
+                    seconds(manifest.rows[i].get(column, "") if column else "")
+                except ValueError as exc:
+                    return [manifest.bad(i, column, str(exc))]
+            try:
+                value = self.clip(self.field(manifest.rows[i], m))[0]
+            except ValueError as exc:  # the cell's #t= fragment, or an end before the start
+                return [manifest.bad(i, m.end or m.start or m.column, str(exc))]
         # absolute, ~ and ../ paths and symbolic links may lead anywhere the user can read,
         # as in other tools; only what is not a readable regular file is refused
         problem = file_problem(media_path(manifest.root, value))
         return [manifest.bad(i, m.column, f"{problem}: {value}")] if problem else []
+
+    def clip(self, cell: str) -> tuple[str, Any]:
+        """A cell into the file it names and the part of it (a window in seconds, None:
+        all of it); ValueError with the reason."""
+        if not self.windowed:
+            return cell, None
+        from mmcli.data.window import split
+
+        return split(cell)
 
     def companions(self, name: str, m: ModalityConfig, paths: list[Path]) -> dict[str, ModalityConfig]:
         """Modalities that a detected column of this kind brings beside its own (a clip's
@@ -104,20 +128,38 @@ class ModalityKind:
                         "and categorical names some of them" + (f" ({stray} are not in columns)" if stray else ""))
         elif not m.column:
             return f"config key 'data.modalities.{name}.column' is missing: the column that holds the {m.kind}"
+        if (m.start or m.end) and not self.windowed:
+            return (f"config key 'data.modalities.{name}.{'start' if m.start else 'end'}': a {m.kind} modality has "
+                    f"no clip window (kinds that do: {', '.join(with_trait('windowed'))})")
         return None
 
     def source(self, m: ModalityConfig) -> dict[str, Any]:
         """Where a modality comes from in a manifest, as data.json and the cache key write it."""
-        return {"column": m.column} | ({"columns": m.columns, "categorical": m.categorical} if self.many_columns else {})
+        return ({"column": m.column} | ({"columns": m.columns, "categorical": m.categorical} if self.many_columns else {})
+                | {k: c for k, c in (("start", m.start), ("end", m.end)) if c})
 
     # -- decoding into the cache ---------------------------------------------------------
     def arrays(self) -> dict[str, tuple[str, int]]:
         """The arrays of one row in a cache entry: name suffix -> (dtype, dimensions)."""
         return {}
 
-    def decode(self, path: Path, config: DataConfig) -> tuple[torch.Tensor, int]:
-        """A file into (tensor, length); raise mmcli.data.decode.DecodeError with the reason."""
+    def decode(self, path: Path, config: DataConfig, window: Any = None) -> tuple[torch.Tensor, int]:
+        """A file into (tensor, length); raise mmcli.data.decode.DecodeError with the reason.
+        `window`: a windowed kind's part of the file, (start, end) in seconds, either None
+        (only passed when there is one, so a kind without windows may leave it out)."""
         raise NotImplementedError(f"the {self.name} kind is not read from files")
+
+    def decode_cell(self, root: Path, cell: str, config: DataConfig) -> tuple[torch.Tensor, int, list[str]]:
+        """A cell (a path relative to `root`, with its window where the kind has one) as
+        decode_file reads it; DecodeError with the reason."""
+        from mmcli.data.decode import DecodeError, decode_file
+        from mmcli.data.manifest import media_path
+
+        try:
+            path, window = self.clip(cell)
+        except ValueError as exc:
+            raise DecodeError(str(exc)) from None
+        return decode_file(self.name, media_path(root, path), config, window)
 
     def blank(self, config: DataConfig) -> tuple[torch.Tensor, int]:
         """What an absent file stores (its mask hides it)."""
@@ -130,6 +172,11 @@ class ModalityKind:
         """(what, values per example) of one example's input, to bound a batch's memory;
         None: no such bound (or not known yet)."""
         return None
+
+    def pictures(self, config: DataConfig) -> int:
+        """Pictures in one example (a clip's frames): an encoder that reads each one runs
+        that many times per example, so inference batches hold that many fewer examples."""
+        return 1
 
     def cache_shape(self, config: DataConfig) -> tuple[list[int], str] | None:
         """The shape of a row the config gives, and the keys that give it, checked against a
@@ -212,24 +259,32 @@ class ModalityKind:
 
     # -- predict -------------------------------------------------------------------------
     def field(self, row: dict[str, str], m: ModalityConfig) -> str:
-        """A modality's field of an example given as a row."""
-        return row.get(m.column, "")
+        """A modality's field of an example given as a row: its cell, with the clip window
+        of its start/end columns where it has them (checked when the cell is read)."""
+        value = row.get(m.column, "")
+        if not (m.start or m.end) or not value.strip():
+            return value
+        from mmcli.data.window import with_window
+
+        return with_window(value, row.get(m.start, "") if m.start else "", row.get(m.end, "") if m.end else "")
 
     def from_json(self, item: dict[str, Any], name: str, m: ModalityConfig) -> str:
         """A modality's field of an example given as a JSON object."""
         value = item.get(name, item.get(m.column))
-        return "" if value is None else str(value)
+        if value is None:
+            return ""
+        window = {c: "" if item.get(c) is None else str(item[c]) for c in (m.start, m.end) if c}
+        return self.field({m.column: str(value)} | window, m)
 
     def read(self, raw: str, base: Path, config: DataConfig, spec: ModalitySpec, source: ModalityConfig,
              warn: Callable[[str], None]) -> tuple[Any, list[tuple[str, str]]]:
         """An example's field to its value, and the problems found as (column, reason)."""
         if not self.from_files:
             return raw, []
-        from mmcli.data.decode import DecodeError, decode_file
-        from mmcli.data.manifest import media_path
+        from mmcli.data.decode import DecodeError
 
         try:
-            tensor, length, warned = decode_file(self.name, media_path(base, raw), config)
+            tensor, length, warned = self.decode_cell(base, raw, config)
         except DecodeError as exc:
             return None, [(source.column, f"{exc}: {raw}")]
         for note in warned:

@@ -25,6 +25,7 @@ class Audio(kinds.ModalityKind):
     extensions = EXTENSIONS
     detect_rank = 20
     from_files = True
+    windowed = True
     plural = "recordings"
     default_encoder = "cnn"
     corruptions = ("white_noise", "time_mask", "clipping")
@@ -37,12 +38,13 @@ class Audio(kinds.ModalityKind):
     def arrays(self) -> dict[str, tuple[str, int]]:
         return {"": ("float16", 2), ".lengths": ("int64", 0)}
 
-    def decode(self, path: Path, config: DataConfig) -> tuple[torch.Tensor, int]:
+    def decode(self, path: Path, config: DataConfig, window=None) -> tuple[torch.Tensor, int]:
         """Sound files through libsndfile; any other container (a video's sound track, M4A)
-        through FFmpeg (PyAV)."""
+        through FFmpeg (PyAV); `window`: (start, end) seconds of the file, either None."""
         from mmcli.data.decode import decode_audio, decode_sound_track
 
-        return decode_audio(path, config) if path.suffix.lower() in self.extensions else decode_sound_track(path, config)
+        read = decode_audio if path.suffix.lower() in self.extensions else decode_sound_track
+        return read(path, config, window) if window else read(path, config)
 
     def blank(self, config: DataConfig) -> tuple[torch.Tensor, int]:
         import torch

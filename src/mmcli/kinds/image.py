@@ -35,7 +35,7 @@ class Image(kinds.ModalityKind):
     def arrays(self) -> dict[str, tuple[str, int]]:
         return {"": ("uint8", 3)}
 
-    def decode(self, path: Path, config: DataConfig) -> tuple[torch.Tensor, int]:
+    def decode(self, path: Path, config: DataConfig, window=None) -> tuple[torch.Tensor, int]:
         from mmcli.data.decode import decode_image
 
         return decode_image(path, config), 0

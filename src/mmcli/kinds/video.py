@@ -34,6 +34,7 @@ class Video(kinds.ModalityKind):
     extensions = EXTENSIONS
     detect_rank = 15
     from_files = True
+    windowed = True
     plural = "videos"
     preprocess_keys = ("video_frames", "video_sampling")
     default_encoder = "cnn"
@@ -45,12 +46,13 @@ class Video(kinds.ModalityKind):
     def arrays(self) -> dict[str, tuple[str, int]]:
         return {"": ("uint8", 4), ".lengths": ("int64", 0)}
 
-    def decode(self, path: Path, config: DataConfig) -> tuple[torch.Tensor, int]:
+    def decode(self, path: Path, config: DataConfig, window=None) -> tuple[torch.Tensor, int]:
         from mmcli.data.video import decode_video
 
-        seed = zlib.crc32(str(path).encode()) if config.video_sampling == "segment" else None
+        start, end = window or (None, None)
+        seed = zlib.crc32(f"{path}{f'#t={start},{end}' if window else ''}".encode()) if config.video_sampling == "segment" else None
         return decode_video(path, frames=config.video_frames, size=config.image_size, sampling=config.video_sampling,
-                            seed=seed)
+                            start=start, end=end, seed=seed)
 
     def blank(self, config: DataConfig) -> tuple[torch.Tensor, int]:
         import torch
@@ -63,6 +65,9 @@ class Video(kinds.ModalityKind):
     def batch_input(self, config: DataConfig) -> tuple[str, int] | None:
         return (f"clips of data.video_frames={config.video_frames} frames of data.image_size={config.image_size}",
                 config.video_frames * 3 * config.image_size**2)
+
+    def pictures(self, config: DataConfig) -> int:
+        return config.video_frames
 
     def cache_shape(self, config: DataConfig) -> tuple[list[int], str] | None:
         return ([config.video_frames, 3, config.image_size, config.image_size],

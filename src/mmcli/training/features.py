@@ -52,10 +52,12 @@ def _digest(encoder, name: str, part: Encoded, config: Config) -> str:
 
 @torch.no_grad()
 def _compute(encoder, name: str, part: Encoded, config: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    from mmcli.training.loop import eval_batch_size
+
     was_training = encoder.training
     encoder.eval()
     raws, masks = [], []
-    for batch in iterate(part, config.data, config.eval.batch_size):
+    for batch in iterate(part, config.data, eval_batch_size(config, part.kinds)):
         raw, mask = encoder.features(batch[name].to(device), batch["lengths"].get(name))
         raws.append(raw.float().cpu())
         masks.append(mask.cpu())
