@@ -126,8 +126,8 @@ def test_a_packed_batch_unpacks_to_the_same_tensors(prepared):
 
     config, train, _ = prepared
     batch = gather_batch(train, torch.tensor([5, 1, 7]))
-    batch["odd"] = {"bools": torch.tensor([True, False, True]), "halves": torch.arange(5, dtype=torch.float16),
-                    "empty": torch.zeros(0, 3)}
+    batch.inputs.update({"bools": torch.tensor([True, False, True]), "halves": torch.arange(5, dtype=torch.float16),
+                         "empty": torch.zeros(0, 3)})  # a batch's fields are typed (issue 21): odd inputs instead
     buffer, layout = pack(batch)
     assert buffer.dtype == torch.uint8 and buffer.dim() == 1
     assert all(offset % ALIGN == 0 for *_, offset, _ in layout)

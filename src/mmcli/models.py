@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mmcli.config import Config
+from mmcli.data.dataset import Batch
 from mmcli.encoders import ENCODERS, ModalitySpec
 from mmcli.fusion.base import Fusion
 from mmcli.heads.base import TaskHead
@@ -49,16 +50,18 @@ class Model(nn.Module):
     def modalities(self) -> list[str]:
         return list(self.encoders)
 
-    def encode(self, batch: dict) -> dict:
-        lengths, cached = batch.get("lengths", {}), batch.get("features", {})
-        return {name: enc.from_features(cached[name], batch["feature_mask"][name]) if name in cached
-                else enc(batch[name], lengths.get(name)) for name, enc in self.encoders.items()}
+    def encode(self, batch: Batch | dict) -> dict:
+        batch = Batch.of(batch)
+        cached = batch.features
+        return {name: enc.from_features(cached[name], batch.feature_mask[name]) if name in cached
+                else enc(batch.inputs[name], batch.lengths.get(name)) for name, enc in self.encoders.items()}
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        return self._forward(batch)[0]
+    def forward(self, batch: Batch | dict) -> torch.Tensor:
+        return self._forward(Batch.of(batch))[0]
 
-    def _forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        mask = batch["mask"]
+    def _forward(self, batch: Batch | dict) -> tuple[torch.Tensor, dict]:
+        batch = Batch.of(batch)  # a dict batch (older callers, tests) reads as a Batch
+        mask = batch.mask
         if self.training and self.modality_dropout > 0 and len(self.encoders) > 1:
             mask = drop_modalities(mask, self.modality_dropout)
         features = self.encode(batch)
@@ -85,15 +88,17 @@ class Model(nn.Module):
                 outputs[rows] = self.aux_heads[name](features[name].pooled[rows]).to(outputs.dtype)
         return outputs
 
-    def head_losses(self, batch: dict, task) -> dict[str, torch.Tensor]:
+    def head_losses(self, batch: Batch | dict, task) -> dict[str, torch.Tensor]:
         """The task's loss of the fused output ("fused") and of each auxiliary head."""
+        batch = Batch.of(batch)
         outputs, features = self._forward(batch)
         losses = {"fused": task.loss(outputs, batch)}
         losses.update({n: task.loss(head(features[n].pooled), batch) for n, head in self.aux_heads.items()})
         return losses
 
-    def loss(self, batch: dict, task) -> torch.Tensor:
+    def loss(self, batch: Batch | dict, task) -> torch.Tensor:
         """The fused loss, plus the auxiliary losses: blended, or their mean times aux_weight."""
+        batch = Batch.of(batch)
         if isinstance(self.head, TaskHead) and self.head.adds_losses:  # translation: its translation and target losses too
             outputs, features = self._forward(batch)
             return task.loss(outputs, batch) + sum(self.head.extra_losses(features, batch, task).values())

@@ -35,7 +35,7 @@ def embed(run: LoadedRun, records: list[Record], device: str = "auto") -> tuple[
         own = model.head.embed_modalities(features) if isinstance(model.head, TaskHead) else None  # retrieval: aligned
         vectors = own if own is not None else {n: f.pooled for n, f in features.items()}
         for name in parts:
-            parts[name].append((vectors[name].float() * batch["mask"][name].unsqueeze(1).to(vectors[name].device)).cpu())
+            parts[name].append((vectors[name].float() * batch.mask[name].unsqueeze(1).to(vectors[name].device)).cpu())
     return {n: torch.cat(v) for n, v in parts.items() if v}, used
 
 

@@ -1,24 +1,25 @@
-"""Tensors ready for a model, and the batch dict every model reads.
+"""Tensors ready for a model, and the batch every model reads.
 
-A batch is `{modality: tensor, "lengths": {modality: tensor}, "mask": {modality: bool},
-"label": tensor, "index": tensor}`. `mask[m][i]` is False where example i lacks modality
-m; its input is then zeros and the fusion leaves it out. Text and audio are padded only to
+A batch (`Batch`) holds each modality's inputs (`inputs[m]`), their lengths where a kind
+keeps them (`lengths[m]`), which examples have each modality (`mask[m]`), the rows'
+positions (`index`), their targets (`label`, None without), and a frozen encoder's cached
+features (`features[m]`, `feature_mask[m]`), each in a field of its own: a modality may be
+named anything, `mask` or `label` included. `mask[m][i]` is False where example i lacks
+modality m; its input is then zeros and the fusion leaves it out. Text and audio are padded only to
 the longest example of the batch, not to the configured maximum: the encoders mask the
 padding, and short clips and captions then cost what they are, not what the cap allows.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Iterator
 
 import torch
 
-from mmcli.config import DataConfig, ModalityConfig
+from mmcli.config import DataConfig
 from mmcli import kinds
 from mmcli.data.table import Table
-from mmcli.errors import BadRow, DataError
 
 
 @dataclass
@@ -55,64 +56,126 @@ def encode_table(table: Table, modalities: list[str], tokenizers: dict, targets=
     return Encoded(list(table.ids), inputs, lengths, present, labels, kinds_of)
 
 
-# keys of the batch a model reads beside its modalities' inputs (gather_batch)
+# the batch's fields beside its modalities' inputs
 BATCH_KEYS = ("lengths", "mask", "index", "label", "features", "feature_mask")
+_PER_MODALITY = ("inputs", "lengths", "mask", "features", "feature_mask")
 
 
-def check_names(source: str, modalities: dict[str, ModalityConfig]) -> None:
-    """A modality a model reads, named like a key of its batch (a text column `mask`, or
-    `label` when the label is another column), would overwrite that key: refused, naming
-    the column and the declaration that renames it."""
-    clash = [n for n in modalities if n in BATCH_KEYS]
-    if clash:
-        m = modalities[clash[0]]
-        where = m.column or clash[0]
-        raise DataError(f"{source}: a modality cannot be named '{clash[0]}' (mmcli's batches use the names "
-                        f"{', '.join(BATCH_KEYS)}); give it another name in the config, e.g. data.modalities: "
-                        f"{{{clash[0]}_{m.kind}: {{column: {where}, kind: {m.kind}}}}}",
-                        [BadRow(Path(source).name, None, where, f"the {m.kind} modality '{clash[0]}' needs another name")])
+@dataclass
+class Batch:
+    """One batch of examples for a model (see the module's docstring). `batch["mask"]`,
+    `batch["label"]`... read a field by name, and `batch[m]` a modality's inputs when `m`
+    names no field, as the dict batches of earlier versions were read; mmcli's own code
+    reads `batch.inputs[m]`, which no modality name can shadow."""
+
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    lengths: dict[str, torch.Tensor] = field(default_factory=dict)
+    mask: dict[str, torch.Tensor] = field(default_factory=dict)
+    index: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    label: torch.Tensor | None = None
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    feature_mask: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, batch: "Batch | dict") -> "Batch":
+        """A Batch as it is; a dict batch (`{modality: inputs, "mask": {...}, ...}`) as a Batch."""
+        if isinstance(batch, Batch):
+            return batch
+        fields = {k: batch[k] for k in BATCH_KEYS if k in batch}
+        return cls(inputs={k: v for k, v in batch.items() if k not in BATCH_KEYS}, **fields)
+
+    def __getitem__(self, key: str):
+        if key in BATCH_KEYS:
+            value = getattr(self, key)
+            if value is None:
+                raise KeyError(key)
+            return value
+        return self.inputs[key]
+
+    def __contains__(self, key: str) -> bool:
+        return (key in BATCH_KEYS and getattr(self, key) is not None) or key in self.inputs
+
+    def get(self, key: str, default=None):
+        return self[key] if key in self else default
+
+    def keys(self) -> list[str]:
+        """The keys of the dict batch this one reads as: its modalities, then its fields
+        (features and feature_mask only with cached features, label only with targets)."""
+        fields = ["lengths", "mask", "index"] + (["features", "feature_mask"] if self.features else [])
+        return [k for k in self.inputs if k not in BATCH_KEYS] + fields + (["label"] if self.label is not None else [])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def items(self) -> list[tuple[str, object]]:
+        return [(k, self[k]) for k in self.keys()]
+
+    def with_label(self, label: torch.Tensor | None) -> "Batch":
+        return replace(self, label=label)
+
+    def tensors(self) -> Iterator[tuple[str, str | None, torch.Tensor]]:
+        """(field, modality or None, tensor) of every tensor in the batch."""
+        for key in _PER_MODALITY:
+            for name, tensor in getattr(self, key).items():
+                yield key, name, tensor
+        yield "index", None, self.index
+        if self.label is not None:
+            yield "label", None, self.label
+
+    @classmethod
+    def from_tensors(cls, parts: Iterable[tuple[str, str | None, torch.Tensor]]) -> "Batch":
+        batch = cls()
+        for key, name, tensor in parts:
+            if name is None:
+                setattr(batch, key, tensor)
+            else:
+                getattr(batch, key)[name] = tensor
+        return batch
+
+    def map(self, fn) -> "Batch":
+        """The batch with `fn` applied to every tensor (moved to a device)."""
+        return Batch.from_tensors((key, name, fn(t)) for key, name, t in self.tensors())
 
 
-def make_batch(data: Encoded, index: torch.Tensor, config: DataConfig) -> dict:
+def make_batch(data: Encoded, index: torch.Tensor, config: DataConfig) -> Batch:
     """The batch of rows `index`, ready for a model (on the CPU)."""
     return finish_batch(gather_batch(data, index), data.kinds, config)
 
 
-def gather_batch(data: Encoded, index: torch.Tensor) -> dict:
+def gather_batch(data: Encoded, index: torch.Tensor) -> Batch:
     """Rows `index`, still as stored (images uint8, audio float16: what a loader worker
     sends, at a quarter and a half of the float32 size); `finish_batch` completes it."""
-    batch: dict = {"lengths": {}, "mask": {}, "index": index}
+    batch = Batch(index=index)
     if data.features:
-        batch["features"] = {n: raw[index] for n, (raw, _) in data.features.items()}
-        batch["feature_mask"] = {n: mask[index] for n, (_, mask) in data.features.items()}
-        batch["mask"].update({n: data.present[n][index] for n in data.features})
+        batch.features = {n: raw[index] for n, (raw, _) in data.features.items()}
+        batch.feature_mask = {n: mask[index] for n, (_, mask) in data.features.items()}
+        batch.mask.update({n: data.present[n][index] for n in data.features})
     for name, tensor in data.inputs.items():
         x = tensor[index]
         if kinds.get(data.kinds[name]).padded_to_batch and name in data.lengths and len(index):
             x = x[..., : max(1, int(data.lengths[name][index].max()))]  # pad to the batch's longest
-        batch[name] = x
-        batch["mask"][name] = data.present[name][index]
+        batch.inputs[name] = x
+        batch.mask[name] = data.present[name][index]
         if name in data.lengths:
-            batch["lengths"][name] = data.lengths[name][index]
+            batch.lengths[name] = data.lengths[name][index]
     if data.labels is not None:
-        batch["label"] = data.labels[index]
+        batch.label = data.labels[index]
     return batch
 
 
-def finish_batch(batch: dict, kinds_of: dict[str, str], config: DataConfig) -> dict:
+def finish_batch(batch: Batch, kinds_of: dict[str, str], config: DataConfig) -> Batch:
     """Normalise images and audio (each kind its own way), and zero the inputs of missing modalities, on whatever
     device the gathered batch is (the GPU, after a loader's copy)."""
-    if "features" in batch:
-        batch["features"] = {n: x.float() for n, x in batch["features"].items()}
+    batch.features = {n: x.float() for n, x in batch.features.items()}
     for name, kind_name in kinds_of.items():
-        if name not in batch:
+        if name not in batch.inputs:
             continue
         kind = kinds.get(kind_name)
-        x = kind.normalize(batch[name], config)
-        mask = batch["mask"][name]
+        x = kind.normalize(batch.inputs[name], config)
+        mask = batch.mask[name]
         if kind.zero_missing and not bool(mask.all()):  # zeros where the modality is missing
             x = x * mask.view(-1, *([1] * (x.dim() - 1)))
-        batch[name] = x
+        batch.inputs[name] = x
     return batch
 
 
@@ -130,7 +193,7 @@ def batch_order(n: int, batch_size: int, shuffle: bool = False, generator: torch
         yield shard(index) if shard is not None else index
 
 
-def iterate(data: Encoded, config: DataConfig, batch_size: int, **order) -> Iterator[dict]:
+def iterate(data: Encoded, config: DataConfig, batch_size: int, **order) -> Iterator[Batch]:
     """The batches, assembled in this process, in `batch_order(**order)`
     (mmcli.data.loader.Loader can assemble them in worker processes)."""
     for index in batch_order(len(data), batch_size, **order):

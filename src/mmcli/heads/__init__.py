@@ -11,9 +11,12 @@ multi-label thresholds). That state is saved beside the weights as `target.json`
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mmcli.registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmcli.data.dataset import Batch
 
 TASKS: Registry = Registry("task")
 
@@ -57,7 +60,7 @@ class Task(ABC):
 
     # training, scoring, predicting ----------------------------------------------------
     @abstractmethod
-    def loss(self, outputs, batch: dict):
+    def loss(self, outputs, batch: Batch):
         """The loss of a batch's outputs against its targets (batch["label"])."""
 
     @abstractmethod

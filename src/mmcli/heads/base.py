@@ -4,10 +4,13 @@ cross-modal translation), with explicit defaults for what only some of them do."
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmcli.data.dataset import Batch
 
 
 class TaskHead(nn.Module):
@@ -16,7 +19,7 @@ class TaskHead(nn.Module):
     def after_step(self) -> None:
         """Called after each optimizer step (retrieval clamps its logit scale, as OpenCLIP does)."""
 
-    def extra_losses(self, features: dict, batch: dict, task: Any) -> dict[str, torch.Tensor]:
+    def extra_losses(self, features: dict, batch: Batch, task: Any) -> dict[str, torch.Tensor]:
         """Losses beside the task's own, by name (`adds_losses` heads)."""
         return {}
 

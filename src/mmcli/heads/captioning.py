@@ -16,7 +16,7 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from mmcli.kinds import KINDS, with_trait
 from mmcli.errors import ConfigError
 from mmcli.heads import TASKS, Task
 from mmcli.heads.decoders import BOS, EOS, PAD, SPECIALS, UNK, CaptionHead
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmcli.data.dataset import Batch
 
 BLEU_WEIGHTS = ((1.0,), (0.5, 0.5), (1 / 3,) * 3, (0.25,) * 4)
 BASELINE_CANDIDATES = 40
@@ -150,7 +153,7 @@ class Captioning(Task):
                            int(self.option("layers")), config.model.dropout, int(self.option("max_len")),
                            int(self.option("beam_size")))
 
-    def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         target = batch["label"][:, 1: outputs.shape[1] + 1]
         target = target.masked_fill(target >= outputs.shape[-1], UNK)
         return nn.functional.cross_entropy(outputs.reshape(-1, outputs.shape[-1]).float(), target.reshape(-1), ignore_index=PAD)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from mmcli.heads import TASKS, Task
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmcli.data.dataset import Batch
 
 
 class ClassificationHead(nn.Module):
@@ -79,7 +82,7 @@ class Classification(Task):
         counts = torch.tensor(self.state["class_counts"], dtype=torch.float32)
         return counts.sum() / (len(counts) * counts.clamp(min=1.0))
 
-    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         weight = self.class_weights()
         return nn.functional.cross_entropy(logits, batch["label"], weight=None if weight is None else weight.to(logits.device),
                                            label_smoothing=float(self.option("label_smoothing")))

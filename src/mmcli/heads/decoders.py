@@ -12,9 +12,14 @@ again, which costs little at caption lengths and keeps the two decoders intercha
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from mmcli.heads.base import TaskHead
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmcli.data.dataset import Batch
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -66,7 +71,7 @@ class CaptionHead(TaskHead):
                                             tgt_key_padding_mask=prefix == PAD, memory_key_padding_mask=pad))
         return self.out(self.drop(hidden))
 
-    def forward(self, features: dict, mask: dict, batch: dict) -> torch.Tensor:
+    def forward(self, features: dict, mask: dict, batch: Batch) -> torch.Tensor:
         """Training: teacher-forced scores [B, L - 1, vocab]. Otherwise: generated word ids
         [B, max_len + 1] (ending with <eos>, then padding)."""
         memory, pad = self.memory(features)

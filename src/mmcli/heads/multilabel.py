@@ -12,13 +12,16 @@ accuracy (every label right).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from mmcli.heads import TASKS, Task
 from mmcli.heads.classification import ClassificationHead
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmcli.data.dataset import Batch
 
 
 def split_labels(value: str, separator: str) -> list[str]:
@@ -57,7 +60,7 @@ class MultiLabel(Task):
     def build_head(self, in_dim: int, n_outputs: int, hidden_dim: int, dropout: float) -> nn.Module:
         return ClassificationHead(in_dim, n_outputs, hidden_dim, dropout)
 
-    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(logits, batch["label"])
 
     def thresholds(self, n: int) -> torch.Tensor:

@@ -8,13 +8,16 @@ its threshold of 1 means one standard deviation). Metrics: MAE, RMSE, R^2, and t
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from mmcli.heads import TASKS, Task
 from mmcli.heads.classification import ClassificationHead
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmcli.data.dataset import Batch
 
 
 def _number(value: str) -> float | None:
@@ -66,7 +69,7 @@ class Regression(Task):
             return nn.functional.huber_loss(pred, target)
         return nn.functional.mse_loss(pred, target)
 
-    def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self._loss(outputs.squeeze(-1), batch["label"])
 
     def values(self, outputs: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ queries of modality a whose pair is among the k nearest items of b; ranks are 1-
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ from torch import nn
 from mmcli.errors import ConfigError
 from mmcli.heads import TASKS, Task
 from mmcli.heads.base import TaskHead
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmcli.data.dataset import Batch
 
 RECALL_AT = (1, 5, 10)
 
@@ -97,7 +100,7 @@ class TwoTowerHead(TaskHead):
     def embed_modalities(self, features: dict) -> dict[str, torch.Tensor]:
         return {n: nn.functional.normalize(self.proj[n](features[n].pooled).float(), dim=-1) for n in self.names}
 
-    def forward(self, features: dict, mask: dict, batch: dict) -> torch.Tensor:
+    def forward(self, features: dict, mask: dict, batch: Batch) -> torch.Tensor:
         unit = self.embed_modalities(features)
         out = torch.stack([unit[n] * mask[n].unsqueeze(-1).to(unit[n].dtype) if n in mask else unit[n]
                            for n in self.names], dim=1)
@@ -140,8 +143,8 @@ class Retrieval(Task):
         return TwoTowerHead(in_dims, int(self.option("embed_dim")), float(self.option("temperature")),
                             float(self.option("max_scale")))
 
-    def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
-        return pair_loss(outputs, batch["mask"], list(self.config.model.modalities))
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return pair_loss(outputs, batch.mask, list(self.config.model.modalities))
 
     def evaluate(self, outputs: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict[str, Any]:
         """Scores over the split's complete pairs; a row that lacks a side (zero embedding) is left out."""

@@ -14,9 +14,14 @@ means for every other model.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from mmcli.heads.base import TaskHead
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmcli.data.dataset import Batch
 
 
 class TranslationHead(TaskHead):
@@ -31,7 +36,7 @@ class TranslationHead(TaskHead):
         self.head = make_head(dim + sum(in_dims[t] for t in self.targets))
         self.aux = nn.ModuleDict({t: make_head(in_dims[t]) for t in self.targets})
 
-    def forward(self, features: dict, mask: dict, batch: dict) -> torch.Tensor:
+    def forward(self, features: dict, mask: dict, batch: Batch) -> torch.Tensor:
         z = features[self.source].pooled
         out = self.head(torch.cat([z, *(self.translate[t](z) for t in self.targets)], dim=1))
         have = mask[self.source]
@@ -47,15 +52,15 @@ class TranslationHead(TaskHead):
             count = count + present
         return torch.where(have.unsqueeze(1), out, fallback / count.clamp_min(1))
 
-    def extra_losses(self, features: dict, batch: dict, task) -> dict[str, torch.Tensor]:
+    def extra_losses(self, features: dict, batch: Batch, task) -> dict[str, torch.Tensor]:
         z = features[self.source].pooled
         out = {}
         for t in self.targets:
-            have = batch["mask"][t]
+            have = batch.mask[t]
             if not bool(have.any()):
                 continue
             guess, goal = self.translate[t](z[have]), features[t].pooled[have].detach()
             out[f"translate:{t}"] = self.weight * (1 - nn.functional.cosine_similarity(guess, goal, dim=-1)).mean()
-            sub = {**batch, "label": batch["label"][have]}
+            sub = batch.with_label(batch.label[have] if batch.label is not None else None)
             out[f"target:{t}"] = task.loss(self.aux[t](features[t].pooled[have]), sub)
         return out

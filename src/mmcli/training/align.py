@@ -39,12 +39,12 @@ def align_encoders(model, train: Encoded, config: Config, generator: torch.Gener
         total, count = 0.0, 0
         for batch in iterate(train, config.data, config.train.batch_size, shuffle=True, generator=generator):
             batch = to_device(batch, device)
-            loss = pair_loss(towers(model.encode(batch), batch["mask"], batch), batch["mask"], names)
+            loss = pair_loss(towers(model.encode(batch), batch.mask, batch), batch.mask, names)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip or float("inf"))
             optimizer.step()
             towers.after_step()
-            total, count = total + loss.item() * len(batch["index"]), count + len(batch["index"])
+            total, count = total + loss.item() * len(batch.index), count + len(batch.index)
         history.append(round(total / max(1, count), 6))
     return history

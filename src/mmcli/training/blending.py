@@ -36,7 +36,7 @@ def head_losses(model, task, data: Encoded, config, device, limit: int | None = 
         if limit is not None and count >= limit:
             break
         batch = to_device(batch, device)
-        n = len(batch["index"])
+        n = len(batch.index)
         for k, v in model.head_losses(batch, task).items():
             totals[k] = totals.get(k, 0.0) + float(v) * n
         count += n

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmcli.data.dataset import Batch
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ class LossOf(torch.nn.Module):
         self.model: Any = model  # a mmcli Model: its loss() is called
         self.task = task
 
-    def forward(self, batch: dict) -> torch.Tensor:
+    def forward(self, batch: Batch) -> torch.Tensor:
         return self.model.loss(batch, self.task)
 
 

@@ -58,7 +58,7 @@ def _compute(encoder, name: str, part: Encoded, config: Config, device: torch.de
     encoder.eval()
     raws, masks = [], []
     for batch in iterate(part, config.data, eval_batch_size(config, part.kinds)):
-        raw, mask = encoder.features(batch[name].to(device), batch["lengths"].get(name))
+        raw, mask = encoder.features(batch.inputs[name].to(device), batch.lengths.get(name))
         raws.append(raw.float().cpu())
         masks.append(mask.cpu())
     encoder.train(was_training)

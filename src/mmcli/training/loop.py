@@ -129,7 +129,7 @@ def train_one_epoch(model, task, data: Encoded, config: Config, stepper: Stepper
         if not math.isfinite(value):
             raise RunFailed(f"the training loss became {value}; lower --lr (now {config.train.lr})")
         stepper.backward(model, loss, i, last=i == batches - 1)
-        n = len(batch["index"])
+        n = len(batch.index)
         total += value * n
         count += n
         progress.batch_end(value)
