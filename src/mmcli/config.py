@@ -150,6 +150,8 @@ class TrainConfig:
     augment: bool = True  # images: random resized crops in training (never in evaluation); not for frozen encoders
     crop_scale: float = ranged(0.8, 0, 1, lo_open=True)  # augment: the smallest fraction of an image's area a crop keeps
     hflip: bool = False  # augment: also mirror images left-right (photos: yes; digits, letters, icons: no)
+    corrupt: list[str] = field(default_factory=list)  # MODALITY:KIND@LEVEL: degrade it in training (mmcli.training.degrade)
+    corrupt_share: float = ranged(0.5, 0, 1)  # corrupt: the share of each batch's examples degraded (at a random level)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from pathlib import Path
 from mmcli import runs
 from mmcli.config import Config, ModalityConfig, check_batch_size
 from mmcli.data.dataset import Encoded, encode_table
+from mmcli.training import degrade
 from mmcli.data.decode import audio_frames
 from mmcli.data.preprocess import BUILTIN_PREFIX, Progress, preprocess, warn_skipped
 from mmcli.data.splits import assign_splits, source_groups
@@ -128,6 +129,7 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
     splits = assign_splits(task.split_keys(values), table.given_splits, split_seed(config),
                            config.data.val_fraction, config.data.test_fraction, table.source, source_groups(table))
     modalities = chosen_modalities(config, list(table.modalities))
+    degrade.check(config.train.corrupt, {n: m.kind for n, m in table.modalities.items()})  # before anything trains
     train_rows = [i for i, s in enumerate(splits) if s == "train"]
     if not train_rows:
         raise DataError(f"{table.source}: the training split is empty")

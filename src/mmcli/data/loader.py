@@ -105,8 +105,8 @@ class Loader:
     def __init__(self, data: Encoded, config: DataConfig, batch_size: int, *, shuffle: bool = False,
                  generator: torch.Generator | None = None, weights: torch.Tensor | None = None,
                  shard: Callable | None = None, workers: int = 0, prefetch: int = 2, pin_memory: bool = False,
-                 device: torch.device | None = None) -> None:
-        self.data, self.config, self.device = data, config, device
+                 device: torch.device | None = None, degrade: Callable[[Batch], Batch] | None = None) -> None:
+        self.data, self.config, self.device, self.degrade = data, config, device, degrade
         self.sampler = _Order(len(data), batch_size, shuffle=shuffle, generator=generator, weights=weights, shard=shard)
         self._loader = None
         if workers > 0 or pin_memory:
@@ -122,12 +122,18 @@ class Loader:
     def __iter__(self) -> Iterator[Batch]:
         """Each batch on `device`, normalised."""
         if self._loader is None:
-            gathered = (to_device(gather_batch(self.data, index), self.device) for index in self.sampler)
+            gathered = (to_device(self._degraded(gather_batch(self.data, index)), self.device) for index in self.sampler)
+        elif self.degrade is not None:  # degraded on the CPU, where the corruptions draw, then moved
+            gathered = (to_device(self._degraded(unpack(buffer, layout)), self.device) for buffer, layout in self._loader)
         else:  # one buffer per batch, pinned on a GPU: one copy to the device
             gathered = (unpack(buffer if self.device is None else buffer.to(self.device, non_blocking=True), layout)
                         for buffer, layout in self._loader)
         for batch in gathered:
             yield finish_batch(batch, self.data.kinds, self.config)
+
+    def _degraded(self, batch: Batch) -> Batch:
+        """The training batch with train.corrupt applied (mmcli.training.degrade), before normalising."""
+        return batch if self.degrade is None else self.degrade(batch)
 
     def close(self) -> None:
         """Let the worker processes go (DataLoader stops them when it is collected);

@@ -47,6 +47,7 @@ class ModalityKind:
     default_encoder: ClassVar[str] = ""  # the registered `<kind>.<name>` encoder used unless the config says
     old_default_encoder: ClassVar[str | None] = None  # the default of runs saved before train.augment existed
     corruptions: ClassVar[tuple[str, ...]] = ()  # what `--corrupt MODALITY:KIND@LEVEL` can do to it
+    corrupts_stored: ClassVar[bool] = False  # its corruptions act on the stored inputs, so training can apply them
     padded_to_batch: ClassVar[bool] = False  # inputs are cut to the longest of a batch (their lengths kept)
     zero_missing: ClassVar[bool] = True  # an absent modality's inputs are zeroed (text: its padding ids already are)
     fitted: ClassVar[str | None] = None  # what is fitted on the training split, the prefix of its file in a run

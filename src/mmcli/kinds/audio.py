@@ -29,6 +29,7 @@ class Audio(kinds.ModalityKind):
     plural = "recordings"
     default_encoder = "cnn"
     corruptions = ("white_noise", "time_mask", "clipping")
+    corrupts_stored = True
     padded_to_batch = True
     seconds_limit = True
     caption_source = True

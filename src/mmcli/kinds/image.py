@@ -28,6 +28,7 @@ class Image(kinds.ModalityKind):
     plural = "images"
     default_encoder = "cnn"
     corruptions = ("gaussian_noise", "blur", "occlusion", "grayscale", "jpeg")
+    corrupts_stored = True
     caption_source = True
     predict_option = ("--image", "One example: path of its image.")
     query_help = "Retrieval runs: find the items of --index nearest to this image (repeatable)."

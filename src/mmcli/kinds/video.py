@@ -39,6 +39,7 @@ class Video(kinds.ModalityKind):
     preprocess_keys = ("video_frames", "video_sampling")
     default_encoder = "cnn"
     corruptions = ("dropped_frames", "frozen_frames", "noise", "temporal_shuffle")
+    corrupts_stored = True
     caption_source = True
     predict_option = ("--video", "One example: path of its video.")
     query_help = "Retrieval runs: find the items of --index nearest to this video (repeatable)."

@@ -142,11 +142,12 @@ def train_loader(data: Encoded, config: Config, generator: torch.Generator, weig
     """The shuffled (or weighted) batches of this process's share of each global batch."""
     from functools import partial
 
+    from mmcli.training.degrade import train_corruption
     from mmcli.training.distributed import shard
 
     return Loader(data, config.data, config.train.batch_size, shuffle=True, generator=generator, weights=weights,
                   shard=partial(shard, w=world), workers=workers, prefetch=config.train.prefetch, pin_memory=pin_memory,
-                  device=device)
+                  device=device, degrade=train_corruption(config, data.kinds, frozenset(data.features)))
 
 
 @torch.no_grad()
