@@ -255,3 +255,25 @@ def test_corrupt_scores_every_run_with_a_modality_degraded(toy_small, tmp_path):
     bad = cli("compare", "unimodal:audio", "--data", toy_small, "--out", tmp_path / "x", "--corrupt", "audio:melt@1",
               check=False)
     assert bad.returncode == 2 and "melt" in bad.stderr
+
+
+def test_corrupt_scores_the_ensemble_from_its_members_degraded_outputs(toy_small, tmp_path):
+    """The ensemble trains nothing: under --corrupt it averages the degraded outputs of the
+    member that reads the modality with the clean outputs of the others, as a direct
+    average of the saved outputs shows."""
+    import numpy as np
+
+    from mmcli.compare.ensemble import OUTPUTS, degraded_file
+
+    out, spec = tmp_path / "cmp", "audio:white_noise@1"
+    cli("compare", "unimodal:audio", "unimodal:text", "multimodal:ensemble", "--data", toy_small, "--epochs", "1",
+        "--jobs", "1", "--out", out, "--corrupt", spec)
+    audio, text = np.load(out / "runs" / "unimodal-audio-seed0" / degraded_file(spec)), np.load(
+        out / "runs" / "unimodal-text-seed0" / OUTPUTS)
+    assert not (out / "runs" / "unimodal-text-seed0" / degraded_file(spec)).exists()  # the text run never hears it
+    assert audio["test_ids"].tolist() == text["test_ids"].tolist()
+    softmax = lambda x: np.exp(x - x.max(1, keepdims=True)) / np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)  # noqa: E731
+    guess = (softmax(audio["test_outputs"]) + softmax(text["test_outputs"])).argmax(1)
+    expected = float((guess == text["test_targets"]).mean())
+    row = next(r for r in csv.DictReader(open(out / "results.csv")) if r["variant"] == "multimodal:ensemble")
+    assert float(row[f"corrupt {spec}"]) == pytest.approx(expected)

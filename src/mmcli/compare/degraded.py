@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmcli import runs
-from mmcli.compare import stats
+from mmcli.compare import ensemble, stats
 
 if TYPE_CHECKING:
     from mmcli.compare.runner import Plan
@@ -52,7 +52,10 @@ def complete(out: Path, plan: Plan, cache_dir: str | None = None) -> None:
                 have[spec] = saved["scores"]  # the run never sees that modality
                 continue
             LOG.info("%s seed %d: scoring the test split with %s", cell["variant"], cell["seed"], spec)
-            scores = evaluate_run(out / cell["run"], cache_dir=cache_dir, save=False, corruptions=[spec])
+            kept: dict[str, Any] = {}
+            scores = evaluate_run(out / cell["run"], cache_dir=cache_dir, save=False, corruptions=[spec], outputs=kept)
+            if cell.get(ensemble.FLAG):  # an ensemble averages this run: its degraded outputs too
+                ensemble.save_degraded(out / cell["run"], spec, kept["ids"], kept["outputs"])
             have[spec] = {k: float(v) for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         runs.write_json(out / cell["run"] / RESULT, saved)
 

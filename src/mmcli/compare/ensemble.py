@@ -83,6 +83,46 @@ def save_outputs(folder: Path, outcome, cfg) -> str:
     return OUTPUTS
 
 
+def degraded_file(spec: str) -> str:
+    """The file of a run's test outputs under one `--corrupt` spec (mmcli.compare.degraded)."""
+    import hashlib
+
+    return f"compare-outputs-{hashlib.sha256(spec.encode()).hexdigest()[:12]}.npz"
+
+
+def save_degraded(folder: Path, spec: str, ids: list[str], outputs: Any) -> None:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, test_ids=np.array(ids, dtype=str), test_outputs=outputs.numpy())
+    runs.write_atomic(folder / degraded_file(spec), buffer.getvalue())
+
+
+def _degraded(plan: Plan, loaded: dict[str, dict[str, Any]], runs_of: dict[str, Path], names: list[str],
+              state: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The ensemble's scores under each `--corrupt` spec: each member that reads the
+    degraded modality brings its degraded test outputs (saved when it was scored so), the
+    others their clean ones; a spec some member lacks is left out."""
+    import numpy as np
+    import torch
+
+    from mmcli.compare.runner import _scalars
+
+    out = {}
+    for spec in plan.corruptions:
+        modality, swapped = spec.split(":", 1)[0], dict(loaded)
+        if modality in loaded:
+            try:
+                with np.load(runs_of[modality] / degraded_file(spec), allow_pickle=False) as z:
+                    if z["test_ids"].tolist() != loaded[modality]["test_ids"]:
+                        continue
+                    swapped[modality] = {**loaded[modality], "test_outputs": torch.from_numpy(z["test_outputs"])}
+            except (OSError, ValueError, KeyError):
+                continue
+        out[spec] = _scalars(evaluate(plan, swapped, list(loaded), names, state))
+    return out
+
+
 def results(out: Path, plan: Plan, saved: dict[int, dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(cell, result) for every seed of every ensemble whose unimodal runs have all finished,
     in the form of a run's cell and result."""
@@ -100,7 +140,11 @@ def results(out: Path, plan: Plan, saved: dict[int, dict[str, Any]]) -> list[tup
                 continue
             first = plan.cells[ks[v.modalities[0]]]
             cell = {"variant": v.name, "seed_index": i, "seed": first["seed"], "run": None}
-            pairs.append((cell, score(plan, typing.cast(dict, loaded), out / first["run"])))
+            result = score(plan, typing.cast(dict, loaded), out / first["run"])
+            if plan.corruptions:
+                result["corrupted"] = _degraded(plan, typing.cast(dict, loaded),
+                                                {m: out / plan.cells[k]["run"] for m, k in ks.items()}, *task_files(out / first["run"]))
+            pairs.append((cell, result))
     return pairs
 
 
@@ -119,6 +163,12 @@ def load(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+def task_files(run: Path) -> tuple[list[str], dict[str, Any]]:
+    """A member run's class names and the task's fitted state, which the average is scored with."""
+    return runs.read_json(run / "labels.json", list), {k: v for k, v in runs.read_json(run / "target.json", dict).items()
+                                                       if k != "task"}
+
+
 def score(plan: Plan, loaded: dict[str, dict[str, Any]], first_run: Path) -> dict[str, Any]:
     """The ensemble's test scores, per-class scores and its scores without each modality."""
     from mmcli.compare.runner import _scalars
@@ -129,8 +179,7 @@ def score(plan: Plan, loaded: dict[str, dict[str, Any]], first_run: Path) -> dic
             if loaded[m][f"{split}_ids"] != loaded[mods[0]][f"{split}_ids"]:
                 raise UsageError(f"the unimodal runs in {first_run.parent} scored different {split} rows "
                                  "(a folder of another comparison?); rerun the comparison with --overwrite")
-    names = runs.read_json(first_run / "labels.json", list)
-    state = {k: v for k, v in runs.read_json(first_run / "target.json", dict).items() if k != "task"}
+    names, state = task_files(first_run)
     full = evaluate(plan, loaded, mods, names, state)
     without = {m: _scalars(evaluate(plan, loaded, [o for o in mods if o != m], names, state)) for m in mods}
     return {"family": "multimodal", "scores": _scalars(full), "per_class": full.get("per_class"),

@@ -50,10 +50,12 @@ def _perturbation(run, drops: list[str], corruptions: list[str], seed: int):
 
 def evaluate_run(run_dir: Path, data: str | None = None, split: str | None = None, cache_dir: str | None = None,
                  weights: str = "best", progress=None, save: bool = True, device: str = "auto",
-                 drops: list[str] | None = None, corruptions: list[str] | None = None, seed: int = 0) -> dict[str, Any]:
+                 drops: list[str] | None = None, corruptions: list[str] | None = None, seed: int = 0,
+                 outputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Scores of the run on `split` (default test; every row of other data without a split
     column), less any row the run was trained on; `drops` evaluate with those modalities
-    absent (through the mask), `corruptions` (MODALITY:KIND@LEVEL) with degraded inputs."""
+    absent (through the mask), `corruptions` (MODALITY:KIND@LEVEL) with degraded inputs.
+    `outputs`, a dict, receives the raw outputs (`outputs`) and the rows' ids (`ids`)."""
     run = load_run(run_dir, weights)
     transform, tag = _perturbation(run, drops or [], corruptions or [], seed)
     chosen = data_for_run(run, data, split, cache_dir, progress, transform=transform)
@@ -64,6 +66,8 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str | None = Non
     target = pick_device(device)
     run.model.to(target)
     logits, fusion_weights = predict_outputs(run.model, encoded, run.config, target)
+    if outputs is not None:
+        outputs.update(outputs=logits, ids=list(encoded.ids))
     scores = task.evaluate(logits, encoded.labels, run.labels)
     if fusion_weights is not None and task.name == "classification":  # per class: needs one class per example
         scores["modality_weights_per_class"] = weights_per_class(fusion_weights, encoded.labels, run.labels, run.model.modalities)
