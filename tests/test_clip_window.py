@@ -220,3 +220,19 @@ def test_grid_words_decode_as_short_clips_with_their_sound(tmp_path, cli):
     frames = table.tensors["video.lengths"]
     assert bool(((frames >= 3) & (frames <= 12)).all()), frames  # a word: 0.1 to 0.5 s at 25 fps, not the 3 s clip
     assert config.max_seconds is not None and config.max_seconds <= 0.6  # derived from the words' windows
+
+
+def test_rate_sampling_takes_frames_at_a_fixed_rate_from_the_window(data):
+    """data.video_sampling=rate: video_fps frames a second from the clip's start (8 fps
+    files at 2 a second: every fourth frame), however long the clip."""
+    from mmcli.data.video import decode_video
+
+    for start, first in ((None, 0), (1.0, 8)):
+        pixels, n = decode_video(data / "count.mp4", frames=4, size=8, sampling="rate", fps=2, start=start)
+        grey = pixels.float().mean(dim=(1, 2, 3)).tolist()
+        assert n == 4 and all(abs(g - 8 * (first + 4 * k)) <= 6 for k, g in enumerate(grey)), grey
+
+
+def test_rate_sampling_needs_its_rate(data, cli):
+    result = cli("preprocess", str(data), "--set", "data.video_sampling=rate")
+    assert result.exit_code == 2 and "data.video_fps" in result.output, result.output

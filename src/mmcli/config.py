@@ -96,7 +96,8 @@ class DataConfig:
     window: str = "hann"  # audio: the window's shape (any that scipy.signal.get_window knows: hann, hamming, ...)
     max_seconds: Optional[float] = ranged(None, 0, 3600, lo_open=True)  # None: derived from the audio files (mmcli.data.lengths)
     video_frames: int = ranged(8, 1, 512)  # video: frames taken from each clip (its frames are data.image_size square)
-    video_sampling: str = "uniform"  # video: uniform (evenly spaced) or segment (one random frame per segment, as TSN)
+    video_sampling: str = "uniform"  # video: uniform (evenly spaced), segment (one random frame per segment, as TSN) or rate (data.video_fps a second)
+    video_fps: Optional[float] = ranged(None, 0.001, 1000)  # video_sampling rate: frames taken per second (at most video_frames)
     on_error: str = "fail"
     missing: str = "fail"  # a row lacking some modality: fail (a bad row) or allow (kept, masked as in predict)
     label_separator: str = "|"  # multilabel: labels joined by this in the label column
@@ -281,8 +282,11 @@ def validate(config: Config, skip: tuple[str, ...] = ()) -> None:
         problem = kinds.get(mod.kind).check_config(name, mod)
         if problem:
             raise ConfigError(problem)
-    if config.data.video_sampling not in ("uniform", "segment"):
-        raise ConfigError(f"config key 'data.video_sampling' must be 'uniform' or 'segment', not '{config.data.video_sampling}'")
+    if config.data.video_sampling not in ("uniform", "segment", "rate"):
+        raise ConfigError(f"config key 'data.video_sampling' must be 'uniform', 'segment' or 'rate', not "
+                          f"'{config.data.video_sampling}'")
+    if config.data.video_sampling == "rate" and config.data.video_fps is None:
+        raise ConfigError("config key 'data.video_fps' is needed by data.video_sampling=rate: the frames to take per second")
     if config.data.on_error not in ("fail", "skip"):
         raise ConfigError("config key 'data.on_error' must be 'fail' or 'skip'")
     if config.data.missing not in ("fail", "allow"):

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from mmcli.data.decode import DecodeError
 
-SAMPLINGS = ("uniform", "segment")
+SAMPLINGS = ("uniform", "segment", "rate")
 SLACK = 2  # frames by which the headers' count may be off without a second decoding
 SEEK_SKIP = 8  # packets after a seek that may fail to decode (the tail of one the seek cut) before it is an error
 
@@ -129,16 +129,23 @@ def probe(path: PathLike) -> VideoInfo:
         return _info(container, _video_stream(container))
 
 
-def sample_indices(n_available: int, n_frames: int, sampling: str, rng: Optional[random.Random] = None) -> list[int]:
+def sample_indices(n_available: int, n_frames: int, sampling: str, rng: Optional[random.Random] = None,
+                   step: float = 1.0) -> list[int]:
     """Which of `n_available` frames to keep, as TSN (Wang et al., 2016) samples.
 
     "uniform": the centres of n_frames equal spans (TSN's test-time sampling).
     "segment": one frame drawn at random in each of n_frames equal segments, segment i
     being [floor(i n / k), floor((i + 1) n / k)) (TSN's training sampling); with no `rng`,
     each segment's centre. A clip of n_frames or fewer gives every frame it has, once
-    each: the caller pads."""
+    each: the caller pads. "rate": every `step`-th frame from the first (a fixed number of
+    frames per second, so that time runs at one speed in every clip), at most n_frames of
+    them: a longer clip is cut, a shorter one padded."""
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, not {sampling!r}")
+    if sampling == "rate":
+        if not step > 0:
+            raise ValueError(f"step must be positive, not {step}")
+        return [i for i in (int(k * step + 1e-9) for k in range(n_frames)) if i < n_available]
     if n_available <= n_frames:
         return list(range(max(0, n_available)))
     if sampling == "uniform":
@@ -224,7 +231,7 @@ def _resized(reformatter: Any, frame: Any, size: int) -> np.ndarray:
     return rgb.to_ndarray().transpose(2, 0, 1)
 
 
-def _pass(path: PathLike, lo: float, hi: float, size: int, choose: Callable[[int], list[int]],
+def _pass(path: PathLike, lo: float, hi: float, size: int, choose: Callable[[int, float], list[int]],
           known: Optional[int]) -> tuple[int, dict[int, list[int]], dict[int, np.ndarray]]:
     """One decoding: (frames seen in the window, count -> the indices chosen for it, the
     kept frames). `known`: the count; else the headers' estimate and the counts within
@@ -242,9 +249,9 @@ def _pass(path: PathLike, lo: float, hi: float, size: int, choose: Callable[[int
             first = max(0, math.ceil((lo - eps) * info.fps))
             last = info.frames if math.isinf(hi) else min(info.frames, math.ceil((hi - eps) * info.fps))
             estimate = max(0, last - first)
-            choices = {n: choose(n) for n in range(max(1, estimate - SLACK), estimate + SLACK + 1)}
+            choices = {n: choose(n, info.fps) for n in range(max(1, estimate - SLACK), estimate + SLACK + 1)}
         else:
-            choices = {known: choose(known)}
+            choices = {known: choose(known, info.fps)}
         wanted = set().union(*choices.values())
         for t, frame in frames:
             if frame.time is None:
@@ -260,10 +267,12 @@ def _pass(path: PathLike, lo: float, hi: float, size: int, choose: Callable[[int
 
 
 def decode_video(path: PathLike, *, frames: int, size: int, sampling: str = "uniform", start: Optional[float] = None,
-                 end: Optional[float] = None, seed: Optional[int] = None) -> tuple[torch.Tensor, int]:
+                 end: Optional[float] = None, seed: Optional[int] = None, fps: Optional[float] = None
+                 ) -> tuple[torch.Tensor, int]:
     """uint8 [frames, 3, size, size] RGB (zeros after the last real frame) and the number
     of real frames. "segment" sampling draws from `seed` (the same seed, the same frames);
-    with no seed it takes each segment's centre."""
+    with no seed it takes each segment's centre. "rate" sampling takes `fps` frames a
+    second (of the file's own rate: every file_fps / fps-th frame)."""
     import torch
 
     if frames < 1 or size < 1:
@@ -271,9 +280,14 @@ def decode_video(path: PathLike, *, frames: int, size: int, sampling: str = "uni
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, not {sampling!r}")
     lo, hi = _bounds(start, end)
+    if sampling == "rate" and not (fps and fps > 0):
+        raise ValueError(f"rate sampling needs frames per second, not {fps!r}")
+    if sampling == "rate" and fps:
+        hi = min(hi, lo + frames / fps)  # what follows the last frame taken is not decoded
 
-    def choose(n: int) -> list[int]:
-        return sample_indices(n, frames, sampling, random.Random(seed) if seed is not None else None)
+    def choose(n: int, file_fps: float) -> list[int]:
+        step = file_fps / fps if sampling == "rate" and fps else 1.0
+        return sample_indices(n, frames, sampling, random.Random(seed) if seed is not None else None, step)
 
     seen, choices, kept = _pass(path, lo, hi, size, choose, None)
     if seen and seen not in choices:  # the headers' count was far off: choose again from the true one

@@ -36,7 +36,7 @@ class Video(kinds.ModalityKind):
     from_files = True
     windowed = True
     plural = "videos"
-    preprocess_keys = ("video_frames", "video_sampling")
+    preprocess_keys = ("video_frames", "video_sampling", "video_fps")
     default_encoder = "cnn"
     corruptions = ("dropped_frames", "frozen_frames", "noise", "temporal_shuffle")
     corrupts_stored = True
@@ -53,7 +53,7 @@ class Video(kinds.ModalityKind):
         start, end = window or (None, None)
         seed = zlib.crc32(f"{path}{f'#t={start},{end}' if window else ''}".encode()) if config.video_sampling == "segment" else None
         return decode_video(path, frames=config.video_frames, size=config.image_size, sampling=config.video_sampling,
-                            start=start, end=end, seed=seed)
+                            start=start, end=end, seed=seed, fps=config.video_fps)
 
     def blank(self, config: DataConfig) -> tuple[torch.Tensor, int]:
         import torch
