@@ -236,3 +236,18 @@ def test_rate_sampling_takes_frames_at_a_fixed_rate_from_the_window(data):
 def test_rate_sampling_needs_its_rate(data, cli):
     result = cli("preprocess", str(data), "--set", "data.video_sampling=rate")
     assert result.exit_code == 2 and "data.video_fps" in result.output, result.output
+
+
+def test_cells_with_a_fragment_are_detected_as_video_and_read_their_window(data, tmp_path):
+    from mmcli.config import DataConfig
+    from mmcli.data.preprocess import preprocess
+
+    folder = tmp_path / "fragments"
+    folder.mkdir()
+    (folder / "count.mp4").symlink_to(data / "count.mp4")
+    rows = ["clip,label"] + [f'"count.mp4#t={s},{s + 1}",{"late" if s >= 2 else "early"}' for s in (0, 3)] * 2  # CSV quotes
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    table = preprocess(folder, DataConfig(video_frames=2, image_size=8), tmp_path / "cache")
+    assert table.modalities["clip"].kind == "video" and not table.bad_rows
+    grey = table.tensors["clip"].float().mean(dim=(1, 2, 3, 4)).tolist()
+    assert grey[0] < 64 < 8 * FPS * 3 - 8 < grey[1], grey  # second 0, then second 3

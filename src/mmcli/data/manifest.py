@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mmcli import kinds
 from mmcli.config import DataConfig, ModalityConfig
+from mmcli.data.window import path_of
 from mmcli.errors import BadRow, DataError, UsageError
 
 
@@ -177,7 +178,7 @@ def detect_modalities(manifest: Manifest, config: DataConfig) -> dict[str, Modal
             numbers.append(column)
         elif kind is not None:
             found[column] = ModalityConfig(column=column, kind=kind)
-            paths = [media_path(manifest.root, v) for v in values[:20]] if kinds.get(kind).from_files else []
+            paths = [media_path(manifest.root, path_of(v)) for v in values[:20]] if kinds.get(kind).from_files else []
             found.update({n: c for n, c in kinds.get(kind).companions(column, found[column], paths).items()
                           if n not in manifest.columns})
     numbers = _clip_windows(manifest, found, numbers)
@@ -233,7 +234,7 @@ def _column_kind(values: list[str]) -> str | None:
     else the fallback kind (text)."""
     if not values:
         return None
-    suffixes = [Path(v).suffix.lower() for v in values[:200]]
+    suffixes = [Path(path_of(v)).suffix.lower() for v in values[:200]]  # clip.mp4#t=1,2 is a video
     for name in _detected_kinds():
         if kinds.get(name).matches(suffixes):
             return name

@@ -59,6 +59,13 @@ def split(cell: str) -> tuple[str, Optional[Window]]:
     return match["path"], (start, end)
 
 
+def path_of(cell: str) -> str:
+    """The file a cell names, with or without a fragment (checked or not): what detection
+    reads the file's type from."""
+    match = _FRAGMENT.match(cell)
+    return cell if match is None else match["path"]
+
+
 def with_window(path: str, start: str, end: str) -> str:
     """A path with the window of two cells (seconds, either may be empty) as its fragment,
     as written: `split` checks it when the cell is read."""
