@@ -57,7 +57,7 @@ class Model(nn.Module):
                 else enc(batch.inputs[name], batch.lengths.get(name)) for name, enc in self.encoders.items()}
 
     def forward(self, batch: Batch | dict) -> torch.Tensor:
-        return self._forward(Batch.of(batch))[0]
+        return self._forward(batch)[0]
 
     def _forward(self, batch: Batch | dict) -> tuple[torch.Tensor, dict]:
         batch = Batch.of(batch)  # a dict batch (older callers, tests) reads as a Batch

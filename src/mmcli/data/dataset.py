@@ -93,7 +93,7 @@ class Batch:
         return self.inputs[key]
 
     def __contains__(self, key: str) -> bool:
-        return (key in BATCH_KEYS and getattr(self, key) is not None) or key in self.inputs
+        return key in self.keys() or key in self.inputs
 
     def get(self, key: str, default=None):
         return self[key] if key in self else default

@@ -19,6 +19,7 @@ from mmcli import kinds
 from mmcli.config import DataConfig, ModalityConfig
 from mmcli.data import cache, lengths, stream
 from mmcli.data.manifest import Manifest, detect_modalities, media_path, read_manifest
+from mmcli.data.window import path_of
 from mmcli.data.table import Table, check_settings, is_table, load_table
 from mmcli.errors import BadRow, DataError, MmcliError, writing
 
@@ -85,11 +86,9 @@ def _referenced_files(manifest: Manifest, modalities: dict[str, ModalityConfig])
     out: list[Path | None] = []
     for row in manifest.rows:
         for m in modalities.values():
-            if kinds.get(m.kind).from_files and row.get(m.column):
-                try:
-                    out.append(media_path(manifest.root, kinds.get(m.kind).clip(row[m.column])[0]))
-                except ValueError:  # not a window: the row checks name it
-                    out.append(media_path(manifest.root, row[m.column]))
+            kind = kinds.get(m.kind)
+            if kind.from_files and row.get(m.column):
+                out.append(media_path(manifest.root, path_of(row[m.column]) if kind.windowed else row[m.column]))
     return out
 
 
