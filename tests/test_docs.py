@@ -38,11 +38,18 @@ from conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-BLOCK = re.compile(r"^```bash\n(.*?)^```", re.S | re.M)
+BLOCK = re.compile(r"^```(bash|python)\n(.*?)^```", re.S | re.M)
+
+
+PYTHON_DOCS = {"python.md"}  # pages whose ```python blocks are examples to run (elsewhere: excerpts of modules)
 
 
 def bash_blocks(path: Path) -> list[str]:
-    return BLOCK.findall(path.read_text(encoding="utf-8"))
+    """The document's runnable blocks as bash, in order; on the Python API's page a ```python
+    block runs as `python - <<'EOF' ... EOF` in the same workspace."""
+    return [code if lang == "bash" else f"python - <<'MMCLI_PY_EOF'\n{code}MMCLI_PY_EOF\n"
+            for lang, code in BLOCK.findall(path.read_text(encoding="utf-8"))
+            if lang == "bash" or path.name in PYTHON_DOCS]
 
 
 def test_the_docs_the_issue_lists_exist():

@@ -8,7 +8,7 @@ modalities were used. An example with none of the run's modalities is an error.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -34,6 +34,7 @@ class Record:
     source: str
     row: int
     line: int | None = None
+    columns: dict[str, Any] = field(default_factory=dict)  # the input as given (predict --keep-columns)
 
 
 def records_from_manifest(run: LoadedRun, path: Path) -> list[Record]:
@@ -41,20 +42,78 @@ def records_from_manifest(run: LoadedRun, path: Path) -> list[Record]:
 
     manifest = read_manifest(path)
     id_col = run.config.data.id_column
+    if manifest.rows:
+        check_fields(run, list(manifest.rows[0]), manifest.path.name, None, "column")
     out = []
     for i, row in enumerate(manifest.rows):
         fields = {name: _field(row, m) for name, m in run.sources.items()}
-        out.append(Record(row.get(id_col) or str(i + 1), fields, manifest.root, manifest.path.name, i + 1, manifest.lines[i]))
+        out.append(Record(row.get(id_col) or default_id(run, fields, i + 1), fields, manifest.root, manifest.path.name,
+                          i + 1, manifest.lines[i], dict(row)))
     return out
 
 
-def records_from_dicts(run: LoadedRun, items: Iterable[dict[str, Any]], base: Path, source: str) -> list[Record]:
-    """JSON objects keyed by modality name (or by the training column name)."""
+def records_from_dicts(run: LoadedRun, items: Iterable[dict[str, Any]], base: Path, source: str,
+                       first: int = 1, extra_fields: bool = False) -> list[Record]:
+    """JSON objects keyed by modality name (or by the training column name); `first`: the
+    number of the first one (a stream's line); `extra_fields`: fields the run does not read
+    are expected (predict --keep-columns) and not warned of."""
     out = []
-    for i, item in enumerate(items):
+    for i, item in enumerate(items, start=first):
+        check_fields(run, list(item), source, i, "field", warn=not extra_fields)
         fields = {name: KINDS[m.kind].from_json(item, name, m) for name, m in run.sources.items()}
-        out.append(Record(str(item.get("id", i + 1)), fields, base, source, i + 1))
+        given = item.get("id", item.get(run.config.data.id_column))
+        out.append(Record(str(given) if given is not None else default_id(run, fields, i), fields, base, source, i,
+                          columns=dict(item)))
     return out
+
+
+def known_fields(run: LoadedRun) -> set[str]:
+    """The names an example's fields may have: the modalities, their columns (a clip's start
+    and end), the id, the label and the split."""
+    names = {"id", run.config.data.id_column, run.config.data.label, run.config.data.split_column}
+    for name, m in run.sources.items():
+        names |= {name, m.column, *m.columns, m.start, m.end}
+    return {n for n in names if n}
+
+
+def check_fields(run: LoadedRun, given: list[str], source: str, row: int | None, what: str, warn: bool = True) -> None:
+    """A field the run does not read that is close to the name of a modality missing from the
+    example is that modality misspelt (`nmae` for `name`): an error naming both, not a silently
+    absent modality. Another unknown field beside a missing modality is named in a warning."""
+    import difflib
+
+    known = known_fields(run)
+    present = set(given)
+    absent = [n for n, m in run.sources.items() if not ({n, m.column, *m.columns} & present)]
+    if not absent:
+        return
+    wanted = sorted({run.columns[n] for n in absent} | set(absent))
+    reads = ", ".join(sorted(set(run.columns.values())))
+    for name in given:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, wanted, n=1, cutoff=0.6)
+        if close:
+            raise DataError(f"{source}: unknown {what} '{name}'", [BadRow(source, row, name, (
+                f"unknown {what} '{name}': did you mean '{close[0]}'? this run reads {reads}; "
+                f"to leave a modality out on purpose, give it empty"))])
+        if warn and row is not None and len(absent) < len(run.sources) and name not in _WARNED:
+            _WARNED.add(name)
+            LOG.warning("%s, row %d: %s '%s' is not one this run reads (%s); %s is missing", source, row, what, name,
+                        reads, ", ".join(run.columns[n] for n in absent))
+
+
+_WARNED: set[str] = set()  # each unknown field is named once per process
+
+
+def default_id(run: LoadedRun, fields: dict[str, str], number: int) -> str:
+    """An example's id when none is given: the path of its first file (something a user can
+    join on), else its number."""
+    for name, m in run.sources.items():
+        value = fields.get(name, "").strip()
+        if value and KINDS[m.kind].from_files:
+            return value
+    return str(number)
 
 
 def _field(row: dict[str, str], m) -> str:
@@ -105,9 +164,10 @@ def encode_records(run: LoadedRun, records: list[Record]) -> tuple[Encoded, list
 
 
 def predict_records(run: LoadedRun, records: list[Record], top_k: int = 5, explain: bool = False,
-                    device: str = "auto") -> list[dict[str, Any]]:
+                    device: str = "auto", keep_columns: bool = False) -> list[dict[str, Any]]:
     """One dict per record; with `explain`, the fusion's per-modality weights too (for
-    fusions that weigh modalities: weighted, attention, gated, late)."""
+    fusions that weigh modalities: weighted, attention, gated, late); with `keep_columns`,
+    the record's input columns first (one that a prediction's key takes is kept as input_NAME)."""
     if not records:
         return []
     encoded, used = encode_records(run, records)
@@ -121,5 +181,29 @@ def predict_records(run: LoadedRun, records: list[Record], top_k: int = 5, expla
         item = {"id": rec.id, **pred, "modalities_used": mods}
         if explain:
             item["modality_weights"] = None if weights is None else {n: round(float(w), 6) for n, w in zip(names, weights[i])}
-        out.append(item)
+        out.append(with_columns(rec, item) if keep_columns else item)
     return out
+
+
+def with_columns(rec: Record, item: dict[str, Any]) -> dict[str, Any]:
+    """The record's input columns, then the answer's keys."""
+    kept = {(f"input_{k}" if k in item else k): v for k, v in rec.columns.items()}
+    return {**kept, **item}
+
+
+def run_info(run: LoadedRun, weights: str = "best") -> dict[str, Any]:
+    """What a run is (`mmcli serve`'s /info, the Python API's .info()): task, modalities,
+    labels, the epoch of its weights and the test scores saved when it was trained."""
+    import json
+
+    scores: dict[str, Any] = {}
+    saved = run.path / "eval-test.json"
+    if saved.is_file():
+        try:
+            scores = {k: v for k, v in json.loads(saved.read_text(encoding="utf-8")).items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}
+        except (OSError, ValueError):
+            scores = {}
+    return {"run": str(run.path), "task": run.task.name, "weights": weights, "epoch": int(run.weights_meta.get("epoch", 0)),
+            "modalities": [{"name": n, "kind": s.kind, "column": run.columns[n]} for n, s in run.specs.items()],
+            "labels": list(run.labels), "test_scores": scores}

@@ -189,9 +189,20 @@ def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, co
         def on_run(done: int, total: int, name: str) -> None:
             log(f"[{done + 1}/{total}] {name}")
 
+        training: dict[str, float] = {}  # the running runs: the share of their epochs done
+
+        def show(done: int, total: int) -> None:
+            info = ("training " + " ".join(f"{100 * share:.0f}%" for share in training.values())) if training else ""
+            bar(done + sum(training.values()), total, info)  # type: ignore[operator]  # the task bar's update
+
+        def on_epoch(name: str, finished: int, epochs: int, done: int, total: int) -> None:
+            training[name] = finished / max(1, epochs)
+            show(done, total)
+
         def on_done(done: int, total: int, result: dict) -> None:
             if parallel:
-                bar(done, total)  # type: ignore[operator]  # the task bar's update; FitBar when not parallel
+                training.pop(f"{result['variant']} seed {result['seed']}", None)
+                show(done, total)
                 name = metric
                 value = result["scores"].get(name)
                 score = "" if value is None else f": {name} {value:.4f}"
@@ -199,7 +210,7 @@ def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, co
 
         result = run_compare(cfg, items, seeds, out, metric, cache_dir, overwrite, workers, on_run,
                              None if parallel else bar, update, jobs, command, on_done, reference, warm_start, tune, log,
-                             corrupt)
+                             corrupt, on_epoch if parallel else None)
     names = ["results.csv", "summary.csv", "summary.json", "report.md", "compare.png"]
     names += ["attribution.json"] if result.attribution else []
     log(f"results in {out} ({', '.join(names)})")

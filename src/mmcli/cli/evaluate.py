@@ -26,6 +26,7 @@ def evaluate(
     robustness: Annotated[bool, typer.Option("--robustness", help="Sweep every corruption of every modality over levels 0.0-1.0 and every dropped modality; writes robustness.json and a PNG per modality.")] = False,
     plots: Annotated[bool, typer.Option("--plots", help="Also write curves.png (losses and validation metrics per epoch, 1000x400 px) and, for classification, confusion-<split>.png (800x800 px) into the run folder.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps (not the device the run was trained on).")] = "auto",
+    errors: Annotated[Optional[Path], typer.Option("--errors", help="Also write the examples answered wrongly to this file, worst first (classification: the most confident mistakes; multilabel: the most wrong labels; regression: every example by its error), with their ids, answers and the truth: JSON lines, or CSV for a .csv name.", show_default=False)] = None,
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -42,12 +43,21 @@ def evaluate(
     if weights not in ("best", "last"):
         raise UsageError(f"--weights must be best or last, not '{weights}'")
     if robustness:
-        if plots:
-            raise UsageError("--plots goes with a plain evaluation; --robustness writes its own PNGs")
+        if plots or errors is not None:
+            raise UsageError("--plots and --errors go with a plain evaluation; --robustness writes its own files")
         return _robustness(run, data, split, cache_arg(cache_dir), device, seed, as_json)
+    if errors is not None:
+        from mmcli.evaluation.api import check_errors_file
+
+        check_errors_file(errors)
+    outputs: dict = {}
     with task_bar("preprocessing") as update:
         scores = evaluate_run(run, data, split, cache_arg(cache_dir), weights, update, device=device,
-                              drops=drop or [], corruptions=corrupt or [], seed=seed)
+                              drops=drop or [], corruptions=corrupt or [], seed=seed, outputs=outputs)
+    if errors is not None:
+        from mmcli.evaluation.api import write_errors
+
+        log(f"wrote {write_errors(run, outputs, errors)} wrong answer(s) to {errors}")
     for warning in scores.get("warnings", []):
         log(f"warning: {warning}")
     if plots:

@@ -27,10 +27,14 @@ def predict(
     index: Annotated[Optional[Path], typer.Option("--index", help="Retrieval runs: the manifest whose items --query-* searches; --top-k of them are listed per query.", show_default=False)] = None,
     embed: Annotated[bool, typer.Option("--embed", help="Write each example's embeddings (one vector per modality) instead of predictions; retrieval runs give the aligned unit vectors.")] = False,
     beam: Annotated[Optional[int], typer.Option("--beam", min=1, help="Captioning runs: beam width (1: greedy; default: the run's model.task_options.beam_size).", show_default=False)] = None,
+    keep_columns: Annotated[bool, typer.Option("--keep-columns", help="Copy each example's input columns (or JSON fields) into its output row, before the answer; a column named like an answer's key is kept as input_NAME.")] = False,
+    split: Annotated[Optional[str], typer.Option("--split", help="Predict the run's own train, val or test split (the rows its training recorded) instead of INPUT.", show_default=False)] = None,
     **by_kind: Any,
 ) -> None:
     """Predict labels or captions (one JSON object per example), search a retrieval run's index
-    (--query-*), or write embeddings (--embed)."""
+    (--query-*), or write embeddings (--embed). JSON lines on stdin ('-') are answered as they
+    arrive: each answer is written and flushed as soon as its line is read, so pipelines flow.
+    Without an id, an example's id is the path of its first file (or its row number)."""
     from mmcli.errors import UsageError
     from mmcli.inference import predict_records
     from mmcli.pipeline import load_run
@@ -40,6 +44,10 @@ def predict(
     single = {k: by_kind.get(f"one_{k}") for k in _single_kinds()}
     if input is not None and any(v is not None for v in single.values()):
         raise UsageError(f"give either INPUT or {_options(_single_kinds())}, not both")
+    if split is not None and (input is not None or any(v is not None for v in single.values())):
+        raise UsageError(f"--split predicts the run's own rows; give it without INPUT and {_options(_single_kinds())}")
+    if split is not None and split not in ("train", "val", "test"):
+        raise UsageError(f"--split must be train, val or test, not '{split}'")
     queries = {k: [str(v) for v in by_kind[f"query_{k}"]] for k in _query_kinds() if by_kind.get(f"query_{k}")}
     _check_modes(queries, index, embed, beam, explain, fmt)
     loaded = load_run(run, weights)
@@ -52,15 +60,28 @@ def predict(
     if task == "retrieval" and not embed:
         raise UsageError(f"a retrieval run searches ({_options(_query_kinds(), '--query-')} with --index DATA) "
                          "or writes embeddings (--embed); it has no labels to predict")
-    records = _records(loaded, input, single)
-    if embed:
-        from mmcli.search import embedding_rows
-
-        _write(embedding_rows(loaded, records, device), "jsonl")
-        return
     if beam is not None:
         loaded.task.set_beam(loaded.model, beam)
-    _write(predict_records(loaded, records, top_k, explain, device), fmt, loaded.task.csv_table)
+
+    def answer(records: list) -> list[dict]:
+        if embed:
+            from mmcli.search import embedding_rows
+
+            rows = embedding_rows(loaded, records, device)
+            if keep_columns:
+                from mmcli.inference import with_columns
+
+                rows = [with_columns(rec, row) for rec, row in zip(records, rows)]
+            return rows
+        return predict_records(loaded, records, top_k, explain, device, keep_columns)
+
+    writer = _Writer("jsonl" if embed else fmt, None if embed else loaded.task.csv_table, keep_columns)
+    if input == "-":
+        for records in _stdin_records(loaded, keep_columns):
+            writer.write(answer(records))
+        return
+    records = _split_records(loaded, split) if split is not None else _records(loaded, input, single)
+    writer.write(answer(records))
 
 
 def _single_kinds() -> list[str]:
@@ -134,13 +155,55 @@ def _search(loaded, queries: dict, index, input, single: dict, top_k: int, devic
     return search(loaded, kind, asked, index, top_k, device)
 
 
-def _records(loaded, input: Optional[str], single: dict):
-    from mmcli.errors import BadRow, DataError, UsageError
-    from mmcli.inference import records_from_dicts, records_from_manifest
+def _stdin_lines(most: int):
+    """Lines of stdin as (number, text), in lists: each list holds the lines that had already
+    arrived when the one before was answered (at most `most`), so a slow writer gets each
+    answer at once and a fast one gets batches. A thread reads; the caller predicts."""
+    import queue
+    import threading
 
-    if input == "-":
-        items = []
-        for number, line in enumerate(sys.stdin, start=1):
+    lines: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        try:
+            number = 0
+            while True:
+                text = sys.stdin.readline()
+                if not text:
+                    break
+                number += 1
+                lines.put((number, text))
+        finally:
+            lines.put(None)
+
+    threading.Thread(target=read, name="mmcli-stdin", daemon=True).start()
+    ended = False
+    while not ended:
+        first = lines.get()
+        if first is None:
+            return
+        batch = [first]
+        while len(batch) < most:
+            try:
+                item = lines.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                ended = True
+                break
+            batch.append(item)
+        yield batch
+
+
+def _stdin_records(loaded, keep_columns: bool = False):
+    """Records of JSON lines on stdin, a batch at a time (see _stdin_lines); a line that is not
+    a JSON object is an error naming its number, after the lines before it were answered."""
+    from mmcli.errors import BadRow, DataError
+    from mmcli.inference import records_from_dicts
+
+    for batch in _stdin_lines(max(1, loaded.config.eval.batch_size)):
+        records = []
+        for number, line in batch:
             if not line.strip():
                 continue
             try:
@@ -149,8 +212,40 @@ def _records(loaded, input: Optional[str], single: dict):
                 raise DataError("stdin: not JSON lines", [BadRow("stdin", None, None, f"line {number}: {exc.msg}")]) from None
             if not isinstance(obj, dict):
                 raise DataError("stdin: not JSON lines", [BadRow("stdin", None, None, f"line {number}: not a JSON object")])
-            items.append(obj)
-        return records_from_dicts(loaded, items, Path.cwd(), "stdin")
+            records += records_from_dicts(loaded, [obj], Path.cwd(), "stdin", first=number, extra_fields=keep_columns)
+        if records:
+            yield records
+
+
+def _split_records(loaded, split: str):
+    """The rows of the run's own `split` (as evaluate scores them), read from its manifest."""
+    from mmcli.inference import records_from_manifest
+    from mmcli.pipeline import data_for_run, run_manifest
+
+    chosen = data_for_run(loaded, None, split, require_label=False)
+    for warning in chosen.warnings:
+        from mmcli.reporting.console import log
+
+        log(f"warning: {warning}")
+    from mmcli.data.cache import cache_root
+    from mmcli.data.preprocess import resolve_source
+    from mmcli.data.table import is_table
+
+    manifest = resolve_source(run_manifest(loaded), cache_root(None))  # the built-in toy set: its files
+    if manifest.is_dir() and is_table(manifest):
+        from mmcli.errors import UsageError
+
+        raise UsageError(f"--split: the run was trained on a cache folder ({manifest}), whose files predict cannot "
+                         f"read again; give the manifest instead as INPUT")
+    id_col = loaded.config.data.id_column
+    by_key = {rec.columns.get(id_col) or str(rec.row): rec for rec in records_from_manifest(loaded, manifest)}
+    return [by_key[key] for key in chosen.table.ids if key in by_key]
+
+
+def _records(loaded, input: Optional[str], single: dict):
+    from mmcli.errors import UsageError
+    from mmcli.inference import records_from_dicts, records_from_manifest
+
     if input is not None:
         return records_from_manifest(loaded, Path(input))
     given = {}
@@ -166,21 +261,43 @@ def _records(loaded, input: Optional[str], single: dict):
     return records_from_dicts(loaded, [{"id": "1", **given}], Path.cwd(), "command line")
 
 
-def _write(predictions: list[dict], fmt: str, table=None) -> None:
-    """JSON lines, or CSV: the task's table (`Task.csv_table`), or every key of the rows
-    (a search's ranked results)."""
-    if fmt == "jsonl":
-        for p in predictions:
-            sys.stdout.write(json.dumps(p, ensure_ascii=False) + "\n")
-        return
-    import csv
+class _Writer:
+    """Answers to stdout as they come: JSON lines, or CSV (the task's table, `Task.csv_table`,
+    or every key of the rows, as a search's ranked results), its header once; flushed after
+    each batch so that a pipeline reads each answer when it is made."""
 
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    if table is not None:
-        header, rows = table(predictions)
-    elif predictions:
-        header, rows = list(predictions[0]), [list(p.values()) for p in predictions]
-    else:
-        return
-    writer.writerow(header)
-    writer.writerows(rows)
+    def __init__(self, fmt: str, table=None, keep_columns: bool = False) -> None:
+        import csv
+
+        self.fmt, self.table, self.keep = fmt, table, keep_columns
+        self.header: list[str] | None = None
+        self.csv = csv.writer(sys.stdout, lineterminator="\n")
+
+    def write(self, predictions: list[dict]) -> None:
+        if self.fmt == "jsonl":
+            for p in predictions:
+                sys.stdout.write(json.dumps(p, ensure_ascii=False) + "\n")
+        elif predictions:
+            self._csv(predictions)
+        sys.stdout.flush()
+
+    def _csv(self, predictions: list[dict]) -> None:
+        if self.table is None:
+            header, rows = list(predictions[0]), [list(p.values()) for p in predictions]
+        else:
+            header, rows = self.table(predictions)
+            if self.keep:  # the kept input columns before the task's own
+                own = [k for k in predictions[0] if k not in header and k not in _ANSWER_KEYS]
+                header, rows = own + header, [[p.get(k, "") for k in own] + row for p, row in zip(predictions, rows)]
+        if self.header is None:
+            self.header = header
+            self.csv.writerow(header)
+        self.csv.writerows(rows)
+
+
+# keys of an answer that the CSV table of a task leaves out (not input columns)
+_ANSWER_KEYS = {"probabilities", "scores", "top", "modality_weights", "modalities_used"}
+
+
+def _write(predictions: list[dict], fmt: str, table=None) -> None:
+    _Writer(fmt, table).write(predictions)

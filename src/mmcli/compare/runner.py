@@ -298,13 +298,15 @@ def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric:
                 on_run: Callable[[int, int, str], Any] | None = None, fit_progress=None,
                 preprocess_progress=None, jobs: int = 1, command: str = "", on_done: Callable[[int, int, dict], Any] | None = None,
                 reference: str | None = None, warm_start: bool = True, tune: dict[str, Any] | None = None,
-                say: Callable[[str], Any] | None = None, corruptions: list[str] | None = None):
+                say: Callable[[str], Any] | None = None, corruptions: list[str] | None = None,
+                on_epoch: Callable[[str, int, int, int, int], Any] | None = None):
     """Plan, search (--tune), run every unfinished cell (in `jobs` processes), then collect
     the results.
 
     `on_run(done, total, name)` is called before each run of a sequential comparison,
     `on_done(done, total, result)` after each run that finished in either mode, `say` with
-    each step of the search."""
+    each step of the search, `on_epoch(name, epochs_done, epochs, runs_done, runs)` with each
+    epoch that a parallel comparison's workers start or finish."""
     from mmcli.compare.collect import collect
     from mmcli.compare.parallel import run_parallel, threads_per_job
     from mmcli.compare.tune import tune_plan
@@ -320,7 +322,11 @@ def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric:
     total = len(plan.cells)
     done = len(reused)
     if jobs > 1:
-        for k, result in run_parallel(out, plan, cache_dir, todo, jobs):
+        def epoch(k: int, finished: int, epochs: int) -> None:
+            if on_epoch is not None:
+                on_epoch(f"{plan.cells[k]['variant']} seed {plan.cells[k]['seed']}", finished, epochs, done, total)
+
+        for k, result in run_parallel(out, plan, cache_dir, todo, jobs, epoch if on_epoch is not None else None):
             done += 1
             if on_done:
                 on_done(done, total, result)

@@ -52,7 +52,7 @@ def preprocess(data: str | Path | None, config: DataConfig, cache_dir: str | Pat
     if source.is_dir() and is_table(source):
         table = load_table(source)
         lengths.resolve_cached_seconds(config, table)
-        return check_settings(table, config, source)
+        return _done(check_settings(table, config, source), progress)
     manifest = read_manifest(source)
     modalities = detect_modalities(manifest, config)
     lengths.resolve_seconds(config, manifest, modalities)
@@ -63,7 +63,7 @@ def preprocess(data: str | Path | None, config: DataConfig, cache_dir: str | Pat
         LOG.info("cache hit: %s (%d files referenced) is in %s", manifest.path, len(files), folder)
         table = load_table(folder)
         table.source = _source_name(data)
-        return table
+        return _done(table, progress)
     with writing(folder), stream.building(folder):  # a full disk names the cache entry
         if not is_table(folder):  # else another process made it while this one waited
             LOG.info("cache miss: decoding %d rows of %s into %s", len(manifest.rows), manifest.path, folder)
@@ -75,6 +75,13 @@ def preprocess(data: str | Path | None, config: DataConfig, cache_dir: str | Pat
                 write_bad_rows(table.bad_rows, folder / "bad_rows.csv")
     table = load_table(folder)
     table.source = _source_name(data)
+    return _done(table, progress)
+
+
+def _done(table: Table, progress: Progress | None) -> Table:
+    """The bar says the rows are ready (a cache hit decodes none), and its clock stops."""
+    if progress is not None:
+        progress(len(table), len(table))
     return table
 
 

@@ -67,7 +67,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str | None = Non
     run.model.to(target)
     logits, fusion_weights = predict_outputs(run.model, encoded, run.config, target)
     if outputs is not None:
-        outputs.update(outputs=logits, ids=list(encoded.ids))
+        outputs.update(outputs=logits, ids=list(encoded.ids), targets=encoded.labels)
     scores = task.evaluate(logits, encoded.labels, run.labels)
     if fusion_weights is not None and task.name == "classification":  # per class: needs one class per example
         scores["modality_weights_per_class"] = weights_per_class(fusion_weights, encoded.labels, run.labels, run.model.modalities)
@@ -107,3 +107,41 @@ def write_plots(run_dir: Path, scores: dict[str, Any]) -> list[Path]:
         written.append(plots.confusion_matrix(cm["labels"], cm["matrix"], run_dir / f"confusion-{name}.png",
                                               f"confusion matrix, {scores['split']} split"))
     return written
+
+
+def write_errors(run_dir: Path, outputs: dict[str, Any], path: Path, top_k: int = 5) -> int:
+    """`evaluate --errors FILE`: the examples the run answered wrongly (mmcli.heads.Task.errors),
+    worst first, with their ids, as JSON lines (CSV when FILE ends in .csv); how many.
+    A file that exists is replaced only where mmcli can prove it wrote it (mmcli.ledger)."""
+    import csv
+    import io
+    import json
+
+    run = load_run(run_dir)
+    wrong = run.task.errors(outputs["outputs"], outputs["targets"], run.labels, top_k)
+    if wrong is None:
+        raise UsageError(f"--errors lists wrong answers; a {run.task.name} run has none to list")
+    check_errors_file(path)
+    ids = outputs["ids"]
+    rows = [{"id": ids[e.pop("row")], **e} for e in wrong]
+    if path.suffix.lower() == ".csv":
+        buffer = io.StringIO()
+        flat = [{k: json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in rows]
+        header = list(dict.fromkeys(k for r in flat for k in r)) or ["id"]
+        writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(flat)
+        text = buffer.getvalue()
+    else:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    runs.write_atomic(path, text)
+    return len(rows)
+
+
+def check_errors_file(path: Path) -> None:
+    """--errors FILE, before any work: an existing file outside mmcli's folders is the user's."""
+    from mmcli import ledger
+
+    if path.exists() and ledger.header(path.parent) is None:
+        raise UsageError(f"--errors {path}: the file exists; mmcli does not replace a file it cannot prove it wrote: "
+                         f"remove it or name another")

@@ -77,6 +77,12 @@ class Task(ABC):
         rows = [[p["id"], p["label"], f"{p['score']:.6f}", "|".join(p["modalities_used"])] for p in predictions]
         return ["id", "label", "score", "modalities_used"], rows
 
+    def errors(self, outputs, targets, names: list[str], top_k: int) -> list[dict[str, Any]] | None:
+        """`evaluate --errors`: the examples answered wrongly, worst first, each with its answer
+        (as predict gives it) and the truth, in the order of `outputs`' rows as "row" (an index);
+        None: the task has no wrong answer to list (retrieval, captioning)."""
+        return None
+
     def set_beam(self, model, beam: int) -> None:
         """`predict --beam N` (tasks with `beam_search`)."""
         raise NotImplementedError(f"the {self.name} task has no beam search")

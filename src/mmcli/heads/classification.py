@@ -119,6 +119,16 @@ class Classification(Task):
         return out
 
 
+    def errors(self, logits: torch.Tensor, targets: torch.Tensor, names: list[str], top_k: int) -> list[dict[str, Any]]:
+        """The misclassified examples, the most confident mistakes first."""
+        answers = self.predict(logits, names, top_k)
+        probs = torch.softmax(logits.float(), dim=1)
+        wrong = [i for i in range(len(targets)) if int(logits[i].argmax()) != int(targets[i])]
+        wrong.sort(key=lambda i: -answers[i]["score"])
+        return [{"row": i, "true": names[int(targets[i])], "true_score": round(float(probs[i, int(targets[i])]), 6), **answers[i]}
+                for i in wrong]
+
+
 def classification_scores(logits: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict[str, Any]:
     """Accuracy, macro-F1, loss, per-class scores and the confusion matrix, from one
     confusion matrix (the numbers equal scikit-learn's; computed here because its input

@@ -91,6 +91,17 @@ class MultiLabel(Task):
         probs = torch.stack([torch.sigmoid(o.float()) for o in outputs]).mean(dim=0)
         return torch.logit(probs, eps=1e-7)
 
+    def errors(self, logits: torch.Tensor, targets: torch.Tensor, names: list[str], top_k: int) -> list[dict[str, Any]]:
+        """The examples whose predicted label set differs from the true one, most wrong labels first."""
+        answers = self.predict(logits, names, top_k)
+        out = []
+        for i, answer in enumerate(answers):
+            true = [names[j] for j in range(len(names)) if float(targets[i, j]) > 0.5]
+            wrong = len(set(true) ^ set(answer["labels"]))
+            if wrong:
+                out.append({"row": i, "true": true, "wrong_labels": wrong, **answer})
+        return sorted(out, key=lambda e: -e["wrong_labels"])
+
     def evaluate(self, logits: torch.Tensor, targets: torch.Tensor, names: list[str]) -> dict[str, Any]:
         from sklearn.metrics import average_precision_score
 

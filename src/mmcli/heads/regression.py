@@ -80,6 +80,14 @@ class Regression(Task):
         """The mean prediction (standardised, as every run's outputs)."""
         return torch.stack([o.float() for o in outputs]).mean(dim=0)
 
+    def errors(self, outputs: torch.Tensor, targets: torch.Tensor, names: list[str], top_k: int) -> list[dict[str, Any]]:
+        """Every example with its error in the target's units, the largest first (a value has no
+        right or wrong, only a distance)."""
+        values, truth = self.values(outputs).tolist(), self.values(targets.unsqueeze(-1)).tolist()
+        rows = [{"row": i, "true": round(t, 6), "value": round(v, 6), "error": round(v - t, 6)}
+                for i, (v, t) in enumerate(zip(values, truth))]
+        return sorted(rows, key=lambda e: -abs(e["error"]))
+
     def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, names: list[str]) -> dict[str, Any]:
         n = len(targets)
         std = self.state.get("std", 1.0)

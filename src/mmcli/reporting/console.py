@@ -83,13 +83,20 @@ def _progress(transient: bool = True) -> Progress:
 
 
 @contextmanager
-def task_bar(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A bar for work counted in items; yields `update(done, total)`."""
+def task_bar(description: str) -> Iterator[Callable[..., None]]:
+    """A bar for work counted in items; yields `update(done, total, info="")` (`done` may be
+    fractional: runs part-trained). Its clock stops when the work is done, also while the
+    command goes on with other work under it."""
     with _progress() as bar:
         task = bar.add_task(description, total=None, info="")
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+        def update(done: float, total: int, info: str | None = None) -> None:
+            if info is None:
+                bar.update(task, completed=done, total=total)
+            else:
+                bar.update(task, completed=done, total=total, info=info)
+            if total and done >= total:
+                bar.stop_task(task)
 
         yield update
 
