@@ -18,9 +18,15 @@
 5. Video (bench/video.py): preprocessing peak memory at 10x the clips against 1x, and a
    training epoch over the cached frames against decoding the clips every epoch.
 
-`make bench` runs all but `compare` (about 5 minutes on 2 cores); `python bench/run.py
+6. Serving (`mmcli serve`): the latency of one toy example, median and 95th percentile of
+   200 sequential requests from a client on the same machine, against one `mmcli predict`
+   process per example (the goal: under 50 ms on 2 cores) and against the same prediction
+   in-process; and the throughput of 8 concurrent clients against one client's
+   sequential requests (micro-batching).
+
+`make bench` runs all but `compare` (about 8 minutes on 2 cores); `python bench/run.py
 NAME ...` runs the named ones (startup, preprocess, memory, cache, loop, predict, frozen,
-video_memory, video_cache, compare).
+video_memory, video_cache, serve, compare).
 """
 
 from __future__ import annotations
@@ -104,11 +110,124 @@ def frozen() -> list[tuple[str, str, str, str]]:
                  f"{runs['false-total']:.0f} s", f"{runs['false-total'] / runs['true-total']:.1f}x")]
 
 
+SERVE_REQUESTS = 200
+SERVE_GOAL_S = 0.050
+
+
+def _post(connection, body: bytes) -> float:
+    """One POST /predict on a kept-alive connection: its wall time (the answer checked)."""
+    start = time.perf_counter()
+    connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+    answer = connection.getresponse()
+    data = answer.read()
+    assert answer.status == 200, data
+    return time.perf_counter() - start
+
+
+def _seconds(port: int, body: bytes, clients: int, each: int) -> float:
+    """Wall time of `clients` clients at once, each sending `each` requests one after another."""
+    import http.client
+    from concurrent.futures import ThreadPoolExecutor
+
+    def client(_: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for _ in range(each):
+            _post(connection, body)
+        connection.close()
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    return time.perf_counter() - start
+
+
+def _serve_measures(run: str, one: dict, env: dict) -> tuple[list[float], list[float], float, float]:
+    """`mmcli serve RUN` on a free port, measured side by side with the same prediction in
+    this process (mmcli.load, called from a thread as the server calls it): SERVE_REQUESTS
+    rounds of one request and one call, alternating (after 10 to warm up); then requests/s
+    of 8 clients at once and of one, in 5 alternating rounds of 40 requests each. This
+    machine's load from other work varies by the minute; alternating shares it out."""
+    import http.client
+    import json
+    import socket
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mmcli as api
+
+    predictor = api.load(run)
+    predictor.predict(one)  # its first call imports the decoders: not while a connection waits (5 s keep-alive)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mmcli", "serve", run, "--port", str(port), "--quiet"], env=env)
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
+                break
+            except OSError:
+                time.sleep(0.2)
+        body = json.dumps(one).encode()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        served, direct = [], []
+        with ThreadPoolExecutor(1) as model_thread:
+            for i in range(10 + SERVE_REQUESTS):
+                took = _post(connection, body), model_thread.submit(_timed_predict, predictor, one).result()
+                if i >= 10:
+                    served.append(took[0])
+                    direct.append(took[1])
+        connection.close()
+        concurrent = sequential = 0.0
+        for _ in range(5):
+            concurrent += _seconds(port, body, 8, 5)
+            sequential += _seconds(port, body, 1, 40)
+        return sorted(served), direct, 200 / concurrent, 200 / sequential
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def _timed_predict(predictor, one: dict) -> float:
+    start = time.perf_counter()
+    predictor.predict(one)
+    return time.perf_counter() - start
+
+
+def serve() -> list[tuple[str, str, str, str]]:
+    """`mmcli serve` on the default toy model (one epoch on the built-in toy data's 1,200
+    examples): one example's latency against a `mmcli predict` process per example and
+    against the same prediction in this process (mmcli.load), and 8 concurrent clients
+    against sequential requests."""
+    import csv
+
+    with tempfile.TemporaryDirectory(prefix="mmcli-bench-") as tmp:
+        env = {**os.environ, "MMCLI_CACHE_DIR": os.path.join(tmp, "cache"), "MMCLI_NO_PROGRESS": "1"}
+        toy, run = os.path.join(tmp, "toy"), os.path.join(tmp, "run")
+        mmcli = [sys.executable, "-m", "mmcli"]
+        subprocess.run(mmcli + ["datasets", "make", "toy", toy, "--quiet"], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(mmcli + ["train", toy, "--epochs", "1", "--out", run, "--quiet"], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+        row = next(csv.DictReader(open(os.path.join(toy, "manifest.csv"), encoding="utf-8")))
+        one = {k: os.path.join(toy, row[k]) if k != "text" else row[k] for k in ("image", "audio", "text")}
+        latencies, direct, concurrent, sequential = _serve_measures(run, one, env)
+        processes = statistics.median(timed(mmcli + ["predict", run, *[f"--{k}={v}" for k, v in one.items()]], env)
+                                      for _ in range(5))
+    median, p95, in_process = statistics.median(latencies), latencies[int(0.95 * len(latencies)) - 1], statistics.median(direct)
+    return [(f"serve: one example, median of {SERVE_REQUESTS} requests vs a mmcli predict process (5)",
+             f"{median * 1000:.1f} ms", f"{processes:.2f} s", f"{processes / median:.0f}x"),
+            (f"serve: 95th percentile of the same vs the {SERVE_GOAL_S * 1000:.0f} ms goal",
+             f"{p95 * 1000:.1f} ms", f"{SERVE_GOAL_S * 1000:.0f} ms", f"{p95 / SERVE_GOAL_S:.2f}"),
+            ("serve: the median request vs the same prediction in-process", f"{median * 1000:.1f} ms",
+             f"{in_process * 1000:.1f} ms", f"{median / in_process:.2f}"),
+            ("serve throughput: 8 concurrent clients vs sequential", f"{concurrent:.0f}/s", f"{sequential:.0f}/s",
+             f"{concurrent / sequential:.2f}x")]
+
 import scale  # noqa: E402  (bench/scale.py, beside this file)
 import video  # noqa: E402  (bench/video.py)
 
-# `make bench` runs these (about 5 minutes on 2 cores); `compare` (5 minutes) runs by name
-BENCHMARKS = {"startup": startup, **scale.BENCHMARKS, "frozen": frozen, **video.BENCHMARKS}
+# `make bench` runs these (about 8 minutes on 2 cores); `compare` (5 minutes) runs by name
+BENCHMARKS = {"startup": startup, **scale.BENCHMARKS, "frozen": frozen, **video.BENCHMARKS, "serve": serve}
 EXTRA = {"compare": compare}
 
 

@@ -29,6 +29,7 @@ class Predictor:
         self.run = run  # mmcli.pipeline.LoadedRun
         self.device = device
         self.weights = weights
+        self._indexes: dict[tuple, Any] = {}  # search: each index embedded once (mmcli.search.SearchIndex)
 
     @property
     def path(self) -> Path:
@@ -70,11 +71,17 @@ class Predictor:
 
         if self.task == "retrieval":
             raise UsageError("a retrieval run has no labels to predict: use .search(...) or .embed(...)")
-        if beam is not None:
-            if not self.run.task.beam_search:
-                raise UsageError(f"beam is for captioning runs; this one is {self.task}")
-            self.run.task.set_beam(self.run.model, beam)
-        return predict_records(self.run, self.records(rows, extra_fields=keep_columns), top_k, explain, self.device, keep_columns)
+        task = self.run.task
+        if beam is not None and not task.beam_search:
+            raise UsageError(f"beam is for captioning runs; this one is {self.task}")
+        records = self.records(rows, extra_fields=keep_columns)
+        if beam is None or not task.beam_search:
+            return predict_records(self.run, records, top_k, explain, self.device, keep_columns)
+        task.set_beam(self.run.model, beam)
+        try:
+            return predict_records(self.run, records, top_k, explain, self.device, keep_columns)
+        finally:  # this call's beam, not the next one's
+            task.set_beam(self.run.model, int(task.option("beam_size")))
 
     def embed(self, rows: Rows) -> list[dict[str, Any]]:
         """One vector per modality of each example (retrieval runs: the aligned unit vectors)."""
@@ -84,16 +91,21 @@ class Predictor:
 
     def search(self, queries: str | Sequence[str], index: str | Path, kind: str | None = None,
                top_k: int = 5) -> list[dict[str, Any]]:
-        """A retrieval run's `top_k` nearest items of `index` (a manifest) for each query; `kind`
+        """A retrieval run's `top_k` nearest items of `index` (a manifest, embedded on the first
+        search and kept while the file is unchanged) for each query, as `mmcli predict
+        --query-KIND ... --index` lists them; `kind`
         (text, image, ...) is the queries' kind, by default that of the run's first modality whose
         values are typed rather than files (its text)."""
-        from mmcli.kinds import KINDS
-        from mmcli.search import search
+        from mmcli.search import SearchIndex, default_query_kind
 
         asked = [queries] if isinstance(queries, str) else [str(q) for q in queries]
-        kinds = list(self.modalities.values())
-        chosen = kind or next((k for k in kinds if not KINDS[k].from_files), kinds[0])
-        return search(self.run, chosen, asked, Path(index), top_k, self.device)
+        path = Path(index).resolve()
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)  # a changed manifest is embedded again
+        if key not in self._indexes:
+            self._indexes = {key: SearchIndex(self.run, path, self.device)}
+        found = self._indexes[key].search(self.run, kind or default_query_kind(self.run), asked, top_k, self.device)
+        return [{"query": q, **item} for q, items in zip(asked, found) for item in items]
 
     def evaluate(self, data: str | Path | None = None, split: str | None = None, save: bool = False,
                  cache_dir: str | None = None) -> dict[str, Any]:

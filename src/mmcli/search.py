@@ -46,6 +46,15 @@ def embedding_rows(run: LoadedRun, records: list[Record], device: str = "auto") 
             for i, (rec, mods) in enumerate(zip(records, used))]
 
 
+def default_query_kind(run: LoadedRun) -> str:
+    """The kind of queries when none is named: that of the run's first modality whose values
+    are typed rather than files (a retrieval run's text), else its first modality's."""
+    from mmcli.kinds import KINDS
+
+    kinds = [s.kind for s in run.specs.values()]
+    return next((k for k in kinds if not KINDS[k].from_files), kinds[0])
+
+
 def query_modality(run: LoadedRun, kind: str) -> tuple[str, str]:
     """The run's modality of this kind (the query side) and the other one (the index side)."""
     if run.task.name != "retrieval":
@@ -79,3 +88,42 @@ def search(run: LoadedRun, kind: str, queries: list[str], index: Path, top_k: in
             out.append({"query": q, "rank": rank, "id": items[j].id, "score": round(v, 6),
                         run.columns[other]: items[j].fields[other]})
     return out
+
+
+class SearchIndex:
+    """Per modality of the run: the index's items that have it, and their unit vectors."""
+
+    def __init__(self, run: LoadedRun, manifest: Path, device: str = "auto") -> None:
+        from dataclasses import replace
+
+        if run.task.name != "retrieval":
+            raise UsageError(f"an index is the data a retrieval run searches; this run is {run.task.name}")
+        self.manifest = manifest
+        records = records_from_manifest(run, manifest)
+        self.sides: dict[str, tuple[list[Record], torch.Tensor]] = {}
+        for name in run.specs:
+            items = [replace(r, fields={name: r.fields[name]}) for r in records if r.fields.get(name, "").strip()]
+            if items:
+                self.sides[name] = (items, embed(run, items, device)[0][name])
+        if not self.sides:
+            raise UsageError(f"{manifest}: no row has a value of {' or '.join(run.columns.values())} to search")
+
+    def size(self) -> dict[str, int]:
+        return {name: len(items) for name, (items, _) in self.sides.items()}
+
+    def search(self, run: LoadedRun, kind: str, queries: list[str], top_k: int, device: str = "auto",
+               base: Path | None = None) -> list[list[dict[str, Any]]]:
+        """For each query (a text, or a path), its `top_k` nearest items of the other modality."""
+        kinds = {s.kind for s in run.specs.values()}
+        if kind not in kinds:
+            raise UsageError(f"kind '{kind}': this run aligns {', '.join(f'{n} ({s.kind})' for n, s in run.specs.items())}")
+        query, other = query_modality(run, kind)
+        if other not in self.sides:
+            raise UsageError(f"{self.manifest}: no row has a '{run.columns[other]}' value to search")
+        items, vectors = self.sides[other]
+        asked = [Record(str(i + 1), {query: q}, base or Path.cwd(), "request", i + 1) for i, q in enumerate(queries)]
+        found = embed(run, asked, device)[0][query] @ vectors.t().to(torch.float32)
+        values, where = found.topk(min(top_k, len(items)), dim=1)
+        return [[{"rank": rank, "id": items[j].id, "score": round(v, 6), run.columns[other]: items[j].fields[other]}
+                 for rank, (v, j) in enumerate(zip(row_v, row_i), start=1)]
+                for row_v, row_i in zip(values.tolist(), where.tolist())]

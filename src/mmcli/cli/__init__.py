@@ -12,7 +12,7 @@ import typer
 from typing_extensions import Annotated
 
 from mmcli import __version__
-from mmcli.cli import cache, compare, datasets, evaluate, inspect, listing, predict, preprocess, train
+from mmcli.cli import cache, compare, datasets, evaluate, export, inspect, listing, predict, preprocess, serve, train
 from mmcli.cli.common import STATE
 
 app = typer.Typer(
@@ -61,9 +61,11 @@ app.command("preprocess")(preprocess.preprocess)
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.command("predict")(predict.predict)
+app.command("export")(export.export)
 app.command("compare")(compare.compare)
 app.command("list")(listing.list_cmd)
 app.command("inspect")(inspect.inspect)
+app.command("serve")(serve.serve)
 
 
 def main() -> None:

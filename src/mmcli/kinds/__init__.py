@@ -58,6 +58,7 @@ class ModalityKind:
     query_help: ClassVar[str | None] = None  # `predict --query-<kind>`'s help; None: no such option
     value_type: ClassVar[type] = Path  # what the predict options take: a path or a string
     seconds_limit: ClassVar[bool] = False  # cut at data.max_seconds, derived from the files' durations (`duration`)
+    export_refusal: ClassVar[str] = "export has no recipe for this kind's preprocessing"  # why `mmcli export` cannot
     windowed: ClassVar[bool] = False  # a cell may name part of its file: start/end columns, `#t=` (data/window.py)
 
     # -- a manifest ---------------------------------------------------------------------
@@ -259,6 +260,12 @@ class ModalityKind:
         raise NotImplementedError(f"the {self.name} kind has no corruptions")
 
     # -- predict -------------------------------------------------------------------------
+    def export_recipe(self, run: Any, name: str, folder: Path) -> dict[str, Any] | None:
+        """preprocessing.json's recipe for modality `name` of `run` (`mmcli export`, mmcli.export.recipes):
+        how a raw value becomes its tensors without mmcli; None: the kind cannot be exported
+        (`export_refusal` says why)."""
+        return None
+
     def field(self, row: dict[str, str], m: ModalityConfig) -> str:
         """A modality's field of an example given as a row: its cell, with the clip window
         of its start/end columns where it has them (checked when the cell is read)."""

@@ -5,7 +5,7 @@ true number of frames beside; cut to the longest clip of each batch."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mmcli import kinds
 
@@ -36,6 +36,11 @@ class Audio(kinds.ModalityKind):
     predict_option = ("--audio", "One example: path of its audio file.")
     query_help = "Retrieval runs: find the items of --index nearest to this audio file (repeatable)."
 
+
+    def export_recipe(self, run: Any, name: str, folder: Path) -> dict[str, Any] | None:
+        from mmcli.export.recipes import audio_recipe
+
+        return audio_recipe(run, name, folder)
     def arrays(self) -> dict[str, tuple[str, int]]:
         return {"": ("float16", 2), ".lengths": ("int64", 0)}
 

@@ -33,6 +33,11 @@ class Image(kinds.ModalityKind):
     predict_option = ("--image", "One example: path of its image.")
     query_help = "Retrieval runs: find the items of --index nearest to this image (repeatable)."
 
+
+    def export_recipe(self, run: Any, name: str, folder: Path) -> dict[str, Any] | None:
+        from mmcli.export.recipes import image_recipe
+
+        return image_recipe(run, name, folder)
     def arrays(self) -> dict[str, tuple[str, int]]:
         return {"": ("uint8", 3)}
 

@@ -32,6 +32,11 @@ class Tabular(kinds.ModalityKind):
     fitted = "tabular"
     value_type = str
 
+
+    def export_recipe(self, run: Any, name: str, folder: Path) -> dict[str, Any] | None:
+        from mmcli.export.recipes import tabular_recipe
+
+        return tabular_recipe(run, name, folder)
     def absent(self, row: dict[str, str], m: ModalityConfig) -> bool:
         return False  # its empty cells are missing values, filled in by its statistics
 

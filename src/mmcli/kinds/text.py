@@ -38,6 +38,11 @@ class Text(kinds.ModalityKind):
     query_help = "Retrieval runs: find the items of --index nearest to this text (repeatable)."
     value_type = str
 
+
+    def export_recipe(self, run: Any, name: str, folder: Path) -> dict[str, Any] | None:
+        from mmcli.export.recipes import text_recipe
+
+        return text_recipe(run, name, folder)
     def texts(self, rows: list[dict[str, str]], m: ModalityConfig) -> list | None:
         return [r[m.column] for r in rows]
 

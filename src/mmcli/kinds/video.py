@@ -44,6 +44,8 @@ class Video(kinds.ModalityKind):
     predict_option = ("--video", "One example: path of its video.")
     query_help = "Retrieval runs: find the items of --index nearest to this video (repeatable)."
 
+    export_refusal = ("its frames are decoded, sampled and timed by FFmpeg (PyAV) in ways preprocessing.json cannot "
+                      "state exactly enough to reproduce without mmcli")
     def arrays(self) -> dict[str, tuple[str, int]]:
         return {"": ("uint8", 4), ".lengths": ("int64", 0)}
 
