@@ -36,7 +36,6 @@ def predict(
     arrive: each answer is written and flushed as soon as its line is read, so pipelines flow.
     Without an id, an example's id is the path of its first file (or its row number)."""
     from mmcli.errors import UsageError
-    from mmcli.inference import predict_records
     from mmcli.pipeline import load_run
 
     if fmt not in ("jsonl", "csv"):
@@ -63,18 +62,7 @@ def predict(
     if beam is not None:
         loaded.task.set_beam(loaded.model, beam)
 
-    def answer(records: list) -> list[dict]:
-        if embed:
-            from mmcli.search import embedding_rows
-
-            rows = embedding_rows(loaded, records, device)
-            if keep_columns:
-                from mmcli.inference import with_columns
-
-                rows = [with_columns(rec, row) for rec, row in zip(records, rows)]
-            return rows
-        return predict_records(loaded, records, top_k, explain, device, keep_columns)
-
+    answer = _answerer(loaded, embed, keep_columns, top_k, explain, device)
     writer = _Writer("jsonl" if embed else fmt, None if embed else loaded.task.csv_table, keep_columns)
     if input == "-":
         for records in _stdin_records(loaded, keep_columns):
@@ -82,6 +70,20 @@ def predict(
         return
     records = _split_records(loaded, split) if split is not None else _records(loaded, input, single)
     writer.write(answer(records))
+
+
+def _answerer(loaded, embed: bool, keep_columns: bool, top_k: int, explain: bool, device: str):
+    """records -> their answers: predictions, or embeddings (--embed)."""
+    from mmcli.inference import predict_records, with_columns
+    from mmcli.search import embedding_rows
+
+    def answer(records: list) -> list[dict]:
+        if not embed:
+            return predict_records(loaded, records, top_k, explain, device, keep_columns)
+        rows = embedding_rows(loaded, records, device)
+        return [with_columns(rec, row) for rec, row in zip(records, rows)] if keep_columns else rows
+
+    return answer
 
 
 def _single_kinds() -> list[str]:
