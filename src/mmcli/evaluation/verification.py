@@ -1,0 +1,106 @@
+"""Verification metrics as the field reports them (issue 22): trials are pairs of examples
+with a score (higher: more alike) and a truth (same identity or not).
+
+- EER: the error rate where the false-accept rate equals the false-reject rate, read on
+  the ROC of scikit-learn's `roc_curve` and interpolated linearly between the two ROC points
+  where the miss rate crosses the false-accept rate (as Kaldi's and SpeechBrain's recipes
+  read it, up to their interpolation).
+- minDCF: the least detection cost over thresholds, C_miss * P_miss * p_target +
+  C_fa * P_fa * (1 - p_target), with p_target 0.01 and C_miss = C_fa = 1 by default,
+  normalised by the cost of the best decision that ignores the score,
+  min(C_miss * p_target, C_fa * (1 - p_target)) (NIST SRE, Kaldi's compute_min_dcf.py);
+  `min_dcf_raw` is the cost before that division (what SpeechBrain's minDCF returns).
+- TAR@FAR: the true-accept rate at the largest threshold whose false-accept rate is at
+  most FAR (1e-2 and 1e-3, as face verification reports on IJB-C).
+- rank-1 identification: the share of probes whose most similar gallery identity is theirs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence, Union
+
+import numpy as np
+
+Scores = Union[Sequence[float], np.ndarray]  # a trial's score per trial
+Truths = Union[Sequence[bool], np.ndarray]  # same identity or not, per trial
+
+
+def _arrays(scores: Scores, same: Truths) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(same, dtype=bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError(f"scores and truths must be two lists of the same length, not {s.shape} and {y.shape}")
+    if not y.any() or y.all():
+        raise ValueError("verification metrics need both same-identity and different-identity trials")
+    if not np.isfinite(s).all():
+        raise ValueError("a trial's score is not a finite number")
+    return s, y
+
+
+def roc(scores: Scores, same: Truths) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false-accept rates, true-accept rates, thresholds), every threshold (scikit-learn)."""
+    from sklearn.metrics import roc_curve
+
+    s, y = _arrays(scores, same)
+    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+    return fpr, tpr, thresholds
+
+
+def eer(scores: Scores, same: Truths) -> tuple[float, float]:
+    """(equal error rate, the threshold where it is reached)."""
+    fpr, tpr, thresholds = roc(scores, same)
+    fnr = 1.0 - tpr
+    k = int(np.argmax(fnr <= fpr))  # the first ROC point where misses no longer exceed false accepts
+    if k == 0:
+        return float(fpr[0]), float(thresholds[0])
+    d0, d1 = fnr[k - 1] - fpr[k - 1], fnr[k] - fpr[k]  # d0 > 0 >= d1
+    t = d0 / (d0 - d1)
+    rate = fpr[k - 1] + t * (fpr[k] - fpr[k - 1])
+    threshold = thresholds[k - 1] + t * (thresholds[k] - thresholds[k - 1]) if np.isfinite(thresholds[k - 1]) else thresholds[k]
+    return float(rate), float(threshold)
+
+
+def min_dcf(scores: Scores, same: Truths, p_target: float = 0.01, c_miss: float = 1.0,
+            c_fa: float = 1.0) -> dict[str, float]:
+    """{min_dcf (normalised), min_dcf_raw, threshold} at the cheapest threshold."""
+    fpr, tpr, thresholds = roc(scores, same)
+    cost = c_miss * (1.0 - tpr) * p_target + c_fa * fpr * (1.0 - p_target)
+    k = int(np.argmin(cost))
+    default = min(c_miss * p_target, c_fa * (1.0 - p_target))
+    return {"min_dcf": float(cost[k] / default), "min_dcf_raw": float(cost[k]), "threshold": float(thresholds[k])}
+
+
+def tar_at_far(scores: Scores, same: Truths, far: float) -> float:
+    """The true-accept rate at the strictest threshold that lets through at most `far` of the
+    different-identity trials (the best such rate on the ROC)."""
+    fpr, tpr, _ = roc(scores, same)
+    allowed = fpr <= far + 1e-12
+    return float(tpr[allowed].max())
+
+
+def rank1(similarity: np.ndarray, probe_ids: Sequence[Any], gallery_ids: Sequence[Any]) -> float:
+    """Share of probes (rows) whose most similar gallery entry (column) has their identity."""
+    sim = np.asarray(similarity, dtype=np.float64)
+    if sim.shape != (len(probe_ids), len(gallery_ids)) or not len(probe_ids):
+        raise ValueError(f"a similarity of shape {sim.shape} for {len(probe_ids)} probes and {len(gallery_ids)} entries")
+    best = sim.argmax(axis=1)
+    return float(np.mean([gallery_ids[j] == p for j, p in zip(best, probe_ids)]))
+
+
+def verification_scores(scores: Scores, same: Truths, threshold: float | None = None) -> dict[str, Any]:
+    """Every metric of a trial list; with `threshold` (chosen on validation trials), the
+    false-accept and false-reject rates and the accuracy of deciding there."""
+    from sklearn.metrics import roc_auc_score
+
+    s, y = _arrays(scores, same)
+    rate, at = eer(s, y)
+    dcf = min_dcf(s, y)
+    out: dict[str, Any] = {"n_trials": int(len(s)), "n_same": int(y.sum()), "eer": rate, "eer_threshold": at,
+                           "min_dcf": dcf["min_dcf"], "min_dcf_raw": dcf["min_dcf_raw"],
+                           "tar_at_far_1e-2": tar_at_far(s, y, 1e-2), "tar_at_far_1e-3": tar_at_far(s, y, 1e-3),
+                           "roc_auc": float(roc_auc_score(y, s))}
+    if threshold is not None:
+        accept = s >= threshold
+        out |= {"threshold": float(threshold), "far": float(accept[~y].mean()), "frr": float((~accept[y]).mean()),
+                "accuracy": float((accept == y).mean())}
+    return out
