@@ -67,6 +67,11 @@ class Predictor:
                 keep_columns: bool = False) -> list[dict[str, Any]]:
         """One answer per example, as `mmcli predict` writes them: labels with their
         probabilities, values, or captions (`beam`: captioning's beam width)."""
+        return self.predict_records(self.records(rows, extra_fields=keep_columns), top_k, explain, beam, keep_columns)
+
+    def predict_records(self, records: list, top_k: int = 5, explain: bool = False, beam: int | None = None,
+                        keep_columns: bool = False) -> list[dict[str, Any]]:
+        """`predict` of examples already read (`records`); the beam holds for this call only."""
         from mmcli.inference import predict_records
 
         if self.task == "retrieval":
@@ -74,7 +79,6 @@ class Predictor:
         task = self.run.task
         if beam is not None and not task.beam_search:
             raise UsageError(f"beam is for captioning runs; this one is {self.task}")
-        records = self.records(rows, extra_fields=keep_columns)
         if beam is None or not task.beam_search:
             return predict_records(self.run, records, top_k, explain, self.device, keep_columns)
         task.set_beam(self.run.model, beam)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmcli.errors import MmcliError, UsageError
+from mmcli.errors import MmcliError
 from mmcli.serve import Settings
 
 LOG = logging.getLogger("mmcli")
@@ -83,13 +83,7 @@ class Service:
         return self.predictor.records(items, source="request")
 
     def predict(self, records: list, options: PredictOptions) -> list[dict[str, Any]]:
-        from mmcli.inference import predict_records
-
-        if options.beam is not None and self.default_beam is None:
-            raise UsageError(f"beam is for captioning runs; this one is {self.task}")
-        if self.default_beam is not None:
-            self.run.task.set_beam(self.run.model, options.beam or self.default_beam)
-        return predict_records(self.run, records, options.top_k, options.explain, self.settings.device)
+        return self.predictor.predict_records(records, options.top_k, options.explain, options.beam)
 
     def predict_jobs(self, jobs: list[tuple[list, PredictOptions]]) -> list[Any]:
         """Each job's answers (or its exception): the jobs with the same options in one model
