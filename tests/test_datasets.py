@@ -43,7 +43,8 @@ def test_list_names_every_recipe_with_license_and_source(cli):
     result = cli("datasets", "list")
     assert result.exit_code == 0, result.output
     table = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert {r["name"] for r in table} == {"toy", "fsdd", "mnist", "avmnist", "moving-mnist", "av-moving-mnist", "coco-captions", "flickr8k"}
+    assert {r["name"] for r in table} == {"toy", "fsdd", "mnist", "avmnist", "moving-mnist", "av-moving-mnist", "coco-captions", "flickr8k",
+                                              "speakers", "av-identity"}
     assert all(r["license"] and r["source"] and r["modalities"] for r in table)
 
 

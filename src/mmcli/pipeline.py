@@ -20,7 +20,7 @@ from mmcli.data.dataset import Encoded, encode_table
 from mmcli.training import degrade
 from mmcli.data.decode import audio_frames
 from mmcli.data.preprocess import BUILTIN_PREFIX, Progress, preprocess, warn_skipped
-from mmcli.data.splits import assign_splits, source_groups
+from mmcli.data.splits import source_groups, task_splits
 from mmcli.data.table import Table
 from mmcli.encoders import ModalitySpec
 from mmcli.kinds import KINDS
@@ -126,8 +126,8 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
     warn_skipped(table, cache_dir, values if task.stratify else None, config.data.label)  # before any error below
     if values is None:
         raise DataError(f"{table.source}: no label column '{config.data.label}'")
-    splits = assign_splits(task.split_keys(values), table.given_splits, split_seed(config),
-                           config.data.val_fraction, config.data.test_fraction, table.source, source_groups(table))
+    splits = task_splits(task, values, table.given_splits, split_seed(config), config.data.val_fraction,
+                         config.data.test_fraction, table.source, source_groups(table), config.data.label)
     modalities = chosen_modalities(config, list(table.modalities))
     degrade.check(config.train.corrupt, {n: m.kind for n, m in table.modalities.items()})  # before anything trains
     train_rows = [i for i, s in enumerate(splits) if s == "train"]
@@ -324,9 +324,8 @@ def _choose_rows(run: LoadedRun, table: Table, same: bool, split: str | None, so
         rows, scope = list(range(len(table))), "all"
     else:
         scope = split or "test"
-        keys = task.split_keys(targets) if targets is not None else None
-        splits = assign_splits(keys, table.given_splits, split_seed(config),
-                               config.data.val_fraction, config.data.test_fraction, table.source, source_groups(table))
+        splits = task_splits(task, targets, table.given_splits, split_seed(config), config.data.val_fraction,
+                             config.data.test_fraction, table.source, source_groups(table), config.data.label)
         rows = [i for i, s in enumerate(splits) if s == scope]
     record = membership.read_record(run.path)
     if record is None:

@@ -89,12 +89,15 @@ def get_fsdd(
         "--holdout-speaker", help="Test on this speaker's clips and train on the others' "
                                   "(default: the usual split, takes 0-4 of everyone are the test set).",
         show_default=False)] = None,
+    target: Annotated[str, typer.Option(
+        "--target", help="What `label` holds: digit (the spoken digit) or speaker (who speaks it, for speaker "
+                         "verification; then no split column, so the task draws speaker-disjoint splits).")] = "digit",
     quiet: QuietOpt = False,
 ) -> None:
     """Free Spoken Digit Dataset: 3,000 spoken digits (audio), 6 speakers."""
     from mmcli.data.recipes.api import get_fsdd as get
 
-    _get("fsdd", out, quiet, lambda progress: get(out, source, mirror, holdout_speaker, progress))
+    _get("fsdd", out, quiet, lambda progress: get(out, source, mirror, holdout_speaker, progress, target=target))
 
 
 @get_app.command("mnist")
@@ -199,6 +202,45 @@ def get_flickr8k(out: OutArg, source: SourceOpt = None, mirror: MirrorOpt = None
     from mmcli.data.recipes.api import get_flickr8k as get
 
     _get("flickr8k", out, quiet, lambda progress: get(out, source, mirror, progress))
+
+
+@get_app.command("speakers")
+@handles_errors
+def get_speakers(
+    out: OutArg,
+    source: Annotated[Optional[Path], typer.Option(
+        "--source", help="Required (no download): Resemblyzer's audio_data/ folder (github.com/resemble-ai/Resemblyzer; "
+                         "LibriSpeech, CC BY 4.0) or a folder holding librispeech-speakers/ as ../shared/data.",
+        show_default=False)] = None,
+    segment_seconds: Annotated[float, typer.Option(
+        "--segment-seconds", help="Cut every clip into non-overlapping segments this long (seconds, 0.1-60); "
+                                  "a shorter trailing piece is dropped.")] = 2.0,
+    quiet: QuietOpt = False,
+) -> None:
+    """LibriSpeech speakers for speaker verification (audio): label = speaker, train and test speakers disjoint."""
+    from mmcli.data.recipes.api import get_speakers as get
+
+    _get("speakers", out, quiet, lambda progress: get(out, source, segment_seconds, progress))
+
+
+@get_app.command("av-identity")
+@handles_errors
+def get_av_identity(
+    out: OutArg,
+    source: Annotated[Optional[Path], typer.Option(
+        "--source", help="Required (no download): a folder holding orl-faces/ (the ORL faces, AT&T) and "
+                         "librispeech-speakers/ (Resemblyzer's LibriSpeech clips), as ../shared/data.",
+        show_default=False)] = None,
+    per_identity: Annotated[int, typer.Option(
+        "--per-identity", help="Rows per identity (2-10): photo j with voice segment j of the speaker's first 8 s "
+                               "cut into this many pieces.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the pairing: which LibriSpeech speaker voices each face.")] = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Synthetic audio-visual identities (image + audio): ORL faces each given a LibriSpeech voice, label = identity."""
+    from mmcli.data.recipes.api import get_av_identity as get
+
+    _get("av-identity", out, quiet, lambda progress: get(out, source, per_identity, seed, progress))
 
 
 def _imported(manifest: Path, message: str) -> None:

@@ -29,6 +29,10 @@ def predict(
     beam: Annotated[Optional[int], typer.Option("--beam", min=1, help="Captioning runs: beam width (1: greedy; default: the run's model.task_options.beam_size).", show_default=False)] = None,
     keep_columns: Annotated[bool, typer.Option("--keep-columns", help="Copy each example's input columns (or JSON fields) into its output row, before the answer; a column named like an answer's key is kept as input_NAME.")] = False,
     split: Annotated[Optional[str], typer.Option("--split", help="Predict the run's own train, val or test split (the rows its training recorded) instead of INPUT.", show_default=False)] = None,
+    verify: Annotated[Optional[typing.Tuple[str, str]], typer.Option("--verify", help="Verification runs: A B, two examples (files, or JSON objects naming each modality's file); prints their cosine score and the same/different decision at the run's threshold.", show_default=False)] = None,
+    enroll: Annotated[Optional[str], typer.Option("--enroll", help="Verification runs: a manifest whose rows (files and the identity column) become a gallery of identities, saved to --gallery.", show_default=False)] = None,
+    identify: Annotated[Optional[str], typer.Option("--identify", help="Verification runs: a manifest, file or JSON object of probes; lists each probe's --top-k gallery identities by score.", show_default=False)] = None,
+    gallery: Annotated[Optional[Path], typer.Option("--gallery", help="The gallery file --enroll writes and --identify reads (default: RUN/gallery.npz).", show_default=False)] = None,
     **by_kind: Any,
 ) -> None:
     """Predict labels or captions (one JSON object per example), search a retrieval run's index
@@ -49,6 +53,15 @@ def predict(
         raise UsageError(f"--split must be train, val or test, not '{split}'")
     queries = {k: [str(v) for v in by_kind[f"query_{k}"]] for k in _query_kinds() if by_kind.get(f"query_{k}")}
     _check_modes(queries, index, embed, beam, explain, fmt)
+    identity = {"--verify": verify, "--enroll": enroll, "--identify": identify}
+    if any(v is not None for v in identity.values()):
+        if input is not None or split is not None or queries or embed or any(v is not None for v in single.values()):
+            raise UsageError(f"{', '.join(k for k, v in identity.items() if v is not None)} replace INPUT, --split, "
+                             "--embed and --query-*; give one mode at a time")
+        _write(_identity(load_run(run, weights), verify, enroll, identify, gallery, top_k, device), fmt)
+        return
+    if gallery is not None:
+        raise UsageError("--gallery is the file of --enroll and --identify; give one of them")
     loaded = load_run(run, weights)
     if queries:
         _write(_search(loaded, queries, index, input, single, top_k, device), fmt)  # a ranked table of any task
@@ -70,6 +83,22 @@ def predict(
         return
     records = _split_records(loaded, split) if split is not None else _records(loaded, input, single)
     writer.write(answer(records))
+
+
+def _identity(loaded, verify, enroll, identify, gallery: Optional[Path], top_k: int, device: str) -> list[dict]:
+    """--verify, --enroll then --identify (both may be given: enrol, then identify against it)."""
+    from mmcli import gallery as gal
+
+    gal.check_run(loaded)
+    if verify is not None and (enroll is not None or identify is not None):
+        from mmcli.errors import UsageError
+
+        raise UsageError("--verify compares two examples; give it without --enroll and --identify")
+    if verify is not None:
+        return [gal.verify(loaded, verify[0], verify[1], device)]
+    path = gallery or gal.default_path(loaded)
+    out = [gal.enroll(loaded, enroll, path, device)] if enroll is not None else []
+    return out + (gal.identify(loaded, identify, path, top_k, device) if identify is not None else [])
 
 
 def _answerer(loaded, embed: bool, keep_columns: bool, top_k: int, explain: bool, device: str):

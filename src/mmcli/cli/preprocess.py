@@ -27,7 +27,7 @@ def preprocess(
 ) -> None:
     """Validate every row, decode images and audio into tensors, and cache them."""
     from mmcli.data.preprocess import preprocess as run
-    from mmcli.data.splits import assign_splits, source_groups
+    from mmcli.data.splits import source_groups, task_splits
     from mmcli.errors import UsageError
     from mmcli.reporting.console import log, task_bar
     from mmcli.reporting.tables import show_table
@@ -52,8 +52,8 @@ def preprocess(
     from mmcli.heads import make_task
 
     task = make_task(cfg)
-    splits = assign_splits(task.split_keys(table.labels), table.given_splits, seed_value, cfg.data.val_fraction,
-                           cfg.data.test_fraction, table.source, source_groups(table))
+    splits = task_splits(task, table.labels, table.given_splits, seed_value, cfg.data.val_fraction,
+                         cfg.data.test_fraction, table.source, source_groups(table), cfg.data.label)
     if not task.stratify:  # regression, multilabel: no classes to count
         show_table("examples per split", ["train", "val", "test", "total"],
                    [tuple(splits.count(s) for s in ("train", "val", "test")) + (len(splits),)])

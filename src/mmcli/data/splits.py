@@ -100,3 +100,54 @@ def source_groups(table) -> list[int] | None:
                 parent[find(i)] = find(j)
                 repeated = True
     return [find(i) for i in range(len(given))] if repeated else None
+
+
+def identity_splits(identities: list[str], given: list[str] | None, seed: int, val_fraction: float,
+                    test_fraction: float, source: str = "manifest", column: str = "label") -> list[str]:
+    """Splits whose identities are disjoint (verification, issue 22): every row of one
+    identity lands in one split, so validation and test identities are never trained on.
+    With a split column, it is checked (an identity in training and in val or test is an
+    error naming its rows) and, when it has no validation rows, validation identities are
+    drawn from its training ones. Otherwise the identities are shuffled with the seed and
+    cut: at least 2 for test (a different-identity trial needs two) and 1 for validation."""
+    if given is not None and any(given):
+        splits = assign_splits(None, given, seed, 0.0, 0.0, source)  # checks the values only
+        _check_disjoint(identities, splits, source, column)
+        if "val" in splits or val_fraction <= 0:
+            return splits
+        train = [i for i, s in enumerate(splits) if s == "train"]
+        drawn = _cut_identities(sorted({identities[i] for i in train}), seed, val_fraction, 0.0, source)
+        return ["val" if s == "train" and drawn[identities[i]] == "val" else s for i, s in enumerate(splits)]
+    drawn = _cut_identities(sorted(set(identities)), seed, val_fraction, test_fraction, source)
+    return [drawn[v] for v in identities]
+
+
+def _cut_identities(names: list[str], seed: int, val_fraction: float, test_fraction: float, source: str) -> dict[str, str]:
+    n = len(names)
+    n_test = max(2, round(n * test_fraction)) if test_fraction > 0 else 0
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+    if n - n_test - n_val < 2:
+        raise DataError(f"{source}: {n} identities cannot be split into training ({2} or more), validation "
+                        f"({n_val}) and test ({n_test}) identities; verification needs at least {n_test + n_val + 2}")
+    order = list(names)
+    random.Random(seed).shuffle(order)
+    return {v: "test" if k < n_test else "val" if k < n_test + n_val else "train" for k, v in enumerate(order)}
+
+
+def _check_disjoint(identities: list[str], splits: list[str], source: str, column: str) -> None:
+    trained = {v for v, s in zip(identities, splits) if s == "train"}
+    bad = [BadRow(source, i + 1, column, f"identity '{v}' is in the {s} split and also in the training split "
+                  f"(verification tests on identities never trained on)")
+           for i, (v, s) in enumerate(zip(identities, splits)) if s != "train" and v in trained]
+    if bad:
+        raise DataError(f"{source}: the split column puts identities in training and in validation or test", bad)
+
+
+def task_splits(task, values: list[str] | None, given: list[str] | None, seed: int, val_fraction: float,
+                test_fraction: float, source: str, groups: list[int] | None, column: str = "label") -> list[str]:
+    """The splits a task trains on: identity-disjoint for tasks with `disjoint_labels`
+    (verification), else `assign_splits` (stratified by label where the task asks)."""
+    if task.disjoint_labels and values is not None:
+        return identity_splits(values, given, seed, val_fraction, test_fraction, source, column)
+    keys = task.split_keys(values) if values is not None else None
+    return assign_splits(keys, given, seed, val_fraction, test_fraction, source, groups)

@@ -104,3 +104,43 @@ def verification_scores(scores: Scores, same: Truths, threshold: float | None = 
         out |= {"threshold": float(threshold), "far": float(accept[~y].mean()), "frr": float((~accept[y]).mean()),
                 "accuracy": float((accept == y).mean())}
     return out
+
+
+def draw_trials(identities: Sequence[Any], n_trials: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Same/different trials among examples (indices a, b and the truth), drawn with `seed`:
+    up to n_trials / 2 same-identity pairs and the rest different-identity pairs, each pair
+    at most once; every pair when there are fewer."""
+    ids = np.asarray([str(v) for v in identities])
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[int]] = {}
+    for i, v in enumerate(ids):
+        groups.setdefault(v, []).append(i)
+    within = [(a, b) for members in groups.values() for k, a in enumerate(members) for b in members[k + 1:]]
+    n_same = min(len(within), n_trials // 2)
+    same = [within[k] for k in sorted(rng.choice(len(within), n_same, replace=False))] if n_same else []
+    n_all = len(ids) * (len(ids) - 1) // 2
+    n_diff = min(n_all - len(within), n_trials - n_same)
+    different: set[tuple[int, int]] = set()
+    if n_diff == n_all - len(within):  # every different-identity pair
+        different = {(a, b) for a in range(len(ids)) for b in range(a + 1, len(ids)) if ids[a] != ids[b]}
+    while len(different) < n_diff:
+        a, b = (int(x) for x in rng.integers(0, len(ids), size=2))
+        if ids[a] != ids[b]:
+            different.add((min(a, b), max(a, b)))
+    pairs = same + sorted(different)
+    a_idx = np.array([p[0] for p in pairs], dtype=np.int64)
+    b_idx = np.array([p[1] for p in pairs], dtype=np.int64)
+    return a_idx, b_idx, ids[a_idx] == ids[b_idx]
+
+
+def gallery_split(identities: Sequence[Any], seed: int) -> tuple[list[int], list[int]]:
+    """1:N identification from one set: (gallery, probes); each identity's enrollment is one
+    of its examples chosen with `seed`, its other examples are probes."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(identities))
+    enrolled: dict[str, int] = {}
+    for i in order:
+        enrolled.setdefault(str(identities[i]), int(i))
+    gallery = sorted(enrolled.values())
+    chosen = set(gallery)
+    return gallery, [i for i in range(len(identities)) if i not in chosen]

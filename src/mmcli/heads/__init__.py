@@ -37,6 +37,7 @@ class Task(ABC):
     options: dict[str, Any] = {}  # model.task_options this task reads, with their defaults
     has_classes: ClassVar[bool] = False  # train.class_weights and train.sampler=weighted apply (one class per example)
     beam_search: ClassVar[bool] = False  # predict --beam applies (captioning)
+    disjoint_labels: ClassVar[bool] = False  # splits share no label value (verification: identities held out)
 
     def __init__(self, config=None, state: dict[str, Any] | None = None):
         self.config = config
@@ -157,7 +158,7 @@ def make_task(config, state: dict[str, Any] | None = None) -> Task:
 
 
 def _register_builtins() -> None:
-    from mmcli.heads import captioning, classification, multilabel, regression, retrieval  # noqa: F401  (registration side effects)
+    from mmcli.heads import captioning, classification, multilabel, regression, retrieval, verification  # noqa: F401  (registration side effects)
 
 
 _register_builtins()

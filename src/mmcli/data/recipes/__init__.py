@@ -37,7 +37,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            "shapes, tones and captions; each modality holds only part of the 12-class label"),
     Recipe("fsdd", "audio", "3,000 clips (6 speakers x 10 digits x 50 takes)", "CC BY-SA 4.0",
            "github.com/Jakobovski/free-spoken-digit-dataset (v1.0.10)",
-           "spoken digits; takes 0-4 are the test set, or --holdout-speaker"),
+           "spoken digits; takes 0-4 are the test set, or --holdout-speaker; --target speaker: label = speaker"),
     Recipe("mnist", "image", "70,000 (10,000 when only the test set is present)", "CC BY-SA 3.0",
            "ossci-datasets.s3.amazonaws.com/mnist (torchvision's mirror of yann.lecun.com/exdb/mnist)",
            "handwritten digits, 28x28 grey"),
@@ -55,6 +55,13 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("flickr8k", "image, text", "8,091 photos, 5 captions each", "research use (Flickr terms)",
            "github.com/jbrownlee/Datasets (release Flickr8k)",
            "photos with 5 captions each; the usual train/dev/test lists"),
+    Recipe("speakers", "audio", "351 LibriSpeech clips (261 speakers) cut into 2 s segments", "CC BY 4.0",
+           "--source only: github.com/resemble-ai/Resemblyzer's audio_data (LibriSpeech, openslr.org/12)",
+           "speaker verification: label = speaker; train-clean-100 speakers train, test-other speakers test"),
+    Recipe("av-identity", "image, audio", "400 pairs (40 identities x 10)", "ORL: research use (AT&T) + CC BY 4.0",
+           "--source only: ORL faces (AT&T Laboratories Cambridge) + Resemblyzer's LibriSpeech clips",
+           "SYNTHETIC pairing, as AV-MNIST: each ORL face given a LibriSpeech voice drawn from the seed; "
+           "label = identity, no split"),
 )}
 
 

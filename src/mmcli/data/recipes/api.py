@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from mmcli.data.recipes import avmnist, captions, coco, fsdd, mnist, moving_mnist, staged
+from mmcli.data.recipes import avmnist, captions, coco, fsdd, identity, mnist, moving_mnist, staged
 
 Progress = Optional[Callable[[int, int], None]]
 
@@ -34,9 +34,10 @@ def get_mnist(out: Path, source: Optional[Path] = None, mirror: Optional[str] = 
 
 
 def get_fsdd(out: Path, source: Optional[Path] = None, mirror: Optional[str] = None,
-             holdout_speaker: Optional[str] = None, progress: Progress = None) -> int:
+             holdout_speaker: Optional[str] = None, progress: Progress = None, target: str = "digit") -> int:
+    """target "digit" (the label is the spoken digit) or "speaker" (the speaker, with no split column)."""
     with staged(out) as tmp, _inputs(tmp, source, fsdd.find, fsdd.download, mirror, progress) as (folder, how):
-        return fsdd.build(tmp, folder, how, holdout_speaker, progress)
+        return fsdd.build(tmp, folder, how, holdout_speaker, progress, target=target)
 
 
 def get_avmnist(out: Path, source: Optional[Path] = None, mirror: Optional[str] = None, progress: Progress = None,
@@ -79,3 +80,23 @@ def get_flickr8k(out: Path, source: Optional[Path] = None, mirror: Optional[str]
     with staged(out) as tmp, _inputs(tmp, source, captions.find_flickr, captions.download_flickr8k, mirror,
                                      progress) as (folder, how):
         return captions.build_flickr8k(tmp, folder, how, progress)
+
+
+def _no_download(scratch: Path, mirror: Optional[str], progress: Progress) -> Any:
+    return identity.find_librispeech(None)  # raises: says where to get the data
+
+
+def get_speakers(out: Path, source: Optional[Path] = None, segment_seconds: float = 2.0,
+                 progress: Progress = None) -> int:
+    """LibriSpeech speakers (Resemblyzer's audio_data) cut into segments; built only from --source."""
+    with staged(out) as tmp, _inputs(tmp, source, identity.find_librispeech, _no_download, None,
+                                     progress) as (folder, how):
+        return identity.build_speakers(tmp, folder, how, segment_seconds, progress)
+
+
+def get_av_identity(out: Path, source: Optional[Path] = None, per_identity: int = 10, seed: int = 0,
+                    progress: Progress = None) -> int:
+    """ORL faces paired with LibriSpeech voices (a synthetic pairing); built only from --source."""
+    with staged(out) as tmp, _inputs(tmp, source, identity.find_av, lambda *_: identity.find_av(None), None,
+                                     progress) as ((faces, voices), how):
+        return identity.build_av_identity(tmp, faces, voices, how, per_identity, seed, progress)

@@ -24,6 +24,7 @@ REMOTE = Remote(f"https://github.com/Jakobovski/free-spoken-digit-dataset/archiv
 RECORDINGS_DIGEST = "6a1aafacf40d8a7aeda379f079a39ca7e165fe03f4ed5d63a2ab25f3a8420685"
 TEST_TAKES = range(5)
 NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
+TARGETS = ("digit", "speaker")
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,14 @@ def split_of(clip: Clip, holdout_speaker: Optional[str]) -> str:
 
 
 def build(out: Path, recordings: Path, source_text: str, holdout_speaker: Optional[str] = None,
-          progress: Optional[Callable[[int, int], None]] = None) -> int:
+          progress: Optional[Callable[[int, int], None]] = None, target: str = "digit") -> int:
+    """target "digit": the label is the digit, split by take (or --holdout-speaker); "speaker":
+    the label is the speaker and there is no split column (a task that verifies speakers draws
+    speaker-disjoint splits itself; the takes split would test on the training speakers)."""
+    if target not in TARGETS:
+        raise UsageError(f"--target {target}: must be one of {', '.join(TARGETS)}")
+    if target == "speaker" and holdout_speaker is not None:
+        raise UsageError("--holdout-speaker goes with --target digit: with --target speaker the manifest has no split")
     found = clips(recordings)
     speakers = sorted({c.speaker for c in found})
     if holdout_speaker is not None and holdout_speaker not in speakers:
@@ -92,13 +100,17 @@ def build(out: Path, recordings: Path, source_text: str, holdout_speaker: Option
     rows = []
     for i, clip in enumerate(found, start=1):
         shutil.copyfile(clip.path, out / "audio" / clip.path.name)
-        rows.append({"id": clip.id, "audio": f"audio/{clip.path.name}", "label": clip.digit,
+        rows.append({"id": clip.id, "audio": f"audio/{clip.path.name}",
+                     "label": clip.digit if target == "digit" else clip.speaker,
                      "split": split_of(clip, holdout_speaker)})
         if progress is not None and (i % 200 == 0 or i == len(found)):
             progress(i, len(found))
-    write_manifest(out, ["id", "audio", "label", "split"], rows)
+    write_manifest(out, ["id", "audio", "label", "split"] if target == "digit" else ["id", "audio", "label"], rows)
     digest = tree_digest([c.path for c in found], recordings.parent)
-    write_provenance(out, "fsdd", {"holdout_speaker": holdout_speaker},
+    options: dict[str, Optional[str]] = {"holdout_speaker": holdout_speaker}
+    if target != "digit":  # the default's recipe.json stays as it was
+        options["target"] = target
+    write_provenance(out, "fsdd", options,
                      {"source": source_text, "clips": len(found), "speakers": speakers, "recordings_digest": digest,
                       "matches_release": digest == RECORDINGS_DIGEST})
     return len(rows)
