@@ -218,3 +218,51 @@ def test_identity_modes_refuse_what_they_cannot_do(orl_run, cli, tmp_path):
     assert precious.read_bytes() == b"the user's own file"
     both = cli("predict", run, "--verify", _photo("s1", 1), _photo("s1", 2), "--embed")
     assert both.exit_code == 2 and "one mode at a time" in both.output
+
+
+def test_a_trials_file_of_every_pair_scores_as_the_drawn_trials(orl_run, cli, tmp_path):
+    run, _ = orl_run
+    ids = json.loads((run / "splits.json").read_text())["splits"]["test"]["ids"]
+    trials = tmp_path / "trials.csv"
+    with open(trials, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["a", "b", "same"])
+        writer.writerows([a, b, "same" if a.split("-")[0] == b.split("-")[0] else "different"]
+                         for k, a in enumerate(ids) for b in ids[k + 1:])
+    result = cli("evaluate", run, "--trials", trials, "--json")
+    assert result.exit_code == 0, result.output
+    own = json.loads(result.stdout.splitlines()[-1])
+    drawn = json.loads((run / "eval-test.json").read_text())  # 80 faces: 3,160 pairs, fewer than `trials`: all drawn
+    assert own["n_trials"] == drawn["n_trials"] == 3160
+    assert own["eer"] == pytest.approx(drawn["eer"]) and own["tar_at_far_1e-2"] == pytest.approx(drawn["tar_at_far_1e-2"])
+
+
+def test_bad_trials_are_named_by_row_and_column(orl_run, cli, tmp_path):
+    run, _ = orl_run
+    ids = json.loads((run / "splits.json").read_text())["splits"]["test"]["ids"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"a,b,same\n{ids[0]},{ids[1]},maybe\n", encoding="utf-8")
+    result = cli("evaluate", run, "--trials", bad)
+    assert result.exit_code == 2 and "row 1, column 'same'" in result.output
+    bad.write_text(f"a,b,same\n{ids[0]},nobody,0\n", encoding="utf-8")
+    result = cli("evaluate", run, "--trials", bad)
+    assert result.exit_code == 2 and "row 1, column 'b'" in result.output and "'nobody'" in result.output
+
+
+def test_the_python_api_verifies_enrols_and_identifies(orl_run, tmp_path):
+    import mmcli
+
+    run, _ = orl_run
+    people = _test_people(run)
+    predictor = mmcli.load(run)
+    same = predictor.verify(_photo(people[0], 1), {"image": _photo(people[0], 2)})
+    other = predictor.verify(Path(_photo(people[0], 1)), _photo(people[1], 2))
+    assert same["score"] > other["score"] and isinstance(same["same"], bool)
+    manifest = tmp_path / "gallery.csv"
+    manifest.write_text("image,person\n" + "".join(f"{_photo(p, k)},{p}\n" for p in people for k in (1, 2, 3)),
+                        encoding="utf-8")
+    assert predictor.enroll(manifest, tmp_path / "g.npz")["identities"] == len(people)
+    found = predictor.identify({"image": _photo(people[2], 9)}, tmp_path / "g.npz", top_k=2)
+    assert len(found) == 1 and len(found[0]["candidates"]) == 2
+    with pytest.raises(mmcli.errors.UsageError, match="no gallery"):
+        predictor.identify(_photo(people[2], 9))  # RUN/gallery.npz was never made

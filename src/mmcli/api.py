@@ -111,6 +111,31 @@ class Predictor:
         found = self._indexes[key].search(self.run, kind or default_query_kind(self.run), asked, top_k, self.device)
         return [{"query": q, **item} for q, items in zip(asked, found) for item in items]
 
+    def verify(self, a: str | Path | Mapping[str, Any], b: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+        """A verification run's cosine score of two examples (files, or dicts naming each
+        modality's file) and its decision at the run's threshold, as `predict --verify A B`."""
+        from mmcli import gallery
+
+        gallery.check_run(self.run)
+        return gallery.verify(self.run, _example(a), _example(b), self.device)
+
+    def enroll(self, data: str | Path, gallery: str | Path | None = None) -> dict[str, Any]:
+        """Enrol a manifest's rows (with the identity column) into a gallery file (default:
+        RUN/gallery.npz), as `predict --enroll`."""
+        from mmcli import gallery as gal
+
+        gal.check_run(self.run)
+        return gal.enroll(self.run, str(data), Path(gallery) if gallery else gal.default_path(self.run), self.device)
+
+    def identify(self, probes: str | Path | Mapping[str, Any], gallery: str | Path | None = None,
+                 top_k: int = 5) -> list[dict[str, Any]]:
+        """Each probe's `top_k` gallery identities by score, as `predict --identify`."""
+        from mmcli import gallery as gal
+
+        gal.check_run(self.run)
+        path = Path(gallery) if gallery else gal.default_path(self.run)
+        return gal.identify(self.run, _example(probes), path, top_k, self.device)
+
     def evaluate(self, data: str | Path | None = None, split: str | None = None, save: bool = False,
                  cache_dir: str | None = None) -> dict[str, Any]:
         """The task's metrics on `data` (default: the run's own test split), as `mmcli evaluate`
@@ -132,6 +157,13 @@ def load(run: str | Path, weights: str = "best", device: str = "auto") -> Predic
     if weights not in ("best", "last"):
         raise UsageError(f"weights must be best or last, not '{weights}'")
     return Predictor(load_run(Path(run), weights), device, weights)
+
+
+def _example(value: str | Path | Mapping[str, Any]) -> str:
+    """One example as predict's --verify and --identify take it: a path, or a JSON object."""
+    import json
+
+    return json.dumps(dict(value)) if isinstance(value, Mapping) else str(value)
 
 
 def _as_dicts(rows: Rows, run: Any) -> list[dict[str, Any]]:

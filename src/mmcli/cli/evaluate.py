@@ -24,15 +24,16 @@ def evaluate(
     corrupt: Annotated[Optional[list[str]], typer.Option("--corrupt", help="Degrade a modality: MODALITY:KIND@LEVEL, LEVEL in [0, 1] (repeatable); kinds in docs/robustness.md.", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the corruptions.")] = 0,
     robustness: Annotated[bool, typer.Option("--robustness", help="Sweep every corruption of every modality over levels 0.0-1.0 and every dropped modality; writes robustness.json and a PNG per modality.")] = False,
-    plots: Annotated[bool, typer.Option("--plots", help="Also write curves.png (losses and validation metrics per epoch, 1000x400 px) and, for classification, confusion-<split>.png (800x800 px) into the run folder.")] = False,
+    plots: Annotated[bool, typer.Option("--plots", help="Also write curves.png (losses and validation metrics per epoch, 1000x400 px) and, for classification, confusion-<split>.png (800x800 px); for verification, roc-det-<split>.png (ROC and DET curves, 1000x400 px); into the run folder.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps (not the device the run was trained on).")] = "auto",
     errors: Annotated[Optional[Path], typer.Option("--errors", help="Also write the examples answered wrongly to this file, worst first (classification: the most confident mistakes; multilabel: the most wrong labels; regression: every example by its error), with their ids, answers and the truth: JSON lines, or CSV for a .csv name.", show_default=False)] = None,
+    trials: Annotated[Optional[Path], typer.Option("--trials", help="Verification runs: score these trials instead of drawn ones: a CSV with columns a, b (example ids of the scored split or --data) and same (1/0, true/false, same/different).", show_default=False)] = None,
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """The task's metrics (classification: accuracy, macro-F1, per-class precision and recall, the
-    confusion matrix; multilabel: micro/macro-F1, mAP, subset accuracy; regression: MAE, RMSE, R^2);
-    saves eval-<split>.json."""
+    confusion matrix; multilabel: micro/macro-F1, mAP, subset accuracy; regression: MAE, RMSE, R^2;
+    verification: EER, minDCF, TAR@FAR, ROC AUC, rank-1); saves eval-<split>.json."""
     from mmcli.errors import UsageError
     from mmcli.evaluation.api import evaluate_run
     from mmcli.reporting.console import log, task_bar
@@ -43,8 +44,8 @@ def evaluate(
     if weights not in ("best", "last"):
         raise UsageError(f"--weights must be best or last, not '{weights}'")
     if robustness:
-        if plots or errors is not None:
-            raise UsageError("--plots and --errors go with a plain evaluation; --robustness writes its own files")
+        if plots or errors is not None or trials is not None:
+            raise UsageError("--plots, --errors and --trials go with a plain evaluation; --robustness writes its own files")
         return _robustness(run, data, split, cache_arg(cache_dir), device, seed, as_json)
     if errors is not None:
         from mmcli.evaluation.api import check_errors_file
@@ -53,7 +54,7 @@ def evaluate(
     outputs: dict = {}
     with task_bar("preprocessing") as update:
         scores = evaluate_run(run, data, split, cache_arg(cache_dir), weights, update, device=device,
-                              drops=drop or [], corruptions=corrupt or [], seed=seed, outputs=outputs)
+                              drops=drop or [], corruptions=corrupt or [], seed=seed, outputs=outputs, trials=trials)
     if errors is not None:
         from mmcli.evaluation.api import write_errors
 

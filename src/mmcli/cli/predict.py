@@ -53,15 +53,11 @@ def predict(
         raise UsageError(f"--split must be train, val or test, not '{split}'")
     queries = {k: [str(v) for v in by_kind[f"query_{k}"]] for k in _query_kinds() if by_kind.get(f"query_{k}")}
     _check_modes(queries, index, embed, beam, explain, fmt)
-    identity = {"--verify": verify, "--enroll": enroll, "--identify": identify}
+    identity = {"--verify": verify, "--enroll": enroll, "--identify": identify, "--gallery": gallery}
     if any(v is not None for v in identity.values()):
-        if input is not None or split is not None or queries or embed or any(v is not None for v in single.values()):
-            raise UsageError(f"{', '.join(k for k, v in identity.items() if v is not None)} replace INPUT, --split, "
-                             "--embed and --query-*; give one mode at a time")
-        _write(_identity(load_run(run, weights), verify, enroll, identify, gallery, top_k, device), fmt)
+        others = input is not None or split is not None or bool(queries) or embed or any(v is not None for v in single.values())
+        _write(_identity(run, weights, identity, others, top_k, device), fmt)
         return
-    if gallery is not None:
-        raise UsageError("--gallery is the file of --enroll and --identify; give one of them")
     loaded = load_run(run, weights)
     if queries:
         _write(_search(loaded, queries, index, input, single, top_k, device), fmt)  # a ranked table of any task
@@ -85,15 +81,23 @@ def predict(
     writer.write(answer(records))
 
 
-def _identity(loaded, verify, enroll, identify, gallery: Optional[Path], top_k: int, device: str) -> list[dict]:
-    """--verify, --enroll then --identify (both may be given: enrol, then identify against it)."""
+def _identity(run: Path, weights: str, given: dict, others: bool, top_k: int, device: str) -> list[dict]:
+    """--verify, --enroll then --identify (both may be given: enrol, then identify against it);
+    `others`: whether another mode's input was given too."""
     from mmcli import gallery as gal
+    from mmcli.errors import UsageError
+    from mmcli.pipeline import load_run
 
-    gal.check_run(loaded)
+    verify, enroll, identify, gallery = given["--verify"], given["--enroll"], given["--identify"], given["--gallery"]
+    named = ", ".join(k for k, v in given.items() if v is not None)
+    if others:
+        raise UsageError(f"{named} replace INPUT, --split, --embed and --query-*; give one mode at a time")
+    if verify is None and enroll is None and identify is None:
+        raise UsageError("--gallery is the file of --enroll and --identify; give one of them")
     if verify is not None and (enroll is not None or identify is not None):
-        from mmcli.errors import UsageError
-
         raise UsageError("--verify compares two examples; give it without --enroll and --identify")
+    loaded = load_run(run, weights)
+    gal.check_run(loaded)
     if verify is not None:
         return [gal.verify(loaded, verify[0], verify[1], device)]
     path = gallery or gal.default_path(loaded)

@@ -20,7 +20,7 @@ def train(
     modalities: Annotated[Optional[str], typer.Option("--modalities", "-m", help="Comma-separated modalities to use, e.g. image,text (default: all).", show_default=False)] = None,
     fusion: Annotated[Optional[str], typer.Option("--fusion", help="Fusion for two or more modalities (see mmcli list fusions).", show_default=False)] = None,
     encoders: EncoderOpt = None,
-    task: Annotated[Optional[str], typer.Option("--task", help="Task: classification, multilabel, regression, retrieval or captioning (see mmcli list tasks).", show_default=False)] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="Task: classification, multilabel, regression, retrieval, captioning or verification (see mmcli list tasks).", show_default=False)] = None,
     logger: Annotated[Optional[str], typer.Option("--logger", help="Also log losses, metrics and the learning rate to: tensorboard (needs pip install 'mmcli[tensorboard]'); metrics.jsonl is always written.", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Most epochs to train (early stopping may end sooner).", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Examples per batch.", show_default=False)] = None,

@@ -51,12 +51,15 @@ def _perturbation(run, drops: list[str], corruptions: list[str], seed: int):
 def evaluate_run(run_dir: Path, data: str | None = None, split: str | None = None, cache_dir: str | None = None,
                  weights: str = "best", progress=None, save: bool = True, device: str = "auto",
                  drops: list[str] | None = None, corruptions: list[str] | None = None, seed: int = 0,
-                 outputs: dict[str, Any] | None = None) -> dict[str, Any]:
+                 outputs: dict[str, Any] | None = None, trials: Path | None = None) -> dict[str, Any]:
     """Scores of the run on `split` (default test; every row of other data without a split
     column), less any row the run was trained on; `drops` evaluate with those modalities
     absent (through the mask), `corruptions` (MODALITY:KIND@LEVEL) with degraded inputs.
-    `outputs`, a dict, receives the raw outputs (`outputs`) and the rows' ids (`ids`)."""
+    `outputs`, a dict, receives the raw outputs (`outputs`) and the rows' ids (`ids`);
+    `trials` (verification runs): score the pairs of example ids a trials file lists."""
     run = load_run(run_dir, weights)
+    if trials is not None and not run.task.disjoint_labels:
+        raise UsageError(f"--trials scores verification runs' pairs of examples; this run is {run.task.name}")
     transform, tag = _perturbation(run, drops or [], corruptions or [], seed)
     chosen = data_for_run(run, data, split, cache_dir, progress, transform=transform)
     encoded = chosen.encoded
@@ -68,7 +71,11 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str | None = Non
     logits, fusion_weights = predict_outputs(run.model, encoded, run.config, target)
     if outputs is not None:
         outputs.update(outputs=logits, ids=list(encoded.ids), targets=encoded.labels)
-    scores = task.evaluate(logits, encoded.labels, run.labels)
+    if trials is not None:
+        scores = task.evaluate_trials(logits, list(encoded.ids), run.labels, Path(trials))
+        tag = "-".join(t for t in (tag, f"trials-{Path(trials).stem}") if t)
+    else:
+        scores = task.evaluate(logits, encoded.labels, run.labels)
     if fusion_weights is not None and task.name == "classification":  # per class: needs one class per example
         scores["modality_weights_per_class"] = weights_per_class(fusion_weights, encoded.labels, run.labels, run.model.modalities)
     scope = chosen.split
@@ -92,7 +99,8 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str | None = Non
 
 def write_plots(run_dir: Path, scores: dict[str, Any]) -> list[Path]:
     """`evaluate --plots`: curves.png (losses and validation metrics per epoch, from
-    metrics.jsonl) and, for classification, confusion-<name>.png of the scores just made."""
+    metrics.jsonl) and, for classification, confusion-<name>.png of the scores just made;
+    for verification, roc-det-<name>.png (the ROC and the DET curve of the trials)."""
     from mmcli.reporting import plots
 
     written = []
@@ -106,6 +114,11 @@ def write_plots(run_dir: Path, scores: dict[str, Any]) -> list[Path]:
         name = Path(scores.get("saved_as", f"eval-{scores['split']}.json")).stem.removeprefix("eval-")
         written.append(plots.confusion_matrix(cm["labels"], cm["matrix"], run_dir / f"confusion-{name}.png",
                                               f"confusion matrix, {scores['split']} split"))
+    curve = scores.get("roc_curve")
+    if curve:
+        name = Path(scores.get("saved_as", f"eval-{scores['split']}.json")).stem.removeprefix("eval-")
+        written.append(plots.roc_det(curve["far"], curve["tar"], run_dir / f"roc-det-{name}.png",
+                                     f"{scores['split']} split, {scores.get('n_trials', '?')} trials"))
     return written
 
 

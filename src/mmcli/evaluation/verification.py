@@ -17,6 +17,7 @@ with a score (higher: more alike) and a truth (same identity or not).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence, Union
 
 import numpy as np
@@ -144,3 +145,48 @@ def gallery_split(identities: Sequence[Any], seed: int) -> tuple[list[int], list
     gallery = sorted(enrolled.values())
     chosen = set(gallery)
     return gallery, [i for i in range(len(identities)) if i not in chosen]
+
+
+TRUE_WORDS, FALSE_WORDS = {"1", "true", "yes", "same", "target"}, {"0", "false", "no", "different", "nontarget"}
+
+
+def read_trials(path: Path) -> tuple[list[str], list[str], list[bool]]:
+    """A trials file (CSV or TSV with columns a, b, same: two example ids and whether they are one
+    identity: 1/0, true/false, same/different, target/nontarget). Every bad row is named."""
+    from mmcli.data.manifest import read_manifest
+    from mmcli.errors import BadRow, DataError
+
+    table = read_manifest(path)
+    missing = [c for c in ("a", "b", "same") if table.rows and c not in table.rows[0]]
+    if not table.rows or missing:
+        raise DataError(f"{path}: a trials file needs the columns a, b and same"
+                        + (f" (missing: {', '.join(missing)})" if missing else " and at least one row"))
+    a, b, same, bad = [], [], [], []
+    for i, row in enumerate(table.rows, start=1):
+        word = str(row.get("same") or "").strip().lower()
+        if word not in TRUE_WORDS | FALSE_WORDS:
+            bad.append(BadRow(path.name, i, "same", f"'{word}' is not 1/0, true/false, same/different or target/nontarget"))
+        for column in ("a", "b"):
+            if not str(row.get(column) or "").strip():
+                bad.append(BadRow(path.name, i, column, "no example id"))
+        a.append(str(row.get("a") or "").strip())
+        b.append(str(row.get("b") or "").strip())
+        same.append(word in TRUE_WORDS)
+    if bad:
+        raise DataError(f"{path}: bad trials", bad)
+    return a, b, same
+
+
+def trial_indices(path: Path, trials: tuple[list[str], list[str], list[bool]],
+                  ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The trials' rows in the scored examples (by id); an id not among them is an error naming its row."""
+    from mmcli.errors import BadRow, DataError
+
+    where = {str(v): i for i, v in enumerate(ids)}
+    a, b, same = trials
+    bad = [BadRow(path.name, k + 1, column, f"example '{v}' is not among the {len(where)} examples scored")
+           for k, (x, y) in enumerate(zip(a, b)) for column, v in (("a", x), ("b", y)) if v not in where]
+    if bad:
+        raise DataError(f"{path}: trials name examples that were not scored (evaluate scores the test split unless "
+                        f"--data or --split say otherwise)", bad)
+    return (np.array([where[v] for v in a]), np.array([where[v] for v in b]), np.asarray(same, dtype=bool))

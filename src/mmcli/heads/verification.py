@@ -5,9 +5,11 @@ The head maps the fused features (or one modality's) to a unit embedding and hol
 centre per training identity. Its output is [N, D + C]: the embedding, then its cosine to
 each centre, which is what the margin losses read:
 
-- `arcface` (default; Deng et al., CVPR 2019): the target's angle gets `margin` added,
-  cos(theta + m), scaled by `scale`;
-- `cosface` (Wang et al., CVPR 2018): the target's cosine gets `margin` taken away;
+- `cosface` (default; Wang et al., CVPR 2018): the target's cosine gets `margin` taken
+  away, then every cosine is multiplied by `scale`; on ORL faces (3 seeds, 8 people held
+  out) its test EER was 7.9 % against ArcFace's 10.2 % and batch-hard triplets' 14.7 %
+  (docs/verification.md);
+- `arcface` (Deng et al., CVPR 2019): the target's angle gets `margin` added, cos(theta + m);
 - `triplet`: batch-hard triplets on the embeddings (Hermans et al., 2017), a margin on the
   cosine distance; the centres are unused.
 
@@ -36,7 +38,7 @@ from mmcli.heads import TASKS, Task
 if TYPE_CHECKING:  # pragma: no cover
     from mmcli.data.dataset import Batch
 
-LOSSES = {"arcface": 0.5, "cosface": 0.35, "triplet": 0.2}  # the loss and its default margin
+LOSSES = {"cosface": 0.35, "arcface": 0.5, "triplet": 0.2}  # the loss and its default margin
 
 
 class VerificationHead(nn.Module):
@@ -78,6 +80,18 @@ def batch_hard_triplet(unit: torch.Tensor, target: torch.Tensor, margin: float) 
     return (positive - negative + margin).clamp(min=0)[usable].mean()
 
 
+def roc_points(scores, same, most: int = 200) -> dict[str, list[float]]:
+    """The ROC (false-accept and true-accept rates), at most `most` points kept evenly along
+    it, for evaluate --plots' ROC and DET curves."""
+    import numpy as np
+
+    from mmcli.evaluation.verification import roc
+
+    far, tar, _ = roc(scores, same)
+    keep = np.unique(np.linspace(0, len(far) - 1, min(most, len(far))).round().astype(int))
+    return {"far": [round(float(v), 6) for v in far[keep]], "tar": [round(float(v), 6) for v in tar[keep]]}
+
+
 class Verification(Task):
     """Is this the same identity? One embedding per example; the label column is the identity."""
 
@@ -86,7 +100,7 @@ class Verification(Task):
     metrics = ("eer", "min_dcf", "tar_at_far_1e-2", "tar_at_far_1e-3", "roc_auc", "rank1", "loss")
     lower_is_better = ("eer", "min_dcf", "min_dcf_raw", "loss")
     disjoint_labels = True
-    options = {"loss": "arcface", "margin": None, "scale": None, "embed_dim": 128, "trials": 10000, "trial_seed": 0}
+    options = {"loss": "cosface", "margin": None, "scale": None, "embed_dim": 128, "trials": 10000, "trial_seed": 0}
 
     def adapt_config(self, config, kinds: dict[str, str]):
         config = config.copy()
@@ -162,6 +176,7 @@ class Verification(Task):
             return {**out, "eer": float("nan"), "note": "needs two or more identities, one with two or more examples"}
         scores, same = self.scores(outputs, targets, names)
         out.update(verification_scores(scores, same, self.state.get("threshold")))
+        out["roc_curve"] = roc_points(scores, same)
         gallery, probes = gallery_split(ids, int(self.option("trial_seed")))
         emb = self.embeddings(outputs, names)
         similarity = (emb[probes] @ emb[gallery].t()).numpy()
@@ -170,6 +185,18 @@ class Verification(Task):
         if bool(known.any()):
             logits = outputs[known, emb.shape[1]:].float() * self.margin_and_scale(len(names))[1]
             out["loss"] = float(nn.functional.cross_entropy(logits, targets[known]))
+        return out
+
+    def evaluate_trials(self, outputs: torch.Tensor, ids: list[str], names: list[str], path) -> dict[str, Any]:
+        """The metrics of the user's own trials (evaluate --trials FILE), pairs of example ids."""
+        from mmcli.evaluation.verification import read_trials, trial_indices, verification_scores
+
+        a, b, same = trial_indices(path, read_trials(path), ids)
+        emb = self.embeddings(outputs, names)
+        scores = (emb[torch.from_numpy(a)] * emb[torch.from_numpy(b)]).sum(dim=1).numpy()
+        out: dict[str, Any] = {"n_examples": len(ids), "trials_file": str(path)}
+        out.update(verification_scores(scores, same, self.state.get("threshold")))
+        out["roc_curve"] = roc_points(scores, same)
         return out
 
     def after_fit(self, outputs: torch.Tensor, targets: torch.Tensor, names: list[str]) -> dict[str, Any]:
@@ -199,5 +226,5 @@ class Verification(Task):
         return ["id", "embedding", "modalities_used"], rows
 
 
-TASKS.register("verification", "identity verification: an embedding per example (ArcFace by default); "
+TASKS.register("verification", "identity verification: an embedding per example (CosFace by default); "
                "EER, minDCF, TAR@FAR on identities held out")(Verification)

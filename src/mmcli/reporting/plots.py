@@ -90,3 +90,35 @@ def confusion_matrix(labels: list[str], matrix: list[list[int]], path: Path, tit
                         color="white" if shares[i, j] > 0.5 else "black")
     save_png(fig, path)
     return path
+
+
+def roc_det(far: list[float], tar: list[float], path: Path, title: str) -> Path:
+    """Verification's two curves side by side: the ROC (true-accept rate against the
+    false-accept rate, the latter on a log axis, as face verification shows it) and the DET
+    curve (false-reject against false-accept rate on normal-deviate axes, as speaker
+    verification shows it; Martin et al., 1997)."""
+    import numpy as np
+    from scipy.stats import norm
+
+    fig, (roc_ax, det_ax) = figure(CURVES_SIZE[0] / 100, CURVES_SIZE[1] / 100, ncols=2)
+    far_a, tar_a = np.asarray(far, dtype=float), np.asarray(tar, dtype=float)
+    shown = far_a > 0
+    roc_ax.plot(far_a[shown], tar_a[shown], color="tab:blue")
+    roc_ax.set_xscale("log")
+    roc_ax.set_xlabel("false-accept rate")
+    roc_ax.set_ylabel("true-accept rate")
+    roc_ax.set_ylim(0, 1.01)
+    roc_ax.set_title(f"ROC, {title}")
+    clip = 1e-4  # the normal deviate of 0 or 1 is infinite
+    frr = np.clip(1 - tar_a, clip, 1 - clip)
+    det_ax.plot(norm.ppf(np.clip(far_a, clip, 1 - clip)), norm.ppf(frr), color="tab:red")
+    ticks = [0.001, 0.01, 0.05, 0.2, 0.5, 0.8]
+    for axis in (det_ax.xaxis, det_ax.yaxis):
+        axis.set_ticks(norm.ppf(ticks), [f"{t:g}" for t in ticks])
+    det_ax.set_xlim(norm.ppf(5e-4), norm.ppf(0.95))  # the rates of 0 (clipped) fall outside
+    det_ax.set_ylim(norm.ppf(5e-4), norm.ppf(0.95))
+    det_ax.set_xlabel("false-accept rate")
+    det_ax.set_ylabel("false-reject rate")
+    det_ax.set_title("DET")
+    save_png(fig, path)
+    return path
