@@ -192,10 +192,13 @@ def wanted_preprocessing(config: Config, kinds: dict[str, str] | None = None) ->
         found = KINDS[kind].wanted_preprocessing(config, name)
         if found is not None:
             wanted.setdefault(f"{kind}:{found[0]}:{found[1]}", found[1])
-    if len({str(v) for v in wanted.values()}) > 1:
-        raise ConfigError(f"encoders {', '.join(dict.fromkeys(a.split(':')[1] for a in wanted))} want different input sizes or "
-                          "normalizations; set data.image_size, image_mean and image_std yourself")
-    return next(iter(wanted.values()), None)
+    merged: dict[str, Any] = {}
+    for settings in wanted.values():  # an image encoder's and a speaker encoder's settings do not overlap
+        if any(k in merged and merged[k] != v for k, v in settings.items()):
+            raise ConfigError(f"encoders {', '.join(dict.fromkeys(a.split(':')[1] for a in wanted))} want different input "
+                              "sizes or normalizations; set data.image_size, image_mean and image_std yourself")
+        merged.update(settings)
+    return merged or None
 
 
 # compare's `VARIANT@ENCODER:MODE`: what each mode sets in the encoder's options

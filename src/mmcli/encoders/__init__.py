@@ -28,7 +28,8 @@ ENCODERS: Registry = Registry("encoder")
 
 # Registry tags saying where an encoder's pretrained weights come from.
 PRETRAINED_TAGS = {"weights:torchvision": "torchvision (pretrained: true) or a file (weights: PATH)",
-                   "weights:hf": "Hugging Face model name or local folder (model: NAME|PATH)"}
+                   "weights:hf": "Hugging Face model name or local folder (model: NAME|PATH)",
+                   "weights:resemblyzer": "the resemblyzer package (mmcli[speaker]) or a file (weights: PATH)"}
 
 _LOAD_PRETRAINED = contextvars.ContextVar("mmcli_load_pretrained", default=True)
 
@@ -184,7 +185,8 @@ class Encoder(nn.Module):
 
 
 def _register_builtins() -> None:
-    from mmcli.encoders import audio, backbones, image, pretrained_text, tabular, text, video, video_backbones  # noqa: F401
+    from mmcli.encoders import (audio, backbones, image, pretrained_text, speaker, tabular, text, video,  # noqa: F401
+                                video_backbones)
 
 
 _register_builtins()

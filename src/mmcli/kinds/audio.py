@@ -85,6 +85,13 @@ class Audio(kinds.ModalityKind):
 
         return normalize_audio(x)
 
+    def wanted_preprocessing(self, config: Config, name: str) -> tuple[str, dict[str, Any]] | None:
+        """A pretrained speaker encoder (audio.resemblyzer) reads the sample rate and mel
+        analysis its weights were trained on."""
+        from mmcli.encoders.speaker import speaker_preprocessing
+
+        return speaker_preprocessing(config, name)
+
     def duration(self, path: Path) -> float | None:
         import soundfile
 
