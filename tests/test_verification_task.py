@@ -266,3 +266,24 @@ def test_the_python_api_verifies_enrols_and_identifies(orl_run, tmp_path):
     assert len(found) == 1 and len(found[0]["candidates"]) == 2
     with pytest.raises(mmcli.errors.UsageError, match="no gallery"):
         predictor.identify(_photo(people[2], 9))  # RUN/gallery.npz was never made
+
+
+def test_serve_verifies_two_examples_as_predict_does(orl_run):
+    pytest.importorskip("fastapi")
+    import base64
+
+    import mmcli
+    from mmcli.serve import Settings
+    from test_serve import call, served_in_a_thread
+
+    run, _ = orl_run
+    a, b = _test_people(run)[:2]
+    want = mmcli.load(run).verify(_photo(a, 1), _photo(b, 3))
+    photo = {"base64": base64.b64encode(Path(_photo(b, 3)).read_bytes()).decode(), "suffix": ".pgm"}
+    with served_in_a_thread(Settings(str(run))) as base:
+        status, got = call(base, "/verify", {"a": {"image": _photo(a, 1)}, "b": {"image": photo}})
+        assert status == 200 and got["score"] == pytest.approx(want["score"], abs=1e-5) and got["same"] == want["same"]
+        status, info = call(base, "/info")
+        assert "POST /verify" in info["routes"]
+        status, bad = call(base, "/verify", {"a": {"image": _photo(a, 1)}})
+        assert status == 400 and '"b"' in bad["error"]

@@ -73,7 +73,12 @@ def verify(loaded, a: str, b: str, device: str) -> dict[str, Any]:
     first, second = records(loaded, a, "--verify A"), records(loaded, b, "--verify B")
     if len(first) != 1 or len(second) != 1:
         raise UsageError("--verify compares two examples: give two files or two JSON objects, not manifests")
-    vectors, answers = embed(loaded, first + second, device)
+    return verify_records(loaded, first[0], second[0], device)
+
+
+def verify_records(loaded, first, second, device: str) -> dict[str, Any]:
+    """The trial of two of predict's records (serve's POST /verify)."""
+    vectors, answers = embed(loaded, [first, second], device)
     score = float(vectors[0] @ vectors[1])
     at = threshold(loaded)
     return {"a": answers[0]["id"], "b": answers[1]["id"], "score": round(score, 6),

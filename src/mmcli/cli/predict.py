@@ -45,12 +45,7 @@ def predict(
     if fmt not in ("jsonl", "csv"):
         raise UsageError(f"--format must be jsonl or csv, not '{fmt}'")
     single = {k: by_kind.get(f"one_{k}") for k in _single_kinds()}
-    if input is not None and any(v is not None for v in single.values()):
-        raise UsageError(f"give either INPUT or {_options(_single_kinds())}, not both")
-    if split is not None and (input is not None or any(v is not None for v in single.values())):
-        raise UsageError(f"--split predicts the run's own rows; give it without INPUT and {_options(_single_kinds())}")
-    if split is not None and split not in ("train", "val", "test"):
-        raise UsageError(f"--split must be train, val or test, not '{split}'")
+    _check_inputs(input, single, split)
     queries = {k: [str(v) for v in by_kind[f"query_{k}"]] for k in _query_kinds() if by_kind.get(f"query_{k}")}
     _check_modes(queries, index, embed, beam, explain, fmt)
     identity = {"--verify": verify, "--enroll": enroll, "--identify": identify, "--gallery": gallery}
@@ -79,6 +74,17 @@ def predict(
         return
     records = _split_records(loaded, split) if split is not None else _records(loaded, input, single)
     writer.write(answer(records))
+
+
+def _check_inputs(input: Optional[str], single: dict, split: Optional[str]) -> None:
+    from mmcli.errors import UsageError
+
+    if input is not None and any(v is not None for v in single.values()):
+        raise UsageError(f"give either INPUT or {_options(_single_kinds())}, not both")
+    if split is not None and (input is not None or any(v is not None for v in single.values())):
+        raise UsageError(f"--split predicts the run's own rows; give it without INPUT and {_options(_single_kinds())}")
+    if split is not None and split not in ("train", "val", "test"):
+        raise UsageError(f"--split must be train, val or test, not '{split}'")
 
 
 def _identity(run: Path, weights: str, given: dict, others: bool, top_k: int, device: str) -> list[dict]:

@@ -78,7 +78,7 @@ def build_app(service: Service, ready: Callable[[], None] | None = None) -> Fast
     app.add_api_route("/health", routes.health, methods=["GET"])
     app.add_api_route("/info", routes.info, methods=["GET"])
     for path, handler in (("/predict", routes.predict), ("/caption", routes.caption), ("/embed", routes.embed),
-                          ("/search", routes.search)):
+                          ("/search", routes.search), ("/verify", routes.verify)):
         app.add_api_route(path, handler, methods=["POST"])
     app.add_exception_handler(StarletteHTTPException, routes.http_error)  # type: ignore[arg-type]
     return app
@@ -112,6 +112,9 @@ class Routes:
 
     async def search(self, request: Request) -> Response:
         return await self._answer(request, "/search", self._search)
+
+    async def verify(self, request: Request) -> Response:
+        return await self._answer(request, "/verify", self._verify)
 
     async def http_error(self, request: Request, exc: StarletteHTTPException) -> Response:
         """Unknown routes and methods, as JSON that lists what this server answers."""
@@ -171,6 +174,18 @@ class Routes:
         loop = asyncio.get_running_loop()
         answers = await loop.run_in_executor(self.executor, self.service.embed, records) if records else []
         return answers[0] if single else answers
+
+    async def _verify(self, request: Request, uploads: Uploads) -> Any:
+        """{"a": example, "b": example}: their score and the decision at the run's threshold."""
+        options(request.query_params, {})
+        body = parse_json(await read_body(request, self.limit))
+        if not isinstance(body, dict) or set(body) != {"a", "b"}:
+            got = f"the keys {', '.join(sorted(body))}" if isinstance(body, dict) else json_type(body)
+            raise HttpError(400, f'send {{"a": EXAMPLE, "b": EXAMPLE}}, each an object of fields as /predict takes; got {got}')
+        items = await asyncio.to_thread(prepare, self.service.run, [body["a"], body["b"]], uploads)
+        records = self.service.records(items)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.service.verify, records)
 
     async def _search(self, request: Request, uploads: Uploads) -> Any:
         from mmcli.search import default_query_kind

@@ -51,6 +51,8 @@ class Service:
     # -- what the server offers -------------------------------------------------------------
     def routes(self) -> list[str]:
         own = ["POST /embed"] + (["POST /search"] if self.task == "retrieval" else ["POST /predict"])
+        if self.run.task.disjoint_labels:
+            own.append("POST /verify")
         if self.run.task.beam_search:
             own.append("POST /caption")
         return ["GET /health", "GET /info"] + own
@@ -63,6 +65,8 @@ class Service:
             return f"/caption is for captioning runs; this one is {self.task} (POST /predict)"
         if route == "/search" and self.task != "retrieval":
             return f"/search is for retrieval runs; this one is {self.task} (POST /predict)"
+        if route == "/verify" and not self.run.task.disjoint_labels:
+            return f"/verify is for verification runs; this one is {self.task} (POST /predict)"
         if route == "/search" and self.index is None:
             return "this server has no index to search: start it with mmcli serve RUN --index MANIFEST"
         return None
@@ -119,6 +123,11 @@ class Service:
         from mmcli.search import embedding_rows
 
         return embedding_rows(self.run, records, self.settings.device)
+
+    def verify(self, records: list) -> dict[str, Any]:
+        from mmcli.gallery import verify_records
+
+        return verify_records(self.run, records[0], records[1], self.settings.device)
 
     def search(self, queries: list[str], kind: str | None, top_k: int) -> list[list[dict[str, Any]]]:
         assert self.index is not None
