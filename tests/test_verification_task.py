@@ -40,9 +40,9 @@ def test_identity_splits_never_share_an_identity(seed):
 
 def test_identity_splits_keep_two_test_identities_of_few():
     splits = identity_splits(_people(6, 5), None, 0, 0.1, 0.1)
-    assert Counter(splits) == {"train": 15, "test": 10, "val": 5}  # 2 test people, 1 validation person
-    with pytest.raises(DataError, match="4 identities cannot be split"):
-        identity_splits(_people(4, 5), None, 0, 0.1, 0.1)
+    assert Counter(splits) == {"train": 10, "test": 10, "val": 10}  # 2 people each: a validation EER needs two
+    with pytest.raises(DataError, match="5 identities cannot be split"):
+        identity_splits(_people(5, 5), None, 0, 0.1, 0.1)
 
 
 def test_a_split_column_that_shares_an_identity_is_refused_naming_the_row():
@@ -52,6 +52,9 @@ def test_a_split_column_that_shares_an_identity_is_refused_naming_the_row():
         identity_splits(ids, given, 0, 0.0, 0.2, "faces.csv", "person")
     assert [(r.row, r.column) for r in caught.value.rows] == [(4, "person")]
     assert "identity 'b'" in caught.value.rows[0].reason
+    with pytest.raises(DataError) as caught:  # validation and test sharing one: chosen on the test identity
+        identity_splits(["a", "a", "b", "b", "c", "c"], ["train", "train", "val", "val", "val", "test"], 0, 0.0, 0.2)
+    assert [r.row for r in caught.value.rows] == [6] and "'c' is in the test split and also in the val split" in caught.value.rows[0].reason
 
 
 def test_validation_identities_are_drawn_from_a_split_columns_training_ones():
@@ -60,7 +63,7 @@ def test_validation_identities_are_drawn_from_a_split_columns_training_ones():
     splits = identity_splits(ids, given, 3, 0.1, 0.2)
     val = {v for v, s in zip(ids, splits) if s == "val"}
     train = {v for v, s in zip(ids, splits) if s == "train"}
-    assert len(val) == 1 and not val & train and val.isdisjoint({"p0", "p1"})
+    assert len(val) == 2 and not val & train and val.isdisjoint({"p0", "p1"})
     assert [s for s in splits if s == "test"] == ["test"] * 6
 
 
@@ -74,6 +77,8 @@ def test_trials_are_balanced_unique_and_true():
     assert (a2 == a).all() and (b2 == b).all()
     a3, _, s3 = draw_trials(ids, 100, seed=1)
     assert s3.sum() == 50 and len(a3) == 100
+    a4, b4, s4 = draw_trials(ids, 360 + 2800 - 2, seed=2)  # all 2,800 different pairs but two: listed, then chosen
+    assert (~s4).sum() == 2800 - 2 and len(set(zip(a4[~s4].tolist(), b4[~s4].tolist()))) == 2800 - 2
 
 
 def test_gallery_enrols_one_example_per_identity():
@@ -218,6 +223,12 @@ def test_identity_modes_refuse_what_they_cannot_do(orl_run, cli, tmp_path):
     assert precious.read_bytes() == b"the user's own file"
     both = cli("predict", run, "--verify", _photo("s1", 1), _photo("s1", 2), "--embed")
     assert both.exit_code == 2 and "one mode at a time" in both.output
+    csv_asked = cli("predict", run, "--identify", _photo("s1", 1), "--format", "csv")
+    assert csv_asked.exit_code == 2 and "--format csv" in csv_asked.output
+    for junk in (b"", b"not numpy at all", b"\x93NUMPY"):
+        precious.write_bytes(junk)
+        found = cli("predict", run, "--identify", _photo("s1", 1), "--gallery", precious)
+        assert found.exit_code == 2 and "not an mmcli gallery" in found.output, found.output
 
 
 def test_a_trials_file_of_every_pair_scores_as_the_drawn_trials(orl_run, cli, tmp_path):
@@ -247,6 +258,9 @@ def test_bad_trials_are_named_by_row_and_column(orl_run, cli, tmp_path):
     bad.write_text(f"a,b,same\n{ids[0]},nobody,0\n", encoding="utf-8")
     result = cli("evaluate", run, "--trials", bad)
     assert result.exit_code == 2 and "row 1, column 'b'" in result.output and "'nobody'" in result.output
+    bad.write_text(f"a,b,same\n{ids[0]},{ids[1]},1\n", encoding="utf-8")
+    result = cli("evaluate", run, "--trials", bad)
+    assert result.exit_code == 2 and "every trial is same-identity" in result.output
 
 
 def test_the_python_api_verifies_enrols_and_identifies(orl_run, tmp_path):

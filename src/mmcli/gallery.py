@@ -105,10 +105,13 @@ def enroll(loaded, data: str, path: Path, device: str) -> dict[str, Any]:
     meta = {"format": FORMAT, "run": str(Path(loaded.path).resolve()), "embed_dim": int(vectors.shape[1]),
             "label": column}
     tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, embeddings=vectors, ids=np.asarray([a["id"] for a in answers]), identities=np.asarray(identities),
-                 meta=np.asarray(json.dumps(meta)))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, embeddings=vectors, ids=np.asarray([a["id"] for a in answers]),
+                     identities=np.asarray(identities), meta=np.asarray(json.dumps(meta)))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return {"gallery": str(path), "examples": len(recs), "identities": len(set(identities))}
 
 
@@ -125,13 +128,22 @@ def _check_writable(path: Path) -> None:
 
 def load(path: Path) -> dict[str, Any]:
     try:
-        with np.load(path, allow_pickle=False) as saved:
-            meta = json.loads(str(saved["meta"]))
-            if meta.get("format") != FORMAT:
-                raise ValueError("not a gallery")
-            return {"meta": meta, "embeddings": saved["embeddings"], "identities": [str(v) for v in saved["identities"]]}
-    except (OSError, ValueError, KeyError) as exc:
+        saved = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 (any file: empty, another format, unreadable)
+        raise UsageError(f"{path}: not an mmcli gallery (made by predict --enroll): {type(exc).__name__}") from None
+    try:
+        if not isinstance(saved, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive")
+        meta = json.loads(str(saved["meta"]))
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ValueError("no mmcli gallery format mark")
+        return {"meta": meta, "embeddings": np.asarray(saved["embeddings"], dtype=np.float32),
+                "identities": [str(v) for v in saved["identities"]]}
+    except Exception as exc:  # noqa: BLE001
         raise UsageError(f"{path}: not an mmcli gallery (made by predict --enroll): {exc}") from None
+    finally:
+        if isinstance(saved, np.lib.npyio.NpzFile):
+            saved.close()
 
 
 def templates(gallery: dict[str, Any]) -> tuple[list[str], np.ndarray]:
@@ -152,6 +164,12 @@ def identify(loaded, probe: str, path: Path, top_k: int, device: str) -> list[di
     if vectors.shape[1] != gallery["meta"]["embed_dim"]:
         raise UsageError(f"{path}: its embeddings have {gallery['meta']['embed_dim']} numbers, this run's "
                          f"{vectors.shape[1]}: it was enrolled with another run ({gallery['meta']['run']})")
+    made_by = gallery["meta"].get("run")
+    if made_by != str(Path(loaded.path).resolve()):
+        import logging
+
+        logging.getLogger("mmcli").warning("%s was enrolled with the run %s, not this one (%s): its embeddings are "
+                                           "comparable only if this is a copy of that run", path, made_by, loaded.path)
     names, means = templates(gallery)
     scores = vectors @ means.T
     at = threshold(loaded)

@@ -51,6 +51,7 @@ def predict(
     identity = {"--verify": verify, "--enroll": enroll, "--identify": identify, "--gallery": gallery}
     if any(v is not None for v in identity.values()):
         others = input is not None or split is not None or bool(queries) or embed or any(v is not None for v in single.values())
+        others = others or explain or keep_columns or beam is not None or fmt != "jsonl"
         _write(_identity(run, weights, identity, others, top_k, device), fmt)
         return
     loaded = load_run(run, weights)
@@ -97,11 +98,12 @@ def _identity(run: Path, weights: str, given: dict, others: bool, top_k: int, de
     verify, enroll, identify, gallery = given["--verify"], given["--enroll"], given["--identify"], given["--gallery"]
     named = ", ".join(k for k, v in given.items() if v is not None)
     if others:
-        raise UsageError(f"{named} replace INPUT, --split, --embed and --query-*; give one mode at a time")
+        raise UsageError(f"{named} answer in JSON lines and replace INPUT, --split, --embed, --query-*, --explain, "
+                         "--keep-columns, --beam and --format csv; give one mode at a time")
     if verify is None and enroll is None and identify is None:
         raise UsageError("--gallery is the file of --enroll and --identify; give one of them")
-    if verify is not None and (enroll is not None or identify is not None):
-        raise UsageError("--verify compares two examples; give it without --enroll and --identify")
+    if verify is not None and (enroll is not None or identify is not None or gallery is not None):
+        raise UsageError("--verify compares two examples; give it without --enroll, --identify and --gallery")
     loaded = load_run(run, weights)
     gal.check_run(loaded)
     if verify is not None:

@@ -109,7 +109,8 @@ def identity_splits(identities: list[str], given: list[str] | None, seed: int, v
     With a split column, it is checked (an identity in training and in val or test is an
     error naming its rows) and, when it has no validation rows, validation identities are
     drawn from its training ones. Otherwise the identities are shuffled with the seed and
-    cut: at least 2 for test (a different-identity trial needs two) and 1 for validation."""
+    cut: at least 2 for test and 2 for validation (a different-identity trial needs two; with
+    one validation identity there is no EER to select epochs on, nor a threshold)."""
     if given is not None and any(given):
         splits = assign_splits(None, given, seed, 0.0, 0.0, source)  # checks the values only
         _check_disjoint(identities, splits, source, column)
@@ -125,7 +126,7 @@ def identity_splits(identities: list[str], given: list[str] | None, seed: int, v
 def _cut_identities(names: list[str], seed: int, val_fraction: float, test_fraction: float, source: str) -> dict[str, str]:
     n = len(names)
     n_test = max(2, round(n * test_fraction)) if test_fraction > 0 else 0
-    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+    n_val = max(2, round(n * val_fraction)) if val_fraction > 0 else 0
     if n - n_test - n_val < 2:
         raise DataError(f"{source}: {n} identities cannot be split into training ({2} or more), validation "
                         f"({n_val}) and test ({n_test}) identities; verification needs at least {n_test + n_val + 2}")
@@ -135,12 +136,16 @@ def _cut_identities(names: list[str], seed: int, val_fraction: float, test_fract
 
 
 def _check_disjoint(identities: list[str], splits: list[str], source: str, column: str) -> None:
-    trained = {v for v, s in zip(identities, splits) if s == "train"}
-    bad = [BadRow(source, i + 1, column, f"identity '{v}' is in the {s} split and also in the training split "
-                  f"(verification tests on identities never trained on)")
-           for i, (v, s) in enumerate(zip(identities, splits)) if s != "train" and v in trained]
+    """No identity in two splits: not in training and validation or test (verification tests on
+    identities never trained on), nor in validation and test (the threshold and the epoch
+    would be chosen on the test identities)."""
+    seen = {s: {v for v, t in zip(identities, splits) if t == s} for s in ("train", "val")}
+    bad = [BadRow(source, i + 1, column, f"identity '{v}' is in the {s} split and also in the {other} split "
+                  f"(each identity belongs to one split)")
+           for i, (v, s) in enumerate(zip(identities, splits))
+           for other in (("train",) if s == "val" else ("train", "val") if s == "test" else ()) if v in seen[other]]
     if bad:
-        raise DataError(f"{source}: the split column puts identities in training and in validation or test", bad)
+        raise DataError(f"{source}: the split column puts one identity in two splits", bad)
 
 
 def task_splits(task, values: list[str] | None, given: list[str] | None, seed: int, val_fraction: float,

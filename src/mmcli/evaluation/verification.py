@@ -122,9 +122,10 @@ def draw_trials(identities: Sequence[Any], n_trials: int, seed: int) -> tuple[np
     n_all = len(ids) * (len(ids) - 1) // 2
     n_diff = min(n_all - len(within), n_trials - n_same)
     different: set[tuple[int, int]] = set()
-    if n_diff == n_all - len(within):  # every different-identity pair
-        different = {(a, b) for a in range(len(ids)) for b in range(a + 1, len(ids)) if ids[a] != ids[b]}
-    while len(different) < n_diff:
+    if 2 * n_diff >= n_all - len(within):  # most of them (at most 2 x n_trials): list them all, then choose
+        every = [(a, b) for a in range(len(ids)) for b in range(a + 1, len(ids)) if ids[a] != ids[b]]
+        different = {every[k] for k in rng.choice(len(every), n_diff, replace=False)}
+    while len(different) < n_diff:  # a few of many: draw at random, a rejected pair costs little
         a, b = (int(x) for x in rng.integers(0, len(ids), size=2))
         if ids[a] != ids[b]:
             different.add((min(a, b), max(a, b)))

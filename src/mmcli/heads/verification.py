@@ -192,6 +192,11 @@ class Verification(Task):
         from mmcli.evaluation.verification import read_trials, trial_indices, verification_scores
 
         a, b, same = trial_indices(path, read_trials(path), ids)
+        if same.all() or not same.any():
+            from mmcli.errors import DataError
+
+            raise DataError(f"{path}: every trial is {'same' if same.all() else 'different'}-identity; the metrics "
+                            f"need both kinds")
         emb = self.embeddings(outputs, names)
         scores = (emb[torch.from_numpy(a)] * emb[torch.from_numpy(b)]).sum(dim=1).numpy()
         out: dict[str, Any] = {"n_examples": len(ids), "trials_file": str(path)}
@@ -209,6 +214,7 @@ class Verification(Task):
         if same.all() or not same.any():
             return {}
         rate, threshold = eer(scores, same)
+        threshold = min(1.0, max(-1.0, threshold))  # float32 unit vectors' cosines can pass 1 by an ulp
         return {"threshold": threshold, "threshold_rule": "EER of the validation trials", "val_eer": rate}
 
     def average(self, outputs: list[torch.Tensor]) -> torch.Tensor:
