@@ -301,3 +301,14 @@ def test_serve_verifies_two_examples_as_predict_does(orl_run):
         assert "POST /verify" in info["routes"]
         status, bad = call(base, "/verify", {"a": {"image": _photo(a, 1)}})
         assert status == 400 and '"b"' in bad["error"]
+
+
+def test_the_robustness_sweep_of_a_verifier_draws_roc_auc(orl_run, cli):
+    run, _ = orl_run
+    result = cli("evaluate", run, "--robustness", "--json")
+    assert result.exit_code == 0, result.output
+    sweep = json.loads(result.stdout.splitlines()[-1])
+    drawn = json.loads((run / "eval-test.json").read_text())
+    assert sweep["metric"] == "roc_auc" and sweep["clean"] == pytest.approx(drawn["roc_auc"])
+    noise = sweep["curves"]["image"]["gaussian_noise"]
+    assert noise[-1] < noise[0]  # faces drowned in noise verify worse

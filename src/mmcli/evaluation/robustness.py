@@ -40,7 +40,10 @@ def sweep(run_dir: Path, data: str | None = None, split: str | None = None, cach
     chosen = data_for_run(run, data, split, cache_dir)
     table, split = chosen.table, chosen.split
     task = run.task
+    asked = metric
     metric = metric or run.config.eval.metric or task.default_metric
+    if asked is None and metric in task.lower_is_better and task.robustness_metric is not None:
+        metric = task.robustness_metric  # verification: ROC AUC in place of the EER
     if metric in task.lower_is_better:
         raise UsageError(f"--robustness scores curves of a metric where higher is better; this run's metric "
                          f"'{metric}' is lower-is-better (use --drop and --corrupt for single evaluations)")

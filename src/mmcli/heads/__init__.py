@@ -38,6 +38,7 @@ class Task(ABC):
     has_classes: ClassVar[bool] = False  # train.class_weights and train.sampler=weighted apply (one class per example)
     beam_search: ClassVar[bool] = False  # predict --beam applies (captioning)
     disjoint_labels: ClassVar[bool] = False  # splits share no label value (verification: identities held out)
+    robustness_metric: ClassVar[str | None] = None  # evaluate --robustness's metric where the run's is lower-is-better
 
     def __init__(self, config=None, state: dict[str, Any] | None = None):
         self.config = config

@@ -100,6 +100,7 @@ class Verification(Task):
     metrics = ("eer", "min_dcf", "tar_at_far_1e-2", "tar_at_far_1e-3", "roc_auc", "rank1", "loss")
     lower_is_better = ("eer", "min_dcf", "min_dcf_raw", "loss")
     disjoint_labels = True
+    robustness_metric = "roc_auc"  # a rate where higher is better, as the robustness curves want (EER is not)
     options = {"loss": "cosface", "margin": None, "scale": None, "embed_dim": 128, "trials": 10000, "trial_seed": 0}
 
     def adapt_config(self, config, kinds: dict[str, str]):
