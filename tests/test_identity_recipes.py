@@ -17,6 +17,7 @@ import soundfile as sf
 from PIL import Image
 
 from conftest import SHARED_DATA
+from test_datasets import rows_of
 
 LIBRI = SHARED_DATA / "librispeech-speakers"
 ORL = SHARED_DATA / "orl-faces" / "att_faces"
@@ -24,11 +25,6 @@ needs_libri = pytest.mark.skipif(not (LIBRI / "librispeech_test-other").is_dir()
                                  reason="../shared/data/librispeech-speakers is absent")
 needs_fsdd = pytest.mark.skipif(not (SHARED_DATA / "fsdd" / "recordings").is_dir(),
                                 reason="../shared/data/fsdd is absent")
-
-
-def rows_of(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 def build(out: Path, *args: str) -> Path:

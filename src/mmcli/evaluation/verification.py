@@ -47,6 +47,14 @@ def roc(scores: Scores, same: Truths) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return fpr, tpr, thresholds
 
 
+def roc_points(scores, same, most: int = 200) -> dict[str, list[float]]:
+    """The ROC (false-accept and true-accept rates), at most `most` points kept evenly along
+    it, for evaluate --plots' ROC and DET curves."""
+    far, tar, _ = roc(scores, same)
+    keep = np.unique(np.linspace(0, len(far) - 1, min(most, len(far))).round().astype(int))
+    return {"far": [round(float(v), 6) for v in far[keep]], "tar": [round(float(v), 6) for v in tar[keep]]}
+
+
 def eer(scores: Scores, same: Truths) -> tuple[float, float]:
     """(equal error rate, the threshold where it is reached)."""
     fpr, tpr, thresholds = roc(scores, same)

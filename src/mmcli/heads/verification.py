@@ -80,16 +80,9 @@ def batch_hard_triplet(unit: torch.Tensor, target: torch.Tensor, margin: float) 
     return (positive - negative + margin).clamp(min=0)[usable].mean()
 
 
-def roc_points(scores, same, most: int = 200) -> dict[str, list[float]]:
-    """The ROC (false-accept and true-accept rates), at most `most` points kept evenly along
-    it, for evaluate --plots' ROC and DET curves."""
-    import numpy as np
-
-    from mmcli.evaluation.verification import roc
-
-    far, tar, _ = roc(scores, same)
-    keep = np.unique(np.linspace(0, len(far) - 1, min(most, len(far))).round().astype(int))
-    return {"far": [round(float(v), 6) for v in far[keep]], "tar": [round(float(v), 6) for v in tar[keep]]}
+def pair_cosines(unit: torch.Tensor, a, b):
+    """The trials' scores: the cosine of rows a[k] and b[k] of unit embeddings, as numpy."""
+    return (unit[torch.from_numpy(a)] * unit[torch.from_numpy(b)]).sum(dim=1).numpy()
 
 
 class Verification(Task):
@@ -164,11 +157,10 @@ class Verification(Task):
 
         emb = self.embeddings(outputs, names)
         a, b, same = draw_trials(targets.tolist(), int(self.option("trials")), int(self.option("trial_seed")))
-        scores = (emb[torch.from_numpy(a)] * emb[torch.from_numpy(b)]).sum(dim=1)
-        return scores.numpy(), same
+        return pair_cosines(emb, a, b), same
 
     def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor, names: list[str]) -> dict[str, Any]:
-        from mmcli.evaluation.verification import gallery_split, rank1, verification_scores
+        from mmcli.evaluation.verification import gallery_split, rank1, roc_points, verification_scores
 
         ids = targets.tolist()
         n_ids = len(set(ids))
@@ -190,7 +182,7 @@ class Verification(Task):
 
     def evaluate_trials(self, outputs: torch.Tensor, ids: list[str], names: list[str], path) -> dict[str, Any]:
         """The metrics of the user's own trials (evaluate --trials FILE), pairs of example ids."""
-        from mmcli.evaluation.verification import read_trials, trial_indices, verification_scores
+        from mmcli.evaluation.verification import read_trials, roc_points, trial_indices, verification_scores
 
         a, b, same = trial_indices(path, read_trials(path), ids)
         if same.all() or not same.any():
@@ -199,7 +191,7 @@ class Verification(Task):
             raise DataError(f"{path}: every trial is {'same' if same.all() else 'different'}-identity; the metrics "
                             f"need both kinds")
         emb = self.embeddings(outputs, names)
-        scores = (emb[torch.from_numpy(a)] * emb[torch.from_numpy(b)]).sum(dim=1).numpy()
+        scores = pair_cosines(emb, a, b)
         out: dict[str, Any] = {"n_examples": len(ids), "trials_file": str(path)}
         out.update(verification_scores(scores, same, self.state.get("threshold")))
         out["roc_curve"] = roc_points(scores, same)
