@@ -197,10 +197,10 @@ def test_coco_captions_from_the_local_copy(cli, tmp_path):
     rows = rows_of(tmp_path / "coco" / "manifest.csv")
     assert len(rows) == 159
     assert sum(r["split"] == "train" for r in rows) == 80 and sum(r["split"] == "test" for r in rows) == 79
-    references = [json.loads(line) for line in (tmp_path / "coco" / "captions.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in references] == [r["id"] for r in rows]
-    assert all(len(r["captions"]) == 5 for r in references)
-    assert all(row["text"] == ref["captions"][0] for row, ref in zip(rows, references))
+    per_caption = rows_of(tmp_path / "coco" / "captions.csv")  # one row per caption, the photo's id as its group
+    assert len(per_caption) == 5 * len(rows) and [r["group"] for r in per_caption[::5]] == [r["id"] for r in rows]
+    assert all(c["image"] == row["image"] and c["split"] == row["split"] for row, c in zip(rows, per_caption[::5]))
+    assert all(row["text"] == c["text"] for row, c in zip(rows, per_caption[::5]))
     categories = {c["name"] for c in json.loads((SHARED_DATA / "coco-mini" / "annotations" / "instances_val2017.json").read_text())["categories"]}
     assert all(r["label"] and set(r["label"].split("|")) <= categories for r in rows)
     assert all((tmp_path / "coco" / r["image"]).is_file() for r in rows)
@@ -226,8 +226,7 @@ def test_flickr8k_kaggle_layout(cli, tmp_path):
     assert result.exit_code == 0, result.output
     rows = rows_of(tmp_path / "out" / "manifest.csv")
     assert len(rows) == 79 and "split" not in rows[0]
-    references = [json.loads(line) for line in (tmp_path / "out" / "captions.jsonl").read_text().splitlines()]
-    assert sum(len(r["captions"]) for r in references) == len(pairs)
+    assert len(rows_of(tmp_path / "out" / "captions.csv")) == len(pairs)
 
 
 @needs_coco
@@ -443,8 +442,8 @@ def test_import_captions_csv(cli, tmp_path):
     assert result.exit_code == 0, result.output
     rows = rows_of(tmp_path / "photos" / "manifest.csv")
     assert len(rows) == 79 and list(rows[0]) == ["id", "image", "text", "label"]
-    references = (tmp_path / "photos" / "captions.jsonl").read_text().splitlines()
-    assert sum(len(json.loads(line)["captions"]) for line in references) == len(pairs)
+    per_caption = rows_of(tmp_path / "photos" / "captions.csv")
+    assert len(per_caption) == len(pairs) and list(per_caption[0]) == ["id", "image", "text", "group", "label"]
 
     with open(tmp_path / "caps.csv", "a", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows([("missing.jpg", "a photo that is not there", "indoor"), (pairs[0][0], "", "indoor")])

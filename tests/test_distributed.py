@@ -58,3 +58,12 @@ def test_nproc_refuses_an_existing_run_folder_before_starting(toy_small, tmp_pat
                              str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "--overwrite" in result.stderr and "torchrun" not in result.stderr
     assert (tmp_path / "run" / "x").read_text() == "keep me"
+
+
+def test_nproc_trains_retrieval_on_data_without_a_label_column(toy_small, tmp_path):
+    """The launcher preprocesses as the task asks (it once demanded a label column)."""
+    captions = toy_small.parent / "captions.csv"
+    assert "label" not in captions.read_text().splitlines()[0].split(",")
+    _mmcli("train", captions, "--task", "retrieval", "--epochs", "1", "--nproc", "2", "--out", tmp_path / "ret",
+           "--set", "data.image_size=32")
+    assert "mean_recall" in json.loads((tmp_path / "ret" / "eval-test.json").read_text())

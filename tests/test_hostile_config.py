@@ -467,7 +467,7 @@ def array(name: str, key: str, value) -> Callable[[dict], None]:
 
 J = "table.json"
 CACHES = [
-    ("table_labels_shorter_than_ids", table(lambda m: m.update(labels=m["labels"][:-1])), 2, [J, "labels and given_splits must be"]),
+    ("table_labels_shorter_than_ids", table(lambda m: m.update(labels=m["labels"][:-1])), 2, [J, "labels, given_splits and given_groups must be"]),
     ("table_one_id_more", table(lambda m: m.update(ids=m["ids"] + ["extra"])), 2, [J, "13"]),
     ("table_texts_shorter", table(lambda m: m["texts"].update(caption=m["texts"]["caption"][:3])), 2, [J, "texts of 'caption'"]),
     ("table_array_rows_disagree", table(array("photo", "shape", lambda s: [s[0] + 1, *s[1:]])), 2, [J, "array 'photo'"]),

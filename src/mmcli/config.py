@@ -79,6 +79,7 @@ class DataConfig:
     label: str = "label"
     id_column: str = "id"
     split_column: str = "split"
+    group_column: str = "group"  # rows with one value here share a source (a photo): one split, scored together
     modalities: dict[str, ModalityConfig] = field(default_factory=dict)
     split_seed: Optional[int] = ranged(None, *SEEDS)  # None: the training seed
     val_fraction: float = ranged(0.1, 0, 1, hi_open=True)

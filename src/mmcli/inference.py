@@ -70,7 +70,7 @@ def records_from_dicts(run: LoadedRun, items: Iterable[dict[str, Any]], base: Pa
 def known_fields(run: LoadedRun) -> set[str]:
     """The names an example's fields may have: the modalities, their columns (a clip's start
     and end), the id, the label and the split."""
-    names = {"id", run.config.data.id_column, run.config.data.label, run.config.data.split_column}
+    names = {"id", run.config.data.id_column, run.config.data.label, run.config.data.split_column, run.config.data.group_column}
     for name, m in run.sources.items():
         names |= {name, m.column, *m.columns, m.start, m.end}
     return {n for n in names if n}

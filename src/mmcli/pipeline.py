@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mmcli import runs
 from mmcli.config import Config, ModalityConfig, check_batch_size
-from mmcli.data.dataset import Encoded, encode_table
+from mmcli.data.dataset import Encoded, encode_table, table_sources
 from mmcli.training import degrade
 from mmcli.data.decode import audio_frames
 from mmcli.data.preprocess import BUILTIN_PREFIX, Progress, preprocess, warn_skipped
@@ -127,7 +127,7 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
     if values is None:
         raise DataError(f"{table.source}: no label column '{config.data.label}'")
     splits = task_splits(task, values, table.given_splits, split_seed(config), config.data.val_fraction,
-                         config.data.test_fraction, table.source, source_groups(table), config.data.label)
+                         config.data.test_fraction, table.source, source_groups(table, task.crossmodal), config.data.label)
     modalities = chosen_modalities(config, list(table.modalities))
     degrade.check(config.train.corrupt, {n: m.kind for n, m in table.modalities.items()})  # before anything trains
     train_rows = [i for i, s in enumerate(splits) if s == "train"]
@@ -303,10 +303,11 @@ def data_for_run(run: LoadedRun, data: str | None, split: str | None, cache_dir:
     values = task.target_values(table)
     if require_label and values is not None:
         _check_targets(task, table, ["given"] * len(table), run.labels, chosen.rows)
+    sources = table_sources(table, list(table.modalities))  # of the clean rows: a corruption differs per row
     if transform is not None:  # drop or corrupt a modality (robustness evaluation)
         table = transform(table)
     targets = (lambda v: task.encode(v, run.labels)) if values is not None else None
-    encoded = encode_table(table, list(run.specs), run.tokenizers, targets, values)
+    encoded = encode_table(table, list(run.specs), run.tokenizers, targets, values, sources)
     return RunRows(encoded, table, scope, chosen.warnings, chosen.left_out)
 
 
@@ -325,7 +326,7 @@ def _choose_rows(run: LoadedRun, table: Table, same: bool, split: str | None, so
     else:
         scope = split or "test"
         splits = task_splits(task, targets, table.given_splits, split_seed(config), config.data.val_fraction,
-                             config.data.test_fraction, table.source, source_groups(table), config.data.label)
+                             config.data.test_fraction, table.source, source_groups(table, task.crossmodal), config.data.label)
         rows = [i for i, s in enumerate(splits) if s == scope]
     record = membership.read_record(run.path)
     if record is None:

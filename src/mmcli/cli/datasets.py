@@ -289,7 +289,7 @@ def import_captions(
     caption_column: Annotated[str, typer.Option("--caption-column", help="The CSV's column of captions.")] = "caption",
     quiet: QuietOpt = False,
 ) -> None:
-    """Manifest for a folder of images with a captions CSV (one row per image; every caption in *.captions.jsonl)."""
+    """Manifest for a folder of images with a captions CSV (one row per image; one row per caption in *.captions.csv)."""
     from mmcli.data.recipes.captions import import_captions as run
 
     set_quiet(quiet)

@@ -36,8 +36,11 @@ def preprocess(
     if on_error not in ("fail", "skip"):
         raise UsageError(f"--on-error must be fail or skip, not '{on_error}'")
     cfg = resolve_config(config, {"data.manifest": data, "data.on_error": on_error, "train.seed": seed}, sets)
+    from mmcli.heads import make_task
+
+    task = make_task(cfg)  # retrieval and captioning data need no label column
     with task_bar("preprocessing") as update:
-        table = run(cfg.data.manifest, cfg.data, cache_arg(out or cache_dir), workers, update)
+        table = run(cfg.data.manifest, cfg.data, cache_arg(out or cache_dir), workers, update, task.needs_label)
     log(f"{len(table)} examples in cache {table.key}; modalities: "
         + ", ".join(f"{n} ({m.kind}, " + (f"columns {', '.join(m.columns)})" if KINDS[m.kind].many_columns
                                          else f"column {m.column})") + _lacking(table, n) for n, m in table.modalities.items()))
@@ -46,21 +49,19 @@ def preprocess(
     skipped = skipped_message(table, cache_arg(out or cache_dir))
     if skipped:
         log(skipped)
-    if table.labels is None:
+    if table.labels is None and (task.needs_label or task.stratify):
         return
     seed_value = cfg.train.seed if cfg.data.split_seed is None else cfg.data.split_seed
-    from mmcli.heads import make_task
-
-    task = make_task(cfg)
-    splits = task_splits(task, table.labels, table.given_splits, seed_value, cfg.data.val_fraction,
-                         cfg.data.test_fraction, table.source, source_groups(table), cfg.data.label)
+    values = table.labels if table.labels is not None else [""] * len(table)
+    splits = task_splits(task, values, table.given_splits, seed_value, cfg.data.val_fraction,
+                         cfg.data.test_fraction, table.source, source_groups(table, task.crossmodal), cfg.data.label)
     if not task.stratify:  # regression, multilabel: no classes to count
         show_table("examples per split", ["train", "val", "test", "total"],
                    [tuple(splits.count(s) for s in ("train", "val", "test")) + (len(splits),)])
         return
-    counts = Counter(zip(table.labels, splits))
+    counts = Counter(zip(values, splits))
     rows = [(label, *(counts[(label, s)] for s in ("train", "val", "test")), sum(counts[(label, s)] for s in ("train", "val", "test")))
-            for label in sorted(set(table.labels))]
+            for label in sorted(set(values))]
     rows.append(("all", *(splits.count(s) for s in ("train", "val", "test")), len(splits)))
     show_table("examples per split and class", ["label", "train", "val", "test", "total"], rows)
 

@@ -94,8 +94,12 @@ def _launch(nproc: int, cfg, out: Optional[Path], overwrite: bool, cache_dir: Op
         from mmcli.runs import resolve_out_dir
 
         resolve_out_dir(out, "", overwrite)  # an existing folder without --overwrite: refused before starting
+    from mmcli.heads import make_task
+    from mmcli.training.api import training_config
+
+    trained, _ = training_config(cfg)  # preprocessed as the ranks will ask for it (retrieval: no label column)
     with task_bar("preprocessing") as update:
-        preprocess(cfg.data.manifest, cfg.data, cache_arg(cache_dir), workers, update)
+        preprocess(trained.data.manifest, trained.data, cache_arg(cache_dir), workers, update, make_task(trained).needs_label)
     args = _without_nproc(sys.argv[1:])
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "mmcli", *args]
     log(f"starting {nproc} processes: torchrun --standalone --nproc_per_node={nproc} -m mmcli {' '.join(args)}")

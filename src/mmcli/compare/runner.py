@@ -277,17 +277,17 @@ def _test_scores(outcome, cfg: Config) -> dict[str, Any]:
     task = rd.task
     test = rd.part("test")
     device = pick_device(cfg.train.device)
-    scores = outcome.test_scores or task.evaluate(predict_logits(outcome.model, test, cfg, device), test.labels, rd.labels)
+    scores = outcome.test_scores or task.score(predict_logits(outcome.model, test, cfg, device), test, rd.labels)
     without = {}
     if len(rd.modalities) > 1:
         for m in rd.modalities:
             hidden = dataclasses.replace(test, present={**test.present, m: torch.zeros_like(test.present[m])})
-            without[m] = _scalars(task.evaluate(predict_logits(outcome.model, hidden, cfg, device), test.labels, rd.labels))
+            without[m] = _scalars(task.score(predict_logits(outcome.model, hidden, cfg, device), hidden, rd.labels))
     out = {"scores": _scalars(scores), "per_class": scores.get("per_class"), "without": without}
     if cfg.model.crossmodal == "translate":  # scored from the source alone: every other modality hidden
         source = rd.modalities[0]
         alone = dataclasses.replace(test, present={m: p if m == source else torch.zeros_like(p) for m, p in test.present.items()})
-        out["others_missing"] = _scalars(task.evaluate(predict_logits(outcome.model, alone, cfg, device), test.labels, rd.labels))
+        out["others_missing"] = _scalars(task.score(predict_logits(outcome.model, alone, cfg, device), alone, rd.labels))
     return out
 
 

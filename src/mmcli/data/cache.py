@@ -21,7 +21,7 @@ from mmcli.kinds import KINDS
 from mmcli.config import DataConfig, ModalityConfig
 
 PREPROCESS_KEYS = ("image_size", "sample_rate", "n_mels", "n_fft", "hop_length", "win_length", "window", "max_seconds",
-                   "label", "id_column", "split_column", "on_error", "missing")
+                   "label", "id_column", "split_column", "group_column", "on_error", "missing")
 KEY_VERSION = "3"  # 3: one memory-mapped file per tensor
 
 

@@ -33,15 +33,18 @@ class Encoded:
     labels: torch.Tensor | None = None
     kinds: dict[str, str] = field(default_factory=dict)
     features: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # frozen encoders' (raw, mask)
+    sources: dict[str, list[int]] = field(default_factory=dict)  # per modality: each row's first row with the same input
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
 def encode_table(table: Table, modalities: list[str], tokenizers: dict, targets=None,
-                 values: list[str] | None = None) -> Encoded:
+                 values: list[str] | None = None, sources: dict[str, list[int]] | None = None) -> Encoded:
     """`targets` turns the target strings (`values`, by default the label column) into the
-    task's target tensor (None: no targets)."""
+    task's target tensor (None: no targets). `sources`: which rows share an input
+    (`table_sources`), by default read from `table` itself; given where `table` was
+    degraded (a corruption makes one photo's rows differ)."""
     inputs, lengths, present = {}, {}, {}
     for name in modalities:
         inputs[name], length = kinds.get(table.modalities[name].kind).encode(table, name, tokenizers.get(name))
@@ -53,7 +56,28 @@ def encode_table(table: Table, modalities: list[str], tokenizers: dict, targets=
     if targets is not None and values is not None:
         labels = targets(list(values))
     kinds_of = {name: table.modalities[name].kind for name in modalities}
-    return Encoded(list(table.ids), inputs, lengths, present, labels, kinds_of)
+    if sources is None:
+        sources = table_sources(table, list(table.modalities))
+    return Encoded(list(table.ids), inputs, lengths, present, labels, kinds_of, sources=sources)
+
+
+def table_sources(table: Table, modalities: list[str]) -> dict[str, list[int]]:
+    """Per modality, each row's first row with the same input (the same decoded file, or
+    the same text): the rows of one photo with five captions share their image's. Scoring
+    reads it: a caption is scored against every caption of its photo (mmcli.heads)."""
+    from mmcli.data.splits import content_keys
+
+    out = {}
+    for name in modalities:
+        if name in table.texts:
+            keys: list = [repr(v) for v in table.texts[name]]
+        elif name in table.tensors:
+            keys = content_keys(table.tensors[name], list(range(len(table))))
+        else:
+            continue
+        seen: dict = {}
+        out[name] = [seen.setdefault(k, i) for i, k in enumerate(keys)]
+    return out
 
 
 # the batch's fields beside its modalities' inputs

@@ -162,7 +162,7 @@ def detect_modalities(manifest: Manifest, config: DataConfig) -> dict[str, Modal
         if missing:
             raise DataError(f"{manifest.path}: declared columns are missing", missing)
         return dict(config.modalities)
-    reserved = {config.label, config.id_column, config.split_column}
+    reserved = {config.label, config.id_column, config.split_column, config.group_column}
     found: dict[str, ModalityConfig] = {}
     numbers, sparse = [], []
     for column in manifest.columns:

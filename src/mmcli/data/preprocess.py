@@ -110,7 +110,7 @@ def check_rows(manifest: Manifest, modalities: dict[str, ModalityConfig], config
             [BadRow(manifest.path.name, None, config.label, "column missing")],
         )
     seen: dict[str, int] = {}
-    known = {config.label, config.id_column, config.split_column}
+    known = {config.label, config.id_column, config.split_column, config.group_column}
     known |= {c for m in modalities.values() for c in [m.column, *m.columns]}
     for i, row in enumerate(manifest.rows):
         problems = []
@@ -199,10 +199,12 @@ def _assemble(manifest: Manifest, keep: list[int], modalities: dict[str, Modalit
     rows = [manifest.rows[i] for i in keep]
     has_label = config.label in manifest.columns
     has_split = config.split_column in manifest.columns
+    has_group = bool(config.group_column) and config.group_column in manifest.columns
     table = Table(
         ids=[r.get(config.id_column) or str(i + 1) for i, r in zip(keep, rows)],
         labels=[r.get(config.label, "") for r in rows] if has_label else None,
         given_splits=[r.get(config.split_column, "") for r in rows] if has_split else None,
+        given_groups=[r.get(config.group_column, "") for r in rows] if has_group else None,
         modalities=dict(modalities),
     )
     for name, m in modalities.items():

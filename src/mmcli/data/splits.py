@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import defaultdict
 
@@ -15,30 +16,54 @@ def assign_splits(labels: list[str] | None, given: list[str] | None, seed: int,
                   val_fraction: float, test_fraction: float, source: str = "manifest",
                   groups: list[int] | None = None) -> list[str]:
     """The split column's splits, with validation rows drawn from its training rows when it
-    has none (keeping the rows of one source together: `groups`, from `source_groups`), or
-    else a stratified split from the seed."""
+    has none, or else a split stratified by label from the seed. `groups` (from
+    `source_groups`): the rows of one source (a photo with five captions) are drawn
+    together, so no source is in two drawn splits."""
     if given is not None and any(given):
         bad = [BadRow(source, i + 1, "split", f"split '{s}' is not one of train, val, test")
                for i, s in enumerate(given) if s not in SPLITS]
         if bad:
             raise DataError(f"{source}: bad values in the split column", bad)
         splits = list(given)
+        if groups is not None:
+            _warn_straddling(splits, groups, source)
         if "val" not in splits and val_fraction > 0:
             train = [i for i, s in enumerate(splits) if s == "train"]
-            if groups is not None:  # one draw per source; its rows follow it
-                first: dict[int, int] = {}
-                for i in train:
-                    first.setdefault(groups[i], i)
-                heads = list(first.values())
-                drawn = dict(zip(heads, _stratified([labels[i] for i in heads] if labels else ["_"] * len(heads),
-                                                    seed, val_fraction, 0.0)))
-                sub = [drawn[first[groups[i]]] for i in train]
-            else:
-                sub = _stratified([labels[i] for i in train] if labels else None, seed, val_fraction, 0.0)
+            sub = _grouped([labels[i] for i in train] if labels else None, [groups[i] for i in train] if groups else None,
+                           seed, val_fraction, 0.0)
             for i, s in zip(train, sub):
                 splits[i] = "val" if s == "val" else "train"
         return splits
-    return _stratified(labels, seed, val_fraction, test_fraction)
+    return _grouped(labels, groups, seed, val_fraction, test_fraction)
+
+
+def _grouped(labels: list[str] | None, groups: list[int] | None, seed: int, val_fraction: float,
+             test_fraction: float) -> list[str]:
+    """`_stratified` over sources: one draw per group (labelled by its first row), and its
+    rows follow it. Without groups, one draw per row."""
+    if groups is None:
+        return _stratified(labels, seed, val_fraction, test_fraction)
+    first: dict[int, int] = {}
+    for i, g in enumerate(groups):
+        first.setdefault(g, i)
+    heads = list(first.values())
+    drawn = dict(zip(heads, _stratified([labels[i] for i in heads] if labels else ["_"] * len(heads),
+                                        seed, val_fraction, test_fraction)))
+    return [drawn[first[g]] for g in groups]
+
+
+def _warn_straddling(splits: list[str], groups: list[int], source: str) -> None:
+    """A split column that puts one source's rows in two splits scores the model on what it
+    trained on: said, not refused (the user chose the column)."""
+    seen: dict[int, set[str]] = defaultdict(set)
+    for s, g in zip(splits, groups):
+        seen[g].add(s)
+    straddling = sum(1 for found in seen.values() if len(found) > 1)
+    if straddling:
+        logging.getLogger("mmcli").warning(
+            "%s: the split column puts the rows of %d of the %d sources (rows that share a file, or a group "
+            "column's value) in more than one split: the model is then scored on sources it trained on",
+            source, straddling, len(seen))
 
 
 def _stratified(labels: list[str] | None, seed: int, val_fraction: float, test_fraction: float) -> list[str]:
@@ -65,19 +90,25 @@ def random_splits(n: int, seed: int, val_fraction: float, test_fraction: float) 
     return _stratified(["_"] * n, seed, val_fraction, test_fraction)
 
 
-def source_groups(table) -> list[int] | None:
-    """Rows that share a source (the same image or clip, byte for byte after decoding: a
-    photo with five captions, one row each) get one group number, so that validation rows
-    drawn from a split column's training rows never share a photo with a training row (the
-    model would be selected on what it memorised). None when no source repeats, or when
-    nothing is drawn (no split column, or one that names validation rows already)."""
-    import hashlib
+def source_groups(table, crossmodal: bool = True) -> list[int] | None:
+    """Rows that share a source get one group number: the group column's value
+    (data.group_column) where the manifest has one, else the rows whose image, audio or
+    video is the same, byte for byte after decoding (a photo with five captions, one row
+    each). None when no source repeats: every row is its own.
 
+    Found by their bytes, sources split only cross-modal data (`crossmodal`: a photo's
+    captions) and the validation rows drawn from a split column's training rows. A
+    classification set whose rows share a file (one clip paired with many images, a
+    placeholder picture) is split by row, as before: one source in every row would leave
+    nothing to test on. A group column is used by every task."""
+    if table.given_groups is not None and any(table.given_groups):
+        index: dict[str, int] = {}
+        groups = [index.setdefault(v, len(index)) if v else -1 - i for i, v in enumerate(table.given_groups)]
+        return groups if len(index) < sum(1 for v in table.given_groups if v) else None
     given = table.given_splits
-    if given is None or not any(given) or "val" in given:
+    if not crossmodal and (given is None or not any(given) or "val" in given):
         return None
-    rows = [i for i, s in enumerate(given) if s == "train"]
-    parent = list(range(len(given)))
+    parent = list(range(len(table)))
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -89,17 +120,33 @@ def source_groups(table) -> list[int] | None:
     for name, modality in table.modalities.items():
         if not KINDS[modality.kind].from_files or name not in table.tensors:
             continue
-        seen: dict[bytes, int] = {}
         present = table.present.get(name)
-        for i in rows:
-            if present is not None and not bool(present[i]):
-                continue
-            digest = hashlib.blake2b(table.tensors[name][i].contiguous().numpy().tobytes(), digest_size=16).digest()
-            j = seen.setdefault(digest, i)
+        rows = [i for i in range(len(table)) if present is None or bool(present[i])]
+        seen: dict[bytes, int] = {}
+        for i, key in zip(rows, content_keys(table.tensors[name], rows)):
+            j = seen.setdefault(key, i)
             if j != i:
                 parent[find(i)] = find(j)
                 repeated = True
-    return [find(i) for i in range(len(given))] if repeated else None
+    return [find(i) for i in range(len(table))] if repeated else None
+
+
+def content_keys(tensor, rows: list[int]) -> list[bytes]:
+    """A digest of each of `rows`' tensors: equal for the same decoded file."""
+    import hashlib
+
+    return [hashlib.blake2b(tensor[i].contiguous().numpy().tobytes(), digest_size=16).digest() for i in rows]
+
+
+def content_groups(tensor, lengths=None) -> list[int]:
+    """Each row's group among the rows of `tensor` ([N, ...], with `lengths` where a kind
+    keeps them): rows with equal contents (up to their length) share the first one's index."""
+    seen: dict[bytes, int] = {}
+    out = []
+    for i in range(len(tensor)):
+        row = tensor[i] if lengths is None else tensor[i][..., : int(lengths[i])]
+        out.append(seen.setdefault(content_keys(row.unsqueeze(0), [0])[0], i))
+    return out
 
 
 def identity_splits(identities: list[str], given: list[str] | None, seed: int, val_fraction: float,

@@ -26,7 +26,7 @@ from mmcli.config import ModalityConfig
 from mmcli.data.cache import plain_name
 from mmcli.errors import BadRow, UsageError
 
-TABLE_FORMAT = 2
+TABLE_FORMAT = 3  # 3: given_groups
 DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "float32": torch.float32, "int64": torch.int64}
 
 
@@ -42,6 +42,7 @@ class Table:
     key: str = ""
     source: str = ""
     bad_rows: list[BadRow] = field(default_factory=list)
+    given_groups: list[str] | None = None  # from the manifest's group column (data.group_column), if any
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -56,6 +57,7 @@ class Table:
             ids=pick(self.ids),
             labels=pick(self.labels) if self.labels is not None else None,
             given_splits=pick(self.given_splits) if self.given_splits is not None else None,
+            given_groups=pick(self.given_groups) if self.given_groups is not None else None,
             modalities=dict(self.modalities),
             tensors={k: v[idx] for k, v in self.tensors.items()},
             present={k: v[idx] for k, v in self.present.items()},
@@ -74,6 +76,7 @@ def table_meta(table: Table, arrays: dict[str, dict]) -> dict:
         "ids": table.ids,
         "labels": table.labels,
         "given_splits": table.given_splits,
+        "given_groups": table.given_groups,
         "modalities": {k: dataclasses.asdict(m) for k, m in table.modalities.items()},
         "texts": table.texts,
         "bad_rows": [vars(r) for r in table.bad_rows],
@@ -154,6 +157,7 @@ def load_table(folder: Path) -> Table:
         ids=meta["ids"],
         labels=meta["labels"],
         given_splits=meta["given_splits"],
+        given_groups=meta["given_groups"],
         modalities={k: ModalityConfig(**v) for k, v in meta["modalities"].items()},
         tensors={k: v for k, v in tensors.items() if not k.endswith(".present")},
         present=present,
@@ -195,8 +199,9 @@ def _meta_problem(meta: dict) -> str | None:
     if not (isinstance(meta["key"], str) and isinstance(meta["source"], str) and _strings(meta["ids"])):
         return "key, source and ids must be a text, a text and a list of texts"
     n = len(meta["ids"])
-    if not (_strings(meta["labels"], n, True) and _strings(meta["given_splits"], n, True)):
-        return f"labels and given_splits must be null or {n} texts, one per id"
+    if not (_strings(meta["labels"], n, True) and _strings(meta["given_splits"], n, True)
+            and _strings(meta["given_groups"], n, True)):
+        return f"labels, given_splits and given_groups must be null or {n} texts, one per id"
     fields, needed = {f.name for f in dataclasses.fields(BadRow)}, {"file", "row", "column", "reason"}
     if not isinstance(meta["bad_rows"], list) or \
             not all(isinstance(r, dict) and needed <= set(r) <= fields for r in meta["bad_rows"]):

@@ -75,7 +75,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str | None = Non
         scores = task.evaluate_trials(logits, list(encoded.ids), run.labels, Path(trials))
         tag = "-".join(t for t in (tag, f"trials-{Path(trials).stem}") if t)
     else:
-        scores = task.evaluate(logits, encoded.labels, run.labels)
+        scores = task.score(logits, encoded, run.labels)
     if fusion_weights is not None and task.name == "classification":  # per class: needs one class per example
         scores["modality_weights_per_class"] = weights_per_class(fusion_weights, encoded.labels, run.labels, run.model.modalities)
     scope = chosen.split
@@ -88,7 +88,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str | None = Non
         "dropped": list(drops or []),
         "corrupted": list(corruptions or []),
         "left_out_seen_rows": chosen.left_out,
-        "warnings": chosen.warnings,
+        "warnings": chosen.warnings + task.final_warnings(scores),
     })
     if save:
         name = eval_file_name(data, scope, weights, tag)

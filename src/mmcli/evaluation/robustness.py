@@ -53,10 +53,13 @@ def sweep(run_dir: Path, data: str | None = None, split: str | None = None, cach
     def index(values: list[str]):
         return task.encode(values, run.labels)
 
+    sources = chosen.encoded.sources  # which rows share a source, read before any corruption
+
     def score(drops: list[str], corruptions: list[Corruption]) -> float:
-        encoded = encode_table(perturb(table, drops, corruptions, seed), list(run.specs), run.tokenizers, index)
+        encoded = encode_table(perturb(table, drops, corruptions, seed), list(run.specs), run.tokenizers, index,
+                               sources=sources)
         logits = predict_logits(run.model, encoded, run.config, target)
-        return task.evaluate(logits, encoded.labels, run.labels)[metric]
+        return task.score(logits, encoded, run.labels)[metric]
 
     plan = [(m, kind) for m, spec in run.specs.items() for kind in KINDS[spec.kind]]
     total, done = len(plan) * len(LEVELS) + len(run.specs), 0

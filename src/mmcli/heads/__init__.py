@@ -39,6 +39,7 @@ class Task(ABC):
     beam_search: ClassVar[bool] = False  # predict --beam applies (captioning)
     disjoint_labels: ClassVar[bool] = False  # splits share no label value (verification: identities held out)
     robustness_metric: ClassVar[str | None] = None  # evaluate --robustness's metric where the run's is lower-is-better
+    max_epochs: ClassVar[int | None] = None  # the most epochs a derived budget gives (None: training.setup.MAX_EPOCHS)
 
     def __init__(self, config=None, state: dict[str, Any] | None = None):
         self.config = config
@@ -69,6 +70,12 @@ class Task(ABC):
     def evaluate(self, outputs, targets, names: list[str]) -> dict[str, Any]:
         """The task's metrics (and the loss) of outputs against targets."""
 
+    def score(self, outputs, data, names: list[str]) -> dict[str, Any]:
+        """The metrics of `outputs` on the rows of `data` (an Encoded): `evaluate` on its
+        targets. Cross-modal tasks also read which rows share a source (data.sources): a
+        photo's five caption rows are scored as one photo with five references."""
+        return self.evaluate(outputs, data.labels, names)
+
     @abstractmethod
     def predict(self, outputs, names: list[str], top_k: int) -> list[dict[str, Any]]:
         """One JSON object per example, as `mmcli predict` writes them."""
@@ -78,6 +85,11 @@ class Task(ABC):
         label and its score (classification), and the modalities each example used."""
         rows = [[p["id"], p["label"], f"{p['score']:.6f}", "|".join(p["modalities_used"])] for p in predictions]
         return ["id", "label", "score", "modalities_used"], rows
+
+    def final_warnings(self, scores: dict[str, Any]) -> list[str]:
+        """What `evaluate` and `train` say about a split's final scores (captioning: one
+        caption for every photo); none by default."""
+        return []
 
     def errors(self, outputs, targets, names: list[str], top_k: int) -> list[dict[str, Any]] | None:
         """`evaluate --errors`: the examples answered wrongly, worst first, each with its answer

@@ -27,10 +27,14 @@ SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
 class CaptionHead(TaskHead):
     def __init__(self, source: str, memory_dim: int, vocab: int, hidden: int, kind: str = "gru", layers: int = 1,
-                 dropout: float = 0.1, max_len: int = 20, beam_size: int = 3, heads: int = 4):
+                 dropout: float = 0.1, max_len: int = 20, beam_size: int = 3, heads: int = 4, no_repeat: int = 0):
         super().__init__()
         self.source, self.kind, self.max_len, self.beam_size = source, kind, max_len, beam_size
-        self.memory_proj = nn.Linear(memory_dim, hidden)
+        self.no_repeat = no_repeat  # generation never repeats an n-gram of this length (0: no rule)
+        self.word_dropout = 0.0  # training: this share of the previous words read as <unk>
+        # a pretrained encoder's features (a frozen MobileNetV2's, in the tens) saturated the
+        # GRU's first state and the attention: the decoder learned no more than word counts
+        self.memory_proj = nn.Sequential(nn.Linear(memory_dim, hidden), nn.LayerNorm(hidden))
         self.embed = nn.Embedding(vocab, hidden, padding_idx=PAD)
         self.drop = nn.Dropout(dropout)
         if kind == "gru":
@@ -73,11 +77,15 @@ class CaptionHead(TaskHead):
 
     def forward(self, features: dict, mask: dict, batch: Batch) -> torch.Tensor:
         """Training: teacher-forced scores [B, L - 1, vocab]. Otherwise: generated word ids
-        [B, max_len + 1] (ending with <eos>, then padding)."""
+        [B, max_len + 1] (at most max_len words, then <eos>, then padding)."""
         memory, pad = self.memory(features)
         if self.training:
             prefix = batch["label"][:, :-1][:, : self.max_len + 1]  # the longest captions are cut
-            return self.logits(prefix.masked_fill(prefix >= self.out.out_features, UNK), memory, pad)
+            prefix = prefix.masked_fill(prefix >= self.out.out_features, UNK)
+            if self.word_dropout > 0:  # the decoder must read the source, not only the words so far
+                hidden = (torch.rand(prefix.shape, device=prefix.device) < self.word_dropout) & (prefix > UNK)
+                prefix = prefix.masked_fill(hidden, UNK)
+            return self.logits(prefix, memory, pad)
         return self.generate(memory, pad, self.beam_size)
 
     @torch.no_grad()
@@ -85,16 +93,21 @@ class CaptionHead(TaskHead):
         """Beam search: the k best prefixes by summed log-probability are kept at each step
         (a finished caption stays, growing only padding); the final pick among the k is by
         the mean log-probability per word, so short captions are not favoured. <unk> is
-        never generated."""
+        never generated, nor (with `no_repeat` n) a word that would repeat an n-gram of its
+        caption; the last step can only end the caption, so it has at most max_len words."""
         b, k, width = len(memory), max(1, beam), self.max_len + 1
         memory, pad = memory.repeat_interleave(k, 0), pad.repeat_interleave(k, 0)
         seqs = torch.full((b * k, 1), BOS, dtype=torch.long, device=memory.device)
         scores = torch.full((b, k), float("-inf"), device=memory.device)
         scores[:, 0] = 0.0  # one live beam at first, so the k beams do not start as copies
         done = torch.zeros(b * k, dtype=torch.bool, device=memory.device)
-        for _ in range(width):
+        for step in range(width):
             logp = torch.log_softmax(self.logits(seqs, memory, pad)[:, -1].float(), dim=-1)
             logp[:, PAD] = logp[:, BOS] = logp[:, UNK] = float("-inf")
+            if step == width - 1:  # max_len words so far: only <eos> is left
+                logp[:, :EOS] = logp[:, EOS + 1:] = float("-inf")
+            elif self.no_repeat > 0:
+                ban_repeats(logp, seqs, self.no_repeat)
             logp[done] = float("-inf")
             logp[done, PAD] = 0.0  # a finished caption only grows padding, at no cost
             vocab = logp.shape[1]
@@ -109,3 +122,17 @@ class CaptionHead(TaskHead):
         best = (scores / lengths).argmax(dim=1)
         chosen = seqs.view(b, k, -1)[torch.arange(b), best, 1:]
         return nn.functional.pad(chosen, (0, width - chosen.shape[1]), value=PAD)
+
+
+def ban_repeats(logp: torch.Tensor, seqs: torch.Tensor, n: int) -> None:
+    """Set to -inf, in each row of `logp` [R, vocab], every word that would complete an
+    n-gram already in that row's prefix `seqs` [R, t] (after <bos>)."""
+    if seqs.shape[1] < n:  # <bos> and fewer than n - 1 words: no n-gram can repeat yet
+        return
+    for r, row in enumerate(seqs[:, 1:].tolist()):
+        if len(row) < n - 1:
+            continue
+        tail = tuple(row[len(row) - n + 1:]) if n > 1 else ()
+        banned = [row[i + n - 1] for i in range(len(row) - n + 1) if tuple(row[i: i + n - 1]) == tail]
+        if banned:
+            logp[r, banned] = float("-inf")

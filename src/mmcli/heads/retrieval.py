@@ -41,21 +41,26 @@ def pair_logits(outputs: torch.Tensor) -> torch.Tensor:
     return outputs[:, 0].float() @ outputs[:, 1].float().t()
 
 
-def ranks(similarity: torch.Tensor) -> torch.Tensor:
-    """1-based rank of each row's pair (the diagonal) among the row's columns, best first
-    (ties keep the column order, as a stable descending sort gives them)."""
+def ranks(similarity: torch.Tensor, relevant: torch.Tensor | None = None) -> torch.Tensor:
+    """1-based rank of each row's first relevant column (`relevant` [N, M] bool; by default
+    the diagonal: row i's pair is column i) among the row's columns, best first (ties keep
+    the column order, as a stable descending sort gives them)."""
+    if relevant is None:
+        relevant = torch.eye(len(similarity), dtype=torch.bool)
     order = torch.argsort(similarity, dim=1, descending=True, stable=True)
-    return (order == torch.arange(len(similarity)).unsqueeze(1)).float().argmax(dim=1) + 1
+    return relevant.gather(1, order).float().argmax(dim=1) + 1
 
 
-def retrieval_scores(similarity: torch.Tensor, a: str, b: str) -> dict[str, float]:
-    """R@1/5/10, median and mean rank from a's rows to b's columns and from b to a."""
+def retrieval_scores(similarity: torch.Tensor, a: str, b: str, relevant: torch.Tensor | None = None) -> dict[str, float]:
+    """R@1/5/10, median and mean rank from a's rows to b's columns and from b to a; a
+    query's hit is any relevant item within K (`relevant`: by default the diagonal)."""
     import numpy as np
 
     out: dict[str, float] = {}
     recalls = []
-    for name, sim in ((f"{a}_to_{b}", similarity), (f"{b}_to_{a}", similarity.t())):
-        r = ranks(sim).float()
+    relevant = torch.eye(len(similarity), dtype=torch.bool) if relevant is None else relevant
+    for name, sim, rel in ((f"{a}_to_{b}", similarity, relevant), (f"{b}_to_{a}", similarity.t(), relevant.t())):
+        r = ranks(sim, rel).float()
         for k in RECALL_AT:
             out[f"{name}_R@{k}"] = float((r <= k).float().mean())
             recalls.append(out[f"{name}_R@{k}"])
@@ -75,6 +80,19 @@ def pair_loss(outputs: torch.Tensor, mask: dict[str, torch.Tensor], names: list[
             if int(both.sum()) >= 2:
                 losses.append(info_nce(outputs[both, i].float() @ outputs[both, j].float().t()))
     return torch.stack(losses).mean() if losses else outputs.sum() * 0.0
+
+
+def _items(groups: list[int]) -> tuple[list[int], torch.Tensor]:
+    """The rows that stand for each distinct item (its first row), and [rows, items] bool:
+    which item each row holds."""
+    first: dict[int, int] = {}
+    for i, g in enumerate(groups):
+        first.setdefault(g, i)
+    column = {g: k for k, g in enumerate(first)}
+    holds = torch.zeros(len(groups), len(first), dtype=torch.bool)
+    for i, g in enumerate(groups):
+        holds[i, column[g]] = True
+    return list(first.values()), holds
 
 
 class TwoTowerHead(TaskHead):
@@ -146,16 +164,33 @@ class Retrieval(Task):
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         return pair_loss(outputs, batch.mask, list(self.config.model.modalities))
 
-    def evaluate(self, outputs: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict[str, Any]:
-        """Scores over the split's complete pairs; a row that lacks a side (zero embedding) is left out."""
+    def score(self, outputs, data, names: list[str]) -> dict[str, Any]:
+        a, b = self.config.model.modalities
+        return self.evaluate(outputs, data.labels, names, (data.sources.get(a), data.sources.get(b)))
+
+    def evaluate(self, outputs: torch.Tensor, labels: torch.Tensor, names: list[str],
+                 groups: tuple[list[int] | None, list[int] | None] | None = None) -> dict[str, Any]:
+        """Scores over the split's complete pairs; a row that lacks a side (zero embedding)
+        is left out. `groups`: per side, each row's first row with the same input. Each
+        side's gallery holds its distinct items (a photo once, not once per caption), and a
+        query's hits are every item it is paired with in some row (a photo's five captions),
+        as OpenCLIP and CLIP_benchmark score COCO and Flickr."""
         a, b = self.config.model.modalities if self.config is not None else ("a", "b")
         whole = (outputs.float().norm(dim=-1) > 0).all(dim=1)
-        outputs = outputs[whole]
-        logits = pair_logits(outputs)
-        scores = retrieval_scores(logits, a, b) if len(logits) else {"mean_recall": 0.0}
-        scores.update({"n_examples": len(outputs), "n_incomplete": int((~whole).sum()),
-                       "loss": float(info_nce(logits)) if len(logits) else float("nan"),
-                       "chance_R@1": 1.0 / max(1, len(outputs))})
+        keep = [i for i, w in enumerate(whole.tolist()) if w]
+        rows = pair_logits(outputs[whole])
+        ga, gb = groups if groups is not None else (None, None)
+        items_a, rel_a = _items([ga[i] for i in keep] if ga is not None else list(range(len(keep))))
+        items_b, rel_b = _items([gb[i] for i in keep] if gb is not None else list(range(len(keep))))
+        relevant = (rel_a.t().float() @ rel_b.float()) > 0  # [items of a, items of b]: paired in some row
+        similarity = rows[items_a][:, items_b]
+        scores = retrieval_scores(similarity, a, b, relevant) if len(keep) else {"mean_recall": 0.0}
+        scores.update({"n_examples": len(keep), "n_incomplete": int((~whole).sum()), f"n_{a}": len(items_a),
+                       f"n_{b}": len(items_b), "loss": float(info_nce(rows)) if len(keep) else float("nan"),
+                       "chance_R@1": 1.0 / max(1, len(keep))})
+        for x, y, rel in ((a, b, relevant), (b, a, relevant.t())):
+            if len(keep):  # a random ranking's R@1: the share of the gallery that is relevant, per query
+                scores[f"{x}_to_{y}_chance_R@1"] = float(rel.float().mean(dim=1).mean())
         return scores
 
     def predict(self, outputs: torch.Tensor, names: list[str], top_k: int) -> list[dict[str, Any]]:

@@ -43,19 +43,28 @@ CONFUSION_SIZE = (800, 800)  # pixels of confusion-<split>.png
 
 
 def learning_curves(records: list[dict], path: Path, best_epoch: int | None = None) -> Path:
-    """Losses (training and validation) and every validation metric, per epoch."""
+    """Losses (training and validation) and every validation metric, per epoch: rates in
+    [0, 1] in one panel, metrics on other scales (ranks, CIDEr) in a third, so that a
+    median rank of 40 does not flatten the recalls."""
     from matplotlib.ticker import MaxNLocator
 
-    fig, (left, right) = figure(CURVES_SIZE[0] / 100, CURVES_SIZE[1] / 100, ncols=2)
+    metrics = sorted({k for r in records for k in r if k.startswith("val_") and k != "val_loss"
+                      and not k.startswith("val_n_") and _is_number(r[k])})
+    rates = [k for k in metrics if all(0 <= r[k] <= 1 for r in records if _is_number(r.get(k)))]
+    others = [k for k in metrics if k not in rates]
+    panels = [("loss", ["train_loss", "val_loss"]), ("validation metrics", rates)]
+    if others:
+        panels.append(("validation metrics (other scales)", others))
+    width = CURVES_SIZE[0] * len(panels) / 2
+    fig, axes = figure(width / 100, CURVES_SIZE[1] / 100, ncols=len(panels))
     epochs = [r["epoch"] for r in records]
-    for key, style in (("train_loss", "-"), ("val_loss", "--")):
-        values = [r.get(key) for r in records]
-        if any(v is not None for v in values):
-            left.plot(epochs, values, style, marker="o", markersize=3, label=key.replace("_", " "))
-    metrics = sorted({k for r in records for k in r if k.startswith("val_") and k not in ("val_loss", "val_n_examples")})
-    for key in metrics:
-        right.plot(epochs, [r.get(key) for r in records], marker="o", markersize=3, label=key[4:].replace("_", " "))
-    for ax, title in ((left, "loss"), (right, "validation metrics")):
+    for ax, (title, keys) in zip(axes, panels):
+        for key in keys:
+            values = [r.get(key) for r in records]
+            if any(v is not None for v in values):
+                style = "--" if key == "val_loss" else "-"
+                label = key.replace("_", " ") if title == "loss" else key[4:].replace("_", " ")
+                ax.plot(epochs, values, style, marker="o", markersize=3, label=label)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", linewidth=0.8, linestyle=":", label=f"best epoch ({best_epoch})")
         ax.set_xlabel("epoch")
@@ -66,6 +75,10 @@ def learning_curves(records: list[dict], path: Path, best_epoch: int | None = No
             ax.legend(fontsize=8)
     save_png(fig, path)
     return path
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def confusion_matrix(labels: list[str], matrix: list[list[int]], path: Path, title: str) -> Path:

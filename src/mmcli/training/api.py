@@ -92,7 +92,7 @@ def _with_defaults(config: Config, task, n_train: int) -> Config:
     config.eval.metric = config.eval.metric or task.default_metric
     if config.train.epochs is None or config.train.patience is None:
         derived = config.train.epochs is None
-        config.train.epochs, config.train.patience = budget(n_train, config.train)
+        config.train.epochs, config.train.patience = budget(n_train, config.train, task.max_epochs)
         if derived:
             LOG.info("train.epochs=%d, train.patience=%d (derived from %d training examples in batches of %d)",
                      config.train.epochs, config.train.patience, n_train, config.train.batch_size)
@@ -112,6 +112,13 @@ def check_config(config: Config, task) -> None:
                           f"(choose from {', '.join(task.metrics)})")
 
 
+def training_config(config: Config) -> tuple[Config, dict[str, str]]:
+    """The config a run trains with (the data's settings that its encoders want, the task's
+    choice of modalities and target), and the data's modality kinds."""
+    kinds = modality_kinds(config)
+    return make_task(config).adapt_config(adapt_data(config, kinds), kinds), kinds
+
+
 def train(config: Config, out: Path | None = None, overwrite: bool = False, cache_dir: str | None = None,
           workers: int = 1, progress: FitProgress | None = None, data: RunData | None = None,
           preprocess_progress=None, argv: list[str] | None = None, evaluate_test: bool = True) -> TrainOutcome:
@@ -121,8 +128,7 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
     writes into a hidden sibling folder that replaces `out` only when it has finished, so a
     failed or interrupted run never destroys the run it was to replace.
     """
-    kinds = modality_kinds(config)
-    config = make_task(config).adapt_config(adapt_data(config, kinds), kinds)
+    config, kinds = training_config(config)
     check_batch_size(config, set(kinds.values()))  # before any preprocessing
     data = _run_data(config, data, cache_dir, workers, preprocess_progress)
     config = data.config  # with the length limits derived from the data (mmcli.data.lengths)
@@ -260,7 +266,9 @@ def _score_test(model, task, data: RunData, config: Config, run_dir: Path, resul
     if not len(test_part):
         return None
     logits = predict_logits(model, test_part, config, pick_device(config.train.device))
-    scores = task.evaluate(logits, test_part.labels, data.labels)
+    scores = task.score(logits, test_part, data.labels)
+    for warning in task.final_warnings(scores):
+        logging.getLogger("mmcli").warning("test split: %s", warning)
     scores.update({"split": "test", "weights": "best", "best_epoch": result.best_epoch})
     runs.write_json(run_dir / "eval-test.json", scores)
     return scores

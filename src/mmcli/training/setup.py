@@ -48,12 +48,13 @@ def pick_device(name: str) -> torch.device:
 BUDGET_STEPS, MIN_EPOCHS, MAX_EPOCHS = 1500, 12, 30
 
 
-def budget(n_train: int, cfg: TrainConfig) -> tuple[int, int]:
+def budget(n_train: int, cfg: TrainConfig, max_epochs: int | None = None) -> tuple[int, int]:
     """(epochs, patience) for a training split of `n_train` examples: the set values, or
-    derived ones. Early stopping waits a quarter of the budget (at least 5 epochs): a small
-    set's validation metric is noisy from epoch to epoch."""
+    derived ones (at most `max_epochs`, by default MAX_EPOCHS; a task may allow more). Early
+    stopping waits a quarter of the budget (at least 5 epochs): a small set's validation
+    metric is noisy from epoch to epoch."""
     steps = max(1, math.ceil(n_train / (cfg.batch_size * cfg.accumulate)))
-    epochs = cfg.epochs or min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(BUDGET_STEPS / steps)))
+    epochs = cfg.epochs or min(max_epochs or MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(BUDGET_STEPS / steps)))
     patience = cfg.patience if cfg.patience is not None else max(5, epochs // 4)
     return epochs, patience
 

@@ -119,16 +119,6 @@ def write_manifest(folder: Path, columns: list[str], rows: list[dict[str, str]],
     return path
 
 
-def write_references(folder: Path, captions: dict[str, list[str]], name: str = "captions.jsonl") -> Path:
-    """Every caption of every example (the manifest's `text` holds the first), for captioning."""
-    path = folder / name
-    refuse_existing(path)
-    with open(path, "x", encoding="utf-8") as fh:
-        for ex_id, texts in captions.items():
-            fh.write(json.dumps({"id": ex_id, "captions": texts}, ensure_ascii=False) + "\n")
-    return path
-
-
 def write_provenance(folder: Path, recipe: str, options: dict[str, Any], inputs: dict[str, Any]) -> None:
     from mmcli import __version__
 

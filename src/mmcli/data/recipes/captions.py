@@ -1,8 +1,10 @@
 """Photos with captions: the pieces that COCO, Flickr8k and a user's own captions CSV share.
 
-Every caption set becomes one manifest row per photo, whose `text` is the photo's first
-caption, plus `captions.jsonl` with all of them (the references that captioning scores
-against). One row per photo keeps all captions of a photo in the same split.
+Every caption set becomes two manifests: `manifest.csv`, one row per photo whose `text`
+is the photo's first caption (classification, multi-label), and `captions.csv`, one row
+per caption with the photo's id in its `group` column (captioning and retrieval train on
+every caption; the group keeps a photo's rows in one split, and scoring takes all of its
+captions as the references).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from mmcli.data.recipes import refuse_existing, relative_prefix, write_manifest, write_references
+from mmcli.data.recipes import refuse_existing, relative_prefix, write_manifest
 from mmcli.data.recipes.download import Remote, extract, fetch
 from mmcli.errors import BadRow, DataError, UsageError
 
@@ -35,12 +37,14 @@ def missing_images(folder: Path, names: list[str], source: str) -> None:
 
 
 def write_caption_set(manifest: Path, rows: list[dict[str, str]], captions: dict[str, list[str]], extra: list[str]) -> Path:
-    """The manifest, plus its references: `captions.jsonl` beside `manifest.csv`, else
-    `STEM.captions.jsonl` beside `STEM.csv`."""
-    references = "captions.jsonl" if manifest.name == "manifest.csv" else f"{manifest.stem}.captions.jsonl"
-    refuse_existing(manifest, manifest.parent / references)
+    """The manifest (a row per photo), and one row per caption: `captions.csv` beside
+    `manifest.csv`, else `STEM.captions.csv` beside `STEM.csv`."""
+    per_caption = "captions.csv" if manifest.name == "manifest.csv" else f"{manifest.stem}.captions.csv"
+    refuse_existing(manifest, manifest.parent / per_caption)
     write_manifest(manifest.parent, ["id", "image", "text"] + extra, rows, name=manifest.name)
-    write_references(manifest.parent, captions, name=references)
+    caption_rows = [{**row, "id": f"{row['id']}-{k}", "text": text, "group": row["id"]}
+                    for row in rows for k, text in enumerate(captions[row["id"]])]
+    write_manifest(manifest.parent, ["id", "image", "text", "group"] + extra, caption_rows, name=per_caption)
     return manifest
 
 

@@ -5,7 +5,7 @@ Reads a COCO copy as its site lays it out: `annotations/captions_<set>.json` (an
 present (train2017, val2017, ...). One row per photo: its first caption as `text`, the
 names of the objects in it joined by `|` as `label` (a multilabel target: train with
 `--task multilabel`; `[]` for a photo without objects), and all five captions in
-`captions.jsonl`. With two sets, the training set becomes `train` and the other `test`;
+`captions.csv` (one row per caption, grouped by photo: captioning and retrieval). With two sets, the training set becomes `train` and the other `test`;
 with one, mmcli draws the split.
 """
 
