@@ -477,6 +477,8 @@ def test_cache_clean_never_follows_names_out_of_the_entry(tmp_path, cli):
     """A cache entry's table.json (or progress.json) may come from a stranger: its array
     names lead to `../../victim/data.bin`; cache clean deletes nothing outside the entry,
     and loading the entry is refused naming table.json."""
+    from mmcli.data.table import TABLE_FORMAT
+
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "data.bin").write_bytes(b"precious")
@@ -485,7 +487,7 @@ def test_cache_clean_never_follows_names_out_of_the_entry(tmp_path, cli):
     key = "0123456789abcdef0123"
     entry = cache / "tensors" / key
     entry.mkdir(parents=True)
-    (entry / "table.json").write_text(json.dumps({"key": key, "format": 2, "arrays": {"../../../victim/data": {}}}))
+    (entry / "table.json").write_text(json.dumps({"key": key, "format": TABLE_FORMAT, "arrays": {"../../../victim/data": {}}}))
     partial = cache / "tensors" / f".{key}.partial"
     partial.mkdir()
     (partial / "progress.json").write_text(json.dumps({"sizes": {"../../../victim/x": 0}}))
@@ -497,7 +499,7 @@ def test_cache_clean_never_follows_names_out_of_the_entry(tmp_path, cli):
     from mmcli.errors import UsageError
 
     entry.mkdir(parents=True, exist_ok=True)  # clean removed the entry's own table.json
-    (entry / "table.json").write_text(json.dumps({"key": key, "format": 2, "arrays": {"../../../victim/data": {}}}))
+    (entry / "table.json").write_text(json.dumps({"key": key, "format": TABLE_FORMAT, "arrays": {"../../../victim/data": {}}}))
     with pytest.raises(UsageError, match="table.json"):
         load_table(entry)
 
