@@ -65,18 +65,14 @@ def table_sources(table: Table, modalities: list[str]) -> dict[str, list[int]]:
     """Per modality, each row's first row with the same input (the same decoded file, or
     the same text): the rows of one photo with five captions share their image's. Scoring
     reads it: a caption is scored against every caption of its photo (mmcli.heads)."""
-    from mmcli.data.splits import content_keys
+    from mmcli.data.splits import content_groups, first_rows
 
     out = {}
     for name in modalities:
         if name in table.texts:
-            keys: list = [repr(v) for v in table.texts[name]]
+            out[name] = first_rows([repr(v) for v in table.texts[name]])
         elif name in table.tensors:
-            keys = content_keys(table.tensors[name], list(range(len(table))))
-        else:
-            continue
-        seen: dict = {}
-        out[name] = [seen.setdefault(k, i) for i, k in enumerate(keys)]
+            out[name] = content_groups(table.tensors[name])
     return out
 
 

@@ -141,12 +141,14 @@ def content_keys(tensor, rows: list[int]) -> list[bytes]:
 def content_groups(tensor, lengths=None) -> list[int]:
     """Each row's group among the rows of `tensor` ([N, ...], with `lengths` where a kind
     keeps them): rows with equal contents (up to their length) share the first one's index."""
-    seen: dict[bytes, int] = {}
-    out = []
-    for i in range(len(tensor)):
-        row = tensor[i] if lengths is None else tensor[i][..., : int(lengths[i])]
-        out.append(seen.setdefault(content_keys(row.unsqueeze(0), [0])[0], i))
-    return out
+    rows = [tensor[i] if lengths is None else tensor[i][..., : int(lengths[i])] for i in range(len(tensor))]
+    return first_rows([content_keys(row.unsqueeze(0), [0])[0] for row in rows])
+
+
+def first_rows(keys: list) -> list[int]:
+    """Each position's first position with an equal key."""
+    seen: dict = {}
+    return [seen.setdefault(k, i) for i, k in enumerate(keys)]
 
 
 def identity_splits(identities: list[str], given: list[str] | None, seed: int, val_fraction: float,
