@@ -170,3 +170,32 @@ def test_the_limits_default_to_derived_and_keep_their_ranges():
     assert from_dict({"data": {"max_seconds": 6, "text_max_len": 61}}).data.max_seconds == 6.0
     with pytest.raises(ConfigError, match="data.text_max_len"):
         from_dict({"data": {"text_max_len": 0}})
+
+
+def test_transcription_keeps_every_clip_whole(tmp_path, caplog):
+    """20 clips of 1 s and one of 3 s: the 95th percentile (other tasks) cuts the long one,
+    transcription's limit (its length_percentile, 100) covers it, and the log says which."""
+    from mmcli.config import DataConfig, from_dict
+    from mmcli.data.manifest import detect_modalities, read_manifest
+    from mmcli.heads import make_task
+
+    short, longer = long_data(tmp_path / "a", n=20, seconds=1.0, words=3), long_data(tmp_path / "b", n=1, seconds=3.0, words=3)
+    rows = list(csv.DictReader(open(short))) + [dict(r, id="long", sound=f"../b/{r['sound']}") for r in csv.DictReader(open(longer))]
+    path = tmp_path / "a" / "all.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    manifest = read_manifest(path)
+    chosen = {}
+    for task in ("classification", "transcription"):
+        caplog.clear()
+        config = DataConfig()
+        percentile = make_task(from_dict({"model": {"task": task}})).length_percentile
+        with caplog.at_level(logging.INFO, logger="mmcli"):
+            lengths.resolve_seconds(config, manifest, detect_modalities(manifest, config), percentile)
+        chosen[task] = config.max_seconds, " ".join(r.getMessage() for r in caplog.records)
+    assert chosen["classification"][0] == 1.0 and "95th percentile" in chosen["classification"][1]
+    assert "cuts 1 of them" in chosen["classification"][1]
+    assert chosen["transcription"][0] == 3.0 and "100th percentile" in chosen["transcription"][1]
+    assert "cuts 0 of them" in chosen["transcription"][1]

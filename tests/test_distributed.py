@@ -67,3 +67,20 @@ def test_nproc_trains_retrieval_on_data_without_a_label_column(toy_small, tmp_pa
     _mmcli("train", captions, "--task", "retrieval", "--epochs", "1", "--nproc", "2", "--out", tmp_path / "ret",
            "--set", "data.image_size=32")
     assert "mean_recall" in json.loads((tmp_path / "ret" / "eval-test.json").read_text())
+
+
+def test_preprocess_and_nproc_take_transcription_data_without_a_label_column(toy_small, tmp_path):
+    """Speech and its transcript only (the toy's audio read as saying its text): the task's columns, no label."""
+    import csv
+
+    rows = list(csv.DictReader(open(toy_small, encoding="utf-8")))[:120]
+    speech = tmp_path / "speech.csv"
+    with open(speech, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["id", "audio", "transcript"])
+        writer.writeheader()
+        writer.writerows({"id": r["id"], "audio": str(toy_small.parent / r["audio"]), "transcript": r["text"]} for r in rows)
+    counts = _mmcli("preprocess", speech, "--set", "model.task=transcription").stdout.strip().splitlines()[-1]
+    assert [int(x) for x in counts.split(",")][3] == 120  # train, val, test, total
+    _mmcli("train", speech, "--task", "transcription", "--epochs", "1", "--nproc", "2", "--out", tmp_path / "asr")
+    scores = json.loads((tmp_path / "asr" / "eval-test.json").read_text())
+    assert scores["wer"] >= 0 and scores["n_examples"] > 0 and "baseline_cer" in scores

@@ -78,7 +78,7 @@ class Predictor:
             raise UsageError("a retrieval run has no labels to predict: use .search(...) or .embed(...)")
         task = self.run.task
         if beam is not None and not task.beam_search:
-            raise UsageError(f"beam is for captioning runs; this one is {self.task}")
+            raise UsageError(f"beam is for captioning and transcription runs; this one is {self.task}")
         if beam is None or not task.beam_search:
             return predict_records(self.run, records, top_k, explain, self.device, keep_columns)
         task.set_beam(self.run.model, beam)
@@ -96,16 +96,18 @@ class Predictor:
     def search(self, queries: str | Sequence[str], index: str | Path, kind: str | None = None,
                top_k: int = 5) -> list[dict[str, Any]]:
         """A retrieval run's `top_k` nearest items of `index` (a manifest, embedded on the first
-        search and kept while the file is unchanged) for each query, as `mmcli predict
+        search and kept while the file is unchanged, or a folder of `mmcli index build`) for
+        each query, as `mmcli predict
         --query-KIND ... --index` lists them; `kind`
         (text, image, ...) is the queries' kind, by default that of the run's first modality whose
         values are typed rather than files (its text)."""
+        from mmcli.index_files import RECORD, is_index
         from mmcli.search import SearchIndex, default_query_kind
 
         asked = [queries] if isinstance(queries, str) else [str(q) for q in queries]
         path = Path(index).resolve()
-        stat = path.stat()
-        key = (str(path), stat.st_mtime_ns, stat.st_size)  # a changed manifest is embedded again
+        stat = (path / RECORD if is_index(path) else path).stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)  # a changed manifest (or index) is read again
         if key not in self._indexes:
             self._indexes = {key: SearchIndex(self.run, path, self.device)}
         found = self._indexes[key].search(self.run, kind or default_query_kind(self.run), asked, top_k, self.device)

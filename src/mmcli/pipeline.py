@@ -120,7 +120,8 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
     config = config.copy()
     derived = {name: kind.derived_limit(config.data) for name, kind in KINDS.items()}
     task = make_task(config)
-    table = preprocess(config.data.manifest, config.data, cache_dir, workers, progress, task.needs_label)
+    table = preprocess(config.data.manifest, config.data, cache_dir, workers, progress, task.needs_label,
+                       task.length_percentile)
     check_batch_size(config, {m.kind for m in table.modalities.values()})  # again, with max_seconds derived
     values = task.target_values(table)
     warn_skipped(table, cache_dir, values if task.stratify else None, config.data.label)  # before any error below
@@ -226,6 +227,7 @@ class LoadedRun:
     model: Model
     weights_meta: dict[str, str]
     target_state: dict = field(default_factory=dict)
+    weights_file: Path = Path()  # the weights loaded (a search index records their checksum)
 
     @property
     def columns(self) -> dict[str, str]:
@@ -254,7 +256,8 @@ def load_run(run_dir: Path, weights: str = "best") -> LoadedRun:
     model = runfiles.build_model(run_dir, config, specs, task.n_outputs(labels))
     meta = runs.load_weights(model, run_dir / f"{weights}.safetensors")
     model.eval()
-    return LoadedRun(run_dir, config, labels, specs, columns, tokenizers, model, meta, state)
+    return LoadedRun(run_dir, config, labels, specs, columns, tokenizers, model, meta, state,
+                     run_dir / f"{weights}.safetensors")
 
 
 def run_manifest(run: LoadedRun) -> str:

@@ -214,6 +214,7 @@ STATE_CHECKS: dict[str, Callable[[Any, int], str | None]] = {
     "mean": lambda v, n: None if _is_number(v) else "must be a finite number",
     "std": lambda v, n: None if _is_number(v) and v > 0 else "must be a positive number",
     "constant_caption": lambda v, n: None if isinstance(v, str) else "must be a text",
+    "constant_transcript": lambda v, n: None if isinstance(v, str) else "must be a text",
     "bleu_order": lambda v, n: None if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4 else "must be 1, 2, 3 or 4",
     "threshold": lambda v, n: None if _is_number(v) and -1 <= v <= 1 else "must be a cosine in [-1, 1]",
     "threshold_rule": lambda v, n: None if isinstance(v, str) else "must be a text",

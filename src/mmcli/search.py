@@ -69,50 +69,76 @@ def query_modality(run: LoadedRun, kind: str) -> tuple[str, str]:
 
 def search(run: LoadedRun, kind: str, queries: list[str], index: Path, top_k: int, device: str = "auto",
            base: Path | None = None) -> list[dict[str, Any]]:
-    """For each query (a text, or a path), its `top_k` nearest items of the index's other modality."""
-    query, other = query_modality(run, kind)
-    items = [r for r in records_from_manifest(run, index) if r.fields.get(other, "").strip()]
-    if not items:
-        raise UsageError(f"{index}: no row has a '{run.columns[other]}' value to search")
-    for r in items:
-        r.fields = {other: r.fields[other]}
-    asked = [Record(str(i + 1), {query: q}, base or Path.cwd(), "command line", i + 1) for i, q in enumerate(queries)]
-    q_vec = embed(run, asked, device)[0][query]
-    i_vec = embed(run, items, device)[0][other]
-    scores = q_vec @ i_vec.t()
-    k = min(top_k, len(items))
-    values, where = scores.topk(k, dim=1)
-    out = []
-    for q, row_v, row_i in zip(queries, values.tolist(), where.tolist()):
-        for rank, (v, j) in enumerate(zip(row_v, row_i), start=1):
-            out.append({"query": q, "rank": rank, "id": items[j].id, "score": round(v, 6),
-                        run.columns[other]: items[j].fields[other]})
-    return out
+    """For each query (a text, or a path), its `top_k` nearest items of the index's other
+    modality; `index`: a manifest (embedded now) or a folder of `mmcli index build`."""
+    other = query_modality(run, kind)[1]
+    found = SearchIndex(run, index, device, [other]).search(run, kind, queries, top_k, device, base, "command line")
+    return [{"query": q, **item} for q, items in zip(queries, found) for item in items]
+
+
+def faiss_module():
+    """FAISS where installed (pip install 'mmcli[index]'), else None: search is then a matrix
+    product in torch. Both are exact (inner product over every item): the same ranking."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
 
 
 class SearchIndex:
-    """Per modality of the run: the index's items that have it, and their unit vectors."""
+    """Per modality of the run: the index's items that have it, as (id, value), and their
+    unit vectors; from a manifest (embedded here) or an index folder (mmcli.index_files).
+    An item is a distinct value: a photo on five caption rows is one item (the first row's
+    id), so that it is listed once, not five times in a row."""
 
-    def __init__(self, run: LoadedRun, manifest: Path, device: str = "auto") -> None:
-        from dataclasses import replace
+    def __init__(self, run: LoadedRun, source: Path, device: str = "auto", sides: list[str] | None = None) -> None:
+        from mmcli import index_files
 
         if run.task.name != "retrieval":
             raise UsageError(f"an index is the data a retrieval run searches; this run is {run.task.name}")
-        self.manifest = manifest
-        records = records_from_manifest(run, manifest)
-        self.sides: dict[str, tuple[list[Record], torch.Tensor]] = {}
-        for name in run.specs:
-            items = [replace(r, fields={name: r.fields[name]}) for r in records if r.fields.get(name, "").strip()]
-            if items:
-                self.sides[name] = (items, embed(run, items, device)[0][name])
+        self.manifest = source
+        self.built = index_files.is_index(source)
+        self.sides = index_files.load(source, run, sides) if self.built else self._embed(run, source, device, sides)
         if not self.sides:
-            raise UsageError(f"{manifest}: no row has a value of {' or '.join(run.columns.values())} to search")
+            columns = [run.columns[n] for n in (sides or run.specs)]
+            raise UsageError(f"{source}: no row has a value of {' or '.join(repr(c) for c in columns)} to search")
+        self._faiss: dict[str, Any] = {}
+
+    @staticmethod
+    def _embed(run: LoadedRun, manifest: Path, device: str, wanted: list[str] | None) -> dict[str, tuple[list, torch.Tensor]]:
+        from dataclasses import replace
+
+        records = records_from_manifest(run, manifest)
+        sides = {}
+        for name in run.specs if wanted is None else wanted:
+            firsts: dict[str, Record] = {}
+            for r in records:
+                if r.fields.get(name, "").strip():
+                    firsts.setdefault(r.fields[name], r)
+            items = [replace(r, fields={name: value}) for value, r in firsts.items()]
+            if items:
+                sides[name] = ([(r.id, r.fields[name]) for r in items], embed(run, items, device)[0][name])
+        return sides
 
     def size(self) -> dict[str, int]:
         return {name: len(items) for name, (items, _) in self.sides.items()}
 
+    def nearest(self, name: str, queries: torch.Tensor, k: int) -> tuple[list[list[float]], list[list[int]]]:
+        """The scores and positions of each query's k nearest items of side `name`."""
+        vectors = self.sides[name][1]
+        faiss = faiss_module()
+        if faiss is None:
+            values, where = (queries.float() @ vectors.t().float()).topk(k, dim=1)
+            return values.tolist(), where.tolist()
+        if name not in self._faiss:
+            self._faiss[name] = faiss.IndexFlatIP(vectors.shape[1])
+            self._faiss[name].add(vectors.float().contiguous().numpy())
+        values, where = self._faiss[name].search(queries.float().contiguous().numpy(), k)
+        return values.tolist(), where.tolist()
+
     def search(self, run: LoadedRun, kind: str, queries: list[str], top_k: int, device: str = "auto",
-               base: Path | None = None) -> list[list[dict[str, Any]]]:
+               base: Path | None = None, source: str = "request") -> list[list[dict[str, Any]]]:
         """For each query (a text, or a path), its `top_k` nearest items of the other modality."""
         kinds = {s.kind for s in run.specs.values()}
         if kind not in kinds:
@@ -120,10 +146,9 @@ class SearchIndex:
         query, other = query_modality(run, kind)
         if other not in self.sides:
             raise UsageError(f"{self.manifest}: no row has a '{run.columns[other]}' value to search")
-        items, vectors = self.sides[other]
-        asked = [Record(str(i + 1), {query: q}, base or Path.cwd(), "request", i + 1) for i, q in enumerate(queries)]
-        found = embed(run, asked, device)[0][query] @ vectors.t().to(torch.float32)
-        values, where = found.topk(min(top_k, len(items)), dim=1)
-        return [[{"rank": rank, "id": items[j].id, "score": round(v, 6), run.columns[other]: items[j].fields[other]}
+        items = self.sides[other][0]
+        asked = [Record(str(i + 1), {query: q}, base or Path.cwd(), source, i + 1) for i, q in enumerate(queries)]
+        values, where = self.nearest(other, embed(run, asked, device)[0][query], min(top_k, len(items)))
+        return [[{"rank": rank, "id": items[j][0], "score": round(v, 6), run.columns[other]: items[j][1]}
                  for rank, (v, j) in enumerate(zip(row_v, row_i), start=1)]
-                for row_v, row_i in zip(values.tolist(), where.tolist())]
+                for row_v, row_i in zip(values, where)]

@@ -12,7 +12,7 @@ import typer
 from typing_extensions import Annotated
 
 from mmcli import __version__
-from mmcli.cli import cache, compare, datasets, evaluate, export, inspect, listing, predict, preprocess, serve, train
+from mmcli.cli import cache, compare, datasets, evaluate, export, index, inspect, listing, predict, preprocess, serve, train
 from mmcli.cli.common import STATE
 
 app = typer.Typer(
@@ -66,6 +66,7 @@ app.command("compare")(compare.compare)
 app.command("list")(listing.list_cmd)
 app.command("inspect")(inspect.inspect)
 app.command("serve")(serve.serve)
+app.add_typer(index.app, name="index")
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ def compare(
     data: Annotated[Optional[str], typer.Option("--data", help="Manifest or folder; default: the built-in toy set.", show_default=False)] = None,
     modalities: Annotated[Optional[str], typer.Option("--modalities", "-m", help="Comma-separated modalities to compare (default: all of the data's).", show_default=False)] = None,
     config: ConfigOpt = None,
-    task: Annotated[Optional[str], typer.Option("--task", help="Task of every run: classification, multilabel, regression or verification (retrieval and captioning train with mmcli train).", show_default=False)] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="Task of every run: classification, multilabel, regression or verification (retrieval, captioning and transcription train with mmcli train).", show_default=False)] = None,
     encoders: EncoderOpt = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per variant; results pair up by seed. Intervals and tests need 2 or more.")] = 1,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Most epochs per run.", show_default=False)] = None,

@@ -24,7 +24,7 @@ def evaluate(
     corrupt: Annotated[Optional[list[str]], typer.Option("--corrupt", help="Degrade a modality: MODALITY:KIND@LEVEL, LEVEL in [0, 1] (repeatable); kinds in docs/robustness.md.", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the corruptions.")] = 0,
     robustness: Annotated[bool, typer.Option("--robustness", help="Sweep every corruption of every modality over levels 0.0-1.0 and every dropped modality; writes robustness.json and a PNG per modality.")] = False,
-    plots: Annotated[bool, typer.Option("--plots", help="Also write curves.png (losses and validation metrics per epoch, 1000x400 px) and, for classification, confusion-<split>.png (800x800 px); for verification, roc-det-<split>.png (ROC and DET curves, 1000x400 px); into the run folder.")] = False,
+    plots: Annotated[bool, typer.Option("--plots", help="Also write curves.png (losses and validation metrics per epoch, 1000x400 px) and, for classification, confusion-<split>.png (800x800 px); for verification, roc-det-<split>.png (ROC and DET curves, 1000x400 px); for retrieval, retrieval-<query>-to-<gallery>-<split>.png (a few queries and their 5 nearest items, hits framed green); for captioning, captions-<split>.png (a few sources with their generated captions); into the run folder.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps (not the device the run was trained on).")] = "auto",
     errors: Annotated[Optional[Path], typer.Option("--errors", help="Also write the examples answered wrongly to this file, worst first (classification: the most confident mistakes; multilabel: the most wrong labels; regression: every example by its error), with their ids, answers and the truth: JSON lines, or CSV for a .csv name.", show_default=False)] = None,
     trials: Annotated[Optional[Path], typer.Option("--trials", help="Verification runs: score these trials instead of drawn ones: a CSV with columns a, b (example ids of the scored split or --data) and same (1/0, true/false, same/different).", show_default=False)] = None,
@@ -64,7 +64,7 @@ def evaluate(
     if plots:
         from mmcli.evaluation.api import write_plots
 
-        log(f"wrote {', '.join(str(p) for p in write_plots(run, scores))}")
+        log(f"wrote {', '.join(str(p) for p in write_plots(run, scores, outputs))}")
     log(f"wrote {run / scores.pop('saved_as')}")
     if as_json or not sys.stdout.isatty():
         sys.stdout.write(json.dumps(scores) + "\n")

@@ -46,6 +46,8 @@ def inspect(run: Annotated[Path, typer.Argument(help="Run folder written by mmcl
 
 
 def _fusion(cfg, n_modalities: int) -> str:
-    if cfg.model.task in ("retrieval", "captioning") or cfg.model.crossmodal == "translate":
+    from mmcli.heads import make_task
+
+    if make_task(cfg).crossmodal or cfg.model.crossmodal == "translate":
         return "none (the task's head reads each encoder)"
     return cfg.model.fusion if n_modalities > 1 else "identity"

@@ -24,9 +24,9 @@ def predict(
     weights: Annotated[str, typer.Option("--weights", help="best or last.")] = "best",
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps (not the device the run was trained on).")] = "auto",
     explain: Annotated[bool, typer.Option("--explain", help="Add each example's per-modality fusion weights (weighted, attention, gated, late fusions; null for others).")] = False,
-    index: Annotated[Optional[Path], typer.Option("--index", help="Retrieval runs: the manifest whose items --query-* searches; --top-k of them are listed per query.", show_default=False)] = None,
+    index: Annotated[Optional[Path], typer.Option("--index", help="Retrieval runs: the manifest whose items --query-* searches (embedded now), or a folder of mmcli index build; --top-k of them are listed per query.", show_default=False)] = None,
     embed: Annotated[bool, typer.Option("--embed", help="Write each example's embeddings (one vector per modality) instead of predictions; retrieval runs give the aligned unit vectors.")] = False,
-    beam: Annotated[Optional[int], typer.Option("--beam", min=1, help="Captioning runs: beam width (1: greedy; default: the run's model.task_options.beam_size).", show_default=False)] = None,
+    beam: Annotated[Optional[int], typer.Option("--beam", min=1, help="Captioning and transcription runs: beam width (1: greedy; default: the run's model.task_options.beam_size).", show_default=False)] = None,
     keep_columns: Annotated[bool, typer.Option("--keep-columns", help="Copy each example's input columns (or JSON fields) into its output row, before the answer; a column named like an answer's key is kept as input_NAME.")] = False,
     split: Annotated[Optional[str], typer.Option("--split", help="Predict the run's own train, val or test split (the rows its training recorded) instead of INPUT.", show_default=False)] = None,
     verify: Annotated[Optional[typing.Tuple[str, str]], typer.Option("--verify", help="Verification runs: A B, two examples (files, or JSON objects naming each modality's file); prints their cosine score and the same/different decision at the run's threshold.", show_default=False)] = None,
@@ -60,7 +60,7 @@ def predict(
         return
     task = loaded.task.name
     if beam is not None and not loaded.task.beam_search:
-        raise UsageError(f"--beam is for captioning runs; this one is {task}")
+        raise UsageError(f"--beam is for captioning and transcription runs; this one is {task}")
     if task == "retrieval" and not embed:
         raise UsageError(f"a retrieval run searches ({_options(_query_kinds(), '--query-')} with --index DATA) "
                          "or writes embeddings (--embed); it has no labels to predict")
@@ -191,7 +191,7 @@ def _search(loaded, queries: dict, index, input, single: dict, top_k: int, devic
     if len(queries) > 1:
         raise UsageError(f"give queries of one kind at a time ({_options(_query_kinds(), '--query-')})")
     if index is None:
-        raise UsageError("--query-* searches a data set: give it with --index DATA (a manifest)")
+        raise UsageError("--query-* searches a data set: give it with --index DATA (a manifest, or a folder of mmcli index build)")
     if input is not None or any(v is not None for v in single.values()):
         raise UsageError(f"--query-* and --index replace INPUT and {_options(_single_kinds())}; give one or the other")
     (kind, asked), = queries.items()

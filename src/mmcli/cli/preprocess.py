@@ -38,9 +38,10 @@ def preprocess(
     cfg = resolve_config(config, {"data.manifest": data, "data.on_error": on_error, "train.seed": seed}, sets)
     from mmcli.heads import make_task
 
-    task = make_task(cfg)  # retrieval and captioning data need no label column
+    task = make_task(cfg)  # retrieval, captioning and transcription data need no label column
     with task_bar("preprocessing") as update:
-        table = run(cfg.data.manifest, cfg.data, cache_arg(out or cache_dir), workers, update, task.needs_label)
+        table = run(cfg.data.manifest, cfg.data, cache_arg(out or cache_dir), workers, update, task.needs_label,
+                    task.length_percentile)
     log(f"{len(table)} examples in cache {table.key}; modalities: "
         + ", ".join(f"{n} ({m.kind}, " + (f"columns {', '.join(m.columns)})" if KINDS[m.kind].many_columns
                                          else f"column {m.column})") + _lacking(table, n) for n, m in table.modalities.items()))

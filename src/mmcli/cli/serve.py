@@ -17,7 +17,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on: 127.0.0.1 for this machine only, 0.0.0.0 for every network (the server reads files by path: think before opening it to others).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port to listen on (0: any free one, named in the start-up line).")] = 8000,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes, each with the run loaded and torch's threads shared out between them.")] = 1,
-    index: Annotated[Optional[Path], typer.Option("--index", help="Retrieval runs: the manifest that POST /search searches, embedded once at start-up.", show_default=False)] = None,
+    index: Annotated[Optional[Path], typer.Option("--index", help="Retrieval runs: what POST /search searches: a manifest (embedded once at start-up) or a folder of mmcli index build.", show_default=False)] = None,
     batch_wait_ms: Annotated[float, typer.Option("--batch-wait-ms", min=0.0, help="How long a /predict request waits for others being received at the same time to share its model call (a lone request does not wait; 0: never wait; requests that arrive while the model works are batched anyway).")] = 2.0,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most examples in one model call (a larger request is a call of its own).")] = 32,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest request body, in MB (files in base64 included); a larger one is answered 413.")] = 16.0,

@@ -20,7 +20,7 @@ def train(
     modalities: Annotated[Optional[str], typer.Option("--modalities", "-m", help="Comma-separated modalities to use, e.g. image,text (default: all).", show_default=False)] = None,
     fusion: Annotated[Optional[str], typer.Option("--fusion", help="Fusion for two or more modalities (see mmcli list fusions).", show_default=False)] = None,
     encoders: EncoderOpt = None,
-    task: Annotated[Optional[str], typer.Option("--task", help="Task: classification, multilabel, regression, retrieval, captioning or verification (see mmcli list tasks).", show_default=False)] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="Task: classification, multilabel, regression, retrieval, captioning, transcription or verification (see mmcli list tasks).", show_default=False)] = None,
     logger: Annotated[Optional[str], typer.Option("--logger", help="Also log losses, metrics and the learning rate to: tensorboard (needs pip install 'mmcli[tensorboard]'); metrics.jsonl is always written.", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Most epochs to train (early stopping may end sooner).", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Examples per batch.", show_default=False)] = None,
@@ -99,7 +99,9 @@ def _launch(nproc: int, cfg, out: Optional[Path], overwrite: bool, cache_dir: Op
 
     trained, _ = training_config(cfg)  # preprocessed as the ranks will ask for it (retrieval: no label column)
     with task_bar("preprocessing") as update:
-        preprocess(trained.data.manifest, trained.data, cache_arg(cache_dir), workers, update, make_task(trained).needs_label)
+        task = make_task(trained)
+        preprocess(trained.data.manifest, trained.data, cache_arg(cache_dir), workers, update, task.needs_label,
+                   task.length_percentile)
     args = _without_nproc(sys.argv[1:])
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "mmcli", *args]
     log(f"starting {nproc} processes: torchrun --standalone --nproc_per_node={nproc} -m mmcli {' '.join(args)}")

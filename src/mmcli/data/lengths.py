@@ -2,7 +2,8 @@
 config leaves them unset (None, the default), so that the defaults fit the data at hand
 instead of the toy set they were once sized for (issue 19).
 
-A derived limit is the 95th percentile of the examples' lengths, rounded up (seconds to a
+A derived limit is the 95th percentile of the examples' lengths (a task may ask for
+another: transcription covers every clip, as a cut clip loses words its transcript keeps), rounded up (seconds to a
 tenth, tokens to a whole token) and kept within bounds. The 95th percentile keeps nearly
 every example whole, while a few very long outliers do not set the length that every
 example is padded to: the cache stores each spectrogram, and the encoder each text, at the
@@ -48,16 +49,18 @@ class Limit:
     capped: bool  # the percentile lay above the upper bound
 
 
-def derive(lengths: Sequence[float], bounds: tuple[float, float], step: float) -> Limit:
-    """The 95th percentile of `lengths` (not empty), rounded up to a multiple of `step`, within `bounds`."""
-    raw = float(np.percentile(np.asarray(lengths, dtype=np.float64), PERCENTILE))
+def derive(lengths: Sequence[float], bounds: tuple[float, float], step: float, percentile: float = PERCENTILE) -> Limit:
+    """The `percentile` of `lengths` (not empty), rounded up to a multiple of `step`, within `bounds`."""
+    raw = float(np.percentile(np.asarray(lengths, dtype=np.float64), percentile))
     value = math.ceil(round(raw / step, 6)) * step  # round first: 6.0 s must not become 6.1 through 60.0000001
     value = round(min(max(value, bounds[0]), bounds[1]), 6)
     return Limit(value, len(lengths), sum(1 for n in lengths if n > value), raw > bounds[1])
 
 
-def resolve_seconds(config: DataConfig, manifest, modalities: dict[str, ModalityConfig]) -> None:
-    """Set config.max_seconds, where unset, from the audio files' durations (see above)."""
+def resolve_seconds(config: DataConfig, manifest, modalities: dict[str, ModalityConfig],
+                    percentile: float = PERCENTILE) -> None:
+    """Set config.max_seconds, where unset, from the audio files' durations (see above): the
+    `percentile` of them (the task's `length_percentile`)."""
     if config.max_seconds is not None:
         return
     audio = [n for n, m in modalities.items() if KINDS[m.kind].seconds_limit]
@@ -72,12 +75,12 @@ def resolve_seconds(config: DataConfig, manifest, modalities: dict[str, Modality
     if not durations:  # no readable file: preprocessing names each bad row
         config.max_seconds = UNUSED_SECONDS
         return
-    limits = {n: derive(d, SECONDS, 0.1) for n, d in durations.items()}
+    limits = {n: derive(d, SECONDS, 0.1, percentile) for n, d in durations.items()}
     config.max_seconds = max(lim.value for lim in limits.values())  # each modality covered
     for name, d in durations.items():
         limit = Limit(config.max_seconds, len(d), sum(1 for x in d if x > config.max_seconds), limits[name].capped)
         _report(f"data.max_seconds={config.max_seconds:g} s", limit, f"recordings of '{name}' in {where}",
-                "--set data.max_seconds=SECONDS")
+                "--set data.max_seconds=SECONDS", percentile)
 
 
 def _seconds_rows(manifest, config: DataConfig) -> tuple[list[int], str]:
@@ -150,12 +153,12 @@ def resolve_tokens(config: DataConfig, tokenizers: dict, texts: dict[str, list[s
         set_max_len(tokenizer, config.text_max_len)
 
 
-def _report(what: str, limit: Limit, of: str, how: str) -> None:
+def _report(what: str, limit: Limit, of: str, how: str, percentile: float = PERCENTILE) -> None:
     """INFO: the derived limit and what it covers; a WARNING only where the upper bound cut it
     short of the percentile (then more than 5 % of the examples are cut)."""
     if limit.capped and limit.cut:
-        LOG.warning("%s (the upper bound; the 95th percentile of %s %s is longer) cuts %s of them; %s keeps more",
-                    what, f"{limit.measured:,}", of, f"{limit.cut:,}", how)
+        LOG.warning("%s (the upper bound; the %gth percentile of %s %s is longer) cuts %s of them; %s keeps more",
+                    what, percentile, f"{limit.measured:,}", of, f"{limit.cut:,}", how)
         return
-    LOG.info("%s (%dth percentile of %s %s; cuts %s of them)", what, PERCENTILE, f"{limit.measured:,}", of,
+    LOG.info("%s (%gth percentile of %s %s; cuts %s of them)", what, percentile, f"{limit.measured:,}", of,
              f"{limit.cut:,}")

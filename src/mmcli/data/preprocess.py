@@ -43,10 +43,11 @@ def resolve_source(data: str | Path | None, cache_root: Path) -> Path:
 
 def preprocess(data: str | Path | None, config: DataConfig, cache_dir: str | Path | None = None,
                workers: int = 1, progress: Progress | None = None,
-               require_label: bool = True) -> Table:
+               require_label: bool = True, percentile: float = lengths.PERCENTILE) -> Table:
     """Load `data` (manifest, folder or cache) as a Table, through the cache. An unset
     `config.max_seconds` is derived from the data first and set on `config` (mmcli.data.lengths):
-    the spectrograms' length and the cache key depend on it."""
+    the spectrograms' length and the cache key depend on it (`percentile`: the task's
+    `length_percentile`)."""
     root = cache.cache_root(cache_dir)
     source = resolve_source(data, root)
     if source.is_dir() and is_table(source):
@@ -55,7 +56,7 @@ def preprocess(data: str | Path | None, config: DataConfig, cache_dir: str | Pat
         return _done(check_settings(table, config, source), progress)
     manifest = read_manifest(source)
     modalities = detect_modalities(manifest, config)
-    lengths.resolve_seconds(config, manifest, modalities)
+    lengths.resolve_seconds(config, manifest, modalities, percentile)
     files = _referenced_files(manifest, modalities)
     key = cache.data_key(manifest.path, [f for f in files if f is not None], modalities, config, require_label)
     folder = cache.tensor_dir(root) / key

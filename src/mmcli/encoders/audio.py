@@ -3,6 +3,11 @@
 SpecAugment (Park et al., 2019) masks random bands of mel frequencies and random spans
 of time in each training example; it is off by default and turned on per encoder with
 `spec_augment: true` (or a mapping of its four sizes) in `model.encoder_options`.
+
+`time_stride` (1, 2, 4 or 8; default 8) is how many spectrogram frames make one token:
+the conv blocks stride 2 in time, the first ones first, until it is reached. Classifiers
+pool the tokens and do well with 8; transcription needs a token per few frames
+(mmcli.heads.transcription).
 """
 
 from __future__ import annotations
@@ -66,6 +71,20 @@ def _time_mask(tokens: torch.Tensor, lengths: torch.Tensor | None, stride: int) 
     return steps.unsqueeze(0) < valid.clamp(min=1).unsqueeze(1)
 
 
+TIME_STRIDES = (1, 2, 4, 8)
+
+
+def conv_body(width: int, time_stride: int) -> nn.Sequential:
+    """Three conv blocks striding (4, 2, 2) in frequency and 2 in time in the first
+    log2(time_stride) of them."""
+    if time_stride not in TIME_STRIDES or isinstance(time_stride, bool):
+        raise ValueError(f"time_stride must be one of {', '.join(map(str, TIME_STRIDES))}, got {time_stride!r}")
+    steps = TIME_STRIDES.index(time_stride)
+    t = [2 if i < steps else 1 for i in range(3)]
+    return nn.Sequential(conv_block(1, width, stride=(4, t[0])), conv_block(width, width * 2, stride=(2, t[1])),
+                         conv_block(width * 2, width * 4, stride=(2, t[2])))
+
+
 class _AudioEncoder(Encoder):
     augment: Any  # SpecAugment, or None
     body: nn.Sequential
@@ -86,15 +105,16 @@ class _AudioEncoder(Encoder):
 
 
 class MelCNN(_AudioEncoder):
-    """2-D conv blocks over (mel, time), the first striding 4 in frequency and 2 in time;
-    frequency is pooled away, and time steps (one per 8 frames) are the tokens."""
+    """2-D conv blocks over (mel, time), the first striding 4 in frequency; frequency is
+    pooled away, and time steps (one per `time_stride` frames, 8 by default) are the tokens."""
 
-    def __init__(self, spec: ModalitySpec, out_dim: int, width: int = 16, spec_augment: Any = None, **_: object):
+    def __init__(self, spec: ModalitySpec, out_dim: int, width: int = 16, spec_augment: Any = None,
+                 time_stride: int = 8, **_: object):
         super().__init__()
-        self.body = nn.Sequential(conv_block(1, width, stride=(4, 2)), conv_block(width, width * 2), conv_block(width * 2, width * 4))
+        self.body = conv_body(width, time_stride)
         self.proj = nn.Linear(width * 4, out_dim)
         self.out_dim = out_dim
-        self.stride = 8
+        self.stride = time_stride
         self._set_augment(spec_augment)
 
     def blocks(self) -> list[nn.Module]:
@@ -110,13 +130,13 @@ class CRNN(_AudioEncoder):
     2017): the convolutions see local patterns, the GRU their order."""
 
     def __init__(self, spec: ModalitySpec, out_dim: int, width: int = 16, hidden: int = 64, spec_augment: Any = None,
-                 **_: object):
+                 time_stride: int = 8, **_: object):
         super().__init__()
-        self.body = nn.Sequential(conv_block(1, width, stride=(4, 2)), conv_block(width, width * 2), conv_block(width * 2, width * 4))
+        self.body = conv_body(width, time_stride)
         self.rnn = nn.GRU(width * 4, hidden, batch_first=True, bidirectional=True)
         self.proj = nn.Linear(2 * hidden, out_dim)
         self.out_dim = out_dim
-        self.stride = 8
+        self.stride = time_stride
         self._set_augment(spec_augment)
 
     def blocks(self) -> list[nn.Module]:

@@ -70,7 +70,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str | None = Non
     run.model.to(target)
     logits, fusion_weights = predict_outputs(run.model, encoded, run.config, target)
     if outputs is not None:
-        outputs.update(outputs=logits, ids=list(encoded.ids), targets=encoded.labels)
+        outputs.update(outputs=logits, ids=list(encoded.ids), targets=encoded.labels, rows=chosen, run=run)
     if trials is not None:
         scores = task.evaluate_trials(logits, list(encoded.ids), run.labels, Path(trials))
         tag = "-".join(t for t in (tag, f"trials-{Path(trials).stem}") if t)
@@ -97,11 +97,16 @@ def evaluate_run(run_dir: Path, data: str | None = None, split: str | None = Non
     return scores
 
 
-def write_plots(run_dir: Path, scores: dict[str, Any]) -> list[Path]:
+SHOWCASE = 6  # sources (captioning) or queries per direction (retrieval) that evaluate --plots draws
+
+
+def write_plots(run_dir: Path, scores: dict[str, Any], outputs: dict[str, Any] | None = None) -> list[Path]:
     """`evaluate --plots`: curves.png (losses and validation metrics per epoch, from
     metrics.jsonl) and, for classification, confusion-<name>.png of the scores just made;
-    for verification, roc-det-<name>.png (the ROC and the DET curve of the trials)."""
-    from mmcli.reporting import plots
+    for verification, roc-det-<name>.png (the ROC and the DET curve of the trials); for
+    retrieval and captioning, grids of what the model did on a few sources (`outputs`:
+    what evaluate_run filled in; mmcli.reporting.showcase)."""
+    from mmcli.reporting import plots, showcase
 
     written = []
     records = runs.read_metrics(run_dir)
@@ -119,6 +124,11 @@ def write_plots(run_dir: Path, scores: dict[str, Any]) -> list[Path]:
         name = Path(scores.get("saved_as", f"eval-{scores['split']}.json")).stem.removeprefix("eval-")
         written.append(plots.roc_det(curve["far"], curve["tar"], run_dir / f"roc-det-{name}.png",
                                      f"{scores['split']} split, {scores.get('n_trials', '?')} trials"))
+    if outputs and "rows" in outputs:
+        run, chosen = outputs["run"], outputs["rows"]
+        entries = run.task.showcase(outputs["outputs"], chosen.encoded, run.labels, SHOWCASE)
+        name = Path(scores.get("saved_as", f"eval-{scores['split']}.json")).stem.removeprefix("eval-")
+        written += showcase.draw(entries, chosen.table, run_dir, name)
     return written
 
 

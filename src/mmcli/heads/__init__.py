@@ -36,9 +36,11 @@ class Task(ABC):
     crossmodal = False  # retrieval, captioning: one modality mapped to or aligned with another
     options: dict[str, Any] = {}  # model.task_options this task reads, with their defaults
     has_classes: ClassVar[bool] = False  # train.class_weights and train.sampler=weighted apply (one class per example)
-    beam_search: ClassVar[bool] = False  # predict --beam applies (captioning)
+    beam_search: ClassVar[bool] = False  # predict --beam applies (captioning, transcription)
+    text_output: ClassVar[str | None] = None  # the field of the text a model writes (captioning: caption)
     disjoint_labels: ClassVar[bool] = False  # splits share no label value (verification: identities held out)
     robustness_metric: ClassVar[str | None] = None  # evaluate --robustness's metric where the run's is lower-is-better
+    length_percentile: ClassVar[float] = 95.0  # a derived length limit covers this share of the clips (mmcli.data.lengths)
     max_epochs: ClassVar[int | None] = None  # the most epochs a derived budget gives (None: training.setup.MAX_EPOCHS)
 
     def __init__(self, config=None, state: dict[str, Any] | None = None):
@@ -82,7 +84,11 @@ class Task(ABC):
 
     def csv_table(self, predictions: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
         """`predict --format csv`: the header and a row per prediction; by default the
-        label and its score (classification), and the modalities each example used."""
+        label and its score (classification), and the modalities each example used; a task
+        that writes text (`text_output`), that text."""
+        if self.text_output:
+            field = self.text_output
+            return ["id", field, "modalities_used"], [[p["id"], p[field], "|".join(p["modalities_used"])] for p in predictions]
         rows = [[p["id"], p["label"], f"{p['score']:.6f}", "|".join(p["modalities_used"])] for p in predictions]
         return ["id", "label", "score", "modalities_used"], rows
 
@@ -97,8 +103,16 @@ class Task(ABC):
         None: the task has no wrong answer to list (retrieval, captioning)."""
         return None
 
+    def showcase(self, outputs, data, names: list[str], n: int) -> list[dict[str, Any]]:
+        """What `evaluate --plots` draws of the first `n` sources of `data` (an Encoded):
+        retrieval's nearest items, captioning's captions (mmcli.reporting.showcase); none by default."""
+        return []
+
     def set_beam(self, model, beam: int) -> None:
-        """`predict --beam N` (tasks with `beam_search`)."""
+        """`predict --beam N` (tasks with `beam_search`: the head's `beam_size`)."""
+        if self.beam_search:
+            model.head.beam_size = beam
+            return
         raise NotImplementedError(f"the {self.name} task has no beam search")
 
     # optional capabilities ------------------------------------------------------------
@@ -171,7 +185,7 @@ def make_task(config, state: dict[str, Any] | None = None) -> Task:
 
 
 def _register_builtins() -> None:
-    from mmcli.heads import captioning, classification, multilabel, regression, retrieval, verification  # noqa: F401  (registration side effects)
+    from mmcli.heads import captioning, classification, multilabel, regression, retrieval, transcription, verification  # noqa: F401  (registration side effects)
 
 
 _register_builtins()

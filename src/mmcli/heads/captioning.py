@@ -96,9 +96,19 @@ def diversity(hypotheses: list[list[str]]) -> dict[str, Any]:
     return {"distinct_captions": len(counts) / len(hypotheses), "top_caption": top, "top_caption_share": n / len(hypotheses)}
 
 
+def by_source(groups: list[int] | None, n: int) -> list[list[int]]:
+    """The rows of each source, in order of its first row (`groups`: each row's first row
+    with the same input; None: every row its own source)."""
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups if groups is not None else range(n)):
+        members.setdefault(g, []).append(i)
+    return list(members.values())
+
+
 class Captioning(Task):
     name = "captioning"
     beam_search = True
+    text_output = "caption"
     default_metric = "bleu"
     metrics = ("bleu", "bleu4", "bleu1", "bleu2", "bleu3", "cider", "distinct_captions")
     lower_is_better = ()
@@ -220,11 +230,9 @@ class Captioning(Task):
         generated once and scored against all of their captions (multi-reference BLEU and
         CIDEr-D, as the COCO evaluation scores)."""
         rows_hyp, rows_ref = self.decode(outputs, names), self.decode(labels, names)
-        members: dict[int, list[int]] = {}
-        for i, g in enumerate(groups if groups is not None else range(len(rows_hyp))):
-            members.setdefault(g, []).append(i)
-        hyps = [rows_hyp[rows[0]] for rows in members.values()]
-        refs = [[rows_ref[i] for i in rows] for rows in members.values()]
+        members = by_source(groups, len(rows_hyp))
+        hyps = [rows_hyp[rows[0]] for rows in members]
+        refs = [[rows_ref[i] for i in rows] for rows in members]
         scores: dict[str, Any] = {"n_examples": len(hyps), "n_references": len(rows_ref), **bleu(hyps, refs)}
         scores["bleu"] = sum(scores[f"bleu{n}"] for n in range(1, self.bleu_order() + 1)) / self.bleu_order()
         value = cider(hyps, refs)
@@ -241,6 +249,16 @@ class Captioning(Task):
                              for h, rs in zip(hyps[:5], refs)]
         return scores
 
+    def showcase(self, outputs, data, names: list[str], n: int) -> list[dict[str, Any]]:
+        """The first `n` sources: each one's first row, generated caption and references."""
+        source = self.config.model.modalities[0]
+        members = by_source(data.sources.get(source), len(outputs))[:n]
+        hyps = self.decode(outputs[[rows[0] for rows in members]], names)
+        refs = self.decode(data.labels, names)
+        return [{"query": source, "rows": [{"row": rows[0], "generated": " ".join(h),
+                                            "references": [" ".join(refs[i]) for i in rows]}
+                                           for h, rows in zip(hyps, members)]}]
+
     def bleu_order(self) -> int:
         """The `bleu` metric (the one that picks the best epoch) is the mean of BLEU-1 to
         BLEU-n, n = this order: 4, or the training captions' median length in words where
@@ -256,13 +274,6 @@ class Captioning(Task):
                     f"{scores['n_examples']} sources: it has not learned to describe them (compare its scores with "
                     f"the constant caption's)"]
         return []
-
-    def csv_table(self, predictions: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-        return ["id", "caption", "modalities_used"], [[p["id"], p["caption"], "|".join(p["modalities_used"])]
-                                                      for p in predictions]
-
-    def set_beam(self, model, beam: int) -> None:
-        model.head.beam_size = beam
 
     def predict(self, outputs: torch.Tensor, names: list[str], top_k: int) -> list[dict[str, Any]]:
         return [{"caption": " ".join(w)} for w in self.decode(outputs, names)]

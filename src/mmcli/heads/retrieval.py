@@ -97,12 +97,15 @@ def _items(groups: list[int]) -> tuple[list[int], torch.Tensor]:
 
 class TwoTowerHead(TaskHead):
     """Per-modality projection of the pooled features into one space, and the logit scale.
-    An absent modality's embedding is zeros (evaluation leaves such pairs out)."""
+    An absent modality's embedding is zeros (evaluation leaves such pairs out).
+    `projection: none` keeps the towers' own space (towers that share one: OpenCLIP's)."""
 
-    def __init__(self, in_dims: dict[str, int], embed_dim: int, temperature: float, max_scale: float):
+    def __init__(self, in_dims: dict[str, int], embed_dim: int, temperature: float, max_scale: float,
+                 projection: str = "linear"):
         super().__init__()
         self.names = list(in_dims)
-        self.proj = nn.ModuleDict({n: nn.Linear(d, embed_dim) for n, d in in_dims.items()})
+        self.proj = nn.ModuleDict({n: nn.Linear(d, embed_dim) if projection == "linear" else nn.Identity()
+                                   for n, d in in_dims.items()})
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
         self.max_log_scale = math.log(max_scale)
 
@@ -133,7 +136,8 @@ class Retrieval(Task):
     metrics = ("mean_recall", "loss")
     needs_label = False
     crossmodal = True
-    options = {"embed_dim": 128, "temperature": 0.07, "max_scale": 100.0}
+    options = {"embed_dim": 128, "temperature": 0.07, "max_scale": 100.0, "projection": "linear"}
+    projections = ("linear", "none")  # none: the towers' outputs as they are (docs/crossmodal.md#zero-shot-baselines)
 
     def adapt_config(self, config, kinds: dict[str, str]):
         pair = list(config.model.modalities or kinds)
@@ -143,6 +147,9 @@ class Retrieval(Task):
         self.check_options()
         if not 0 < float(self.option("temperature")) <= 1 or float(self.option("max_scale")) < 1:
             raise ConfigError("model.task_options: temperature must be in (0, 1] and max_scale at least 1")
+        if self.option("projection") not in self.projections:
+            raise ConfigError(f"config key 'model.task_options.projection': {' or '.join(self.projections)}, "
+                              f"not {self.option('projection')!r}")
         config = config.copy()
         config.model.modalities = pair
         return config
@@ -158,8 +165,13 @@ class Retrieval(Task):
 
     def build_model_head(self, in_dims: dict[str, int], n_outputs: int, config) -> nn.Module:
         self.config = config
+        projection = str(self.option("projection"))
+        if projection == "none" and len(set(in_dims.values())) > 1:
+            raise ConfigError("model.task_options.projection=none compares the towers' outputs as they are, so they "
+                              f"must have one size; they have {', '.join(f'{n} {d}' for n, d in in_dims.items())} "
+                              "(towers of one OpenCLIP model share their embed_dim)")
         return TwoTowerHead(in_dims, int(self.option("embed_dim")), float(self.option("temperature")),
-                            float(self.option("max_scale")))
+                            float(self.option("max_scale")), projection)
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         return pair_loss(outputs, batch.mask, list(self.config.model.modalities))
@@ -167,6 +179,18 @@ class Retrieval(Task):
     def score(self, outputs, data, names: list[str]) -> dict[str, Any]:
         a, b = self.config.model.modalities
         return self.evaluate(outputs, data.labels, names, (data.sources.get(a), data.sources.get(b)))
+
+    def galleries(self, outputs: torch.Tensor, groups) -> tuple[list[int], list[int], list[int], torch.Tensor, torch.Tensor]:
+        """The split's complete pairs (`keep`: their rows) and, per side, the row of each
+        distinct item; [items of a, items of b] similarity and relevance (paired in some row)."""
+        whole = (outputs.float().norm(dim=-1) > 0).all(dim=1)
+        keep = [i for i, w in enumerate(whole.tolist()) if w]
+        rows = pair_logits(outputs[whole])
+        ga, gb = groups if groups is not None else (None, None)
+        items_a, rel_a = _items([ga[i] for i in keep] if ga is not None else list(range(len(keep))))
+        items_b, rel_b = _items([gb[i] for i in keep] if gb is not None else list(range(len(keep))))
+        relevant = (rel_a.t().float() @ rel_b.float()) > 0
+        return keep, items_a, items_b, rows[items_a][:, items_b], relevant
 
     def evaluate(self, outputs: torch.Tensor, labels: torch.Tensor, names: list[str],
                  groups: tuple[list[int] | None, list[int] | None] | None = None) -> dict[str, Any]:
@@ -176,22 +200,29 @@ class Retrieval(Task):
         query's hits are every item it is paired with in some row (a photo's five captions),
         as OpenCLIP and CLIP_benchmark score COCO and Flickr."""
         a, b = self.config.model.modalities if self.config is not None else ("a", "b")
-        whole = (outputs.float().norm(dim=-1) > 0).all(dim=1)
-        keep = [i for i, w in enumerate(whole.tolist()) if w]
-        rows = pair_logits(outputs[whole])
-        ga, gb = groups if groups is not None else (None, None)
-        items_a, rel_a = _items([ga[i] for i in keep] if ga is not None else list(range(len(keep))))
-        items_b, rel_b = _items([gb[i] for i in keep] if gb is not None else list(range(len(keep))))
-        relevant = (rel_a.t().float() @ rel_b.float()) > 0  # [items of a, items of b]: paired in some row
-        similarity = rows[items_a][:, items_b]
+        keep, items_a, items_b, similarity, relevant = self.galleries(outputs, groups)
         scores = retrieval_scores(similarity, a, b, relevant) if len(keep) else {"mean_recall": 0.0}
-        scores.update({"n_examples": len(keep), "n_incomplete": int((~whole).sum()), f"n_{a}": len(items_a),
-                       f"n_{b}": len(items_b), "loss": float(info_nce(rows)) if len(keep) else float("nan"),
+        rows = pair_logits(outputs[keep]) if keep else None
+        scores.update({"n_examples": len(keep), "n_incomplete": len(outputs) - len(keep), f"n_{a}": len(items_a),
+                       f"n_{b}": len(items_b), "loss": float(info_nce(rows)) if rows is not None else float("nan"),
                        "chance_R@1": 1.0 / max(1, len(keep))})
         for x, y, rel in ((a, b, relevant), (b, a, relevant.t())):
             if len(keep):  # a random ranking's R@1: the share of the gallery that is relevant, per query
                 scores[f"{x}_to_{y}_chance_R@1"] = float(rel.float().mean(dim=1).mean())
         return scores
+
+    def showcase(self, outputs, data, names: list[str], n: int) -> list[dict[str, Any]]:
+        """Per direction, the first `n` distinct queries and their 5 nearest items, as rows of
+        `data` with whether each is a hit (evaluate --plots draws them)."""
+        a, b = self.config.model.modalities
+        keep, items_a, items_b, similarity, relevant = self.galleries(outputs, (data.sources.get(a), data.sources.get(b)))
+        shown = []
+        for x, y, sim, rel, qs, gs in ((a, b, similarity, relevant, items_a, items_b),
+                                       (b, a, similarity.t(), relevant.t(), items_b, items_a)):
+            top = sim[:n].topk(min(5, sim.shape[1]), dim=1).indices.tolist()
+            shown.append({"query": x, "gallery": y, "rows": [
+                {"row": keep[qs[q]], "found": [(keep[gs[j]], bool(rel[q, j])) for j in found]} for q, found in enumerate(top)]})
+        return shown
 
     def predict(self, outputs: torch.Tensor, names: list[str], top_k: int) -> list[dict[str, Any]]:
         raise ConfigError("a retrieval run predicts with --query-text/--query-image/--query-audio and --index DATA, "

@@ -254,6 +254,11 @@ class ModalityKind:
         """After every modality of the kind is fitted (`present`: each one's present
         training texts): settings derived from all of them together."""
 
+    def show(self, table: Table, name: str, row: int) -> Any:
+        """What `evaluate --plots` draws of a row's value: an image array (H x W x 3 uint8, or
+        H x W floats), a string, or None (nothing to show)."""
+        return None
+
     # -- robustness ----------------------------------------------------------------------
     def corrupt(self, table: Table, name: str, what: str, level: float, seed: int) -> None:
         """Degrade a modality of `table` (a copy whose tensors and texts may be replaced)."""

@@ -119,6 +119,11 @@ class Audio(kinds.ModalityKind):
         cut = int((table.tensors[f"{name}.lengths"][rows] >= audio_frames(config.data)).sum())
         return cut, f"data.max_seconds={config.data.max_seconds:g} s"
 
+    def show(self, table: Table, name: str, row: int) -> Any:
+        """The log-mel spectrogram's real frames, low bands at the bottom."""
+        frames = int(table.tensors[f"{name}.lengths"][row]) if f"{name}.lengths" in table.tensors else None
+        return table.tensors[name][row][:, :frames].float().flip(0).numpy()
+
     def corrupt(self, table: Table, name: str, what: str, level: float, seed: int) -> None:
         from mmcli.evaluation.corrupt import corrupt_audio
 

@@ -84,6 +84,9 @@ class Image(kinds.ModalityKind):
     def wanted_preprocessing(self, config: Config, name: str) -> tuple[str, dict[str, Any]] | None:
         return backbone_preprocessing(config, name, self.name)
 
+    def show(self, table: Table, name: str, row: int) -> Any:
+        return table.tensors[name][row].permute(1, 2, 0).numpy()  # uint8 [3, H, W] -> H x W x 3
+
     def corrupt(self, table: Table, name: str, what: str, level: float, seed: int) -> None:
         from mmcli.evaluation.corrupt import corrupt_images
 

@@ -55,6 +55,9 @@ class Text(kinds.ModalityKind):
         from mmcli.data import text as text_mod
 
         max_len = config.data.text_max_len or lengths.TOKENS[1]  # unset: derived once fitted (finish_fit)
+        brought = brought_tokenizer(config, name)
+        if brought is not None:  # an encoder with a tokenizer of its own (OpenCLIP's)
+            return brought[0].tokenizer(brought[1], max_len)
         model = pretrained_model(config, name)
         if model is not None:
             return text_mod.pretrained_tokenizer(model, max_len)
@@ -67,7 +70,8 @@ class Text(kinds.ModalityKind):
         lengths.resolve_tokens(config.data, fitted, present)
 
     def fit_key(self, config: Config, name: str) -> str | None:
-        return pretrained_model(config, name)
+        brought = brought_tokenizer(config, name)
+        return brought[0].backbone_config(brought[1]) if brought is not None else pretrained_model(config, name)
 
     def load_fitted(self, path: Path, config: Config, spec: ModalitySpec, source: ModalityConfig) -> Any:
         from mmcli.data import text as text_mod
@@ -80,6 +84,9 @@ class Text(kinds.ModalityKind):
 
     def spec_extra(self, config: Config, name: str, fitted: Any) -> dict[str, Any]:
         extra: dict[str, Any] = {"vocab_size": fitted.get_vocab_size()}
+        brought = brought_tokenizer(config, name)
+        if brought is not None:
+            return extra | {"tokenizer": "pretrained", "backbone_config": brought[0].backbone_config(brought[1])}
         model = pretrained_model(config, name)
         if model is not None:
             from mmcli.encoders.pretrained_text import model_config_json
@@ -89,6 +96,9 @@ class Text(kinds.ModalityKind):
 
     def encode(self, table: Table, name: str, fitted: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         return _ids(fitted, table.texts[name])
+
+    def show(self, table: Table, name: str, row: int) -> Any:
+        return str(table.texts[name][row])
 
     def derived_limit(self, config: DataConfig) -> bool:
         return config.text_max_len is None
@@ -152,6 +162,17 @@ def pretrained_model(config: Config, name: str) -> str | None:
     if encoder in ENCODERS and "weights:hf" in ENCODERS.entry(encoder).tags:
         return str(options.get("model") or "") or None
     return None
+
+
+def brought_tokenizer(config: Config, name: str) -> tuple[Any, dict[str, Any]] | None:
+    """The chosen encoder's factory and options where it brings a tokenizer of its own,
+    `tokenizer(options, max_len)`, with `backbone_config(options)` (OpenCLIP's), else None."""
+    from mmcli.encoders import ENCODERS, ModalitySpec
+    from mmcli.models import encoder_choice
+
+    encoder, options = encoder_choice(config, ModalitySpec(name=name, kind=Text.name))
+    factory = ENCODERS.get(encoder) if encoder in ENCODERS else None
+    return (factory, options) if callable(getattr(factory, "tokenizer", None)) else None
 
 
 def _check_vocab(path: Path, tokenizer: Any, spec: ModalitySpec) -> None:

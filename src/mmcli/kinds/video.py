@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mmcli import kinds
 
@@ -114,6 +114,11 @@ class Video(kinds.ModalityKind):
         if choice.startswith(f"{self.name}.") and arch in VIDEO_ARCHS and (options.get("pretrained") or options.get("weights")):
             return arch, video_preprocessing(arch)
         return backbone_preprocessing(config, name, self.name)
+
+    def show(self, table: Table, name: str, row: int) -> Any:
+        """The clip's middle real frame."""
+        frames = int(table.tensors[f"{name}.lengths"][row]) if f"{name}.lengths" in table.tensors else 1
+        return table.tensors[name][row, max(0, frames - 1) // 2].permute(1, 2, 0).numpy()
 
     def corrupt(self, table: Table, name: str, what: str, level: float, seed: int) -> None:
         from mmcli.evaluation.corrupt_video import corrupt_video

@@ -5,6 +5,7 @@ fault for a bad request, never a traceback.
     GET  /info      the run: task, modalities, labels, saved test scores; the server's settings
     POST /predict   one example (an object) or a batch (an array): ?top_k=5&explain=false
     POST /caption   captioning runs: the same, with ?beam=N
+    POST /transcribe transcription runs: the same, with ?beam=N
     POST /embed     one example or a batch: a vector per modality
     POST /search    retrieval runs started with --index: {"query": Q} or {"queries": [...]}, ?top_k=5&kind=text
 """
@@ -77,7 +78,8 @@ def build_app(service: Service, ready: Callable[[], None] | None = None) -> Fast
     app = FastAPI(title="mmcli serve", lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     app.add_api_route("/health", routes.health, methods=["GET"])
     app.add_api_route("/info", routes.info, methods=["GET"])
-    for path, handler in (("/predict", routes.predict), ("/caption", routes.caption), ("/embed", routes.embed),
+    for path, handler in (("/predict", routes.predict), ("/caption", routes.caption), ("/transcribe", routes.transcribe),
+                          ("/embed", routes.embed),
                           ("/search", routes.search), ("/verify", routes.verify)):
         app.add_api_route(path, handler, methods=["POST"])
     app.add_exception_handler(StarletteHTTPException, routes.http_error)  # type: ignore[arg-type]
@@ -106,6 +108,9 @@ class Routes:
 
     async def caption(self, request: Request) -> Response:
         return await self._answer(request, "/caption", self._predict)
+
+    async def transcribe(self, request: Request) -> Response:
+        return await self._answer(request, "/transcribe", self._predict)
 
     async def embed(self, request: Request) -> Response:
         return await self._answer(request, "/embed", self._embed)
@@ -159,7 +164,7 @@ class Routes:
     async def _predict(self, request: Request, uploads: Uploads) -> Any:
         opts = options(request.query_params, {"top_k": 5, "explain": False, "beam": None})
         if opts["beam"] is not None and self.service.default_beam is None:
-            raise HttpError(400, f"query parameter 'beam' is for captioning runs; this one is {self.service.task}")
+            raise HttpError(400, f"query parameter 'beam' is for captioning and transcription runs; this one is {self.service.task}")
         self.coming += 1
         try:
             records, single = await self._examples(request, uploads)

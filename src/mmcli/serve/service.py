@@ -15,6 +15,7 @@ from mmcli.errors import MmcliError
 from mmcli.serve import Settings
 
 LOG = logging.getLogger("mmcli")
+TEXT_ROUTES = {"/caption": ("caption", "captioning"), "/transcribe": ("transcript", "transcription")}  # route: text_output, task
 
 
 @dataclass(frozen=True)
@@ -53,16 +54,15 @@ class Service:
         own = ["POST /embed"] + (["POST /search"] if self.task == "retrieval" else ["POST /predict"])
         if self.run.task.disjoint_labels:
             own.append("POST /verify")
-        if self.run.task.beam_search:
-            own.append("POST /caption")
+        own += [f"POST {path}" for path, (field, _) in TEXT_ROUTES.items() if field == self.run.task.text_output]
         return ["GET /health", "GET /info"] + own
 
     def unavailable(self, route: str) -> str | None:
         """Why `route` does not apply to this run (a 404), or None."""
         if route == "/predict" and self.task == "retrieval":
             return "a retrieval run has no labels to predict: POST /search (queries) or /embed (examples)"
-        if route == "/caption" and not self.run.task.beam_search:
-            return f"/caption is for captioning runs; this one is {self.task} (POST /predict)"
+        if route in TEXT_ROUTES and self.run.task.text_output != TEXT_ROUTES[route][0]:
+            return f"{route} is for {TEXT_ROUTES[route][1]} runs; this one is {self.task} (POST /predict)"
         if route == "/search" and self.task != "retrieval":
             return f"/search is for retrieval runs; this one is {self.task} (POST /predict)"
         if route == "/verify" and not self.run.task.disjoint_labels:
@@ -78,7 +78,7 @@ class Service:
         info["server"] = {"max_batch": self.settings.max_batch, "batch_wait_ms": self.settings.batch_wait_ms,
                           "max_body_mb": self.settings.max_body_mb, "workers": self.settings.workers}
         if self.index is not None:
-            info["index"] = {"manifest": str(self.index.manifest), "items": self.index.size()}
+            info["index"] = {"manifest": str(self.index.manifest), "built": self.index.built, "items": self.index.size()}
         return info
 
     # -- the model thread ----------------------------------------------------------------------

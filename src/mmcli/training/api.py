@@ -45,8 +45,8 @@ def _threads() -> int:
 
 def variant_of(config: Config, modalities: list[str]) -> str:
     task = make_task(config)
-    if task.name == "captioning":
-        return f"captioning:{modalities[0]}-to-{config.data.label}"
+    if task.text_output:  # captioning, transcription: a source to the label column's text
+        return f"{task.name}:{modalities[0]}-to-{config.data.label}"
     if task.crossmodal:
         return f"{task.name}:{'+'.join(modalities)}"
     if config.model.crossmodal == "translate":
