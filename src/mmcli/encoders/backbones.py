@@ -102,8 +102,11 @@ def _torchvision_model(arch: str, pretrained: bool, weights: str | None, **kwarg
     try:
         return builder(weights="DEFAULT", **kwargs)
     except (OSError, RuntimeError) as exc:  # no network, a proxy, a broken download
+        from torch.hub import get_dir
+
         raise ConfigError(f"{arch}: cannot download the pretrained weights ({exc}); on a machine without network, "
-                          f"download them elsewhere and pass the file as weights: PATH") from None
+                          f"download them elsewhere and pass the file as weights: PATH, or put it in "
+                          f"{Path(get_dir()) / 'checkpoints'} ($TORCH_HOME/hub/checkpoints/)") from None
 
 
 def _stages(arch: str, tv: Any) -> tuple[nn.Module, list[nn.Module], int]:

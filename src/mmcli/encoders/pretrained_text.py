@@ -5,7 +5,8 @@ folders) by model name or local folder, behind the optional extra `mmcli[hf]`.
 goes with it (`mmcli.data.text.pretrained_tokenizer`); token ids arrive shifted by one so
 that 0 still means padding whatever the model's pad id (`unshift`). Tokens are the last
 hidden states; the pooled vector is their mean over real tokens, as sentence-transformers
-pools. `pretrained: false` builds the same architecture with random weights.
+pools. `pretrained: false` builds the same architecture with random weights. Finding the
+model, offline too, is `pretrained_hf.resolve_model`'s.
 """
 
 from __future__ import annotations
@@ -17,25 +18,15 @@ import torch
 from torch import nn
 
 from mmcli.encoders import ENCODERS, Encoder, ModalitySpec, load_pretrained
+from mmcli.encoders.pretrained_hf import resolve_model, transformers_module
 from mmcli.errors import ConfigError
-
-EXTRA_HINT = "pretrained text encoders need the optional extra: pip install 'mmcli[hf]'"
-
-
-def transformers_module():
-    try:
-        import transformers
-    except ImportError:
-        raise ConfigError(EXTRA_HINT) from None
-    transformers.logging.set_verbosity_error()  # its warnings about unused pooler weights are noise here
-    return transformers
 
 
 def model_config_json(model: str) -> str:
     """The model's architecture config as JSON (kept in the run folder's data.json)."""
     transformers = transformers_module()
     try:
-        config = transformers.AutoConfig.from_pretrained(model)
+        config = transformers.AutoConfig.from_pretrained(resolve_model(model, "text.hf"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model '{model}': not a Hugging Face model folder or a name that can be downloaded ({exc})") from None
     return config.to_json_string(use_diff=False)
@@ -57,7 +48,7 @@ class HFText(Encoder):
         transformers = transformers_module()
         if load_pretrained() and pretrained:
             try:
-                self.backbone = transformers.AutoModel.from_pretrained(model)
+                self.backbone = transformers.AutoModel.from_pretrained(resolve_model(model, "text.hf"))
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"model '{model}': cannot load ({exc})") from None
         else:
@@ -66,6 +57,12 @@ class HFText(Encoder):
         self.proj = nn.Linear(self.backbone.config.hidden_size, out_dim)
         self.out_dim = out_dim
         self.trained_parts = ("backbone.",) if pretrained else ()
+
+    @staticmethod
+    def data_settings(options: dict[str, Any]) -> None:
+        """No data settings; a ConfigError at once, before any text is read, where the model
+        cannot be found (`mmcli.encoders.pretrained_hf.resolve_model`)."""
+        resolve_model(str(options.get("model") or ""), "text.hf")
 
     def blocks(self) -> list[nn.Module]:
         lists = [m for m in self.backbone.modules() if isinstance(m, nn.ModuleList)]
