@@ -208,10 +208,11 @@ def test_preprocess_takes_caption_data_without_a_label_column(cli, toy_small):
     captions = toy_small.parent / "captions.csv"
     refused = cli("preprocess", str(captions))  # classification, the default task, needs one
     assert refused.exit_code == 2 and "no label column" in refused.output
-    result = cli("preprocess", str(captions), "--set", "model.task=retrieval")
-    assert result.exit_code == 0, result.output
-    counts = [int(x) for x in result.output.strip().splitlines()[-1].split(",")]  # train, val, test, total
-    assert counts[3] == 240 and sum(counts[:3]) == 240 and min(counts[:3]) > 0
+    for task in ("retrieval", "captioning"):
+        result = cli("preprocess", str(captions), "--set", f"model.task={task}")
+        assert result.exit_code == 0, result.output
+        counts = [int(x) for x in result.output.strip().splitlines()[-1].split(",")]  # train, val, test, total
+        assert counts[3] == 240 and sum(counts[:3]) == 240 and min(counts[:3]) > 0
 
 
 def test_recalls_and_ranks_are_drawn_in_separate_panels(tmp_path):

@@ -60,13 +60,14 @@ def test_nproc_refuses_an_existing_run_folder_before_starting(toy_small, tmp_pat
     assert (tmp_path / "run" / "x").read_text() == "keep me"
 
 
-def test_nproc_trains_retrieval_on_data_without_a_label_column(toy_small, tmp_path):
+@pytest.mark.parametrize("task,metric", [("retrieval", "mean_recall"), ("captioning", "bleu4")])
+def test_nproc_trains_crossmodal_tasks_on_data_without_a_label_column(toy_small, tmp_path, task, metric):
     """The launcher preprocesses as the task asks (it once demanded a label column)."""
     captions = toy_small.parent / "captions.csv"
     assert "label" not in captions.read_text().splitlines()[0].split(",")
-    _mmcli("train", captions, "--task", "retrieval", "--epochs", "1", "--nproc", "2", "--out", tmp_path / "ret",
-           "--set", "data.image_size=32")
-    assert "mean_recall" in json.loads((tmp_path / "ret" / "eval-test.json").read_text())
+    _mmcli("train", captions, "--task", task, "--modalities", "image,caption", "--epochs", "1", "--nproc", "2",
+           "--out", tmp_path / task, "--set", "data.image_size=32")
+    assert metric in json.loads((tmp_path / task / "eval-test.json").read_text())
 
 
 def test_preprocess_and_nproc_take_transcription_data_without_a_label_column(toy_small, tmp_path):
