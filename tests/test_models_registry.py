@@ -43,7 +43,26 @@ def _options(name: str) -> dict:
     if name in ("image.hf", "audio.hf"):
         pytest.importorskip("transformers", reason="the hf extra: pip install -e '.[hf]'")
         return {"model": _tiny_hf_model(name)}
+    if name.endswith(".openclip"):  # random weights of a tiny architecture; project: to OUT_DIM
+        pytest.importorskip("open_clip", reason="the openclip extra: pip install -e '.[openclip]'")
+        return {"model": _tiny_openclip_config(), "pretrained": False, "project": True}
     return {}
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_openclip_config() -> str:
+    """A tiny OpenCLIP architecture (2 blocks per tower) as a JSON model config."""
+    import json
+
+    folder = tempfile.mkdtemp(prefix="mmcli-tiny-openclip-")
+    atexit.register(shutil.rmtree, folder, True)
+    config = {"embed_dim": 16, "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 2, "width": 32, "patch_size": 8,
+                                              "head_width": 16},
+              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+    path = f"{folder}/tiny.json"
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(config, handle)
+    return path
 
 
 @functools.lru_cache(maxsize=None)

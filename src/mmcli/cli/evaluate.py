@@ -27,6 +27,8 @@ def evaluate(
     plots: Annotated[bool, typer.Option("--plots", help="Also write curves.png (losses and validation metrics per epoch, 1000x400 px) and, for classification, confusion-<split>.png (800x800 px); for verification, roc-det-<split>.png (ROC and DET curves, 1000x400 px); for retrieval, retrieval-<query>-to-<gallery>-<split>.png (a few queries and their 5 nearest items, hits framed green); for captioning, captions-<split>.png (a few sources with their generated captions); into the run folder.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps (not the device the run was trained on).")] = "auto",
     errors: Annotated[Optional[Path], typer.Option("--errors", help="Also write the examples answered wrongly to this file, worst first (classification: the most confident mistakes; multilabel: the most wrong labels; regression: every example by its error), with their ids, answers and the truth: JSON lines, or CSV for a .csv name.", show_default=False)] = None,
+    zero_shot: Annotated[Optional[str], typer.Option("--zero-shot", help="Retrieval runs that align text with another modality: classify the rows of this labelled data set (a manifest, or a folder holding manifest.csv) by the nearest of one text prompt per class, and report the accuracy; writes zero-shot-<data>.json (docs/crossmodal.md#zero-shot-baselines).", show_default=False)] = None,
+    prompt: Annotated[str, typer.Option("--prompt", help="With --zero-shot: each class's text, {label} standing for the class name.")] = "a photo of a {label}.",
     trials: Annotated[Optional[Path], typer.Option("--trials", help="Verification runs: score these trials instead of drawn ones: a CSV with columns a, b (example ids of the scored split or --data) and same (1/0, true/false, same/different).", show_default=False)] = None,
     cache_dir: CacheDirOpt = None,
     quiet: QuietOpt = False,
@@ -43,6 +45,8 @@ def evaluate(
         raise UsageError(f"--split must be train, val or test, not '{split}'")
     if weights not in ("best", "last"):
         raise UsageError(f"--weights must be best or last, not '{weights}'")
+    if zero_shot is not None:
+        return _zero_shot(run, zero_shot, prompt, split, device, as_json, [data, drop, corrupt, robustness, plots, errors, trials])
     if robustness:
         if plots or errors is not None or trials is not None:
             raise UsageError("--plots, --errors and --trials go with a plain evaluation; --robustness writes its own files")
@@ -93,6 +97,24 @@ def _show(scores: dict) -> None:
         short = [str(i) for i in range(len(cm["labels"]))]
         rows = [(f"{i} {label}", *row) for i, (label, row) in enumerate(zip(cm["labels"], cm["matrix"]))]
         show_table("confusion matrix (rows: true, columns: predicted)", ["true \\ pred", *short], rows, "table")
+
+
+def _zero_shot(run: Path, data: str, prompt: str, split: str | None, device: str, as_json: bool, others: list) -> None:
+    from mmcli.errors import UsageError
+    from mmcli.evaluation.zero_shot import zero_shot_scores
+    from mmcli.reporting.console import log
+    from mmcli.reporting.tables import show_table
+
+    if any(o is not None and o is not False and o != [] for o in others):
+        raise UsageError("--zero-shot goes alone (with --split, --prompt, --device, --json)")
+    scores = zero_shot_scores(run, data, prompt, None, split, device)
+    log(f"wrote {run / scores.pop('saved_as')}")
+    if as_json or not sys.stdout.isatty():
+        sys.stdout.write(json.dumps(scores) + "\n")
+        return
+    show_table(f"zero-shot classification ({scores['n_examples']} examples, {scores['n_classes']} classes)",
+               ["metric", "value"], [("accuracy", f"{scores['accuracy']:.4f}"),
+                                     ("chance_accuracy", f"{scores['chance_accuracy']:.4f}")], "table")
 
 
 def _robustness(run: Path, data, split: str | None, cache_dir, device: str, seed: int, as_json: bool) -> None:

@@ -29,7 +29,8 @@ ENCODERS: Registry = Registry("encoder")
 # Registry tags saying where an encoder's pretrained weights come from.
 PRETRAINED_TAGS = {"weights:torchvision": "torchvision (pretrained: true) or a file (weights: PATH)",
                    "weights:hf": "Hugging Face model name or local folder (model: NAME|PATH)",
-                   "weights:resemblyzer": "the resemblyzer package (mmcli[speaker]) or a file (weights: PATH)"}
+                   "weights:resemblyzer": "the resemblyzer package (mmcli[speaker]) or a file (weights: PATH)",
+                   "weights:openclip": "an OpenCLIP checkpoint file (model: ARCH|JSON, weights: PATH; mmcli[openclip])"}
 
 _LOAD_PRETRAINED = contextvars.ContextVar("mmcli_load_pretrained", default=True)
 
@@ -202,7 +203,7 @@ def encoder_data_settings(config, name: str, kind: str) -> tuple[str, dict] | No
 
 
 def _register_builtins() -> None:
-    from mmcli.encoders import (audio, backbones, image, pretrained_audio, pretrained_image,  # noqa: F401
+    from mmcli.encoders import (audio, backbones, image, openclip, pretrained_audio, pretrained_image,  # noqa: F401
                                 pretrained_text, speaker, tabular, text, video, video_backbones)
 
 
