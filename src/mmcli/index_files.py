@@ -15,7 +15,6 @@ meaningless, so that is an error that says to build it again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mmcli.errors import UsageError
+from mmcli.ledger import file_sha256 as sha256
 
 RECORD = "index.json"
 FORMAT = 1
@@ -30,14 +30,6 @@ FORMAT = 1
 
 def is_index(path: Path) -> bool:
     return path.is_dir() and (path / RECORD).is_file()
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save(sides: dict[str, tuple[list[tuple[str, str]], Any]], run, data: Path, out: Path, overwrite: bool) -> dict[str, Any]:

@@ -96,6 +96,37 @@ def diversity(hypotheses: list[list[str]]) -> dict[str, Any]:
     return {"distinct_captions": len(counts) / len(hypotheses), "top_caption": top, "top_caption_share": n / len(hypotheses)}
 
 
+def text_pair(config, kinds: dict[str, str], is_source, task: str, needs: str, usage: str) -> tuple[str, str, bool]:
+    """(source, target, whether the target is the label column) of a task that writes a text
+    modality from a source (captioning, transcription): `--modalities SOURCE,TARGET`, or
+    found alone where the data has one text and one source (`is_source`: of a kind name);
+    a saved run's config names the source alone, and its target is the label column."""
+    pair = config.model.modalities
+    if pair is None:
+        texts = [n for n, k in kinds.items() if KINDS[k].caption_target]
+        sources = [n for n, k in kinds.items() if is_source(k)]
+        if len(texts) != 1 or len(sources) != 1:
+            raise ConfigError(f"the {task} task needs {needs}: choose them with "
+                              f"--modalities {usage} (the data has: {', '.join(kinds) or 'none found'})")
+        pair = [sources[0], texts[0]]
+    if len(pair) == 1:
+        return pair[0], config.data.label, True
+    if len(pair) != 2:
+        raise ConfigError(f"the {task} task reads --modalities {usage}, two names, not {','.join(pair)}")
+    return pair[0], pair[1], False
+
+
+def with_text_target(config, source: str, target: str):
+    """A copy of `config` whose label column is the target modality's column and whose model
+    reads the source alone."""
+    config = config.copy()
+    declared = config.data.modalities.get(target)
+    config.data.label = declared.column if declared is not None else target
+    config.data.modalities = {n: m for n, m in config.data.modalities.items() if n != target}
+    config.model.modalities = [source]
+    return config
+
+
 def by_source(groups: list[int] | None, n: int) -> list[list[int]]:
     """The rows of each source, in order of its first row (`groups`: each row's first row
     with the same input; None: every row its own source)."""
@@ -126,31 +157,16 @@ class Captioning(Task):
         self.check_options()
         if self.option("decoder") not in ("gru", "transformer"):
             raise ConfigError(f"model.task_options.decoder: gru or transformer, not {self.option('decoder')!r}")
-        pair = config.model.modalities
-        if pair is None:
-            texts = [n for n, k in kinds.items() if KINDS[k].caption_target]
-            sources = [n for n, k in kinds.items() if KINDS[k].caption_source]
-            if len(texts) != 1 or len(sources) != 1:
-                raise ConfigError("the captioning task needs a source and a text target: choose them with "
-                                  f"--modalities SOURCE,TARGET (the data has: {', '.join(kinds) or 'none found'})")
-            pair = [sources[0], texts[0]]
-        if len(pair) == 1:  # the source alone: the target is the label column (a saved run's config)
-            pair = [pair[0], config.data.label]
-            kinds = {**kinds, config.data.label: with_trait("caption_target")[0]} if kinds else kinds
-        if len(pair) != 2:
-            raise ConfigError(f"the captioning task reads --modalities SOURCE,TARGET, two names, not {','.join(pair)}")
-        source, target = pair
+        source, target, from_label = text_pair(config, kinds, lambda k: KINDS[k].caption_source, "captioning",
+                                               "a source and a text target", "SOURCE,TARGET")
+        if from_label and kinds:
+            kinds = {**kinds, target: with_trait("caption_target")[0]}
         if kinds and not (target in kinds and KINDS[kinds[target]].caption_target and source in kinds
                           and KINDS[kinds[source]].caption_source):
             raise ConfigError(f"captioning: '{source}' must be an {' or '.join(with_trait('caption_source'))} modality "
                               f"and '{target}' a {' or '.join(with_trait('caption_target'))} one "
                               f"(the data has: {', '.join(f'{n} ({k})' for n, k in kinds.items())})")
-        config = config.copy()
-        declared = config.data.modalities.get(target)
-        config.data.label = declared.column if declared is not None else target
-        config.data.modalities = {n: m for n, m in config.data.modalities.items() if n != target}
-        config.model.modalities = [source]
-        return config
+        return with_text_target(config, source, target)
 
     def names(self, train_values: list[str]) -> list[str]:
         counts = Counter(w for v in train_values for w in words(v))

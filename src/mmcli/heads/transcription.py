@@ -50,6 +50,7 @@ from mmcli.config import TrainConfig
 from mmcli.errors import ConfigError
 from mmcli.heads import TASKS, Task
 from mmcli.heads.base import TaskHead
+from mmcli.heads.captioning import text_pair, with_text_target
 from mmcli.kinds import KINDS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -241,28 +242,13 @@ class Transcription(Task):
         if self.option("head") not in HEADS:
             raise ConfigError(f"model.task_options.head: {', '.join(HEADS)}, not {self.option('head')!r}")
         speech = speech_kinds()
-        pair = config.model.modalities
-        if pair is None:
-            texts = [n for n, k in kinds.items() if KINDS[k].caption_target]
-            sources = [n for n, k in kinds.items() if k in speech]
-            if len(texts) != 1 or len(sources) != 1:
-                raise ConfigError("the transcription task needs a speech modality and its transcript: choose them with "
-                                  f"--modalities SPEECH,TRANSCRIPT (the data has: {', '.join(kinds) or 'none found'})")
-            pair = [sources[0], texts[0]]
-        if len(pair) == 1:  # the source alone: the target is the label column (a saved run's config)
-            pair = [pair[0], config.data.label]
-        if len(pair) != 2:
-            raise ConfigError(f"the transcription task reads --modalities SPEECH,TRANSCRIPT, two names, not {','.join(pair)}")
-        source, target = pair
+        source, target, _ = text_pair(config, kinds, speech.__contains__, "transcription",
+                                      "a speech modality and its transcript", "SPEECH,TRANSCRIPT")
         text_target = KINDS[kinds[target]].caption_target if target in kinds else target == config.data.label
         if kinds and not (text_target and kinds.get(source) in speech):
             raise ConfigError(f"transcription: '{source}' must be an {' or '.join(speech)} modality and '{target}' a "
                               f"text one (the data has: {', '.join(f'{n} ({k})' for n, k in kinds.items())})")
-        config = config.copy()
-        declared = config.data.modalities.get(target)
-        config.data.label = declared.column if declared is not None else target
-        config.data.modalities = {n: m for n, m in config.data.modalities.items() if n != target}
-        config.model.modalities = [source]
+        config = with_text_target(config, source, target)
         if config.train.batch_size == TrainConfig().batch_size:
             config.train.batch_size = BATCH_SIZE
         kind = kinds.get(source) or (config.data.modalities[source].kind if source in config.data.modalities else None)
