@@ -136,7 +136,13 @@ def test_zero_shot_classification_is_the_models_own_accuracy(cli, zero_shot_run,
 
 
 def test_fine_tuned_towers_train_and_move(cli, pairs, tiny_clip, tmp_path):
-    result = cli("train", pairs, "--config", _config(tmp_path, tiny_clip, True, "linear"), "--out", tmp_path / "run", "-q")
+    """... and the run rebuilds both towers without the model's config and checkpoint files."""
+    copies = (tmp_path / "model" / "tiny.json", tmp_path / "model" / "tiny.pt")
+    copies[0].parent.mkdir()
+    for source, copy in zip(tiny_clip[:2], copies):
+        shutil.copyfile(source, copy)
+    result = cli("train", pairs, "--config", _config(tmp_path, (*copies, tiny_clip[2]), True, "linear"),
+                 "--out", tmp_path / "run", "-q")
     assert result.exit_code == 0, result.output
     scores = json.loads((tmp_path / "run" / "eval-test.json").read_text(encoding="utf-8"))
     assert 0 <= scores["mean_recall"] <= 1 and scores["n_examples"] == 48
@@ -145,6 +151,9 @@ def test_fine_tuned_towers_train_and_move(cli, pairs, tiny_clip, tmp_path):
     assert not torch.equal(weights["encoders.caption.tower.token_embedding.weight"], tiny_clip[2].token_embedding.weight)
     result = cli("predict", tmp_path / "run", "--query-text", "a big red circle", "--index", pairs, "--top-k", "2")
     assert result.exit_code == 0, result.output
+    shutil.rmtree(copies[0].parent)
+    again = cli("predict", tmp_path / "run", "--query-text", "a big red circle", "--index", pairs, "--top-k", "2")
+    assert again.exit_code == 0 and again.stdout == result.stdout, again.output
 
 
 def test_projection_none_needs_one_size(cli, pairs, tiny_clip, tmp_path):

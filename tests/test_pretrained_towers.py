@@ -182,3 +182,22 @@ def test_a_model_that_cannot_be_found_offline_fails_at_once_before_decoding(cli,
     missing = cli("train", toy, "--modalities", modality, "--out", tmp_path / "run",
                   "--set", f"model.encoders.{modality}=hf", "--set", f"model.encoder_options.{modality}.model=./nowhere")
     assert missing.exit_code == 2 and "no such model folder" in missing.output
+
+
+def test_a_saved_run_needs_not_the_model_files(cli, toy, tiny, tmp_path):
+    """data.json keeps the model's config (and AST's normalisation): evaluate and predict
+    give the same answers after the model folder is gone."""
+    import shutil
+
+    for modality, family, model_type in (("image", "clip", "clip"), ("audio", "ast", "audio-spectrogram-transformer")):
+        model = tmp_path / f"{family}-model"
+        shutil.copytree(tiny[family], model)
+        run = tmp_path / family
+        _train(cli, toy, run, modality, model)
+        spec = json.loads((run / "data.json").read_text())["modalities"][modality]
+        assert json.loads(spec["backbone_config"])["model_type"] == model_type
+        before = ok(cli("evaluate", run, "--json")).stdout
+        answers = ok(cli("predict", run, toy)).stdout
+        shutil.rmtree(model)
+        assert ok(cli("evaluate", run, "--json")).stdout == before
+        assert ok(cli("predict", run, toy)).stdout == answers

@@ -173,7 +173,8 @@ def _check_spec(path: Path, where: str, spec: ModalitySpec, config: Config) -> N
             raise damaged(path, f"'{where}.{key}' is {getattr(spec, key)}, config.yaml gives {want}")
     if not (3 <= spec.vocab_size <= MAX_COUNT + 1 and 0 <= spec.numeric <= MAX_COUNT):
         raise damaged(path, f"'{where}': vocab_size {spec.vocab_size} or numeric {spec.numeric} out of range")
-    if spec.tokenizer not in ("own", "pretrained") or (spec.tokenizer == "pretrained") != bool(spec.backbone_config):
+    tokenized = KINDS[spec.kind].tokenized  # a pretrained text model's config goes with its tokenizer; others' alone
+    if spec.tokenizer not in ("own", "pretrained") or (spec.tokenizer == "pretrained") != (tokenized and bool(spec.backbone_config)):
         raise damaged(path, f"'{where}.tokenizer' is '{spec.tokenizer}' (own, or pretrained with its backbone_config)")
     if spec.backbone_config:
         try:

@@ -150,7 +150,8 @@ class OpenCLIPImage(Encoder):
     def __init__(self, spec: ModalitySpec, out_dim: int, model: str = "", weights: str | None = None,
                  pretrained: bool = True, project: bool = False, **_: object):
         super().__init__()
-        config = read_config(model, IMAGE)
+        saved = spec.backbone_config and json.loads(spec.backbone_config).get("model_type") == "openclip"
+        config = json.loads(spec.backbone_config) if saved else read_config(model, IMAGE)
         self.visual: Any = build_clip(config, checked_weights(model, weights, pretrained, IMAGE), model).visual
         self.size = image_settings(config, model)["image_size"]
         if hasattr(self.visual, "output_tokens"):
@@ -167,6 +168,11 @@ class OpenCLIPImage(Encoder):
         decoded, where the model or its checkpoint cannot be found."""
         model, config, _ = _options(options, IMAGE)
         return IMAGE, image_settings(config, model)
+
+    @staticmethod
+    def backbone_config(options: dict[str, Any]) -> str:
+        """The model config, kept in the run's data.json so the run rebuilds without the file."""
+        return json.dumps({"model_type": "openclip", **read_config(str(options.get("model") or ""), IMAGE)})
 
     def blocks(self) -> list[nn.Module]:
         stack = getattr(getattr(self.visual, "transformer", None), "resblocks", None)

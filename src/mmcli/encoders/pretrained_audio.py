@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from mmcli.encoders import ENCODERS, Encoder, EncoderOutput, ModalitySpec
-from mmcli.encoders.pretrained_hf import layer_stack, load_config, load_tower, preprocessor_config, resolve_model
+from mmcli.encoders.pretrained_hf import (layer_stack, load_config, load_tower, preprocessor_config, resolve_model,
+                                          saved_config, tower_config)
 from mmcli.errors import ConfigError
 
 NAME = "audio.hf"
@@ -49,8 +50,7 @@ class HFAudioTower(Encoder):
 
     def __init__(self, spec: ModalitySpec, out_dim: int, model: str = "", pretrained: bool = True, **_: object):
         super().__init__()
-        model = resolve_model(model, NAME)
-        config = load_config(model, NAME)
+        config, processor, model = tower_config(spec.backbone_config, model, NAME)
         self.family = _family(config, model)
         self.backbone: Any = load_tower(model, config, pretrained)
         self.bins = int(config.num_mel_bins)
@@ -58,7 +58,6 @@ class HFAudioTower(Encoder):
             self.length = int(config.max_source_positions) * 2  # two convolutions, the second striding 2
             self.stride, self.pad_value = 2, SILENCE
         else:
-            processor = preprocessor_config(model)
             self.mean, self.std = float(processor.get("mean", AST_MEAN)), float(processor.get("std", AST_STD))
             self.length, self.stride = int(config.max_length), int(config.time_stride)
             self.pad_value = -self.mean / (2 * self.std)  # AST pads its filterbanks with 0 before normalising
@@ -79,6 +78,10 @@ class HFAudioTower(Encoder):
         processor = preprocessor_config(model)
         return NAME, {"sample_rate": int(processor.get("sampling_rate", 16000)), "n_mels": int(config.num_mel_bins),
                       "n_fft": int(processor.get("n_fft", 400)), "hop_length": int(processor.get("hop_length", 160))}
+
+    @staticmethod
+    def backbone_config(options: dict[str, Any]) -> str:
+        return saved_config(str(options.get("model") or ""), NAME)
 
     def blocks(self) -> list[nn.Module]:
         return layer_stack(self.backbone)

@@ -129,6 +129,34 @@ def load_config(model: str, encoder: str) -> Any:
         raise ConfigError(f"model '{model}': cannot read its config ({exc})") from None
 
 
+SAVED_PROCESSOR = "mmcli_preprocessor"  # the preprocessor config, inside a saved run's copy of the model config
+
+
+def saved_config(model: str, encoder: str) -> str:
+    """The model's config as JSON, its preprocessor config under SAVED_PROCESSOR: kept in the
+    run's data.json (ModalitySpec.backbone_config), so that a saved run rebuilds the tower,
+    whose weights it holds, without the model's files (moved, deleted, another machine)."""
+    model = resolve_model(model, encoder)
+    values = load_config(model, encoder).to_dict()
+    values[SAVED_PROCESSOR] = preprocessor_config(model)
+    return json.dumps(values)
+
+
+def tower_config(backbone_config: str, model: str, encoder: str) -> tuple[Any, dict[str, Any], str]:
+    """(the model's config, its preprocessor config, where its weights are): from the run's
+    saved copy (`backbone_config`, a spec's) where there is one, else from the model's files;
+    the model is looked up only where its weights will be loaded."""
+    from mmcli.encoders import load_pretrained
+
+    if not backbone_config:
+        model = resolve_model(model, encoder)
+        return load_config(model, encoder), preprocessor_config(model), model
+    values = json.loads(backbone_config)
+    processor = values.pop(SAVED_PROCESSOR, None)
+    where = resolve_model(model, encoder) if load_pretrained() else model
+    return load_config(json.dumps(values), encoder), processor if isinstance(processor, dict) else {}, where
+
+
 def preprocessor_config(model: str) -> dict[str, Any]:
     """The model's preprocessor_config.json ({} where it has none)."""
     path = Path(model).expanduser() / "preprocessor_config.json"

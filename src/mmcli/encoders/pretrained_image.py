@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from mmcli.encoders import ENCODERS, Encoder, EncoderOutput, ModalitySpec
-from mmcli.encoders.pretrained_hf import layer_stack, load_config, load_tower, preprocessor_config, resolve_model
+from mmcli.encoders.pretrained_hf import (layer_stack, load_config, load_tower, preprocessor_config, resolve_model,
+                                          saved_config, tower_config)
 from mmcli.errors import ConfigError
 
 NAME = "image.hf"
@@ -46,8 +47,8 @@ class HFVisionTower(Encoder):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"{NAME}: pool must be one of {', '.join(POOLS)}, not {pool!r}")
-        model = resolve_model(model, NAME)
-        config = vision_config(load_config(model, NAME), model)
+        full, _, model = tower_config(spec.backbone_config, model, NAME)
+        config = vision_config(full, model)
         self.backbone: Any = load_tower(model, config, pretrained)
         self.family = str(config.model_type)
         self.pool_mode = ("cls" if self.family in CLS_FAMILIES else "pooler") if pool == "auto" else pool
@@ -70,6 +71,10 @@ class HFVisionTower(Encoder):
         except ConfigError:
             return None
         return NAME, image_settings(model, config)
+
+    @staticmethod
+    def backbone_config(options: dict[str, Any]) -> str:
+        return saved_config(str(options.get("model") or ""), NAME)
 
     def blocks(self) -> list[nn.Module]:
         return layer_stack(self.backbone)
