@@ -144,14 +144,22 @@ def _options(options: dict[str, Any], encoder: str) -> tuple[str, dict[str, Any]
     return model, config, checked_weights(model, options.get("weights"), options.get("pretrained", True) is not False, encoder)
 
 
+SAVED = "openclip"  # the model_type of the model config a run keeps in its data.json (backbone_config)
+
+
+def run_config(backbone_config: str, model: str, encoder: str) -> dict[str, Any]:
+    """The model config: the run's own copy where it kept one, else read from `model`."""
+    saved = json.loads(backbone_config) if backbone_config else None
+    return saved if isinstance(saved, dict) and saved.get("model_type") == SAVED else read_config(model, encoder)
+
+
 class OpenCLIPImage(Encoder):
     """The model's image tower (`visual`); its residual blocks are the blocks of `trainable: N`."""
 
     def __init__(self, spec: ModalitySpec, out_dim: int, model: str = "", weights: str | None = None,
                  pretrained: bool = True, project: bool = False, **_: object):
         super().__init__()
-        saved = spec.backbone_config and json.loads(spec.backbone_config).get("model_type") == "openclip"
-        config = json.loads(spec.backbone_config) if saved else read_config(model, IMAGE)
+        config = run_config(spec.backbone_config, model, IMAGE)
         self.visual: Any = build_clip(config, checked_weights(model, weights, pretrained, IMAGE), model).visual
         self.size = image_settings(config, model)["image_size"]
         if hasattr(self.visual, "output_tokens"):
@@ -172,7 +180,7 @@ class OpenCLIPImage(Encoder):
     @staticmethod
     def backbone_config(options: dict[str, Any]) -> str:
         """The model config, kept in the run's data.json so the run rebuilds without the file."""
-        return json.dumps({"model_type": "openclip", **read_config(str(options.get("model") or ""), IMAGE)})
+        return json.dumps({"model_type": SAVED, **read_config(str(options.get("model") or ""), IMAGE)})
 
     def blocks(self) -> list[nn.Module]:
         stack = getattr(getattr(self.visual, "transformer", None), "resblocks", None)
@@ -232,8 +240,7 @@ class OpenCLIPText(Encoder):
     def __init__(self, spec: ModalitySpec, out_dim: int, model: str = "", weights: str | None = None,
                  pretrained: bool = True, project: bool = False, **_: object):
         super().__init__()
-        saved = spec.backbone_config and json.loads(spec.backbone_config).get("model_type") == "openclip"
-        config = json.loads(spec.backbone_config) if saved else read_config(model, TEXT)
+        config = run_config(spec.backbone_config, model, TEXT)
         clip = build_clip(config, checked_weights(model, weights, pretrained, TEXT), model)
         if not hasattr(clip, "token_embedding"):
             raise ConfigError(f"model '{model}': {TEXT} reads CLIP's own text transformer (custom_text: false)")
@@ -264,7 +271,7 @@ class OpenCLIPText(Encoder):
     @staticmethod
     def backbone_config(options: dict[str, Any]) -> str:
         """The model config, kept in the run's data.json so the run rebuilds without the file."""
-        return json.dumps({"model_type": "openclip", **read_config(str(options.get("model") or ""), TEXT)})
+        return json.dumps({"model_type": SAVED, **read_config(str(options.get("model") or ""), TEXT)})
 
     def blocks(self) -> list[nn.Module]:
         return list(self.tower.transformer.resblocks)
