@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 from torch import nn
@@ -185,6 +185,17 @@ class Encoder(nn.Module):
         return self
 
 
+def chosen_hook(config, name: str, kind: str, hook: str) -> tuple[Callable[..., Any], dict[str, Any]] | None:
+    """The encoder chosen for modality `name` of `kind`: its factory's static method `hook`
+    (data_settings, backbone_config, tokenizer) and the encoder's options, or None where the
+    factory has no such method."""
+    from mmcli.models import encoder_choice
+
+    choice, options = encoder_choice(config, ModalitySpec(name=name, kind=kind))
+    found = getattr(ENCODERS.get(choice), hook, None) if choice in ENCODERS else None
+    return (found, options) if callable(found) else None
+
+
 def encoder_data_settings(config, name: str, kind: str) -> tuple[str, dict] | None:
     """(the encoder, the data settings) that the encoder chosen for modality `name` of `kind`
     reads, from its factory's `data_settings(options)` where it has one (a pretrained
@@ -192,14 +203,12 @@ def encoder_data_settings(config, name: str, kind: str) -> tuple[str, dict] | No
     data is decoded (`models.wanted_preprocessing`), so that a model that cannot be found
     is a ConfigError at once, not after preprocessing."""
     from mmcli.errors import ConfigError
-    from mmcli.models import encoder_choice
 
     try:
-        choice, options = encoder_choice(config, ModalitySpec(name=name, kind=kind))
+        found = chosen_hook(config, name, kind, "data_settings")
     except ConfigError:  # another kind's encoder: `name` is not a modality of this kind
         return None
-    hook = getattr(ENCODERS.get(choice), "data_settings", None) if choice in ENCODERS else None
-    return hook(options) if hook is not None else None
+    return found[0](found[1]) if found is not None else None
 
 
 def _register_builtins() -> None:

@@ -210,12 +210,10 @@ class ModalityKind:
         """What the fitted part adds to the encoder's ModalitySpec; by default the chosen
         encoder's `backbone_config(options)` where it has one (a pretrained model's
         architecture, so that a saved run rebuilds the tower without the model's files)."""
-        from mmcli.encoders import ENCODERS, ModalitySpec
-        from mmcli.models import encoder_choice
+        from mmcli.encoders import chosen_hook
 
-        encoder, options = encoder_choice(config, ModalitySpec(name=name, kind=self.name))
-        make = getattr(ENCODERS.get(encoder), "backbone_config", None) if encoder in ENCODERS else None
-        return {"backbone_config": make(options)} if callable(make) else {}
+        found = chosen_hook(config, name, self.name, "backbone_config")
+        return {"backbone_config": found[0](found[1])} if found is not None else {}
 
     def encode(self, table: Table, name: str, fitted: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A table's inputs of a modality for the model, and their lengths (None: fixed size)."""

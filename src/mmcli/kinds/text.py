@@ -57,7 +57,7 @@ class Text(kinds.ModalityKind):
         max_len = config.data.text_max_len or lengths.TOKENS[1]  # unset: derived once fitted (finish_fit)
         brought = brought_tokenizer(config, name)
         if brought is not None:  # an encoder with a tokenizer of its own (OpenCLIP's)
-            return brought[0].tokenizer(brought[1], max_len)
+            return brought[0](brought[1], max_len)
         model = pretrained_model(config, name)
         if model is not None:
             return text_mod.pretrained_tokenizer(model, max_len)
@@ -70,8 +70,9 @@ class Text(kinds.ModalityKind):
         lengths.resolve_tokens(config.data, fitted, present)
 
     def fit_key(self, config: Config, name: str) -> str | None:
-        brought = brought_tokenizer(config, name)
-        return brought[0].backbone_config(brought[1]) if brought is not None else pretrained_model(config, name)
+        if brought_tokenizer(config, name) is not None:  # its model: the encoder's backbone_config
+            return super().spec_extra(config, name, None).get("backbone_config")
+        return pretrained_model(config, name)
 
     def load_fitted(self, path: Path, config: Config, spec: ModalitySpec, source: ModalityConfig) -> Any:
         from mmcli.data import text as text_mod
@@ -84,9 +85,8 @@ class Text(kinds.ModalityKind):
 
     def spec_extra(self, config: Config, name: str, fitted: Any) -> dict[str, Any]:
         extra: dict[str, Any] = {"vocab_size": fitted.get_vocab_size()}
-        brought = brought_tokenizer(config, name)
-        if brought is not None:
-            return extra | {"tokenizer": "pretrained", "backbone_config": brought[0].backbone_config(brought[1])}
+        if brought_tokenizer(config, name) is not None:  # with the model's config: the encoder's backbone_config
+            return extra | {"tokenizer": "pretrained", **super().spec_extra(config, name, fitted)}
         model = pretrained_model(config, name)
         if model is not None:
             from mmcli.encoders.pretrained_text import model_config_json
@@ -165,14 +165,11 @@ def pretrained_model(config: Config, name: str) -> str | None:
 
 
 def brought_tokenizer(config: Config, name: str) -> tuple[Any, dict[str, Any]] | None:
-    """The chosen encoder's factory and options where it brings a tokenizer of its own,
-    `tokenizer(options, max_len)`, with `backbone_config(options)` (OpenCLIP's), else None."""
-    from mmcli.encoders import ENCODERS, ModalitySpec
-    from mmcli.models import encoder_choice
+    """Where the chosen encoder brings a tokenizer of its own (OpenCLIP's), its
+    `tokenizer(options, max_len)` and options (its `backbone_config(options)` goes with it), else None."""
+    from mmcli.encoders import chosen_hook
 
-    encoder, options = encoder_choice(config, ModalitySpec(name=name, kind=Text.name))
-    factory = ENCODERS.get(encoder) if encoder in ENCODERS else None
-    return (factory, options) if callable(getattr(factory, "tokenizer", None)) else None
+    return chosen_hook(config, name, Text.name, "tokenizer")
 
 
 def _check_vocab(path: Path, tokenizer: Any, spec: ModalitySpec) -> None:
