@@ -80,6 +80,26 @@ def test_one_caption_for_everything_is_named():
     assert varied["distinct_captions"] == 1.0 and task.final_warnings(varied) == []
 
 
+def test_the_kept_epoch_prefers_captions_of_their_own_over_one_safe_caption():
+    """The default metric, the one that keeps an epoch, is BLEU times the share of distinct
+    captions: a generic caption for every photo that matches more n-grams than specific,
+    less fluent ones loses to them, though its BLEU is higher."""
+    from mmcli.config import Config
+    from mmcli.heads.captioning import Captioning
+
+    refs = [f"a man riding a wave on a {thing}" for thing in ("surfboard", "board", "boat", "raft", "log", "kayak")]
+    task = Captioning(Config())
+    vocab = task.names(refs)
+    labels = task.encode(refs, vocab)
+    safe = task.evaluate(task.encode(["a man riding a wave on a board"] * 6, vocab)[:, 1:], labels, vocab)
+    specific = task.evaluate(task.encode([f"a man on a wave on a {t}" for t in ("surfboard", "board", "boat", "raft", "log", "kayak")],
+                                         vocab)[:, 1:], labels, vocab)
+    assert task.default_metric == "distinct_bleu"
+    assert safe["bleu"] > specific["bleu"]
+    assert safe["distinct_bleu"] == pytest.approx(safe["bleu"] / 6)
+    assert specific["distinct_bleu"] == pytest.approx(specific["bleu"]) and specific["distinct_bleu"] > safe["distinct_bleu"]
+
+
 def _hand_recalls(sim_rows: torch.Tensor, image_of: list[int], k: int) -> tuple[float, float]:
     """R@k by a direct count; sim_rows[i, j]: row i's image against row j's caption (images repeat)."""
     images = sorted(set(image_of), key=image_of.index)
