@@ -20,7 +20,7 @@ from mmcli.data.dataset import Encoded, encode_table, table_sources
 from mmcli.training import degrade
 from mmcli.data.decode import audio_frames
 from mmcli.data.preprocess import BUILTIN_PREFIX, Progress, preprocess, warn_skipped
-from mmcli.data.splits import source_groups, task_splits
+from mmcli.data.splits import source_groups, task_splits, warn_small_validation
 from mmcli.data.table import Table
 from mmcli.encoders import ModalitySpec
 from mmcli.kinds import KINDS
@@ -127,8 +127,11 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
     warn_skipped(table, cache_dir, values if task.stratify else None, config.data.label)  # before any error below
     if values is None:
         raise DataError(f"{table.source}: no label column '{config.data.label}'")
+    groups = source_groups(table, task.crossmodal)
     splits = task_splits(task, values, table.given_splits, split_seed(config), config.data.val_fraction,
-                         config.data.test_fraction, table.source, source_groups(table, task.crossmodal), config.data.label)
+                         config.data.test_fraction, table.source, groups, config.data.label)
+    if report:
+        warn_small_validation(splits, groups, config.data.val_fraction, table.source)
     modalities = chosen_modalities(config, list(table.modalities))
     degrade.check(config.train.corrupt, {n: m.kind for n, m in table.modalities.items()})  # before anything trains
     train_rows = [i for i, s in enumerate(splits) if s == "train"]

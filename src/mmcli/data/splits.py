@@ -205,3 +205,23 @@ def task_splits(task, values: list[str] | None, given: list[str] | None, seed: i
         return identity_splits(values, given, seed, val_fraction, test_fraction, source, column)
     keys = task.split_keys(values) if values is not None else None
     return assign_splits(keys, given, seed, val_fraction, test_fraction, source, groups)
+
+
+FEW_VALIDATION = 30  # independent validation examples below which the kept epoch is a noisy choice
+
+
+def warn_small_validation(splits: list[str], groups: list[int] | None, val_fraction: float, source: str) -> None:
+    """Say so when validation holds fewer than FEW_VALIDATION sources (rows where no source
+    repeats): the kept epoch, early stopping and `compare --tune` are chosen on them. On
+    COCO-mini's 8 validation photos the image model scored 50-67 % and 20 % on the test
+    photos, and captioning kept an epoch that captioned a third of the test photos."""
+    rows = [i for i, s in enumerate(splits) if s == "val"]
+    n = len({groups[i] for i in rows}) if groups is not None else len(rows)
+    if not 0 < n < FEW_VALIDATION:
+        return
+    half = 196 * (0.25 / n) ** 0.5  # the widest 95 % interval of a share measured on n
+    logging.getLogger("mmcli").warning(
+        "%s: the validation split holds %d %s; the kept epoch, early stopping and compare --tune choose on them, so "
+        "their choice is noisy (a share measured on %d has a 95 %% interval up to ±%.0f points): read results over "
+        "several seeds, or give validation more (data.val_fraction=%g, or the split column's val rows)",
+        source, n, "sources" if groups is not None else "examples", n, half, val_fraction)
