@@ -247,3 +247,18 @@ def test_recalls_and_ranks_are_drawn_in_separate_panels(tmp_path):
     rates = [{k: v for k, v in r.items() if "rank" not in k} for r in records]
     with Image.open(learning_curves(rates, tmp_path / "cls.png", 2)) as im:
         assert im.size == CURVES_SIZE  # loss and rates
+
+
+def test_cider_as_the_kept_metric_needs_pycocoevalcap(monkeypatch):
+    """Without it no epoch has a CIDEr-D to keep: refused before anything trains."""
+    from mmcli.config import from_dict
+    from mmcli.errors import ConfigError
+    from mmcli.heads import captioning
+
+    config = from_dict({"model": {"task": "captioning", "modalities": ["image", "text"]}, "eval": {"metric": "cider"}})
+    kinds = {"image": "image", "text": "text"}
+    monkeypatch.setattr(captioning, "cider_installed", lambda: False)
+    with pytest.raises(ConfigError, match="pip install 'mmcli\\[cider\\]'"):
+        captioning.Captioning(config).adapt_config(config, kinds)
+    monkeypatch.setattr(captioning, "cider_installed", lambda: True)
+    assert captioning.Captioning(config).adapt_config(config, kinds).model.modalities == ["image"]

@@ -46,3 +46,13 @@ def test_train_says_it_once_for_a_small_set(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("the validation split holds") == 1, result.stderr
     assert "examples; the kept epoch" in result.stderr
+
+
+def test_verification_counts_its_validation_identities(caplog):
+    """Three validation speakers with 20 clips each are 3, not 60."""
+    caplog.set_level(logging.WARNING, logger="mmcli")
+    splits = ["train"] * 100 + ["val"] * 60
+    speaker = [i // 20 for i in range(len(splits))]
+    warn_small_validation(splits, speaker, 0.1, "voices.csv", "identities")
+    (message,) = _warnings(caplog)
+    assert "voices.csv: the validation split holds 3 identities" in message

@@ -130,8 +130,11 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
     groups = source_groups(table, task.crossmodal)
     splits = task_splits(task, values, table.given_splits, split_seed(config), config.data.val_fraction,
                          config.data.test_fraction, table.source, groups, config.data.label)
-    if report:
-        warn_small_validation(splits, groups, config.data.val_fraction, table.source)
+    if report:  # verification validates on identities: count them
+        index: dict[str, int] = {}
+        counted = [index.setdefault(v, len(index)) for v in values] if task.disjoint_labels else groups
+        warn_small_validation(splits, counted, config.data.val_fraction, table.source,
+                              "identities" if task.disjoint_labels else "sources")
     modalities = chosen_modalities(config, list(table.modalities))
     degrade.check(config.train.corrupt, {n: m.kind for n, m in table.modalities.items()})  # before anything trains
     train_rows = [i for i, s in enumerate(splits) if s == "train"]

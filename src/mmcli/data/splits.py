@@ -210,9 +210,10 @@ def task_splits(task, values: list[str] | None, given: list[str] | None, seed: i
 FEW_VALIDATION = 30  # independent validation examples below which the kept epoch is a noisy choice
 
 
-def warn_small_validation(splits: list[str], groups: list[int] | None, val_fraction: float, source: str) -> None:
-    """Say so when validation holds fewer than FEW_VALIDATION sources (rows where no source
-    repeats): the kept epoch, early stopping and `compare --tune` are chosen on them. On
+def warn_small_validation(splits: list[str], groups: list[int] | None, val_fraction: float, source: str,
+                          what: str = "sources") -> None:
+    """Say so when validation holds fewer than FEW_VALIDATION sources (`groups`: each row's;
+    None: rows, where no source repeats; verification counts identities): the kept epoch, early stopping and `compare --tune` are chosen on them. On
     COCO-mini's 8 validation photos the image model scored 50-67 % and 20 % on the test
     photos, and captioning kept an epoch that captioned a third of the test photos."""
     rows = [i for i, s in enumerate(splits) if s == "val"]
@@ -224,4 +225,4 @@ def warn_small_validation(splits: list[str], groups: list[int] | None, val_fract
         "%s: the validation split holds %d %s; the kept epoch, early stopping and compare --tune choose on them, so "
         "their choice is noisy (a share measured on %d has a 95 %% interval up to ±%.0f points): read results over "
         "several seeds, or give validation more (data.val_fraction=%g, or the split column's val rows)",
-        source, n, "sources" if groups is not None else "examples", n, half, val_fraction)
+        source, n, what if groups is not None else "examples", n, half, val_fraction)

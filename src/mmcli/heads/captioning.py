@@ -61,6 +61,12 @@ def bleu(hypotheses: list[list[str]], references: list[list[list[str]]]) -> dict
     return {f"bleu{n}": float(v) if v > 1e-12 else 0.0 for n, v in enumerate(values, start=1)}
 
 
+def cider_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pycocoevalcap") is not None
+
+
 def cider(hypotheses: list[list[str]], references: list[list[list[str]]]) -> float | None:
     """CIDEr-D from pycocoevalcap (the COCO caption evaluation's), None when not installed."""
     try:
@@ -141,8 +147,8 @@ class Captioning(Task):
     beam_search = True
     text_output = "caption"
     # the epoch is kept by BLEU times the share of distinct captions: on COCO-mini's 8
-    # validation photos, BLEU alone kept an epoch that gave a third of the test photos a
-    # caption of their own (docs/crossmodal.md)
+    # validation photos, BLEU alone kept an epoch with a third as many distinct captions as
+    # test photos (docs/crossmodal.md)
     default_metric = "distinct_bleu"
     metrics = ("distinct_bleu", "bleu", "bleu4", "bleu1", "bleu2", "bleu3", "cider", "distinct_captions")
     lower_is_better = ()
@@ -150,7 +156,7 @@ class Captioning(Task):
     crossmodal = True
     # a language model needs more steps than a classifier: COCO-mini's 400 captions in
     # batches of 64 got 180 steps from the usual 30 epochs and one caption for every photo;
-    # 120 epochs (best at 57) gave 96 % of the photos a caption of their own (docs/crossmodal.md)
+    # 120 epochs (best at 57) gave 96 % as many distinct captions as photos (docs/crossmodal.md)
     max_epochs = 120
     options = {"decoder": "gru", "layers": 1, "max_len": 20, "beam_size": 3, "min_count": 1, "no_repeat_ngram": 3,
                "label_smoothing": 0.1, "word_dropout": 0.5}
@@ -158,6 +164,9 @@ class Captioning(Task):
     def adapt_config(self, config, kinds: dict[str, str]):
         self.config = config
         self.check_options()
+        if config.eval.metric == "cider" and not cider_installed():  # else no epoch would have a score to keep
+            raise ConfigError("eval.metric=cider needs pycocoevalcap, the COCO caption evaluation: "
+                              "pip install 'mmcli[cider]' (or keep the default, distinct_bleu)")
         if self.option("decoder") not in ("gru", "transformer"):
             raise ConfigError(f"model.task_options.decoder: gru or transformer, not {self.option('decoder')!r}")
         source, target, from_label = text_pair(config, kinds, lambda k: KINDS[k].caption_source, "captioning",
@@ -280,8 +289,8 @@ class Captioning(Task):
                                            for h, rows in zip(hyps, members)]}]
 
     def bleu_order(self) -> int:
-        """The `bleu` metric (the one that picks the best epoch) is the mean of BLEU-1 to
-        BLEU-n, n = this order: 4, or the training captions' median length in words where
+        """The `bleu` metric (which `distinct_bleu`, the one that keeps the best epoch,
+        weighs) is the mean of BLEU-1 to BLEU-n, n = this order: 4, or the training captions' median length in words where
         that is shorter (a 3-word caption has no 4-gram: its BLEU-4 is 0). A mean over the
         orders moves as soon as any n-gram matches; BLEU-4 alone stayed 0 on COCO-mini's 8
         validation photos for a dozen epochs while the captions improved."""
