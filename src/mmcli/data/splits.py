@@ -213,9 +213,10 @@ FEW_VALIDATION = 30  # independent validation examples below which the kept epoc
 def warn_small_validation(splits: list[str], groups: list[int] | None, val_fraction: float, source: str,
                           what: str = "sources") -> None:
     """Say so when validation holds fewer than FEW_VALIDATION sources (`groups`: each row's;
-    None: rows, where no source repeats; verification counts identities): the kept epoch, early stopping and `compare --tune` are chosen on them. On
-    COCO-mini's 8 validation photos the image model scored 50-67 % and 20 % on the test
-    photos, and captioning kept an epoch that captioned a third of the test photos."""
+    None: rows, where no source repeats; verification counts identities): the kept epoch,
+    early stopping and `compare --tune` are chosen on them. On COCO-mini's 8 validation
+    photos the image model scored 50-67 % and 20 % on the test photos, and captioning kept
+    an epoch with a third as many distinct captions as test photos."""
     rows = [i for i, s in enumerate(splits) if s == "val"]
     n = len({groups[i] for i in rows}) if groups is not None else len(rows)
     if not 0 < n < FEW_VALIDATION:

@@ -290,8 +290,9 @@ class Captioning(Task):
 
     def bleu_order(self) -> int:
         """The `bleu` metric (which `distinct_bleu`, the one that keeps the best epoch,
-        weighs) is the mean of BLEU-1 to BLEU-n, n = this order: 4, or the training captions' median length in words where
-        that is shorter (a 3-word caption has no 4-gram: its BLEU-4 is 0). A mean over the
+        weighs) is the mean of BLEU-1 to BLEU-n, n = this order: 4, or the training
+        captions' median length in words where that is shorter (a 3-word caption has no
+        4-gram: its BLEU-4 is 0). A mean over the
         orders moves as soon as any n-gram matches; BLEU-4 alone stayed 0 on COCO-mini's 8
         validation photos for a dozen epochs while the captions improved."""
         return int(self.state.get("bleu_order", 4))
