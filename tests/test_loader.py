@@ -103,6 +103,37 @@ def test_loader_workers_default_to_none_on_the_cpu_and_some_on_a_gpu(monkeypatch
     assert auto_workers(None, torch.device("cuda")) == 1  # one core left to training
 
 
+def test_workers_hand_their_batches_back_under_a_long_temporary_folder(toy_small, tmp_path):
+    """torch sends tensors between processes over a Unix socket in TMPDIR; with a TMPDIR of
+    more than 75 characters the socket could not be made and training waited forever."""
+    import subprocess
+    import sys
+
+    long = tmp_path / ("t" * max(1, 90 - len(str(tmp_path))))
+    long.mkdir()
+    assert len(str(long)) >= 90
+    result = subprocess.run([sys.executable, "-m", "mmcli", "train", str(toy_small), "--epochs", "1", "--loader-workers",
+                             "1", "--out", str(tmp_path / "run")], env={**os.environ, "TMPDIR": str(long)},
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "loader workers" not in result.stderr  # the workers did the work
+    assert (tmp_path / "run" / "metrics.jsonl").exists() and not list(long.glob("pymp-*"))
+
+
+def test_workers_give_way_where_no_socket_path_fits(monkeypatch, caplog):
+    """multiprocessing's folder already made under a long path: the batches are assembled in
+    the training process, and the log says why and what to do."""
+    from multiprocessing import util
+
+    from mmcli.data.loader import auto_workers
+
+    monkeypatch.setattr(util, "get_temp_dir", lambda: "/" + "x" * 100)
+    with caplog.at_level("WARNING", logger="mmcli"):
+        assert auto_workers(2, torch.device("cpu")) == 0
+    assert "TMPDIR" in caplog.text and "train.loader_workers" in caplog.text
+    assert auto_workers(0, torch.device("cpu")) == 0 and "TMPDIR" in caplog.text
+
+
 def test_bad_loader_settings_are_config_errors():
     with pytest.raises(ConfigError, match="train.loader_workers"):
         from_dict({"train": {"loader_workers": -1}})

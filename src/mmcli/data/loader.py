@@ -15,6 +15,7 @@ the workers, the batches are the same, in the same order, with any number of wor
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Callable, Iterator
 
 import torch
@@ -29,11 +30,53 @@ def auto_workers(requested: int | None, device: torch.device) -> int:
     """train.loader_workers, or by default: none on the CPU (the model needs the cores),
     up to AUTO_WORKERS on a GPU, leaving one core to the training process."""
     if requested is not None:
-        return requested
-    if device.type != "cuda":
-        return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(AUTO_WORKERS, cores - 1))
+        workers = requested
+    elif device.type != "cuda":
+        workers = 0
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = max(0, min(AUTO_WORKERS, cores - 1))
+    return workers if workers == 0 or sockets_fit() else 0
+
+
+SOCKET_PATH_MAX = 103 if sys.platform == "darwin" else 107  # bytes of an AF_UNIX address
+SHORT_TEMP = ("/tmp", "/var/tmp", "/usr/tmp")
+
+
+def sockets_fit() -> bool:
+    """Whether loader workers can hand this process their batches; if not, say so.
+
+    torch passes a tensor between processes as a file descriptor, sent over a Unix socket
+    that multiprocessing opens at TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX. Past the bytes
+    an AF_UNIX address holds (a TMPDIR of more than 75 characters on Linux), that socket
+    failed in a background thread and training waited forever for its first batch. So
+    multiprocessing's folder goes to a short temporary folder instead (Python 3.12 does the
+    same); where none fits, the batches are assembled in this process.
+    """
+    import logging
+    import tempfile
+    from multiprocessing import util
+
+    def fits(folder: str, suffix: str) -> bool:
+        return len(os.fsencode(os.path.join(folder, suffix))) <= SOCKET_PATH_MAX
+
+    if sys.platform == "win32":
+        return True
+    if not fits(tempfile.gettempdir(), "pymp-XXXXXXXX/listener-XXXXXXXX"):
+        short = [d for d in SHORT_TEMP if os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK)]
+        before = tempfile.tempdir
+        try:  # multiprocessing makes its folder once, under tempfile's, and keeps it
+            tempfile.tempdir = short[0] if short else before
+            util.get_temp_dir()
+        finally:
+            tempfile.tempdir = before
+    if fits(util.get_temp_dir(), "listener-XXXXXXXX"):
+        return True
+    logging.getLogger("mmcli").warning(
+        "the temporary folder %s is too long a path for the Unix sockets that loader workers hand their batches "
+        "through: the batches are assembled in the training process instead; set TMPDIR to a shorter folder to use "
+        "train.loader_workers", tempfile.gettempdir())
+    return False
 
 
 def to_device(batch: Batch, device: torch.device | None) -> Batch:
