@@ -11,6 +11,15 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test`: the cores shared out between the workers
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """The documents' examples first: the longest file by far (about 250 s), so that with
+    `-n auto --dist loadfile` the other worker takes the rest meanwhile, not after."""
+    items.sort(key=lambda item: item.path.name != "test_docs.py")  # stable: the rest keeps its order
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory) -> Path:
