@@ -72,6 +72,39 @@ def test_verdicts(row, higher, chosen, expected):
         assert stats.verdict(row, higher, chosen=chosen).endswith(row["reference"] if chosen else "the best single modality")
 
 
+def test_holm_by_hand():
+    # three tests: 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04, raised to the 0.06 before it
+    assert stats.holm([0.01, 0.04, None, 0.03]) == pytest.approx([0.03, 0.06, None, 0.06])
+    assert stats.holm([0.5, 0.9]) == [1.0, 1.0]  # never above 1
+    assert stats.holm([0.02]) == [0.02] and stats.holm([None]) == [None]  # one test: nothing to adjust
+
+
+def test_a_difference_that_holm_does_not_keep_is_named_so():
+    row = {"delta_vs_reference": 0.004, "p_value": 0.018, "p_holm": 0.09, "tests": 5, "n_paired": 5}
+    assert stats.verdict(row) == "better than the best single modality (not after Holm's correction for 5 tests)"
+    assert stats.verdict({**row, "p_holm": 0.04}) == "better than the best single modality"
+    assert stats.verdict({**row, "p_value": 0.2, "p_holm": 0.6}) == "no significant difference from the best single modality"
+
+
+def test_summary_adjusts_over_the_variants_tested_against_the_reference():
+    from types import SimpleNamespace
+
+    from mmcli.compare.collect import summarise
+
+    plan = SimpleNamespace(variants=[SimpleNamespace(name=n, family=n.split(":")[0]) for n in
+                                     ("unimodal:a", "unimodal:b", "multimodal:x", "multimodal:y")],
+                           metric="accuracy", higher_is_better=True, modalities=[], tune=None, corruptions=[])
+    base = {0: 0.50, 1: 0.52, 2: 0.51}
+    value = {"unimodal:a": base, "unimodal:b": {s: v - 0.2 + 0.01 * s for s, v in base.items()},
+             "multimodal:x": {0: 0.60, 1: 0.61, 2: 0.63}, "multimodal:y": {0: 0.52, 1: 0.55, 2: 0.50}}
+    results = [{"variant": n, "seed": s, "value": v, "without": {}, "others_missing": None} for n, per in value.items() for s, v in per.items()]
+    rows = {r["variant"]: r for r in summarise(results, plan)}
+    raw = [rows[n]["p_value"] for n in ("unimodal:b", "multimodal:x", "multimodal:y")]
+    assert rows["unimodal:a"]["p_holm"] is None and rows["unimodal:a"]["tests"] == 3  # the reference is not tested
+    assert [rows[n]["p_holm"] for n in ("unimodal:b", "multimodal:x", "multimodal:y")] == pytest.approx(stats.holm(raw))
+    assert rows["multimodal:x"]["p_holm"] > rows["multimodal:x"]["p_value"]
+
+
 # --------------------------------------------------------------------------- Shapley
 
 def _game(values: dict[str, float]):

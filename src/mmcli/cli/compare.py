@@ -241,11 +241,12 @@ def _show(result) -> None:
         ci = "–" if r["ci_low"] is None else f"{f(r['ci_low'])}–{f(r['ci_high'])}"
         rows.append((r["variant"], r["n"], f"{f(r['mean'])}{pm}", ci, f(r["delta_vs_reference"], True),
                      "–" if r["p_value"] is None else f"{r['p_value']:.3g}",
+                     "–" if r.get("p_holm") is None else f"{r['p_holm']:.3g}",
                      *[f(r.get(f"without_{m}")) for m in mods], *([f(r.get("others_missing"))] if alone else []),
                      r["verdict"]))
     unit = f"{result.metric} (%)" if rate else result.metric
     fmt = "table" if sys.stdout.isatty() else "csv"
-    headers = ["variant", "n", unit, "95% CI", f"delta vs {result.reference or 'best unimodal'}", "p (paired t)", *[f"without {m}" for m in mods],
+    headers = ["variant", "n", unit, "95% CI", f"delta vs {result.reference or 'best unimodal'}", "p (paired t)", "p (Holm)", *[f"without {m}" for m in mods],
                *(["others missing"] if alone else []), "verdict"]
     show_table(f"compare: {unit}, mean ± std over seeds", headers, rows, fmt)
     a = result.attribution

@@ -109,7 +109,6 @@ def summarise(results: list[dict[str, Any]], plan: Plan, reference: str | None =
         row["delta_vs_reference"] = diff.pop("delta")
         row.update(diff)
         row["test"] = stats.TEST_NAME
-        row["verdict"] = stats.verdict(row, plan.higher_is_better, chosen=reference is not None)
         for key in [f"without_{m}" for m in plan.modalities] + ["others_missing"]:
             # robustness: the metric with a modality missing at test time (translation: all but the source)
             values = list(_values(results, row["variant"], key).values())
@@ -118,6 +117,10 @@ def summarise(results: list[dict[str, Any]], plan: Plan, reference: str | None =
         if plan.tune is not None:  # --tune: the values the search chose for it (none for the ensemble, which trains nothing)
             row["tuned"] = plan.tuned_values(row["variant"])
             row["tuned_validation"] = (plan.tuned.get(row["variant"]) or {}).get("score")
+    tests = sum(r["p_value"] is not None for r in rows)
+    for row, adjusted in zip(rows, stats.holm([r["p_value"] for r in rows])):
+        row["p_holm"], row["tests"] = adjusted, tests
+        row["verdict"] = stats.verdict(row, plan.higher_is_better, chosen=reference is not None)
     return rows
 
 
@@ -247,7 +250,8 @@ def _summary_section(result: CompareResult, plan: Plan) -> list[str]:
              f"Command: `{result.command}`" if result.command else "", "",
              f"{plan.seeds} seed(s) per variant, the same splits and budget for every run. Mean over seeds with "
              f"a 95 % Student t-interval; delta is the difference to {against}, paired by seed, "
-             f"with its 95 % t-interval and the p-value of a {stats.TEST_NAME}. "
+             f"with its 95 % t-interval and the p-value of a {stats.TEST_NAME}; p (Holm) is that p-value adjusted for "
+             "the number of variants tested against the same reference (Holm, 1979). "
              f"{'Higher' if plan.higher_is_better else 'Lower'} is better.", ""]
     if any(ensemble.is_ensemble(v) for v in plan.variants):
         lines += [f"`{ensemble.NAME}` trains nothing: for each seed it averages the predictions of that seed's unimodal "
@@ -259,12 +263,12 @@ def _summary_section(result: CompareResult, plan: Plan) -> list[str]:
                   "the learning rate (`--no-warm-start` trains from scratch).", ""]
     if result.missing:
         lines += [f"**Incomplete**: {len(result.missing)} run(s) have no result yet: " + "; ".join(result.missing), ""]
-    lines += [f"| variant | n | mean | std | 95 % CI | delta vs {result.reference or 'best unimodal'} | delta 95 % CI | p | verdict |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| variant | n | mean | std | 95 % CI | delta vs {result.reference or 'best unimodal'} | delta 95 % CI | p | "
+              "p (Holm) | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result.summary:
         lines.append(f"| {r['variant']} | {r['n']} | {_f(r['mean'])} | {_f(r['std'])} | {_interval(r['ci_low'], r['ci_high'])} | "
                      f"{_f(r['delta_vs_reference'])} | {_interval(r['delta_ci_low'], r['delta_ci_high'])} | "
-                     f"{_f(r['p_value'], 3)} | {r['verdict']} |")
+                     f"{_f(r['p_value'], 3)} | {_f(r.get('p_holm'), 3)} | {r['verdict']} |")
     if plan.seeds < 2:
         lines += ["", "One seed: no interval or test can be given. Run with `--seeds 3` or more."]
     return lines

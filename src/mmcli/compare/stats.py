@@ -4,6 +4,8 @@
 - the difference to a reference variant paired by seed, its 95 % t-interval and the
   p-value of a two-sided paired t-test (Student, 1908): t = mean(d) / (sd(d) / sqrt(n)),
   n - 1 degrees of freedom;
+- Holm's (1979) adjustment of those p-values over the variants tested against the same
+  reference, which keeps the chance of any false "better" or "worse" among them at 5 %;
 - a verdict in plain words.
 
 With one value there is no interval and no test: the fields are None and the verdict says so.
@@ -60,6 +62,18 @@ def paired(values: dict[int, float], reference: dict[int, float]) -> dict[str, A
             "p_value": paired_t_test(diffs), "n_paired": len(diffs)}
 
 
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment: with m tests, the k-th smallest p-value times m - k + 1,
+    never below the adjusted one before it, at most 1; None (no test) stays None."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for k, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - k) * p))
+        adjusted[i] = running
+    return adjusted
+
+
 def verdict(row: dict[str, Any], higher_is_better: bool = True, alpha: float = 0.05, chosen: bool = False) -> str:
     """The row's difference to its reference in words: the best single modality, or the
     variant named by `reference` when the user chose it (`chosen`)."""
@@ -80,4 +94,7 @@ def verdict(row: dict[str, Any], higher_is_better: bool = True, alpha: float = 0
     if p >= alpha:
         return f"no significant difference from {against}"
     better = delta > 0 if higher_is_better else delta < 0
-    return f"{'better' if better else 'worse'} than {against}"
+    said = f"{'better' if better else 'worse'} than {against}"
+    if row.get("p_holm") is not None and row["p_holm"] >= alpha:
+        return f"{said} (not after Holm's correction for {row['tests']} tests)"
+    return said
