@@ -38,15 +38,16 @@ def pct(value) -> str:
 
 def table(summary: list[dict]) -> list[str]:
     missing = sorted({k for row in summary for k in row if k.startswith("without_")})
-    head = ["variant", "n", "mean", "95 % CI", "delta", "p", *missing]
+    head = ["variant", "n", "mean", "95 % CI", "delta", "p", "p (Holm)", *missing]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary:
         delta = row.get("delta_vs_reference", row.get("delta_vs_best_unimodal"))
-        p = row.get("p_value")
+        p, holm = row.get("p_value"), row.get("p_holm")
         cells = [row["variant"], str(row["n"]), pct(row["mean"]), f"[{pct(row.get('ci_low'))}, {pct(row.get('ci_high'))}]",
                  "reference" if row.get("is_reference", row.get("is_best_unimodal")) else
                  ("–" if delta is None else f"{100 * delta:+.1f}"),
-                 "–" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}"), *(pct(row.get(k)) for k in missing)]
+                 *("–" if v is None else ("< 0.001" if v < 0.001 else f"{v:.3f}") for v in (p, holm)),
+                 *(pct(row.get(k)) for k in missing)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
