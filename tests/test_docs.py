@@ -7,8 +7,9 @@ results, which `make bench` and the reference runs cover.
 The workspace holds what the examples name: the toy files as `data/` with manifests
 shaped for each task (`photos.csv` multi-label, `listings.csv` regression, ...), a
 trained run `RUN`, a class-per-folder `photos/` with `captions.csv`. `MMCLI_CONFIG`
-gives every command a one-epoch budget on 32-pixel images (flags such as `--epochs`
-still win): the commands run as written, only smaller.
+gives every command a one-epoch budget on 32-pixel images, and `--epochs N` and a toy
+set's `--n N` are cut to SUITE_EPOCHS and SUITE_ROWS (`shrunk`): the commands run as
+written, only smaller.
 
 Where the system can (fork and passing file descriptors over a Unix socket), `mmcli` in
 the examples is a bash function that hands the command to a fork server
@@ -160,6 +161,22 @@ def _skip_reason(doc: Path) -> str | None:
     return None
 
 
+SUITE_EPOCHS, SUITE_ROWS = 2, 240
+
+
+def shrunk(script: str) -> str:
+    """The examples' `--epochs N` and `--n N` at most SUITE_EPOCHS and SUITE_ROWS: what the
+    examples show is the commands, which run the same on less (the README's 600 toy
+    examples trained for 8 epochs, and the comparisons on them, took most of the time)."""
+    script = re.sub(r"(--epochs[ =])(\d+)", lambda m: m.group(1) + str(min(int(m.group(2)), SUITE_EPOCHS)), script)
+    return re.sub(r"(--n[ =])(\d+)", lambda m: m.group(1) + str(min(int(m.group(2)), SUITE_ROWS)), script)
+
+
+def test_the_suite_runs_the_examples_smaller_and_otherwise_as_written():
+    assert shrunk("mmcli train toy --epochs 8 --nproc 2 --n 600") == "mmcli train toy --epochs 2 --nproc 2 --n 240"
+    assert shrunk("mmcli datasets make toy t --n=100 --epochs=1") == "mmcli datasets make toy t --n=100 --epochs=1"
+
+
 def _run_doc(doc: Path, workspace: Path, folder: Path, client: str | None) -> subprocess.CompletedProcess:
     """All bash blocks of one document, in order, in a copy of the workspace."""
     blocks = runnable_blocks(doc)
@@ -167,7 +184,7 @@ def _run_doc(doc: Path, workspace: Path, folder: Path, client: str | None) -> su
     shutil.copytree(workspace, ws, symlinks=True)
     if (workspace.parent / "shared").exists():
         (folder / "shared").symlink_to((workspace.parent / "shared").resolve())
-    script = "set -eu\n" + "".join(f"echo '### block {k + 1}' >&2\n{block}\n" for k, block in enumerate(blocks))
+    script = "set -eu\n" + "".join(f"echo \"### block {k + 1} at $SECONDS s\" >&2\n{shrunk(block)}\n" for k, block in enumerate(blocks))
     return _bash(script, ws, ws / "defaults.yaml", workspace.parent / "cache", client)
 
 
