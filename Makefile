@@ -24,7 +24,7 @@ demo: install
 test: install
 	$(BIN)/ruff check src/
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 bench: install
 	$(BIN)/python bench/run.py

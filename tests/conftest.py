@@ -6,18 +6,22 @@ import csv
 import os
 from pathlib import Path
 
+# `make test` runs a worker per core (pytest-xdist): each gets its share of the cores, set
+# before numpy and torch are imported, which read it then
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
 import numpy as np
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test`: the cores shared out between the workers
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
-
 
 def pytest_collection_modifyitems(items: list) -> None:
     """The documents' examples first: the longest file by far (about 250 s), so that with
-    `-n auto --dist loadfile` the other worker takes the rest meanwhile, not after."""
+    `-n auto --dist loadfile --no-loadscope-reorder` the other worker takes the rest
+    meanwhile, not after."""
     items.sort(key=lambda item: item.path.name != "test_docs.py")  # stable: the rest keeps its order
 
 

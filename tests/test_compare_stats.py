@@ -80,7 +80,7 @@ def test_holm_by_hand():
 
 
 def test_a_difference_that_holm_does_not_keep_is_named_so():
-    row = {"delta_vs_reference": 0.004, "p_value": 0.018, "p_holm": 0.09, "tests": 5, "n_paired": 5}
+    row = {"delta_vs_reference": 0.004, "p_value": 0.018, "p_holm": 0.09, "holm_tests": 5, "n_paired": 5}
     assert stats.verdict(row) == "better than the best single modality (not after Holm's correction for 5 tests)"
     assert stats.verdict({**row, "p_holm": 0.04}) == "better than the best single modality"
     assert stats.verdict({**row, "p_value": 0.2, "p_holm": 0.6}) == "no significant difference from the best single modality"
@@ -98,9 +98,11 @@ def test_summary_adjusts_over_the_variants_tested_against_the_reference():
     value = {"unimodal:a": base, "unimodal:b": {s: v - 0.2 + 0.01 * s for s, v in base.items()},
              "multimodal:x": {0: 0.60, 1: 0.61, 2: 0.63}, "multimodal:y": {0: 0.52, 1: 0.55, 2: 0.50}}
     results = [{"variant": n, "seed": s, "value": v, "without": {}, "others_missing": None} for n, per in value.items() for s, v in per.items()]
-    rows = {r["variant"]: r for r in summarise(results, plan)}
+    summary = summarise(results, plan)
+    rows = {r["variant"]: r for r in summary}
+    assert list(summary[0])[list(summary[0]).index("test") + 1:][:3] == ["p_holm", "holm_tests", "verdict"]
     raw = [rows[n]["p_value"] for n in ("unimodal:b", "multimodal:x", "multimodal:y")]
-    assert rows["unimodal:a"]["p_holm"] is None and rows["unimodal:a"]["tests"] == 3  # the reference is not tested
+    assert rows["unimodal:a"]["p_holm"] is None and rows["unimodal:a"]["holm_tests"] == 3  # the reference is not tested
     assert [rows[n]["p_holm"] for n in ("unimodal:b", "multimodal:x", "multimodal:y")] == pytest.approx(stats.holm(raw))
     assert rows["multimodal:x"]["p_holm"] > rows["multimodal:x"]["p_value"]
 

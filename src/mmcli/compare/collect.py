@@ -109,6 +109,7 @@ def summarise(results: list[dict[str, Any]], plan: Plan, reference: str | None =
         row["delta_vs_reference"] = diff.pop("delta")
         row.update(diff)
         row["test"] = stats.TEST_NAME
+        row["p_holm"] = row["holm_tests"] = row["verdict"] = None  # after the tests of every row, in this place
         for key in [f"without_{m}" for m in plan.modalities] + ["others_missing"]:
             # robustness: the metric with a modality missing at test time (translation: all but the source)
             values = list(_values(results, row["variant"], key).values())
@@ -119,7 +120,7 @@ def summarise(results: list[dict[str, Any]], plan: Plan, reference: str | None =
             row["tuned_validation"] = (plan.tuned.get(row["variant"]) or {}).get("score")
     tests = sum(r["p_value"] is not None for r in rows)
     for row, adjusted in zip(rows, stats.holm([r["p_value"] for r in rows])):
-        row["p_holm"], row["tests"] = adjusted, tests
+        row["p_holm"], row["holm_tests"] = adjusted, tests
         row["verdict"] = stats.verdict(row, plan.higher_is_better, chosen=reference is not None)
     return rows
 

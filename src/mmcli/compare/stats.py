@@ -5,7 +5,7 @@
   p-value of a two-sided paired t-test (Student, 1908): t = mean(d) / (sd(d) / sqrt(n)),
   n - 1 degrees of freedom;
 - Holm's (1979) adjustment of those p-values over the variants tested against the same
-  reference, which keeps the chance of any false "better" or "worse" among them at 5 %;
+  reference, which keeps the chance of any false "better" or "worse" among them at most 5 %;
 - a verdict in plain words.
 
 With one value there is no interval and no test: the fields are None and the verdict says so.
@@ -96,5 +96,5 @@ def verdict(row: dict[str, Any], higher_is_better: bool = True, alpha: float = 0
     better = delta > 0 if higher_is_better else delta < 0
     said = f"{'better' if better else 'worse'} than {against}"
     if row.get("p_holm") is not None and row["p_holm"] >= alpha:
-        return f"{said} (not after Holm's correction for {row['tests']} tests)"
+        return f"{said} (not after Holm's correction for {row['holm_tests']} tests)"
     return said

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from typing import Any, Callable, Iterator
 
 import torch
@@ -41,6 +42,8 @@ def auto_workers(requested: int | None, device: torch.device) -> int:
 
 SOCKET_PATH_MAX = 103 if sys.platform == "darwin" else 107  # bytes of an AF_UNIX address
 SHORT_TEMP = ("/tmp", "/var/tmp", "/usr/tmp")
+_TEMP_LOCK = threading.Lock()
+_TEMP_SHORTENED: list[bool] = []  # once per process: multiprocessing keeps the folder it made
 
 
 def sockets_fit() -> bool:
@@ -62,14 +65,16 @@ def sockets_fit() -> bool:
 
     if sys.platform == "win32":
         return True
-    if not fits(tempfile.gettempdir(), "pymp-XXXXXXXX/listener-XXXXXXXX"):
-        short = [d for d in SHORT_TEMP if os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK)]
-        before = tempfile.tempdir
-        try:  # multiprocessing makes its folder once, under tempfile's, and keeps it
-            tempfile.tempdir = short[0] if short else before
-            util.get_temp_dir()
-        finally:
-            tempfile.tempdir = before
+    with _TEMP_LOCK:  # tempfile's folder is the process's: changed for the moment, one thread at a time
+        if not _TEMP_SHORTENED and not fits(tempfile.gettempdir(), "pymp-XXXXXXXX/listener-XXXXXXXX"):
+            short = [d for d in SHORT_TEMP if os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK)]
+            before = tempfile.tempdir
+            try:  # multiprocessing makes its folder once, under tempfile's, and keeps it
+                tempfile.tempdir = short[0] if short else before
+                util.get_temp_dir()
+            finally:
+                tempfile.tempdir = before
+            _TEMP_SHORTENED.append(True)
     if fits(util.get_temp_dir(), "listener-XXXXXXXX"):
         return True
     logging.getLogger("mmcli").warning(
