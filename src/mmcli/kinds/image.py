@@ -53,9 +53,10 @@ class Image(kinds.ModalityKind):
 
     def warm_up(self, config: DataConfig) -> None:
         import torch
-        from torchvision.transforms.v2 import functional as F
 
-        F.resize(torch.zeros(3, 8, 8, dtype=torch.uint8), [4, 4], antialias=True)
+        from mmcli.data.decode import resize_square
+
+        resize_square(torch.zeros(3, 8, 8, dtype=torch.uint8), 4)
 
     def batch_input(self, config: DataConfig) -> tuple[str, int] | None:
         return f"images of data.image_size={config.image_size}", 3 * config.image_size**2
