@@ -9,8 +9,9 @@ from pathlib import Path
 # `make test` runs a worker per core (pytest-xdist): each gets its share of the cores, set
 # before numpy and torch are imported, which read it then
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+    from mmcli.compare.parallel import threads_per_job  # imports neither numpy nor torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_job(int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 import numpy as np
 import pytest

@@ -240,8 +240,7 @@ def _show(result) -> None:
         pm = "" if r["std"] is None else f" ± {f(r['std'])}"
         ci = "–" if r["ci_low"] is None else f"{f(r['ci_low'])}–{f(r['ci_high'])}"
         rows.append((r["variant"], r["n"], f"{f(r['mean'])}{pm}", ci, f(r["delta_vs_reference"], True),
-                     "–" if r["p_value"] is None else f"{r['p_value']:.3g}",
-                     "–" if r.get("p_holm") is None else f"{r['p_holm']:.3g}",
+                     *("–" if r.get(key) is None else f"{r[key]:.3g}" for key in ("p_value", "p_holm")),
                      *[f(r.get(f"without_{m}")) for m in mods], *([f(r.get("others_missing"))] if alone else []),
                      r["verdict"]))
     unit = f"{result.metric} (%)" if rate else result.metric

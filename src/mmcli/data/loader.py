@@ -43,7 +43,7 @@ def auto_workers(requested: int | None, device: torch.device) -> int:
 SOCKET_PATH_MAX = 103 if sys.platform == "darwin" else 107  # bytes of an AF_UNIX address
 SHORT_TEMP = ("/tmp", "/var/tmp", "/usr/tmp")
 _TEMP_LOCK = threading.Lock()
-_TEMP_SHORTENED: list[bool] = []  # once per process: multiprocessing keeps the folder it made
+_TEMP_SHORTENED = False  # once per process: multiprocessing keeps the folder it made
 
 
 def sockets_fit() -> bool:
@@ -56,6 +56,7 @@ def sockets_fit() -> bool:
     multiprocessing's folder goes to a short temporary folder instead (Python 3.12 does the
     same); where none fits, the batches are assembled in this process.
     """
+    global _TEMP_SHORTENED
     import logging
     import tempfile
     from multiprocessing import util
@@ -74,7 +75,7 @@ def sockets_fit() -> bool:
                 util.get_temp_dir()
             finally:
                 tempfile.tempdir = before
-            _TEMP_SHORTENED.append(True)
+            _TEMP_SHORTENED = True
     if fits(util.get_temp_dir(), "listener-XXXXXXXX"):
         return True
     logging.getLogger("mmcli").warning(
