@@ -74,6 +74,10 @@ def main() -> None:
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
         print(f"\n### {name} ({args.seeds} seeds, wall {wall / 60:.1f} min)\n\n`{' '.join(cmd[1:])}`\n")
         print("\n".join(table(summary)), flush=True)
+        prior = next((row["prior"] for row in summary if row.get("prior") is not None), None)
+        if prior is not None:  # the bar below which nothing was learnt (docs/compare.md#the-table)
+            above = [row["variant"] for row in summary if row.get("above_prior")]
+            print(f"\nlabel prior {pct(prior)}; significantly above it: {', '.join(above) or 'no variant (nothing learnt)'}")
         if args.ludwig and name in LUDWIG_SETS:
             splits = next((out / "runs").glob("unimodal-*-seed*/splits.json"))  # every variant shares the split
             subprocess.run(["bash", str(Path(__file__).parent / "peers" / "run_ludwig.sh"), str(args.ludwig),

@@ -87,6 +87,30 @@ def test_summary_has_the_documented_fields(plain):
     report = (plain / "report.md").read_text()
     assert "paired t-test" in report and "## Missing modalities" in report and "## Per-class differences" in report
     assert "Command: `mmcli compare unimodal:audio" in report
+    # the label prior: the toy's fused model clears it (its audio model, 2 seeds, not significantly), so nothing is said
+    assert all(0 < r["prior"] < 0.2 for r in rows) and rows[1]["above_prior"] is True and rows[1]["p_vs_prior"] < 0.05
+    assert f"scores {rows[0]['prior']:.4f} on the test split" in report and "Nothing learnt" not in report
+
+
+def test_a_comparison_on_labels_the_inputs_do_not_carry_says_nothing_was_learnt(toy_small, tmp_path):
+    import random
+
+    with open(toy_small, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    labels = [r["label"] for r in rows]
+    random.Random(0).shuffle(labels)
+    manifest = tmp_path / "shuffled.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "label": label, **{k: str(toy_small.parent / r[k]) for k in ("image", "audio")}}
+                         for r, label in zip(rows, labels))
+    out = tmp_path / "cmp"
+    result = cli("compare", "unimodal:text", "unimodal:audio", "--data", manifest, "--epochs", "2", "--seeds", "3",
+                 "--jobs", "1", "--out", out)
+    assert "no variant is significantly above the label prior" in result.stderr
+    assert all(r["above_prior"] is False for r in summary(out))
+    assert "**Nothing learnt**" in (out / "report.md").read_text()
 
 
 def _children(pid: int) -> set[int]:

@@ -93,7 +93,8 @@ def test_summary_adjusts_over_the_variants_tested_against_the_reference():
 
     plan = SimpleNamespace(variants=[SimpleNamespace(name=n, family=n.split(":")[0]) for n in
                                      ("unimodal:a", "unimodal:b", "multimodal:x", "multimodal:y")],
-                           metric="accuracy", higher_is_better=True, modalities=[], tune=None, corruptions=[])
+                           metric="accuracy", higher_is_better=True, modalities=[], tune=None, corruptions=[],
+                           baseline=None)
     base = {0: 0.50, 1: 0.52, 2: 0.51}
     value = {"unimodal:a": base, "unimodal:b": {s: v - 0.2 + 0.01 * s for s, v in base.items()},
              "multimodal:x": {0: 0.60, 1: 0.61, 2: 0.63}, "multimodal:y": {0: 0.52, 1: 0.55, 2: 0.50}}
@@ -105,6 +106,42 @@ def test_summary_adjusts_over_the_variants_tested_against_the_reference():
     assert rows["unimodal:a"]["p_holm"] is None and rows["unimodal:a"]["holm_tests"] == 3  # the reference is not tested
     assert [rows[n]["p_holm"] for n in ("unimodal:b", "multimodal:x", "multimodal:y")] == pytest.approx(stats.holm(raw))
     assert rows["multimodal:x"]["p_holm"] > rows["multimodal:x"]["p_value"]
+
+
+def _summary_against_prior(value: dict[str, dict[int, float]], prior: float | None, higher: bool = True):
+    from types import SimpleNamespace
+
+    from mmcli.compare.collect import learnt_nothing, summarise
+
+    plan = SimpleNamespace(variants=[SimpleNamespace(name=n, family=n.split(":")[0]) for n in value],
+                           metric="accuracy" if higher else "loss", higher_is_better=higher, modalities=[], tune=None,
+                           corruptions=[], baseline=None if prior is None else {"accuracy" if higher else "loss": prior})
+    results = [{"variant": n, "seed": s, "value": v, "without": {}, "others_missing": None} for n, per in value.items() for s, v in per.items()]
+    summary = summarise(results, plan)
+    return {r["variant"]: r for r in summary}, learnt_nothing(summary, plan)
+
+
+def test_a_comparison_where_no_variant_beats_the_label_prior_says_so():
+    # spoken COCO-mini's shape: the majority class is 30 % of the test rows, every variant near or below it
+    value = {"unimodal:image": {0: 0.30, 1: 0.18, 2: 0.21, 3: 0.19, 4: 0.21},
+             "unimodal:speech": {0: 0.28, 1: 0.29, 2: 0.30, 3: 0.28, 4: 0.30},
+             "multimodal:sum": {0: 0.31, 1: 0.20, 2: 0.33, 3: 0.18, 4: 0.19}}
+    rows, warning = _summary_against_prior(value, 0.3014)
+    assert all(r["prior"] == 0.3014 and r["above_prior"] is False for r in rows.values())
+    assert rows["unimodal:image"]["p_vs_prior"] == pytest.approx(stats.paired_t_test([v - 0.3014 for v in value["unimodal:image"].values()]))
+    assert rows["unimodal:image"]["p_vs_prior"] < 0.05  # significantly below: still not above
+    assert warning and "no variant is significantly above the label prior's accuracy of 0.3014" in warning
+    # one variant clearly above the prior, even a fusion of two modalities useless alone: no warning
+    rows, warning = _summary_against_prior({**value, "multimodal:concat": {0: 0.60, 1: 0.62, 2: 0.58, 3: 0.61, 4: 0.64}}, 0.3014)
+    assert rows["multimodal:concat"]["above_prior"] is True and warning is None
+    # no prior (a task without one) or one seed: no test, and a better mean counts
+    rows, warning = _summary_against_prior(value, None)
+    assert warning is None and rows["unimodal:image"]["above_prior"] is None
+    rows, warning = _summary_against_prior({"unimodal:a": {0: 0.35}}, 0.3014)
+    assert rows["unimodal:a"]["p_vs_prior"] is None and rows["unimodal:a"]["above_prior"] is True and warning is None
+    # lower is better (loss): below the prior is the good side
+    rows, warning = _summary_against_prior({"unimodal:a": {0: 2.30, 1: 2.31, 2: 2.29}}, 2.0, higher=False)
+    assert rows["unimodal:a"]["above_prior"] is False and "significantly below the label prior's loss" in warning
 
 
 # --------------------------------------------------------------------------- Shapley

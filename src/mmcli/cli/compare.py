@@ -247,7 +247,9 @@ def _show(result) -> None:
     fmt = "table" if sys.stdout.isatty() else "csv"
     headers = ["variant", "n", unit, "95% CI", f"delta vs {result.reference or 'best unimodal'}", "p (paired t)", "p (Holm)", *[f"without {m}" for m in mods],
                *(["others missing"] if alone else []), "verdict"]
-    show_table(f"compare: {unit}, mean ± std over seeds", headers, rows, fmt)
+    prior = next((r["prior"] for r in result.summary if r.get("prior") is not None), None)
+    said = "" if prior is None else f"; label prior (no input) {f(prior)}"
+    show_table(f"compare: {unit}, mean ± std over seeds{said}", headers, rows, fmt)
     a = result.attribution
     if a is not None and fmt == "table":
         shap = [(m, f(s["mean"], True), "–" if s["ci_low"] is None else f"{f(s['ci_low'])}–{f(s['ci_high'])}")
