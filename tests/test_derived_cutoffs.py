@@ -62,7 +62,7 @@ def test_long_clips_and_texts_are_not_cut_by_default(data, tmp_path, cli, caplog
     messages = [r.getMessage() for r in caplog.records]
     assert any("data.max_seconds=6 s (95th percentile of 12 recordings of 'sound' in all rows" in m
                and "cuts 0 of them" in m for m in messages), messages
-    assert any(m.startswith("data.text_max_len=60 tokens (95th percentile of") and "cuts 0 of them" in m
+    assert any(m.startswith("data.text_max_len=60 tokens (99th percentile of") and "cuts 0 of them" in m
                for m in messages), messages
     # evaluate reads the saved limits: the same spectrograms and token ids as in training
     evaluated = cli("evaluate", tmp_path / "run", "--cache-dir", tmp_path / "cache")
@@ -89,6 +89,31 @@ def test_null_means_derived_and_compare_shares_the_derived_limits(data, tmp_path
     assert result.exit_code == 0, result.output
     plan = __import__("json").loads((out / "compare.json").read_text())
     assert plan["config"]["data"]["max_seconds"] == 6.0 and plan["config"]["data"]["text_max_len"] == 60
+
+
+def test_words_seen_once_are_counted_as_a_new_text_spells_them(tmp_path, cli):
+    """mmcli's vocabulary holds every training word, so the training texts never spell one;
+    a new text spells its unseen words in characters. mdi-icons' names: the training names
+    made at most 5 tokens at the 95th percentile, the test names 9, and a limit of 8 cut
+    5.5 % of them."""
+    import random
+
+    from mmcli.data.text import fit_tokenizer, token_counts, unseen_counts
+
+    texts = ["cat xyz", "cat dog", "dog abcd"]
+    assert token_counts(fit_tokenizer(texts, 2000, 16), texts) == [2, 2, 2]  # the fitted vocabulary: every word
+    assert unseen_counts(texts, 2000) == [1 + 3, 2, 1 + 4]  # xyz and abcd, seen once, spelled
+    rng = random.Random(0)
+    rows = [{"id": f"r{i}", "name": f"{['cat', 'dog'][i % 2]} {''.join(rng.choice('abcdefghij') for _ in range(10))}",
+             "label": ["cat", "dog"][i % 2]} for i in range(40)]
+    path = tmp_path / "names.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    result = cli("train", path, "--epochs", "1", "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 0, result.output
+    assert saved(tmp_path / "run")["text_max_len"] == 11  # a word and ten letters; counted as fitted: 2, so 8
 
 
 @pytest.mark.parametrize("lengths_, bounds, step, value, cut, capped", [
