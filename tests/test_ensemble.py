@@ -90,6 +90,46 @@ def test_each_task_averages_probabilities_or_values(task, act):
     assert torch.allclose(act(combined), mean, atol=1e-5)
 
 
+@pytest.mark.parametrize("task, act", [("classification", lambda o: o.softmax(1)),
+                                       ("multilabel", torch.sigmoid), ("regression", lambda o: o)])
+def test_each_task_weighs_its_members(task, act):
+    from mmcli.heads import TASKS
+
+    outputs = [torch.randn(5, 3 if task != "regression" else 1) * 4 for _ in range(2)]
+    combined = TASKS.get(task)().average(outputs, [0.25, 0.75])
+    assert torch.allclose(act(combined), 0.25 * act(outputs[0]) + 0.75 * act(outputs[1]), atol=1e-5)
+
+
+def _member(outputs: torch.Tensor, targets: torch.Tensor) -> dict:
+    ids = [str(i) for i in range(len(targets))]
+    return {"val_ids": ids, "val_outputs": outputs, "val_targets": targets,
+            "test_ids": ids, "test_outputs": outputs, "test_targets": targets}
+
+
+def test_the_ensemble_weighs_its_members_on_a_validation_split_large_enough():
+    from types import SimpleNamespace
+
+    from mmcli.compare.ensemble import choose_weights, evaluate
+    from mmcli.config import Config
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (60,), generator=g)
+    knows = torch.nn.functional.one_hot(y, 3).float() * 2.0  # right, and not too sure of it
+    guesses = torch.randn(60, 3, generator=g) * 8.0  # confident and random
+    loaded = {"a": _member(knows, y), "b": _member(guesses, y)}
+    plan = SimpleNamespace(base_config=Config, metric="accuracy", higher_is_better=True, val_sources=60)
+    names = ["x", "y", "z"]
+    equal = evaluate(plan, loaded, ["a", "b"], names, {})["accuracy"]
+    weights = choose_weights(plan, loaded, names, {})
+    assert weights is not None and weights["a"] > weights["b"] and sum(weights.values()) == pytest.approx(1)
+    assert evaluate(plan, loaded, ["a", "b"], names, {}, weights)["accuracy"] == 1.0 > equal
+    assert evaluate(plan, loaded, ["b"], names, {}, weights)["accuracy"] < 0.6  # without a: b alone, renormalised
+    # among equal scores the most even weights: two members that agree share the average
+    assert choose_weights(plan, {"a": _member(knows, y), "b": _member(knows * 3, y)}, names, {}) == {"a": 0.5, "b": 0.5}
+    # a validation split of fewer than 30 sources (COCO-mini's 6 photos) chooses nothing: equal weights
+    assert choose_weights(SimpleNamespace(**{**vars(plan), "val_sources": 29}), loaded, names, {}) is None
+
+
 # --------------------------------------------------------------------------- the ensemble, end to end
 
 def _by_hand(out: Path, seed: int, mods: list[str]) -> float:
@@ -126,6 +166,9 @@ def test_the_ensemble_is_the_average_of_the_saved_unimodal_outputs(cmp):
     assert e["mean"] == pytest.approx(np.mean([_by_hand(cmp, s, ["image", "text"]) for s in seeds]))
     report = (cmp / "report.md").read_text()
     assert "| multimodal:ensemble | 2 |" in report and "average of the other modalities' runs" in report
+    # the toy's 24 validation rows are too few to weigh the members on: equal weights, and the report says why
+    assert plan["val_sources"] == 24 and all(r["weights"] == "" for r in results(cmp))
+    assert "with equal weights (chosen on the validation split only where it holds at least 30 sources)" in report
     with open(cmp / "per_class.csv", newline="") as handle:
         assert any(r["variant"] == "multimodal:ensemble" for r in csv.DictReader(handle))
 

@@ -122,6 +122,8 @@ def test_the_ensemble_scores_the_mean_of_its_members_cosines():
     fused = task.embeddings(task.average(members), ["a", "b", "c"])
     one = [task.embeddings(m, ["a", "b", "c"]) for m in members]
     assert torch.allclose(fused[0] @ fused[1], (one[0][0] @ one[0][1] + one[1][0] @ one[1][1]) / 2, atol=1e-6)
+    weighted = task.embeddings(task.average(members, [0.2, 0.8]), ["a", "b", "c"])  # compare's weights
+    assert torch.allclose(weighted[0] @ weighted[1], 0.2 * one[0][0] @ one[0][1] + 0.8 * one[1][0] @ one[1][1], atol=1e-6)
 
 
 def test_perfect_embeddings_score_perfectly():

@@ -85,6 +85,7 @@ def _row(plan: Plan, cell: dict[str, Any], r: dict[str, Any], reused: bool | Non
     row["others_missing"] = r.get("others_missing", {}).get(plan.metric)
     row.update(degraded.row_fields(plan, r))
     row.update({"best_epoch": r.get("best_epoch"), "seconds": r.get("seconds"), "run": cell["run"], "reused": reused})
+    row["weights"] = r.get("weights")  # the ensemble's, chosen on the validation split (None: equal, or a run)
     return row
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmcli.compare import degraded, ensemble, stats
+from mmcli.data.splits import FEW_VALIDATION
 
 if TYPE_CHECKING:
     from mmcli.compare.collect import CompareResult
@@ -44,7 +45,8 @@ def _summary_section(result: CompareResult, plan: Plan) -> list[str]:
              f"{'Higher' if plan.higher_is_better else 'Lower'} is better.", ""]
     if any(ensemble.is_ensemble(v) for v in plan.variants):
         lines += [f"`{ensemble.NAME}` trains nothing: for each seed it averages the predictions of that seed's unimodal "
-                  "runs (late fusion; probabilities for classes and labels, values for regression).", ""]
+                  "runs (late fusion; probabilities for classes and labels, values for regression), "
+                  + _ensemble_weights(result), ""]
     warmed = sorted({c["variant"] for c in plan.cells if c.get("after")})
     if warmed:
         lines += [f"Warm start: each run of {', '.join(f'`{v}`' for v in warmed)} started its encoders and per-modality "
@@ -67,6 +69,15 @@ def _summary_section(result: CompareResult, plan: Plan) -> list[str]:
     if result.unlearnt:
         lines += ["", f"**Nothing learnt**: {result.unlearnt}."]
     return lines
+
+
+def _ensemble_weights(result: CompareResult) -> str:
+    weights = {r["seed"]: r["weights"] for r in result.results if r["variant"] == ensemble.NAME and r.get("weights")}
+    if not weights:
+        return ("with equal weights (chosen on the validation split only where it holds at least "
+                f"{FEW_VALIDATION} sources).")
+    said = "; ".join(f"seed {s}: " + ", ".join(f"{m} {w:.2f}" for m, w in ws.items()) for s, ws in sorted(weights.items()))
+    return f"each weighted as the validation split chose (the best {result.metric} of the average, the most even among equals): {said}."
 
 
 def _tuning_section(plan: Plan) -> list[str]:

@@ -58,6 +58,7 @@ class Plan:
     tune: dict[str, Any] | None = None  # --tune: {"space": {key: values}, "trials": N or None} (compare.tune)
     tuned: dict[str, Any] = field(default_factory=dict)  # variant -> {"values", "score", "trial", "trials"}
     corruptions: list[str] = field(default_factory=list)  # --corrupt: each run also scored so (compare.degraded)
+    val_sources: int | None = None  # sources in the validation split (the ensemble weighs on it; old plans: None)
 
     def base_config(self) -> Config:
         return from_dict(self.config)
@@ -153,7 +154,7 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
     check_reference(reference, variants)
     plan = Plan(variants, seeds, metric, metric not in task.lower_is_better, base.to_dict(), list(data.modalities),
                 baseline=_baseline(data.task, data), command=command, threads=threads, reference=reference, kinds=kinds,
-                warm_start=warm_start, tune=tune)
+                warm_start=warm_start, tune=tune, val_sources=_val_sources(data))
     pool = DataPool(base, kinds, cache_dir, data)
     list_cells(plan, pool, data.specs)
     return plan, pool
@@ -186,6 +187,12 @@ def list_cells(plan: Plan, pool: DataPool, specs: dict[str, Any]) -> None:
     if plan.warm_start:
         warm.link(plan, configs, specs)
     ensemble.mark_cells(plan)
+
+
+def _val_sources(data: RunData) -> int:
+    from mmcli.data.splits import source_groups, validation_sources
+
+    return validation_sources(data.splits, source_groups(data.table, data.task.crossmodal))
 
 
 def _baseline(task, data: RunData) -> dict[str, float] | None:

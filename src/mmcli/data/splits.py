@@ -210,6 +210,12 @@ def task_splits(task, values: list[str] | None, given: list[str] | None, seed: i
 FEW_VALIDATION = 30  # independent validation examples below which the kept epoch is a noisy choice
 
 
+def validation_sources(splits: list[str], groups: list[int] | None) -> int:
+    """How many sources the validation split holds (`groups`: each row's; None: rows)."""
+    rows = [i for i, s in enumerate(splits) if s == "val"]
+    return len({groups[i] for i in rows}) if groups is not None else len(rows)
+
+
 def warn_small_validation(splits: list[str], groups: list[int] | None, val_fraction: float, source: str,
                           what: str = "sources") -> None:
     """Say so when validation holds fewer than FEW_VALIDATION sources (`groups`: each row's;
@@ -217,8 +223,7 @@ def warn_small_validation(splits: list[str], groups: list[int] | None, val_fract
     early stopping and `compare --tune` are chosen on them. On COCO-mini's 8 validation
     photos the image model scored 50-67 % and 20 % on the test photos, and captioning kept
     an epoch with a third as many distinct captions as test photos."""
-    rows = [i for i, s in enumerate(splits) if s == "val"]
-    n = len({groups[i] for i in rows}) if groups is not None else len(rows)
+    n = validation_sources(splits, groups)
     if not 0 < n < FEW_VALIDATION:
         return
     half = 196 * (0.25 / n) ** 0.5  # the widest 95 % interval of a share measured on n

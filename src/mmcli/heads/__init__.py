@@ -139,10 +139,11 @@ class Task(ABC):
         """State chosen on the validation split once training is over (default: none)."""
         return {}
 
-    def average(self, outputs: list):
+    def average(self, outputs: list, weights: list[float] | None = None):
         """The late-fusion ensemble of models trained apart (compare's `multimodal:ensemble`):
-        their outputs on the same rows combined into outputs `evaluate` reads. None: this
-        task has no ensemble."""
+        their outputs on the same rows combined into outputs `evaluate` reads, each member
+        counted with its weight (`weights`, summing to 1; None: equal). None: this task has
+        no ensemble."""
         return None
 
     def split_keys(self, values: list[str]) -> list[str]:
@@ -177,6 +178,14 @@ class Task(ABC):
             known = ", ".join(self.options) or "none"
             raise ConfigError(f"config key 'model.task_options.{unknown[0]}': the {self.name} task has no such option "
                               f"(it has: {known})")
+
+
+def mixed(stacked, weights: list[float] | None):
+    """The members' outputs (stacked on the first dimension) averaged with `weights` (None: equal)."""
+    if weights is None:
+        return stacked.mean(dim=0)
+    shares = stacked.new_tensor(weights).reshape(-1, *([1] * (stacked.dim() - 1)))
+    return (stacked * shares).sum(dim=0)
 
 
 def make_task(config, state: dict[str, Any] | None = None) -> Task:

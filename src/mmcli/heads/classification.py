@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mmcli.heads import TASKS, Task
+from mmcli.heads import TASKS, Task, mixed
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmcli.data.dataset import Batch
@@ -90,10 +90,10 @@ class Classification(Task):
     def evaluate(self, logits: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict[str, Any]:
         return classification_scores(logits, labels, names)
 
-    def average(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+    def average(self, outputs: list[torch.Tensor], weights: list[float] | None = None) -> torch.Tensor:
         """The predicted probabilities averaged, as log-probabilities: softmax gives them back,
         so accuracy, F1 and the loss are the averaged distribution's (UME, Du et al., 2023)."""
-        probs = torch.stack([o.float().softmax(dim=1) for o in outputs]).mean(dim=0)
+        probs = mixed(torch.stack([o.float().softmax(dim=1) for o in outputs]), weights)
         return probs.clamp_min(torch.finfo(torch.float32).tiny).log()  # a 0 would make the loss infinite
 
     def sample_weights(self, targets: torch.Tensor) -> torch.Tensor:

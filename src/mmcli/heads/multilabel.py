@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mmcli.heads import TASKS, Task
+from mmcli.heads import TASKS, Task, mixed
 from mmcli.heads.classification import ClassificationHead
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -86,9 +86,9 @@ class MultiLabel(Task):
             chosen.append(round(best, 4))
         return {"thresholds": chosen}
 
-    def average(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+    def average(self, outputs: list[torch.Tensor], weights: list[float] | None = None) -> torch.Tensor:
         """Each label's predicted probability averaged, as logits (sigmoid gives it back)."""
-        probs = torch.stack([torch.sigmoid(o.float()) for o in outputs]).mean(dim=0)
+        probs = mixed(torch.stack([torch.sigmoid(o.float()) for o in outputs]), weights)
         return torch.logit(probs, eps=1e-7)
 
     def errors(self, logits: torch.Tensor, targets: torch.Tensor, names: list[str], top_k: int) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mmcli.heads import TASKS, Task
+from mmcli.heads import TASKS, Task, mixed
 from mmcli.heads.classification import ClassificationHead
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,9 +76,9 @@ class Regression(Task):
         """Standardised outputs back in the target's units (float64: a large mean keeps its digits)."""
         return outputs.double().squeeze(-1) * self.state.get("std", 1.0) + self.state.get("mean", 0.0)
 
-    def average(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+    def average(self, outputs: list[torch.Tensor], weights: list[float] | None = None) -> torch.Tensor:
         """The mean prediction (standardised, as every run's outputs)."""
-        return torch.stack([o.float() for o in outputs]).mean(dim=0)
+        return mixed(torch.stack([o.float() for o in outputs]), weights)
 
     def errors(self, outputs: torch.Tensor, targets: torch.Tensor, names: list[str], top_k: int) -> list[dict[str, Any]]:
         """Every example with its error in the target's units, the largest first (a value has no

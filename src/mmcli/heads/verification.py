@@ -210,11 +210,13 @@ class Verification(Task):
         threshold = min(1.0, max(-1.0, threshold))  # float32 unit vectors' cosines can pass 1 by an ulp
         return {"threshold": threshold, "threshold_rule": "EER of the validation trials", "val_eer": rate}
 
-    def average(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+    def average(self, outputs: list[torch.Tensor], weights: list[float] | None = None) -> torch.Tensor:
         """Score-level fusion of models trained apart: their embeddings side by side, each
-        divided by sqrt(M), so that the cosine of two such rows is the mean of the members' cosines."""
+        times the square root of its weight (1/M each by default), so that the cosine of two
+        such rows is the weighted mean of the members' cosines."""
         n_names = outputs[0].shape[1] - int(self.option("embed_dim"))
-        parts = [self.embeddings(o, [""] * n_names) / math.sqrt(len(outputs)) for o in outputs]
+        shares = weights or [1.0 / len(outputs)] * len(outputs)
+        parts = [self.embeddings(o, [""] * n_names) * math.sqrt(w) for o, w in zip(outputs, shares)]
         return torch.cat([*parts, torch.zeros(len(outputs[0]), n_names)], dim=1)
 
     def predict(self, outputs: torch.Tensor, names: list[str], top_k: int) -> list[dict[str, Any]]:
