@@ -87,8 +87,8 @@ def test_summary_has_the_documented_fields(plain):
     report = (plain / "report.md").read_text()
     assert "paired t-test" in report and "## Missing modalities" in report and "## Per-class differences" in report
     assert "Command: `mmcli compare unimodal:audio" in report
-    # the label prior: the toy's fused model clears it (its audio model, 2 seeds, not significantly), so nothing is said
-    assert all(0 < r["prior"] < 0.2 for r in rows) and rows[1]["above_prior"] is True and rows[1]["p_vs_prior"] < 0.05
+    # the label prior: the toy's fused model clears it on both seeds, so nothing is said
+    assert all(0 < r["prior"] < 0.2 for r in rows) and rows[1]["above_prior"] is True and rows[1]["p_vs_prior"] is not None
     assert f"scores {rows[0]['prior']:.4f} on the test split" in report and "Nothing learnt" not in report
 
 
@@ -108,7 +108,7 @@ def test_a_comparison_on_labels_the_inputs_do_not_carry_says_nothing_was_learnt(
     out = tmp_path / "cmp"
     result = cli("compare", "unimodal:text", "unimodal:audio", "--data", manifest, "--epochs", "2", "--seeds", "3",
                  "--jobs", "1", "--out", out)
-    assert "no variant is significantly above the label prior" in result.stderr
+    assert "no variant is above the label prior" in result.stderr
     assert all(r["above_prior"] is False for r in summary(out))
     assert "**Nothing learnt**" in (out / "report.md").read_text()
 
@@ -292,12 +292,16 @@ def test_corrupt_scores_the_ensemble_from_its_members_degraded_outputs(toy_small
     out, spec = tmp_path / "cmp", "audio:white_noise@1"
     cli("compare", "unimodal:audio", "unimodal:text", "multimodal:ensemble", "--data", toy_small, "--epochs", "1",
         "--jobs", "1", "--out", out, "--corrupt", spec)
-    audio, text = np.load(out / "runs" / "unimodal-audio-seed0" / degraded_file(spec)), np.load(
-        out / "runs" / "unimodal-text-seed0" / OUTPUTS)
+    # the ensemble averages every modality's run: named alone it brought unimodal:image too
+    assert {r["variant"] for r in csv.DictReader(open(out / "results.csv"))} == {
+        "unimodal:audio", "unimodal:text", "unimodal:image", "multimodal:ensemble"}
+    audio, text, image = np.load(out / "runs" / "unimodal-audio-seed0" / degraded_file(spec)), np.load(
+        out / "runs" / "unimodal-text-seed0" / OUTPUTS), np.load(out / "runs" / "unimodal-image-seed0" / OUTPUTS)
     assert not (out / "runs" / "unimodal-text-seed0" / degraded_file(spec)).exists()  # the text run never hears it
-    assert audio["test_ids"].tolist() == text["test_ids"].tolist()
+    assert audio["test_ids"].tolist() == text["test_ids"].tolist() == image["test_ids"].tolist()
     softmax = lambda x: np.exp(x - x.max(1, keepdims=True)) / np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)  # noqa: E731
-    guess = (softmax(audio["test_outputs"]) + softmax(text["test_outputs"])).argmax(1)
+    # equal weights: the toy's 24 validation rows are too few to weigh on (compare.ensemble.choose_weights)
+    guess = (softmax(audio["test_outputs"]) + softmax(text["test_outputs"]) + softmax(image["test_outputs"])).argmax(1)
     expected = float((guess == text["test_targets"]).mean())
     row = next(r for r in csv.DictReader(open(out / "results.csv")) if r["variant"] == "multimodal:ensemble")
     assert float(row[f"corrupt {spec}"]) == pytest.approx(expected)

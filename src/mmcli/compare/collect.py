@@ -133,26 +133,29 @@ def summarise(results: list[dict[str, Any]], plan: Plan, reference: str | None =
 def _versus_prior(results: list[dict[str, Any]], row: dict[str, Any], plan: Plan) -> dict[str, Any]:
     """The variant against the label prior's score on the test split (what a model that sees
     no input scores, `plan.baseline`): `p_vs_prior`, a two-sided one-sample t-test over the
-    seeds, and `above_prior`, better than it with p < 0.05 (one seed: its score is better)."""
+    seeds, and `above_prior`, better than it on every seed. Not the t-test: with 2 seeds it
+    has one degree of freedom, and the toy's fused models at 49 % against a prior of 8 %
+    were not significantly above it on one machine's floating-point sums."""
     prior = (plan.baseline or {}).get(plan.metric)
-    if prior is None or row["mean"] is None:
+    values = list(_values(results, row["variant"]).values())
+    if prior is None or not values:
         return {"prior": prior, "p_vs_prior": None, "above_prior": None}
-    p = stats.paired_t_test([v - prior for v in _values(results, row["variant"]).values()])
-    better = row["mean"] > prior if plan.higher_is_better else row["mean"] < prior
-    return {"prior": prior, "p_vs_prior": p, "above_prior": better and (p is None or p < 0.05)}
+    better = all(v > prior if plan.higher_is_better else v < prior for v in values)
+    return {"prior": prior, "p_vs_prior": stats.paired_t_test([v - prior for v in values]), "above_prior": better}
 
 
 def learnt_nothing(summary: list[dict[str, Any]], plan: Plan) -> str | None:
-    """A warning when no variant is significantly better than the label prior: then no model
+    """A warning when no variant is better than the label prior on every seed: then no model
     learnt from this data what holds on its test split, and the verdicts compare models
     that have not learnt. On spoken COCO-mini (80 training photos) every variant, fused or
-    not, stayed below the share of the most frequent class. A variant alone above it (a
-    fusion of modalities that are each useless alone) says nothing."""
+    not, stayed below the share of the most frequent class on some seed (their means all
+    below it). A variant alone above it (a fusion of modalities that are each useless
+    alone) is enough to say nothing."""
     scored = [r for r in summary if r.get("above_prior") is not None]
     if not scored or any(r["above_prior"] for r in scored):
         return None
-    return (f"no variant is significantly {'above' if plan.higher_is_better else 'below'} the label prior's "
-            f"{plan.metric} of {scored[0]['prior']:.4g} (a model that sees no input and predicts from the training "
+    return (f"no variant is {'above' if plan.higher_is_better else 'below'} the label prior's "
+            f"{plan.metric} of {scored[0]['prior']:.4g} on every seed (a model that sees no input and predicts from the training "
             "split's labels alone): no model learnt from this data what holds on its test split, so the differences "
             "between the variants say nothing about fusion. More training examples or a pretrained encoder "
             "(docs/encoders.md) come first")
