@@ -108,14 +108,16 @@ def test_summary_adjusts_over_the_variants_tested_against_the_reference():
     assert rows["multimodal:x"]["p_holm"] > rows["multimodal:x"]["p_value"]
 
 
-def _summary_against_prior(value: dict[str, dict[int, float]], prior: float | None, higher: bool = True):
+def _summary_against_prior(value: dict[str, dict[int, float]], prior: float | None, higher: bool = True,
+                           metric: str | None = None):
     from types import SimpleNamespace
 
     from mmcli.compare.collect import learnt_nothing, summarise
 
     plan = SimpleNamespace(variants=[SimpleNamespace(name=n, family=n.split(":")[0]) for n in value],
-                           metric="accuracy" if higher else "loss", higher_is_better=higher, modalities=[], tune=None,
-                           corruptions=[], baseline=None if prior is None else {"accuracy" if higher else "loss": prior})
+                           metric=metric or ("accuracy" if higher else "mae"), higher_is_better=higher, modalities=[],
+                           tune=None, corruptions=[],
+                           baseline=None if prior is None else {metric or ("accuracy" if higher else "mae"): prior})
     results = [{"variant": n, "seed": s, "value": v, "without": {}, "others_missing": None} for n, per in value.items() for s, v in per.items()]
     summary = summarise(results, plan)
     return {r["variant"]: r for r in summary}, learnt_nothing(summary, plan)
@@ -139,9 +141,12 @@ def test_a_comparison_where_no_variant_beats_the_label_prior_says_so():
     assert warning is None and rows["unimodal:image"]["above_prior"] is None
     rows, warning = _summary_against_prior({"unimodal:a": {0: 0.35}}, 0.3014)
     assert rows["unimodal:a"]["p_vs_prior"] is None and rows["unimodal:a"]["above_prior"] is True and warning is None
-    # lower is better (loss): below the prior is the good side
+    # lower is better (regression's mae): below the prior is the good side
     rows, warning = _summary_against_prior({"unimodal:a": {0: 2.30, 1: 2.31, 2: 2.29}}, 2.0, higher=False)
-    assert rows["unimodal:a"]["above_prior"] is False and "no variant is below the label prior's loss" in warning
+    assert rows["unimodal:a"]["above_prior"] is False and "no variant is below the label prior's mae" in warning
+    # not on the loss, which an over-confident model that learnt can have above the prior's
+    rows, warning = _summary_against_prior({"unimodal:a": {0: 2.30, 1: 2.31, 2: 2.29}}, 2.0, higher=False, metric="loss")
+    assert rows["unimodal:a"]["above_prior"] is False and warning is None
     # every seed better, however few seeds and whatever the t-test with 1 degree of freedom says
     rows, warning = _summary_against_prior({"unimodal:a": {0: 0.35, 1: 0.62}}, 0.3014)
     assert rows["unimodal:a"]["p_vs_prior"] > 0.05 and rows["unimodal:a"]["above_prior"] is True and warning is None

@@ -128,6 +128,51 @@ def test_the_ensemble_weighs_its_members_on_a_validation_split_large_enough():
     assert choose_weights(plan, {"a": _member(knows, y), "b": _member(knows * 3, y)}, names, {}) == {"a": 0.5, "b": 0.5}
     # a validation split of fewer than 30 sources (COCO-mini's 6 photos) chooses nothing: equal weights
     assert choose_weights(SimpleNamespace(**{**vars(plan), "val_sources": 29}), loaded, names, {}) is None
+    # lower is better (the loss): the member that knows still gets the weight
+    by_loss = choose_weights(SimpleNamespace(**{**vars(plan), "metric": "loss", "higher_is_better": False}), loaded, names, {})
+    assert by_loss is not None and by_loss["a"] > by_loss["b"]
+
+
+def test_the_ensemble_renormalises_its_weights_over_the_members_it_averages():
+    from types import SimpleNamespace
+
+    from mmcli.compare.ensemble import evaluate
+    from mmcli.config import Config
+
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 3, (40,), generator=g)
+    members = {m: _member(torch.randn(40, 3, generator=g) * 3, y) for m in "abc"}
+    plan = SimpleNamespace(base_config=Config, metric="loss", higher_is_better=False, val_sources=40)
+    names = ["x", "y", "z"]
+
+    def by_hand(shares: dict[str, float]) -> float:
+        probs = sum(w * members[m]["test_outputs"].softmax(1) for m, w in shares.items())
+        return float(torch.nn.functional.nll_loss(probs.log(), y))
+
+    weights = {"a": 0.6, "b": 0.3, "c": 0.1}
+    assert evaluate(plan, members, ["a", "b", "c"], names, {}, weights)["loss"] == pytest.approx(by_hand(weights), rel=1e-4)
+    assert evaluate(plan, members, ["b", "c"], names, {}, weights)["loss"] == pytest.approx(by_hand({"b": 0.75, "c": 0.25}), rel=1e-4)
+    zero = {"a": 1.0, "b": 0.0, "c": 0.0}  # none of b's and c's weight left: equal
+    assert evaluate(plan, members, ["b", "c"], names, {}, zero)["loss"] == pytest.approx(by_hand({"b": 0.5, "c": 0.5}), rel=1e-4)
+
+
+def test_multilabel_weights_are_scored_with_thresholds_chosen_for_each_average():
+    """The search chooses the thresholds again for every weighting, as the final score does:
+    the first member's own thresholds would favour it."""
+    from types import SimpleNamespace
+
+    from mmcli.compare.ensemble import choose_weights
+    from mmcli.config import Config
+
+    g = torch.Generator().manual_seed(2)
+    y = (torch.rand(80, 4, generator=g) > 0.5).float()
+    knows = (y * 2 - 1) * 1.5 - 5.0  # right on every label, every logit far below 0: nothing passes 0.5 unless re-chosen
+    guesses = torch.randn(80, 4, generator=g) * 3
+    config = Config()
+    config.model.task = "multilabel"
+    plan = SimpleNamespace(base_config=lambda: config, metric="micro_f1", higher_is_better=True, val_sources=80)
+    weights = choose_weights(plan, {"b": _member(guesses, y), "a": _member(knows, y)}, list("pqrs"), {})
+    assert weights is not None and weights["a"] > weights["b"]
 
 
 # --------------------------------------------------------------------------- the ensemble, end to end
@@ -263,3 +308,16 @@ def test_an_unknown_reference_is_exit_2_naming_the_variants(cmp, toy_small, tmp_
 
 def test_list_variants_names_the_ensemble():
     assert "multimodal:ensemble" in ok("list", "variants").stdout
+
+
+def test_the_plan_counts_validation_sources_as_the_small_validation_warning_does():
+    """Verification validates on identities: 200 clips of 4 speakers are 4 sources, too few
+    to weigh an ensemble on."""
+    from types import SimpleNamespace
+
+    from mmcli.compare.runner import _val_sources
+
+    speakers = [f"s{i % 4}" for i in range(200)]
+    task = SimpleNamespace(disjoint_labels=True, crossmodal=False, target_values=lambda table: speakers)
+    data = SimpleNamespace(task=task, table=None, splits=["val"] * 200)
+    assert _val_sources(data) == 4

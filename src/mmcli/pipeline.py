@@ -20,7 +20,7 @@ from mmcli.data.dataset import Encoded, encode_table, table_sources
 from mmcli.training import degrade
 from mmcli.data.decode import audio_frames
 from mmcli.data.preprocess import BUILTIN_PREFIX, Progress, preprocess, warn_skipped
-from mmcli.data.splits import source_groups, task_splits, warn_small_validation
+from mmcli.data.splits import identity_groups, source_groups, task_splits, warn_small_validation
 from mmcli.data.table import Table
 from mmcli.encoders import ModalitySpec
 from mmcli.kinds import KINDS
@@ -131,8 +131,7 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
     splits = task_splits(task, values, table.given_splits, split_seed(config), config.data.val_fraction,
                          config.data.test_fraction, table.source, groups, config.data.label)
     if report:  # verification validates on identities: count them
-        index: dict[str, int] = {}
-        counted = [index.setdefault(v, len(index)) for v in values] if task.disjoint_labels else groups
+        counted = identity_groups(values) if task.disjoint_labels else groups
         warn_small_validation(splits, counted, config.data.val_fraction, table.source,
                               "identities" if task.disjoint_labels else "sources")
     modalities = chosen_modalities(config, list(table.modalities))

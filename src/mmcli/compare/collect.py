@@ -150,7 +150,10 @@ def learnt_nothing(summary: list[dict[str, Any]], plan: Plan) -> str | None:
     that have not learnt. On spoken COCO-mini (80 training photos) every variant, fused or
     not, stayed below the share of the most frequent class on some seed (their means all
     below it). A variant alone above it (a fusion of modalities that are each useless
-    alone) is enough to say nothing."""
+    alone) is enough to say nothing. Not on the loss: a model that learnt but is over-confident
+    where it errs can have a higher loss than the prior's."""
+    if plan.metric == "loss":
+        return None
     scored = [r for r in summary if r.get("above_prior") is not None]
     if not scored or any(r["above_prior"] for r in scored):
         return None

@@ -46,7 +46,7 @@ def _summary_section(result: CompareResult, plan: Plan) -> list[str]:
     if any(ensemble.is_ensemble(v) for v in plan.variants):
         lines += [f"`{ensemble.NAME}` trains nothing: for each seed it averages the predictions of that seed's unimodal "
                   "runs (late fusion; probabilities for classes and labels, values for regression), "
-                  + _ensemble_weights(result), ""]
+                  + _ensemble_weights(result, plan), ""]
     warmed = sorted({c["variant"] for c in plan.cells if c.get("after")})
     if warmed:
         lines += [f"Warm start: each run of {', '.join(f'`{v}`' for v in warmed)} started its encoders and per-modality "
@@ -71,8 +71,10 @@ def _summary_section(result: CompareResult, plan: Plan) -> list[str]:
     return lines
 
 
-def _ensemble_weights(result: CompareResult) -> str:
+def _ensemble_weights(result: CompareResult, plan: Plan) -> str:
     weights = {r["seed"]: r["weights"] for r in result.results if r["variant"] == ensemble.NAME and r.get("weights")}
+    if not weights and plan.val_sources is None:
+        return "with equal weights (this comparison was planned by an mmcli that did not weigh them)."
     if not weights:
         return ("with equal weights (chosen on the validation split only where it holds at least "
                 f"{FEW_VALIDATION} sources).")

@@ -190,9 +190,14 @@ def list_cells(plan: Plan, pool: DataPool, specs: dict[str, Any]) -> None:
 
 
 def _val_sources(data: RunData) -> int:
-    from mmcli.data.splits import source_groups, validation_sources
+    """Sources in the validation split, counted as the small-validation warning counts them
+    (verification: identities)."""
+    from mmcli.data.splits import identity_groups, source_groups, validation_sources
 
-    return validation_sources(data.splits, source_groups(data.table, data.task.crossmodal))
+    task = data.task
+    values = task.target_values(data.table) if task.disjoint_labels else None
+    groups = identity_groups(values) if values is not None else source_groups(data.table, task.crossmodal)
+    return validation_sources(data.splits, groups)
 
 
 def _baseline(task, data: RunData) -> dict[str, float] | None:

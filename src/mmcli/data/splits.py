@@ -210,6 +210,12 @@ def task_splits(task, values: list[str] | None, given: list[str] | None, seed: i
 FEW_VALIDATION = 30  # independent validation examples below which the kept epoch is a noisy choice
 
 
+def identity_groups(values: list[str]) -> list[int]:
+    """A group number per identity: verification validates on identities, not rows."""
+    index: dict[str, int] = {}
+    return [index.setdefault(v, len(index)) for v in values]
+
+
 def validation_sources(splits: list[str], groups: list[int] | None) -> int:
     """How many sources the validation split holds (`groups`: each row's; None: rows)."""
     rows = [i for i, s in enumerate(splits) if s == "val"]
