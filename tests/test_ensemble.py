@@ -313,11 +313,7 @@ def test_list_variants_names_the_ensemble():
 def test_the_plan_counts_validation_sources_as_the_small_validation_warning_does():
     """Verification validates on identities: 200 clips of 4 speakers are 4 sources, too few
     to weigh an ensemble on."""
-    from types import SimpleNamespace
+    from mmcli.data.splits import identity_groups, validation_sources
 
-    from mmcli.compare.runner import _val_sources
-
-    speakers = [f"s{i % 4}" for i in range(200)]
-    task = SimpleNamespace(disjoint_labels=True, crossmodal=False, target_values=lambda table: speakers)
-    data = SimpleNamespace(task=task, table=None, splits=["val"] * 200)
-    assert _val_sources(data) == 4
+    speakers = [f"s{i % 4}" for i in range(200)]  # what mmcli.pipeline.prepare_training counts for verification
+    assert validation_sources(["val"] * 200, identity_groups(speakers)) == 4

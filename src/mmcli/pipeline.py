@@ -20,7 +20,7 @@ from mmcli.data.dataset import Encoded, encode_table, table_sources
 from mmcli.training import degrade
 from mmcli.data.decode import audio_frames
 from mmcli.data.preprocess import BUILTIN_PREFIX, Progress, preprocess, warn_skipped
-from mmcli.data.splits import identity_groups, source_groups, task_splits, warn_small_validation
+from mmcli.data.splits import identity_groups, source_groups, task_splits, validation_sources, warn_small_validation
 from mmcli.data.table import Table
 from mmcli.encoders import ModalitySpec
 from mmcli.kinds import KINDS
@@ -40,6 +40,7 @@ class RunData:
     tokenizers: dict = field(default_factory=dict)
     specs: dict[str, ModalitySpec] = field(default_factory=dict)
     target_state: dict = field(default_factory=dict)  # the task's state (target.json)
+    val_sources: int | None = None  # sources in the validation split (verification: identities), as split
 
     @property
     def task(self):
@@ -130,8 +131,8 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
     groups = source_groups(table, task.crossmodal)
     splits = task_splits(task, values, table.given_splits, split_seed(config), config.data.val_fraction,
                          config.data.test_fraction, table.source, groups, config.data.label)
-    if report:  # verification validates on identities: count them
-        counted = identity_groups(values) if task.disjoint_labels else groups
+    counted = identity_groups(values) if task.disjoint_labels else groups  # verification validates on identities
+    if report:
         warn_small_validation(splits, counted, config.data.val_fraction, table.source,
                               "identities" if task.disjoint_labels else "sources")
     modalities = chosen_modalities(config, list(table.modalities))
@@ -154,7 +155,7 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
         warn_cutoffs(config, table, [n for n in modalities if not derived.get(table.modalities[n].kind)], tokenizers,
                      train_rows)
     specs = make_specs(config, table, modalities, tokenizers)
-    return RunData(config, table, splits, modalities, labels, tokenizers, specs, state)
+    return RunData(config, table, splits, modalities, labels, tokenizers, specs, state, validation_sources(splits, counted))
 
 
 def warn_cutoffs(config: Config, table: Table, modalities: list[str], tokenizers: dict, rows: list[int]) -> None:

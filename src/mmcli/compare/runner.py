@@ -154,7 +154,7 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
     check_reference(reference, variants)
     plan = Plan(variants, seeds, metric, metric not in task.lower_is_better, base.to_dict(), list(data.modalities),
                 baseline=_baseline(data.task, data), command=command, threads=threads, reference=reference, kinds=kinds,
-                warm_start=warm_start, tune=tune, val_sources=_val_sources(data))
+                warm_start=warm_start, tune=tune, val_sources=data.val_sources)
     pool = DataPool(base, kinds, cache_dir, data)
     list_cells(plan, pool, data.specs)
     return plan, pool
@@ -187,17 +187,6 @@ def list_cells(plan: Plan, pool: DataPool, specs: dict[str, Any]) -> None:
     if plan.warm_start:
         warm.link(plan, configs, specs)
     ensemble.mark_cells(plan)
-
-
-def _val_sources(data: RunData) -> int:
-    """Sources in the validation split, counted as the small-validation warning counts them
-    (verification: identities)."""
-    from mmcli.data.splits import identity_groups, source_groups, validation_sources
-
-    task = data.task
-    values = task.target_values(data.table) if task.disjoint_labels else None
-    groups = identity_groups(values) if values is not None else source_groups(data.table, task.crossmodal)
-    return validation_sources(data.splits, groups)
 
 
 def _baseline(task, data: RunData) -> dict[str, float] | None:
