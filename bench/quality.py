@@ -6,7 +6,8 @@ real multimodal set in ../shared/data, one table per set.
     make bench-quality
 
 For each set it prints each variant's mean, 95 % interval, its difference to the best
-single modality with the paired t-test's p-value, and the scores with each modality
+single modality with the paired t-test's p-value (and with the test split's sources drawn
+again beside the seeds: docs/compare.md#the-table), and the scores with each modality
 missing; and the comparison's wall time. Nothing is tuned per set: the command is the one
 a new user runs (`--tune` adds compare's own search, the same for every variant, at about
 six times the cost). With `--ludwig VENV` (a virtual environment with Ludwig 0.11:
@@ -38,15 +39,15 @@ def pct(value) -> str:
 
 def table(summary: list[dict]) -> list[str]:
     missing = sorted({k for row in summary for k in row if k.startswith("without_")})
-    head = ["variant", "n", "mean", "95 % CI", "delta", "p", "p (Holm)", *missing]
+    head = ["variant", "n", "mean", "95 % CI", "delta", "p", "p (Holm)", "p, test resampled (Holm)", *missing]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary:
         delta = row.get("delta_vs_reference", row.get("delta_vs_best_unimodal"))
-        p, holm = row.get("p_value"), row.get("p_holm")
+        p, holm, again = row.get("p_value"), row.get("p_holm"), row.get("p_resampled_holm")
         cells = [row["variant"], str(row["n"]), pct(row["mean"]), f"[{pct(row.get('ci_low'))}, {pct(row.get('ci_high'))}]",
                  "reference" if row.get("is_reference", row.get("is_best_unimodal")) else
                  ("–" if delta is None else f"{100 * delta:+.1f}"),
-                 *("–" if v is None else ("< 0.001" if v < 0.001 else f"{v:.3f}") for v in (p, holm)),
+                 *("–" if v is None else ("< 0.001" if v < 0.001 else f"{v:.3f}") for v in (p, holm, again)),
                  *(pct(row.get(k)) for k in missing)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -67,11 +67,14 @@ def test_summary_has_the_documented_fields(plain):
     assert [r["variant"] for r in rows] == ["unimodal:audio", "multimodal:sum"]
     for r in rows:
         for key in ("variant", "family", "metric", "mean", "std", "ci_low", "ci_high", "n",
-                    "delta_vs_best_unimodal", "p_value", "verdict", "without_audio", "without_text"):
+                    "delta_vs_best_unimodal", "p_value", "verdict", "without_audio", "without_text",
+                    "p_resampled", "p_resampled_holm", "delta_resampled_low", "delta_resampled_high", "resampled_sources"):
             assert key in r
         assert r["n"] == 2 and r["ci_low"] <= r["mean"] <= r["ci_high"]
     best = next(r for r in rows if r["is_best_unimodal"])
-    assert best["p_value"] is None and best["delta_vs_best_unimodal"] == 0.0
+    assert best["p_value"] is None and best["delta_vs_best_unimodal"] == 0.0 and best["p_resampled"] is None
+    other = next(r for r in rows if not r["is_best_unimodal"])
+    assert 0 < other["p_resampled"] <= 1 and other["resampled_sources"] > 1
     fused = rows[1]
     # robustness columns: the multimodal variant is scored with each modality missing
     assert fused["without_audio"] is not None and fused["without_text"] is not None

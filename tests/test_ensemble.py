@@ -218,6 +218,25 @@ def test_the_ensemble_is_the_average_of_the_saved_unimodal_outputs(cmp):
         assert any(r["variant"] == "multimodal:ensemble" for r in csv.DictReader(handle))
 
 
+def test_every_variant_and_the_ensemble_are_also_tested_on_the_test_split_drawn_again(cmp):
+    """Every run saves its test rows' sources; the ensemble brings its averaged outputs:
+    the summary has the resampled difference of every variant but the reference."""
+    import numpy as np
+
+    from mmcli.compare.resample import FIELDS
+
+    with np.load(cmp / "runs" / "unimodal-text-seed0" / "compare-outputs.npz") as z:
+        sources = len(np.unique(z["test_groups"]))
+        assert len(z["test_groups"]) == len(z["test_ids"])
+    for name, row in summary(cmp).items():
+        if row["is_reference"]:
+            assert all(row[k] is None for k in FIELDS)
+            continue
+        assert 0 < row["p_resampled"] <= 1 and row["p_resampled_holm"] >= row["p_resampled"], name
+        assert row["resampled_sources"] == sources
+        assert row["delta_resampled_low"] <= row["delta_resampled_high"]
+
+
 def test_collect_gives_the_same_ensemble(cmp):
     before = summary(cmp)
     shown = ok("compare", "--collect", cmp)
@@ -265,7 +284,7 @@ def test_reference_tests_every_variant_against_the_chosen_one(cmp):
         assert row["delta_vs_reference"] == pytest.approx(sum(diffs) / 2)
         assert row["p_value"] == stats.paired_t_test(diffs)
         if row["p_value"] is not None:  # else every seed differs by the same amount: no test, and the verdict says so
-            assert row["verdict"].split(" (not after")[0].endswith("unimodal:text") and "best single modality" not in row["verdict"]
+            assert row["verdict"].split(" (not ")[0].endswith("unimodal:text") and "best single modality" not in row["verdict"]
     assert any(rows[n]["p_value"] is not None for n in ("unimodal:image", "multimodal:ensemble"))
     best = rows["unimodal:image"]["best_unimodal"]  # still reported beside the chosen reference
     assert rows[best]["is_best_unimodal"]

@@ -41,6 +41,7 @@ class RunData:
     specs: dict[str, ModalitySpec] = field(default_factory=dict)
     target_state: dict = field(default_factory=dict)  # the task's state (target.json)
     val_sources: int | None = None  # sources in the validation split (verification: identities), as split
+    groups: list[int] | None = None  # each row's source (`splits.source_groups`; None: every row its own)
 
     @property
     def task(self):
@@ -52,6 +53,12 @@ class RunData:
         task, table = self.task, self.table.subset(rows)
         return encode_table(table, self.modalities, self.tokenizers, lambda v: task.encode(v, self.labels),
                             task.target_values(table))
+
+    def source_of(self, split: str) -> dict[str, int]:
+        """Row id -> its source's number, for the rows of one split (a row without a shared
+        source is a source of its own)."""
+        return {self.table.ids[i]: (self.groups[i] if self.groups is not None else -1 - i)
+                for i, s in enumerate(self.splits) if s == split}
 
     def counts(self) -> dict[str, int]:
         return {s: self.splits.count(s) for s in ("train", "val", "test")}
@@ -155,7 +162,8 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
         warn_cutoffs(config, table, [n for n in modalities if not derived.get(table.modalities[n].kind)], tokenizers,
                      train_rows)
     specs = make_specs(config, table, modalities, tokenizers)
-    return RunData(config, table, splits, modalities, labels, tokenizers, specs, state, validation_sources(splits, counted))
+    return RunData(config, table, splits, modalities, labels, tokenizers, specs, state, validation_sources(splits, counted),
+                   groups)
 
 
 def warn_cutoffs(config: Config, table: Table, modalities: list[str], tokenizers: dict, rows: list[int]) -> None:

@@ -240,12 +240,13 @@ def _show(result) -> None:
         pm = "" if r["std"] is None else f" ± {f(r['std'])}"
         ci = "–" if r["ci_low"] is None else f"{f(r['ci_low'])}–{f(r['ci_high'])}"
         rows.append((r["variant"], r["n"], f"{f(r['mean'])}{pm}", ci, f(r["delta_vs_reference"], True),
-                     *("–" if r.get(key) is None else f"{r[key]:.3g}" for key in ("p_value", "p_holm")),
+                     *("–" if r.get(key) is None else f"{r[key]:.3g}" for key in ("p_value", "p_holm", "p_resampled_holm")),
                      *[f(r.get(f"without_{m}")) for m in mods], *([f(r.get("others_missing"))] if alone else []),
                      r["verdict"]))
     unit = f"{result.metric} (%)" if rate else result.metric
     fmt = "table" if sys.stdout.isatty() else "csv"
-    headers = ["variant", "n", unit, "95% CI", f"delta vs {result.reference or 'best unimodal'}", "p (paired t)", "p (Holm)", *[f"without {m}" for m in mods],
+    headers = ["variant", "n", unit, "95% CI", f"delta vs {result.reference or 'best unimodal'}", "p (paired t)", "p (Holm)",
+               "p (test resampled, Holm)", *[f"without {m}" for m in mods],
                *(["others missing"] if alone else []), "verdict"]
     prior = next((r["prior"] for r in result.summary if r.get("prior") is not None), None)
     said = "" if prior is None else f"; label prior (no input) {f(prior)}"

@@ -20,7 +20,7 @@ from typing import Any
 from mmcli import ledger, runs
 from mmcli.compare import attribution as attr
 from mmcli.compare import degraded
-from mmcli.compare import ensemble, report, stats
+from mmcli.compare import ensemble, report, resample, stats
 from mmcli.compare.runner import Plan, load_plan, read_cell
 from mmcli.compare.variants import Variant, subset_variant
 from mmcli.errors import UsageError
@@ -60,7 +60,7 @@ def collect(out: Path, plan: Plan | None = None, reused: set[int] | None = None,
     pairs = [(plan.cells[k], r, None if reused is None else k in reused) for k, r in saved.items()]
     pairs += [(cell, r, None) for cell, r in ensemble.results(out, plan, saved)]  # computed, never run
     result.results = [_row(plan, cell, r, again) for cell, r, again in pairs]
-    result.summary = summarise(result.results, plan, reference)
+    result.summary = summarise(result.results, plan, reference, resample.gather(out, plan, [(c, r) for c, r, _ in pairs]))
     result.unlearnt = learnt_nothing(result.summary, plan)
     if result.unlearnt:
         LOG.warning("%s: %s", out, result.unlearnt)
@@ -93,9 +93,11 @@ def _values(results: list[dict[str, Any]], variant: str, key: str = "value") -> 
     return {r["seed"]: r[key] for r in results if r["variant"] == variant and r[key] is not None}
 
 
-def summarise(results: list[dict[str, Any]], plan: Plan, reference: str | None = None) -> list[dict[str, Any]]:
+def summarise(results: list[dict[str, Any]], plan: Plan, reference: str | None = None,
+              rows_of: tuple[dict, Any] | None = None) -> list[dict[str, Any]]:
     """A row per variant: its statistics and its paired difference to the reference (the
-    variant chosen with --reference, or else the best unimodal one)."""
+    variant chosen with --reference, or else the best unimodal one), over the seeds and,
+    where `rows_of` (`resample.gather`) has the test rows, over the seeds and the test split."""
     rows = []
     for v in plan.variants:
         row = {"variant": v.name, "family": v.family, "metric": plan.metric, **stats.describe(list(_values(results, v.name).values()))}
@@ -122,9 +124,10 @@ def summarise(results: list[dict[str, Any]], plan: Plan, reference: str | None =
         if plan.tune is not None:  # --tune: the values the search chose for it (none for the ensemble, which trains nothing)
             row["tuned"] = plan.tuned_values(row["variant"])
             row["tuned_validation"] = (plan.tuned.get(row["variant"]) or {}).get("score")
+    resample.add(rows, *(rows_of or ({}, None)))
     tests = sum(r["p_value"] is not None for r in rows)
-    for row, adjusted in zip(rows, stats.holm([r["p_value"] for r in rows])):
-        row["p_holm"], row["holm_tests"] = adjusted, tests
+    for row, adjusted, again in zip(rows, stats.holm([r["p_value"] for r in rows]), stats.holm([r["p_resampled"] for r in rows])):
+        row["p_holm"], row["holm_tests"], row["p_resampled_holm"] = adjusted, tests, again
         row["verdict"] = stats.verdict(row, plan.higher_is_better, chosen=reference is not None)
         row.update(_versus_prior(results, row, plan))
     return rows

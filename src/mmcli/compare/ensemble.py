@@ -35,6 +35,7 @@ LOG = logging.getLogger("mmcli")
 
 NAME = f"multimodal:{ENSEMBLE}"
 OUTPUTS = "compare-outputs.npz"
+ROWS = "resample"  # in an ensemble's result (never written): its test rows, for mmcli.compare.resample
 FLAG = "outputs"  # in a plan's cell: an ensemble reads this run's outputs; in its result: the file
 
 
@@ -61,9 +62,9 @@ def has_outputs(folder: Path, cell: dict[str, Any], saved: dict[str, Any]) -> bo
     return not cell.get(FLAG) or (saved.get(FLAG) == OUTPUTS and (folder / OUTPUTS).is_file())
 
 
-def save_outputs(folder: Path, outcome, cfg) -> str:
+def save_outputs(folder: Path, outcome, cfg, splits: tuple[str, ...] = ("val", "test")) -> str:
     """The run's raw outputs (logits; regression: standardised values), row ids and targets
-    on the validation and test splits, as one .npz written atomically into its folder."""
+    on `splits`, and the test rows' sources, as one .npz written atomically into its folder."""
     import numpy as np
     import torch
 
@@ -72,11 +73,13 @@ def save_outputs(folder: Path, outcome, cfg) -> str:
 
     device = pick_device(cfg.train.device)
     arrays = {}
-    for split in ("val", "test"):
+    for split in splits:
         part = outcome.data.part(split)
         outputs = predict_logits(outcome.model, part, cfg, device) if len(part) else torch.empty(0)
         arrays.update({f"{split}_ids": np.array(part.ids, dtype=str), f"{split}_outputs": outputs.numpy(),
                        f"{split}_targets": part.labels.numpy()})
+    source = outcome.data.source_of("test")  # the test rows' sources: the resampling draws them (mmcli.compare.resample)
+    arrays["test_groups"] = np.array([source[i] for i in arrays["test_ids"].tolist()], dtype=np.int64)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     runs.write_atomic(folder / OUTPUTS, buffer.getvalue())
@@ -188,7 +191,18 @@ def score(plan: Plan, loaded: dict[str, dict[str, Any]], first_run: Path) -> dic
         others = {o: loaded[o] for o in mods if o != m}
         without[m] = _scalars(evaluate(plan, others, list(others), names, state, choose_weights(plan, others, names, state)))
     return {"family": "multimodal", "scores": _scalars(full), "per_class": full.get("per_class"),
-            "without": without if len(mods) > 1 else {}, "best_epoch": None, "seconds": None, "weights": weights}
+            "without": without if len(mods) > 1 else {}, "best_epoch": None, "seconds": None, "weights": weights,
+            ROWS: _test_rows(plan, loaded, names, state, weights)}
+
+
+def _test_rows(plan: Plan, loaded: dict[str, dict[str, Any]], names: list[str], state: dict[str, Any],
+               weights: dict[str, float] | None) -> dict[str, Any]:
+    """The average's test outputs with the rows' targets, ids and sources, for
+    `mmcli.compare.resample` (kept in memory: the ensemble has no run folder)."""
+    mods, first = list(loaded), next(iter(loaded.values()))
+    outputs = _combined(plan, loaded, mods, names, state, _shares(weights, mods), "test")[1]
+    rows = {"test_outputs": outputs, "test_targets": first["test_targets"], "test_ids": first["test_ids"]}
+    return {**rows, "test_groups": first["test_groups"]} if "test_groups" in first else rows
 
 
 def choose_weights(plan: Plan, loaded: dict[str, dict[str, Any]], names: list[str],
@@ -228,15 +242,25 @@ def evaluate(plan: Plan, loaded: dict[str, dict[str, Any]], mods: list[str], nam
              state: dict[str, Any], weights: dict[str, float] | None = None) -> dict[str, Any]:
     """Average the runs of `mods` with their `weights` (renormalised over `mods`; None or all
     zero: equal) and score the test split."""
+    return _averaged(plan, loaded, mods, names, state, _shares(weights, mods), "test")
+
+
+def _shares(weights: dict[str, float] | None, mods: list[str]) -> list[float] | None:
     total = sum((weights or {}).get(m, 0.0) for m in mods)
-    shares = [weights[m] / total for m in mods] if weights and total > 0 else None
-    return _averaged(plan, loaded, mods, names, state, shares, "test")
+    return [weights[m] / total for m in mods] if weights and total > 0 else None
 
 
 def _averaged(plan: Plan, loaded: dict[str, dict[str, Any]], mods: list[str], names: list[str],
               state: dict[str, Any], shares: list[float] | None, split: str) -> dict[str, Any]:
-    """The average of `mods` with `shares` scored on `split`; the task's validation choices
-    (multi-label and verification thresholds) are made again for the average first."""
+    """The average of `mods` with `shares` scored on `split`."""
+    task, outputs = _combined(plan, loaded, mods, names, state, shares, split)
+    return task.evaluate(outputs, loaded[mods[0]][f"{split}_targets"], names)
+
+
+def _combined(plan: Plan, loaded: dict[str, dict[str, Any]], mods: list[str], names: list[str],
+              state: dict[str, Any], shares: list[float] | None, split: str) -> tuple[Any, Any]:
+    """The task and the average of `mods` with `shares` on `split`; the task's validation
+    choices (multi-label and verification thresholds) are made again for the average first."""
     from mmcli.heads import make_task
 
     config = plan.base_config()
@@ -246,5 +270,4 @@ def _averaged(plan: Plan, loaded: dict[str, dict[str, Any]], mods: list[str], na
         state = {**state, **task.after_fit(task.average([loaded[m]["val_outputs"] for m in mods], shares),
                                            val["val_targets"], names)}
         task = make_task(config, state)
-    outputs = task.average([loaded[m][f"{split}_outputs"] for m in mods], shares)
-    return task.evaluate(outputs, loaded[mods[0]][f"{split}_targets"], names)
+    return task, task.average([loaded[m][f"{split}_outputs"] for m in mods], shares)

@@ -259,8 +259,10 @@ def run_cell(plan: Plan, pool: DataPool, k: int, out: Path, fit_progress=None,
         result = {"fingerprint": cell["fingerprint"], "variant": variant.name, "family": variant.family,
                   "seed": cell["seed"], "best_epoch": outcome.result.best_epoch,
                   "seconds": round(outcome.result.seconds, 2), **_test_scores(outcome, cfg)}
-        if variant.family == "unimodal":  # what multimodal:ensemble averages, now or in a later plan
-            result[ensemble.FLAG] = ensemble.save_outputs(folder, outcome, cfg)
+        # what the test-set resampling reads (mmcli.compare.resample), and for a unimodal run what
+        # multimodal:ensemble averages, now or in a later plan (it weighs them on the validation split)
+        result[ensemble.FLAG] = ensemble.save_outputs(folder, outcome, cfg, ("val", "test") if variant.family == "unimodal"
+                                                      else ("test",))
         runs.write_json(folder / RESULT, result)
     LOG.info("job %d (%s seed %d): %s %.4f, best epoch %d, %.1f s", k, variant.name, cell["seed"], plan.metric,
              result["scores"].get(plan.metric, float("nan")), result["best_epoch"], result["seconds"])

@@ -4,6 +4,8 @@
 - the difference to a reference variant paired by seed, its 95 % t-interval and the
   p-value of a two-sided paired t-test (Student, 1908): t = mean(d) / (sd(d) / sqrt(n)),
   n - 1 degrees of freedom;
+- the same difference with the test split's sources drawn again beside the seeds
+  (`mmcli.compare.resample`), which says whether it holds beyond these test examples;
 - Holm's (1979) adjustment of those p-values over the variants tested against the same
   reference, which keeps the chance of any false "better" or "worse" among them at most 5 %;
 - a verdict in plain words.
@@ -97,4 +99,7 @@ def verdict(row: dict[str, Any], higher_is_better: bool = True, alpha: float = 0
     said = f"{'better' if better else 'worse'} than {against}"
     if row.get("p_holm") is not None and row["p_holm"] >= alpha:
         return f"{said} (not after Holm's correction for {row['holm_tests']} tests)"
+    if row.get("p_resampled_holm") is not None and row["p_resampled_holm"] >= alpha:
+        return (f"{said} (not beyond these test examples: with the test split's {row['resampled_sources']} "
+                f"sources drawn again, p {row['p_resampled_holm']:.2g} after Holm)")
     return said

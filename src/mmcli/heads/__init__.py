@@ -146,6 +146,12 @@ class Task(ABC):
         no ensemble."""
         return None
 
+    def row_statistics(self, outputs, targets, metric: str):
+        """For resampling the test split (`mmcli.compare.resample`): each row's statistics
+        as an (n, k) array, and the function that makes `metric` of their means (..., k) ->
+        (...). None where the metric is no function of row means (a ranking's)."""
+        return None
+
     def split_keys(self, values: list[str]) -> list[str]:
         return list(values) if self.stratify else [""] * len(values)
 

@@ -102,6 +102,27 @@ class Regression(Task):
             "loss": float(self._loss(outputs.float().squeeze(-1), targets)) if n else float("nan"),
         }
 
+    def row_statistics(self, outputs: torch.Tensor, targets: torch.Tensor, metric: str):
+        """mae: each row's absolute error; rmse: its squared error; r2: its squared error,
+        target and squared target (R² = 1 - mean squared error / the targets' variance)."""
+        import numpy as np
+
+        std = self.state.get("std", 1.0)
+        err = ((outputs.double().squeeze(-1) - targets.double()) * std).numpy()
+        true = targets.double().numpy() * std
+        if metric == "mae":
+            return np.abs(err)[:, None], lambda m: m[..., 0]
+        if metric == "rmse":
+            return (err ** 2)[:, None], lambda m: np.sqrt(m[..., 0])
+        if metric != "r2":
+            return None
+
+        def r2(m):
+            var = m[..., 2] - m[..., 1] ** 2
+            return np.where(var > 0, 1.0 - m[..., 0] / np.where(var > 0, var, 1.0), 0.0)
+
+        return np.stack([err ** 2, true, true ** 2], axis=1), r2
+
     def csv_table(self, predictions: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
         return ["id", "value", "modalities_used"], [[p["id"], p["value"], "|".join(p["modalities_used"])] for p in predictions]
 

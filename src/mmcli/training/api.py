@@ -77,7 +77,8 @@ def _run_data(config: Config, data: RunData | None, cache_dir, workers, progress
     modalities = chosen_modalities(config, list(data.table.modalities))
     tokenizers = {n: t for n, t in data.tokenizers.items() if n in modalities}
     return RunData(config, data.table, data.splits, modalities, data.labels, tokenizers,
-                   make_specs(config, data.table, modalities, tokenizers), dict(data.target_state))
+                   make_specs(config, data.table, modalities, tokenizers), dict(data.target_state),
+                   data.val_sources, data.groups)
 
 
 def _with_defaults(config: Config, task, n_train: int) -> Config:
