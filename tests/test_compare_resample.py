@@ -97,7 +97,8 @@ def test_the_verdict_says_when_a_difference_holds_on_these_examples_only():
 
 
 @pytest.mark.parametrize("task_name, metrics", [("classification", ("accuracy", "macro_f1", "loss")),
-                                                ("regression", ("mae", "rmse", "r2"))])
+                                                ("regression", ("mae", "rmse", "r2")),
+                                                ("multilabel", ("micro_f1", "macro_f1", "subset_accuracy", "loss"))])
 def test_row_statistics_give_back_the_task_s_own_scores(task_name, metrics):
     """The metric made from the rows' mean statistics is the one `evaluate` gives."""
     from mmcli.config import Config
@@ -109,6 +110,11 @@ def test_row_statistics_give_back_the_task_s_own_scores(task_name, metrics):
         task = make_task(config, {})
         outputs, targets = torch.randn(300, 6), torch.cat([torch.randint(0, 5, (299,)), torch.tensor([5])])
         names = [str(i) for i in range(6)]
+    elif task_name == "multilabel":  # the run's own thresholds, not 0.5
+        task = make_task(config, {"thresholds": [0.3, 0.5, 0.7, 0.45]})
+        outputs, targets = torch.randn(300, 4), (torch.rand(300, 4) < 0.3).float()
+        targets[:, 3] = 0  # a label no test row has
+        names = list("abcd")
     else:
         task = make_task(config, {"mean": 3.0, "std": 2.5})
         outputs, targets = torch.randn(300, 1), torch.randn(300)
@@ -119,3 +125,4 @@ def test_row_statistics_give_back_the_task_s_own_scores(task_name, metrics):
         assert stats_.shape[0] == 300
         assert float(metric_of(stats_.mean(axis=0))) == pytest.approx(scores[metric], rel=1e-6), metric
     assert task.row_statistics(outputs, targets, "not a metric") is None
+    assert task.row_statistics(outputs, targets, "mean_average_precision") is None

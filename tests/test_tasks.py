@@ -78,6 +78,18 @@ def test_multilabel_learns_more_than_the_label_prior_and_predicts_label_lists(ta
     assert colour_right > 0.7 * len(preds)
 
 
+def test_a_multilabel_comparison_tests_the_ensemble_with_the_test_split_drawn_again(tags, tmp_path):
+    """Each run's micro-F1 from its own thresholds (target.json), the ensemble's from those
+    chosen for its average: both resampled beside the t-test."""
+    out = tmp_path / "cmp"
+    ok(run("compare", "unimodal:text", "unimodal:image", "multimodal:ensemble", "--data", tags, "--task", "multilabel",
+           "--epochs", "2", "--seeds", "2", "--out", out, "--quiet"))
+    rows = {r["variant"]: r for r in json.loads((out / "summary.json").read_text())}
+    tested = [r for r in rows.values() if not r["is_reference"]]
+    assert len(tested) == len(rows) - 1 and "multimodal:ensemble" in rows and all(r["metric"] == "micro_f1" and 0 < r["p_resampled"] <= 1 for r in tested)
+    assert all(r["delta_resampled_low"] <= r["delta_resampled_high"] for r in tested)
+
+
 def test_multilabel_reads_json_lists():
     from mmcli.heads.multilabel import split_labels
 

@@ -197,11 +197,13 @@ def score(plan: Plan, loaded: dict[str, dict[str, Any]], first_run: Path) -> dic
 
 def _test_rows(plan: Plan, loaded: dict[str, dict[str, Any]], names: list[str], state: dict[str, Any],
                weights: dict[str, float] | None) -> dict[str, Any]:
-    """The average's test outputs with the rows' targets, ids and sources, for
+    """The average's test outputs with the rows' targets, ids and sources, and the task's
+    state with the validation choices made for the average, for
     `mmcli.compare.resample` (kept in memory: the ensemble has no run folder)."""
     mods, first = list(loaded), next(iter(loaded.values()))
-    outputs = _combined(plan, loaded, mods, names, state, _shares(weights, mods), "test")[1]
-    rows = {"test_outputs": outputs, "test_targets": first["test_targets"], "test_ids": first["test_ids"]}
+    task, outputs = _combined(plan, loaded, mods, names, state, _shares(weights, mods), "test")
+    rows = {"test_outputs": outputs, "test_targets": first["test_targets"], "test_ids": first["test_ids"],
+            "state": task.state}
     return {**rows, "test_groups": first["test_groups"]} if "test_groups" in first else rows
 
 

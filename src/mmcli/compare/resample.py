@@ -19,9 +19,9 @@ p is twice the share of draws on the far side of 0, counted as (k + 1) / (DRAWS 
 The draws start from a fixed seed, so a collect gives the same numbers every time.
 
 The rows come from the files every run of a comparison saves (`ensemble.OUTPUTS`: test
-outputs, targets, row ids and sources) and from the ensemble's averages; a metric that is
-no function of row means (multi-label thresholds chosen on validation, rankings) gets no
-resampled test.
+outputs, targets, row ids and sources; the task's state, multi-label thresholds included,
+from the run's target.json) and from the ensemble's averages; a metric that is no function
+of row means (mean average precision, a ranking's) gets no resampled test.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mmcli.compare import ensemble
+from mmcli.errors import UsageError
 
 LOG = logging.getLogger("mmcli")
 DRAWS = 2000
@@ -54,16 +55,16 @@ def gather(out: Path, plan, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) 
 
     from mmcli.heads import make_task
 
-    first = next((out / cell["run"] for cell, _ in pairs if cell.get("run")), None)
-    if first is None or not (first / "target.json").is_file():
-        return {}, None
-    task = make_task(plan.base_config(), ensemble.task_files(first)[1])
+    config = plan.base_config()
     found: dict[str, dict[int, Rows]] = {}
     metric_of: Callable | None = None
     for cell, result in pairs:
-        arrays = result.get(ensemble.ROWS) if cell.get("run") is None else _load(out / cell["run"])
+        run = out / cell["run"] if cell.get("run") else None
+        arrays = result.get(ensemble.ROWS) if run is None else _load(run)
         if arrays is None or "test_groups" not in arrays:
             continue
+        # each run's own task state: multi-label thresholds are chosen on each run's validation outputs
+        task = make_task(config, arrays.get("state") if run is None else _state(run))
         made = task.row_statistics(torch.as_tensor(arrays["test_outputs"]), torch.as_tensor(arrays["test_targets"]),
                                    plan.metric)
         if made is None:
@@ -72,6 +73,13 @@ def gather(out: Path, plan, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) 
         found.setdefault(cell["variant"], {})[cell["seed"]] = Rows(
             list(arrays["test_ids"]), np.asarray(arrays["test_groups"]), np.asarray(stats, dtype=float))
     return found, metric_of
+
+
+def _state(run: Path) -> dict[str, Any]:
+    try:
+        return ensemble.task_files(run)[1]
+    except UsageError:  # a run folder without its target.json: the task's defaults
+        return {}
 
 
 def _load(folder: Path) -> dict[str, Any] | None:

@@ -186,6 +186,23 @@ class Task(ABC):
                               f"(it has: {known})")
 
 
+def f1_statistics(tp, fp, fn):
+    """Macro-F1 as a function of row means (`Task.row_statistics`): the rows' true
+    positives, false positives and false negatives of each of k classes or labels, side by
+    side (n, 3k), and the F1 of every class with any of them, averaged."""
+    import numpy as np
+
+    k = tp.shape[1]
+
+    def macro_f1(m):
+        t, p, n = m[..., :k], m[..., k:2 * k], m[..., 2 * k:]
+        seen = 2 * t + p + n > 0
+        f1 = np.divide(2 * t, 2 * t + p + n, out=np.zeros_like(t), where=seen)
+        return np.divide((f1 * seen).sum(-1), seen.sum(-1), out=np.zeros(f1.shape[:-1]), where=seen.sum(-1) > 0)
+
+    return np.concatenate([tp, fp, fn], axis=1), macro_f1
+
+
 def mixed(stacked, weights: list[float] | None):
     """The members' outputs (stacked on the first dimension) averaged with `weights` (None: equal)."""
     if weights is None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mmcli.heads import TASKS, Task, mixed
+from mmcli.heads import TASKS, Task, f1_statistics, mixed
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmcli.data.dataset import Batch
@@ -110,16 +110,8 @@ class Classification(Task):
             return rows.double().numpy()[:, None], lambda m: m[..., 0]
         if metric != "macro_f1":
             return None
-        k = outputs.shape[1]
-        p, t = np.eye(k)[pred], np.eye(k)[true]
-
-        def macro_f1(m):
-            tp, fp, fn = m[..., :k], m[..., k:2 * k], m[..., 2 * k:]
-            f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=2 * tp + fp + fn > 0)
-            seen = tp + fp + fn > 0
-            return np.divide((f1 * seen).sum(-1), seen.sum(-1), out=np.zeros(f1.shape[:-1]), where=seen.sum(-1) > 0)
-
-        return np.concatenate([p * t, p * (1 - t), (1 - p) * t], axis=1), macro_f1
+        p, t = np.eye(outputs.shape[1])[pred], np.eye(outputs.shape[1])[true]
+        return f1_statistics(p * t, p * (1 - t), (1 - p) * t)
 
     def sample_weights(self, targets: torch.Tensor) -> torch.Tensor:
         """Per-example weights of `train.sampler: weighted`: 1 / the count of its class."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mmcli.heads import TASKS, Task, mixed
+from mmcli.heads import TASKS, Task, f1_statistics, mixed
 from mmcli.heads.classification import ClassificationHead
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -126,6 +126,28 @@ class MultiLabel(Task):
             "per_label": {names[j]: {"f1": float(f1[j]), "support": int(truth[:, j].sum()), "threshold": float(self.thresholds(len(names))[j])}
                           for j in range(len(names))},
         }
+
+    def row_statistics(self, logits: torch.Tensor, targets: torch.Tensor, metric: str):
+        """With the run's thresholds: micro-F1, each row's true positives, false positives
+        and false negatives over the labels; macro-F1, those of each label; subset accuracy,
+        the row's label set right or not; loss, its mean binary cross-entropy. Mean average
+        precision ranks the rows: none."""
+        import numpy as np
+
+        truth = (targets > 0.5).numpy()
+        pred = (torch.sigmoid(logits.float()) >= self.thresholds(truth.shape[1])).numpy()
+        tp, fp, fn = (pred & truth).astype(float), (pred & ~truth).astype(float), (~pred & truth).astype(float)
+        if metric == "subset_accuracy":
+            return (pred == truth).all(axis=1).astype(float)[:, None], lambda m: m[..., 0]
+        if metric == "loss":
+            rows = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
+            return rows.mean(dim=1).double().numpy()[:, None], lambda m: m[..., 0]
+        if metric == "micro_f1":
+            def micro(m):
+                return np.divide(2 * m[..., 0], np.maximum(1e-12, 2 * m[..., 0] + m[..., 1] + m[..., 2]))
+
+            return np.stack([tp.sum(1), fp.sum(1), fn.sum(1)], axis=1), micro
+        return f1_statistics(tp, fp, fn) if metric == "macro_f1" else None
 
     def csv_table(self, predictions: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
         rows = [[p["id"], "|".join(p["labels"]), "|".join(f"{p['scores'][n]:.6f}" for n in p["labels"]),
