@@ -70,6 +70,28 @@ def test_the_multimodal_family_has_the_ensemble_when_every_unimodal_variant_runs
     assert all(v.family == "multimodal" and v.modalities == tuple(MODS) for v in ens)
 
 
+def test_an_encoder_choice_gives_the_ensemble_of_that_encoder_s_unimodal_runs():
+    """`multimodal@image=...` and `multimodal:ensemble@image=...`: the ensemble averages the
+    unimodal run of the chosen encoder with the other modalities' default runs."""
+    from mmcli.compare.ensemble import members
+
+    kinds, known = {m: m for m in MODS}, ["image.cnn", "image.mobilenet_v2", "audio.cnn", "text.bag"]
+    chosen = "multimodal:ensemble@image=mobilenet_v2:frozen"
+    both = expand(["unimodal", "unimodal:image@mobilenet_v2:frozen", "multimodal", "multimodal@image=mobilenet_v2:frozen"],
+                  MODS, FUSIONS, DEFAULT, kinds=kinds, encoders=known)
+    names = [v.name for v in both]
+    assert names.count("multimodal:ensemble") == 1 and names.count(chosen) == 1
+    assert names.index(chosen) == len(names) - 1 and "multimodal:concat@image=mobilenet_v2:frozen" in names
+    late = both[names.index(chosen)]
+    assert members(late) == {"image": "unimodal:image@mobilenet_v2:frozen", "audio": "unimodal:audio", "text": "unimodal:text"}
+    assert members(both[names.index("multimodal:ensemble")]) == {m: f"unimodal:{m}" for m in MODS}
+    # named alone, it brings the runs it averages; the family alone has no unimodal runs to average
+    alone = [v.name for v in expand([chosen], MODS, FUSIONS, DEFAULT, kinds=kinds, encoders=known)]
+    assert alone == ["unimodal:image@mobilenet_v2:frozen", "unimodal:audio", "unimodal:text", chosen]
+    assert not any("ensemble" in v.name for v in expand(["unimodal", "multimodal@image=mobilenet_v2"], MODS, FUSIONS,
+                                                            DEFAULT, kinds=kinds, encoders=known))
+
+
 def test_the_ensemble_needs_two_modalities_and_is_named_among_the_fusions():
     from mmcli.errors import UsageError
 

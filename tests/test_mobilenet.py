@@ -146,6 +146,33 @@ def test_two_encoders_of_one_modality_side_by_side(cli, own, tmp_path):
     assert "| unimodal:photo@mobilenet_v2:scratch |" in (out / "report.md").read_text()
 
 
+def test_the_ensemble_of_a_chosen_encoder_averages_that_encoder_s_runs(cli, own, tmp_path):
+    """`multimodal:ensemble@photo=...` reads the outputs of `unimodal:photo@...`, not of the
+    default encoder's runs: a different average, tested against the reference like any variant."""
+    out = tmp_path / "cmp"
+    result = cli("compare", "multimodal:ensemble", "multimodal:ensemble@photo=mobilenet_v2:scratch", "--data", own,
+                 "-m", "photo,caption", "--epochs", "1", "--seeds", "2", "--jobs", "1", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    rows = {r["variant"]: r for r in json.loads((out / "summary.json").read_text())}
+    assert set(rows) == {"unimodal:photo", "unimodal:caption", "multimodal:ensemble", "unimodal:photo@mobilenet_v2:scratch",
+                         "multimodal:ensemble@photo=mobilenet_v2:scratch"}
+    import numpy as np
+    import torch
+
+    def probs(run: str) -> torch.Tensor:
+        with np.load(out / "runs" / f"{run}-seed0" / "compare-outputs.npz") as z:
+            return torch.from_numpy(z["test_outputs"]).softmax(1)
+
+    with np.load(out / "runs" / "unimodal-caption-seed0" / "compare-outputs.npz") as z:
+        targets = torch.from_numpy(z["test_targets"])
+    with open(out / "results.csv", newline="", encoding="utf-8") as handle:
+        values = {(r["variant"], int(r["seed"])): float(r["value"]) for r in csv.DictReader(handle)}
+    for photo, late in (("unimodal-photo", "multimodal:ensemble"),
+                        ("unimodal-photo@mobilenet_v2-scratch", "multimodal:ensemble@photo=mobilenet_v2:scratch")):
+        average = (probs(photo) + probs("unimodal-caption")) / 2  # equal weights: 12 examples, a tiny validation split
+        assert values[(late, 0)] == pytest.approx(float((average.argmax(1) == targets).float().mean()))
+
+
 @pytest.mark.parametrize("item, needles", [
     ("unimodal:photo@nosuchnet", ["unknown encoder 'nosuchnet'", "mobilenet_v2", "resnet18"]),
     ("unimodal:photo@textcnn", ["for none of its modalities, photo (image)", "image encoders cnn"]),

@@ -19,7 +19,7 @@ from mmcli.errors import UsageError
 @handles_errors
 def compare(
     ctx: typer.Context,
-    items: Annotated[Optional[list[str]], typer.Argument(help="Families (unimodal, multimodal, subsets, crossmodal) or variants (unimodal:image, multimodal:concat, subset:image+text, crossmodal:translate:text); default: unimodal multimodal. After '@', an encoder choice the variant's name keeps, so encoders compare side by side: unimodal:image@mobilenet_v2:frozen (modes frozen, finetuned, scratch), multimodal:concat@image=mobilenet_v2,text=bigru; options per encoder name with --set model.encoder_options.image.mobilenet_v2.weights=PATH.", show_default=False)] = None,
+    items: Annotated[Optional[list[str]], typer.Argument(help="Families (unimodal, multimodal, subsets, crossmodal) or variants (unimodal:image, multimodal:concat, subset:image+text, crossmodal:translate:text); default: unimodal multimodal. After '@', an encoder choice the variant's name keeps, so encoders compare side by side: unimodal:image@mobilenet_v2:frozen (modes frozen, finetuned, scratch), multimodal:concat@image=mobilenet_v2,text=bigru, multimodal@image=mobilenet_v2:frozen (every fusion, and the ensemble of that encoder's unimodal runs where they run); options per encoder name with --set model.encoder_options.image.mobilenet_v2.weights=PATH.", show_default=False)] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Manifest or folder; default: the built-in toy set.", show_default=False)] = None,
     modalities: Annotated[Optional[str], typer.Option("--modalities", "-m", help="Comma-separated modalities to compare (default: all of the data's).", show_default=False)] = None,
     config: ConfigOpt = None,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmcli import runs
-from mmcli.compare.variants import ENSEMBLE, Variant
+from mmcli.compare.variants import ENSEMBLE, Variant, ensemble_members
 from mmcli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -44,8 +44,8 @@ def is_ensemble(v: Variant) -> bool:
 
 
 def members(v: Variant) -> dict[str, str]:
-    """Modality -> the unimodal variant the ensemble averages."""
-    return {m: f"unimodal:{m}" for m in v.modalities}
+    """Modality -> the unimodal variant the ensemble averages (of the encoder chosen after '@')."""
+    return ensemble_members(v)
 
 
 def mark_cells(plan: Plan) -> None:

@@ -79,13 +79,15 @@ def _summary_section(result: CompareResult, plan: Plan) -> list[str]:
 
 
 def _ensemble_weights(result: CompareResult, plan: Plan) -> str:
-    weights = {r["seed"]: r["weights"] for r in result.results if r["variant"] == ensemble.NAME and r.get("weights")}
+    names = {v.name for v in plan.variants if ensemble.is_ensemble(v)}
+    weights = {(r["variant"], r["seed"]): r["weights"] for r in result.results if r["variant"] in names and r.get("weights")}
     if not weights and plan.val_sources is None:
         return "with equal weights (this comparison was planned by an mmcli that did not weigh them)."
     if not weights:
         return ("with equal weights (chosen on the validation split only where it holds at least "
                 f"{FEW_VALIDATION} sources).")
-    said = "; ".join(f"seed {s}: " + ", ".join(f"{m} {w:.2f}" for m, w in ws.items()) for s, ws in sorted(weights.items()))
+    said = "; ".join((f"`{v}` " if len(names) > 1 else "") + f"seed {s}: " + ", ".join(f"{m} {w:.2f}" for m, w in ws.items())
+                     for (v, s), ws in sorted(weights.items()))
     return f"each weighted as the validation split chose (the best {result.metric} of the average, the most even among equals): {said}."
 
 
@@ -125,7 +127,8 @@ def _missing_section(result: CompareResult) -> list[str]:
         return []
     lines = ["", "## Missing modalities", "",
              f"{result.metric} on the test split with one modality missing (its input absent, as `mmcli evaluate --drop`"
-             + (f"; for `{ensemble.NAME}`, the average of the other modalities' runs" if any(r["variant"] == ensemble.NAME for r in robust) else "")
+             + (f"; for `{ensemble.NAME}`, the average of the other modalities' runs"
+                if any(r["variant"].startswith(ensemble.NAME) for r in robust) else "")
              + "); in brackets the change from the clean score.", "",
              "| variant | clean | " + " | ".join(f"without {m}" for m in mods) + " |",
              "|---|---|" + "---|" * len(mods)]

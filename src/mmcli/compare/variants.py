@@ -20,7 +20,10 @@ modality of the encoder's kind), `multimodal:concat@image=mobilenet_v2,text=bigr
 modality), each encoder optionally with a mode, `@mobilenet_v2:frozen` (`finetuned`,
 `scratch`: see `mmcli.models.ENCODER_MODES`). The variant's name carries the choice, so
 several encoders of one modality compare side by side; a family item (`multimodal@...`)
-gives the choice to each of its variants that has such a modality.
+gives the choice to each of its variants that has such a modality. `multimodal:ensemble`
+with a choice averages the unimodal variants of those encoders
+(`multimodal:ensemble@image=mobilenet_v2:frozen` averages `unimodal:image@mobilenet_v2:frozen`
+with the other modalities' default runs), and `multimodal@...` adds it where they all run.
 """
 
 from __future__ import annotations
@@ -64,25 +67,35 @@ def expand(items: list[str], modalities: list[str], fusions: list[str], default_
     -> kind) and `encoders` (the registered names) check the encoders chosen after '@'."""
     out: list[Variant] = []
     default = ["unimodal", "multimodal"] if len(modalities) > 1 else ["unimodal"]
-    ensemble_at = None
+    ensembles: list[tuple[int, Variant]] = []  # where each multimodal family's ensemble goes, with its encoders
     for item in items or default:
         base, at, choice = item.strip().partition("@")
         found = _expand_one(base.strip(), modalities, fusions, default_fusions, subset_fusion)
         for variant in with_encoders(found, item.strip(), choice, kinds or {}, list(encoders)) if at else found:
             if variant not in out:
                 out.append(variant)
-        if item.strip() in ("multimodal", "multimodal:all"):
-            ensemble_at = len(out)
-    # the multimodal family shows the late-fusion baseline where it is free: every unimodal run is there
+        if base.strip() in ("multimodal", "multimodal:all"):
+            late = ensemble_variant(modalities)
+            ensembles.append((len(out), with_encoders([late], item.strip(), choice, kinds or {}, list(encoders))[0]
+                              if at else late))
+    # the multimodal family shows the late-fusion baseline where it is free: every unimodal run it averages is there
     names = {v.name for v in out}
-    if ensemble_at is not None and all(f"unimodal:{m}" in names for m in modalities) \
-            and ensemble_variant(modalities) not in out:
-        out.insert(ensemble_at, ensemble_variant(modalities))
+    for at_index, late in reversed(ensembles):
+        if all(name in names for name in ensemble_members(late).values()) and late not in out:
+            out.insert(at_index, late)
     return out
 
 
 def ensemble_variant(modalities: list[str] | tuple[str, ...]) -> Variant:
     return Variant(f"multimodal:{ENSEMBLE}", "multimodal", tuple(modalities), ENSEMBLE)
+
+
+def ensemble_members(v: Variant) -> dict[str, str]:
+    """Modality -> the unimodal variant the ensemble averages: with an encoder chosen after
+    '@' (`multimodal:ensemble@image=mobilenet_v2:frozen`), the unimodal variant of that
+    encoder (`unimodal:image@mobilenet_v2:frozen`)."""
+    chosen = dict(v.encoders)
+    return {m: f"unimodal:{m}@{_short(chosen[m])}" if m in chosen else f"unimodal:{m}" for m in v.modalities}
 
 
 def subset_variant(subset: tuple[str, ...], modalities: list[str], fusion: str) -> Variant:
@@ -189,9 +202,6 @@ def with_encoders(variants: list[Variant], item: str, choice: str, kinds: dict[s
         mods = dict.fromkeys(f"{m} ({kinds.get(m)})" for v in variants for m in v.modalities)
         raise UsageError(f"variant '{item}': the encoder after '@' is for none of its modalities, {', '.join(mods)}; "
                          f"{_known(kinds, known)}")
-    if any(v.fusion == ENSEMBLE for v in out):
-        raise UsageError(f"variant '{item}': multimodal:{ENSEMBLE} averages the unimodal variants' runs and trains "
-                         "no encoder; name the unimodal variants with '@' instead")
     return out
 
 
