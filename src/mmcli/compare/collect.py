@@ -1,8 +1,9 @@
 """Collect a comparison's cell results into its reports.
 
-Everything here reads only the plan (`compare.json`) and the cells' `compare-result.json`
-files, so a plain run, `--jobs N` and `--collect DIR` after `--print-jobs` all end in the
-same summary. Outputs, all directly in the comparison folder: `results.csv` (a row per
+Everything here reads only the plan (`compare.json`) and the files of the cells' run
+folders (`compare-result.json`; `compare-outputs.npz` and `target.json`, which the ensemble
+and the resampled test read), so a plain run, `--jobs N` and `--collect DIR` after
+`--print-jobs` all end in the same summary. Outputs, all directly in the comparison folder: `results.csv` (a row per
 cell), `summary.csv` and `summary.json` (a row per variant), `attribution.json` (when the
 `subsets` family is complete), `per_class.csv`, `report.md` and `compare.png` (those two written by `mmcli.compare.report`).
 """

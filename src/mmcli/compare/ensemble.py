@@ -185,23 +185,21 @@ def score(plan: Plan, loaded: dict[str, dict[str, Any]], first_run: Path) -> dic
                                  "(a folder of another comparison?); rerun the comparison with --overwrite")
     names, state = task_files(first_run)
     weights = choose_weights(plan, loaded, names, state)
-    full = evaluate(plan, loaded, mods, names, state, weights)
+    task, outputs = _combined(plan, loaded, mods, names, state, _shares(weights, mods), "test")
+    full = task.evaluate(outputs, loaded[mods[0]]["test_targets"], names)
     without = {}  # the ensemble of the other modalities' runs, weighed again among themselves
     for m in mods:
         others = {o: loaded[o] for o in mods if o != m}
         without[m] = _scalars(evaluate(plan, others, list(others), names, state, choose_weights(plan, others, names, state)))
     return {"family": "multimodal", "scores": _scalars(full), "per_class": full.get("per_class"),
             "without": without if len(mods) > 1 else {}, "best_epoch": None, "seconds": None, "weights": weights,
-            ROWS: _test_rows(plan, loaded, names, state, weights)}
+            ROWS: _test_rows(loaded[mods[0]], task, outputs)}
 
 
-def _test_rows(plan: Plan, loaded: dict[str, dict[str, Any]], names: list[str], state: dict[str, Any],
-               weights: dict[str, float] | None) -> dict[str, Any]:
+def _test_rows(first: dict[str, Any], task: Any, outputs: Any) -> dict[str, Any]:
     """The average's test outputs with the rows' targets, ids and sources, and the task's
     state with the validation choices made for the average, for
     `mmcli.compare.resample` (kept in memory: the ensemble has no run folder)."""
-    mods, first = list(loaded), next(iter(loaded.values()))
-    task, outputs = _combined(plan, loaded, mods, names, state, _shares(weights, mods), "test")
     rows = {"test_outputs": outputs, "test_targets": first["test_targets"], "test_ids": first["test_ids"],
             "state": task.state}
     return {**rows, "test_groups": first["test_groups"]} if "test_groups" in first else rows

@@ -44,7 +44,7 @@ def _summary_section(result: CompareResult, plan: Plan) -> list[str]:
              "the number of variants tested against the same reference (Holm, 1979). Every seed scores the same test "
              "split, so those say whether a difference comes back when the models are trained again, on these test "
              "examples; the columns \"test resampled\" say whether it holds beyond them: the same difference with "
-             "the seeds and the test split's sources (a photo with all its captions) drawn again, 2,000 times "
+             "the seeds and the test split's sources (a photo with all its captions) drawn again, 2,000 times or more "
              "(a two-level bootstrap: its 95 % percentile interval, and its two-sided p after Holm's adjustment). "
              f"{'Higher' if plan.higher_is_better else 'Lower'} is better.", ""]
     if any(ensemble.is_ensemble(v) for v in plan.variants):

@@ -104,7 +104,8 @@ class Regression(Task):
 
     def row_statistics(self, outputs: torch.Tensor, targets: torch.Tensor, metric: str):
         """mae: each row's absolute error; rmse: its squared error; r2: its squared error,
-        target and squared target (R² = 1 - mean squared error / the targets' variance)."""
+        target and squared target (R² = 1 - mean squared error / the targets' variance);
+        loss: its loss."""
         import numpy as np
 
         std = self.state.get("std", 1.0)
@@ -114,6 +115,11 @@ class Regression(Task):
             return np.abs(err)[:, None], lambda m: m[..., 0]
         if metric == "rmse":
             return (err ** 2)[:, None], lambda m: np.sqrt(m[..., 0])
+        if metric == "loss":  # the training loss, mean squared or Huber, on the standardised scale
+            kind = (self.config.model.loss if self.config is not None else None) or "mse"
+            rows = (nn.functional.huber_loss if kind == "huber" else nn.functional.mse_loss)(
+                outputs.float().squeeze(-1), targets.float(), reduction="none")
+            return rows.double().numpy()[:, None], lambda m: m[..., 0]
         if metric != "r2":
             return None
 
