@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmcli import runs
-from mmcli.compare.variants import ENSEMBLE, Variant, ensemble_members
+from mmcli.compare.variants import ENSEMBLE, Variant
+from mmcli.compare.variants import ensemble_members as members  # modality -> the unimodal variant it averages
 from mmcli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -41,11 +42,6 @@ FLAG = "outputs"  # in a plan's cell: an ensemble reads this run's outputs; in i
 
 def is_ensemble(v: Variant) -> bool:
     return v.family == "multimodal" and v.fusion == ENSEMBLE
-
-
-def members(v: Variant) -> dict[str, str]:
-    """Modality -> the unimodal variant the ensemble averages (of the encoder chosen after '@')."""
-    return ensemble_members(v)
 
 
 def mark_cells(plan: Plan) -> None:

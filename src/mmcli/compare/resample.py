@@ -57,10 +57,12 @@ def gather(out: Path, plan, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) 
 
     from mmcli.heads import make_task
 
+    if plan.seeds < 2:
+        return {}, None
     config = plan.base_config()
     found: dict[str, dict[int, Rows]] = {}
     metric_of: Callable | None = None
-    for cell, result in pairs if plan.seeds > 1 else []:
+    for cell, result in pairs:
         run = out / cell["run"] if cell.get("run") else None
         arrays = result.get(ensemble.ROWS) if run is None else _load(run)
         if arrays is None or "test_groups" not in arrays:
@@ -144,11 +146,9 @@ def add(rows: list[dict[str, Any]], found: dict[str, dict[int, Rows]], metric_of
     """Each summary row's resampled difference to its reference (FIELDS; None where there is
     none). With m variants tested, at least 160 m draws: the smallest p a bootstrap can give,
     2 / (draws + 1), is then at most a quarter of 0.05 after Holm's adjustment multiplies it by m."""
-    tested = [r for r in rows if r["reference"] and not r["is_reference"]]
-    draws = max(DRAWS, 160 * len(tested))
+    draws = max(DRAWS, 160 * sum(1 for r in rows if r["reference"] and not r["is_reference"]))
     for row in rows:
-        got = None
-        if metric_of is not None and row in tested:
-            mine, theirs = found.get(row["variant"]), found.get(row["reference"])
-            got = versus(mine, theirs, metric_of, draws) if mine and theirs else None
+        mine, theirs, got = found.get(row["variant"]), found.get(row["reference"] or ""), None
+        if metric_of is not None and mine and theirs and not row["is_reference"]:
+            got = versus(mine, theirs, metric_of, draws)
         row.update(got or dict.fromkeys(FIELDS))

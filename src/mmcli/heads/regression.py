@@ -63,11 +63,11 @@ class Regression(Task):
     def build_head(self, in_dim: int, n_outputs: int, hidden_dim: int, dropout: float) -> nn.Module:
         return ClassificationHead(in_dim, 1, hidden_dim, dropout)
 
-    def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _loss(self, pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         kind = (self.config.model.loss if self.config is not None else None) or "mse"
         if kind == "huber":
-            return nn.functional.huber_loss(pred, target)
-        return nn.functional.mse_loss(pred, target)
+            return nn.functional.huber_loss(pred, target, reduction=reduction)
+        return nn.functional.mse_loss(pred, target, reduction=reduction)
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self._loss(outputs.squeeze(-1), batch["label"])
@@ -116,9 +116,7 @@ class Regression(Task):
         if metric == "rmse":
             return (err ** 2)[:, None], lambda m: np.sqrt(m[..., 0])
         if metric == "loss":  # the training loss, mean squared or Huber, on the standardised scale
-            kind = (self.config.model.loss if self.config is not None else None) or "mse"
-            rows = (nn.functional.huber_loss if kind == "huber" else nn.functional.mse_loss)(
-                outputs.float().squeeze(-1), targets.float(), reduction="none")
+            rows = self._loss(outputs.float().squeeze(-1), targets.float(), reduction="none")
             return rows.double().numpy()[:, None], lambda m: m[..., 0]
         if metric != "r2":
             return None
