@@ -51,20 +51,21 @@ def test_early_stopping_waits_until_the_rate_has_halved(epochs, warmup, floor):
 
 
 def test_early_stopping_waits_for_the_floor_and_the_loss():
-    from mmcli.training.loop import FitResult, _loss_fell, _stops, _tie_won_on_loss
+    from mmcli.training.loop import FitResult
+    from mmcli.training.stopping import loss_fell, stops, tie_won_on_loss
 
     config = Config()
     config.train.patience, config.train.min_epochs = 1, 4
-    assert not _stops(config, 2, 1) and not _stops(config, 3, 5)  # before the floor: never
-    assert _stops(config, 4, 1) and not _stops(config, 4, 0)
+    assert not stops(config, 2, 1) and not stops(config, 3, 5)  # before the floor: never
+    assert stops(config, 4, 1) and not stops(config, 4, 0)
     config.train.patience = 0
-    assert not _stops(config, 40, 40)  # patience 0: no early stopping
+    assert not stops(config, 40, 40)  # patience 0: no early stopping
     history = [{"epoch": 1, "val_loss": 1.2}, {"epoch": 2, "val_loss": 1.0}]
-    assert _loss_fell({"val_loss": 0.9}, history) and not _loss_fell({"val_loss": 1.05}, history)
-    assert not _loss_fell({"val_loss": float("nan")}, history) and not _loss_fell({}, history)
+    assert loss_fell({"val_loss": 0.9}, history) and not loss_fell({"val_loss": 1.05}, history)
+    assert not loss_fell({"val_loss": float("nan")}, history) and not loss_fell({}, history)
     result = FitResult(best_epoch=2, best_metric=0.5, metric="accuracy", history=history)
-    assert _tie_won_on_loss({"val_loss": 0.9}, 0.5, result)  # same score, lower loss: the later epoch
-    assert not _tie_won_on_loss({"val_loss": 1.1}, 0.5, result) and not _tie_won_on_loss({"val_loss": 0.9}, 0.4, result)
+    assert tie_won_on_loss({"val_loss": 0.9}, 0.5, result)  # same score, lower loss: the later epoch
+    assert not tie_won_on_loss({"val_loss": 1.1}, 0.5, result) and not tie_won_on_loss({"val_loss": 0.9}, 0.4, result)
 
 
 def test_a_run_saves_its_floor_and_trains_to_it(tmp_path, cli):
@@ -244,10 +245,11 @@ def test_a_run_from_before_the_stopping_rules_and_smoothing_resumes_as_it_was_tr
 
     config = Config()
     old = config.to_dict()
-    del old["train"]["min_epochs"]
+    del old["train"]["min_epochs"], old["train"]["max_cycles"]
     (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
     then = with_defaults_of_then(tmp_path / "old.yaml", config, {})
     assert then.train.min_epochs == 0 and then.model.task_options["label_smoothing"] == 0.0
+    assert then.train.max_cycles == 1  # a run from before the extra cycles resumes within its one cycle
     new = config.to_dict()
     new["train"]["min_epochs"], new["model"]["task_options"] = 16, {"label_smoothing": 0.1}
     (tmp_path / "new.yaml").write_text(yaml.safe_dump(new))

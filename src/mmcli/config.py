@@ -134,6 +134,7 @@ class TrainConfig:
     warmup_epochs: float = ranged(1.0, 0, 100_000)
     patience: Optional[int] = ranged(None, 0, 100_000)  # 0: no early stopping; None: derived with the epochs
     min_epochs: Optional[int] = ranged(None, 0, 100_000)  # early stopping never ends a run before this epoch; None: the middle of the learning-rate decay
+    max_cycles: Optional[int] = ranged(None, 1, 100)  # learning-rate cycles of `epochs` each; another starts while validation still improves; None: 3 with a derived budget, else 1
     grad_clip: float = ranged(1.0, 0, 1e6)  # 0: no clipping
     seed: int = ranged(0, *SEEDS)
     device: str = "auto"

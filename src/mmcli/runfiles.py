@@ -80,7 +80,8 @@ def with_defaults_of_then(config_file: Path, config: Config, specs: dict[str, Mo
     no normalised pooling in the text encoders that now have it, full-sized positions in
     text.transformer. A run from before `train.trained_lr_scale` trained its pretrained
     weights at the full learning rate (so --resume keeps its optimizer's groups), and one from
-    before `train.min_epochs` could stop early at any epoch, and a classifier from before
+    before `train.min_epochs` could stop early at any epoch, one from before
+    `train.max_cycles` trained one learning-rate cycle, and a classifier from before
     `label_smoothing` trained without it.
     Without this its weights no longer fit the model that today's defaults build."""
     from mmcli.models import encoder_choice
@@ -94,6 +95,8 @@ def with_defaults_of_then(config_file: Path, config: Config, specs: dict[str, Mo
         config.train.trained_lr_scale = 1.0
     if "min_epochs" not in train:  # early stopping could end a run at any epoch then
         config.train.min_epochs = 0
+    if "max_cycles" not in train:  # one learning-rate cycle then
+        config.train.max_cycles = 1
     if model.get("task", "classification") == "classification" and "label_smoothing" not in (model.get("task_options") or {}):
         config.model.task_options = {**config.model.task_options, "label_smoothing": 0.0}  # none before issue 19
     if "augment" in train:

@@ -32,7 +32,7 @@ def inspect(run: Annotated[Path, typer.Argument(help="Run folder written by mmcl
         ("splits", ", ".join(f"{k} {v}" for k, v in data.get("splits", {}).items())),
         ("fusion / task", f"{_fusion(cfg, len(data['modalities']))} / {cfg.model.task}"),
         ("parameters", prov.get("parameters", "?")),
-        ("epochs run", f"{len(history)} of {cfg.train.epochs}; best {prov.get('best_epoch', '?')}"),
+        ("epochs run", f"{len(history)} of {cfg.train.epochs}{_cycles(cfg.train.max_cycles)}; best {prov.get('best_epoch', '?')}"),
     ]
     if history:
         last = history[-1]
@@ -43,6 +43,10 @@ def inspect(run: Annotated[Path, typer.Argument(help="Run folder written by mmcl
     rows += [("size on disk", f"{size / 1e6:.1f} MB"), ("trained with", prov.get("command", "?")),
              ("versions", f"mmcli {prov.get('mmcli')}, torch {prov.get('torch')}, python {prov.get('python')}")]
     show_table(str(run), ["", ""], rows, "table" if sys.stdout.isatty() else "csv")
+
+
+def _cycles(cycles: int | None) -> str:
+    return f" a cycle, up to {cycles} cycles" if (cycles or 1) > 1 else ""
 
 
 def _fusion(cfg, n_modalities: int) -> str:

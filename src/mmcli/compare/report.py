@@ -38,7 +38,8 @@ def _summary_section(result: CompareResult, plan: Plan) -> list[str]:
     against = f"`{result.reference}` (chosen with --reference)" if result.reference else "the best unimodal variant"
     lines = [f"# Comparison on {result.metric}", "",
              f"Command: `{result.command}`" if result.command else "", "",
-             f"{plan.seeds} seed(s) per variant, the same splits and budget for every run. Mean over seeds with "
+             f"{plan.seeds} seed(s) per variant, the same splits and budget rule for every run (a run still learning when its "
+             "learning rate has decayed trains another cycle, docs/your-data.md). Mean over seeds with "
              f"a 95 % Student t-interval; delta is the difference to {against}, paired by seed, "
              f"with its 95 % t-interval and the p-value of a {stats.TEST_NAME}; p (Holm) is that p-value adjusted for "
              "the number of variants tested against the same reference (Holm, 1979). Every seed scores the same test "

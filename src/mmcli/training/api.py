@@ -83,16 +83,18 @@ def _run_data(config: Config, data: RunData | None, cache_dir, workers, progress
 
 def _with_defaults(config: Config, task, n_train: int) -> Config:
     """The config with what depends on the data filled in: the metric, and the budget
-    (epochs, patience) from the training split's size, logged; saved with the run."""
-    from mmcli.training.setup import budget, stop_floor
+    (epochs, patience, cycles) from the training split's size, logged; saved with the run."""
+    from mmcli.training.setup import MAX_CYCLES, budget, stop_floor
 
     train = config.train
-    if config.eval.metric is not None and None not in (train.epochs, train.patience, train.min_epochs):
+    if config.eval.metric is not None and None not in (train.epochs, train.patience, train.min_epochs, train.max_cycles):
         return config
     config = config.copy()
     config.eval.metric = config.eval.metric or task.default_metric
+    derived = config.train.epochs is None
+    if config.train.max_cycles is None:  # a set budget is trained as set; a task's own cap (captioning's), in one cycle
+        config.train.max_cycles = MAX_CYCLES if derived and task.max_epochs is None else 1
     if config.train.epochs is None or config.train.patience is None:
-        derived = config.train.epochs is None
         config.train.epochs, config.train.patience = budget(n_train, config.train, task.max_epochs)
         if derived:
             LOG.info("train.epochs=%d, train.patience=%d (derived from %d training examples in batches of %d)",

@@ -7,6 +7,7 @@ as `.safetensors` (atomically) with `metrics.jsonl` one line per epoch.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import typing
@@ -22,8 +23,11 @@ from mmcli.data.dataset import Encoded, n_batches
 from mmcli.data.loader import Loader
 from mmcli.errors import ConfigError, RunFailed, writing
 from mmcli.training.setup import make_optimizer, pick_device
+from mmcli.training.stopping import another_cycle, better, loss_fell, stops, tie_won_on_loss
 from mmcli.heads.base import TaskHead
 from mmcli.models import Model
+
+LOG = logging.getLogger("mmcli")
 
 
 class FitProgress(Protocol):
@@ -171,12 +175,6 @@ def predict_outputs(model, data: Encoded, config: Config, device: torch.device,
     return logits, (torch.cat(weights) if weights and len(weights) == len(outs) else None)
 
 
-def _better(task, metric: str, new: float, old: float | None) -> bool:
-    if old is None or math.isnan(old):
-        return True
-    return new < old if metric in task.lower_is_better else new > old
-
-
 def _blender(model, config: Config, val: Encoded):
     if not config.train.gradient_blending:
         return None
@@ -319,48 +317,25 @@ def _logger(config: Config, run_dir: Path):
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
-def _val_loss(record: dict[str, Any]) -> float | None:
-    """An epoch record's validation loss, when it has a finite one."""
-    loss = record.get("val_loss")
-    return loss if isinstance(loss, float) and math.isfinite(loss) else None
-
-
-def _tie_won_on_loss(record: dict[str, Any], value: float, result) -> bool:
-    """The same validation score as the kept epoch, with a lower validation loss. A small
-    split's accuracy often comes back to an early lucky peak later in training; the later
-    model, which fits the validation rows better, is the one to keep."""
-    if value != result.best_metric:
-        return False
-    best: dict[str, Any] = next((h for h in result.history if h.get("epoch") == result.best_epoch), {})
-    loss, before = _val_loss(record), _val_loss(best)
-    return loss is not None and before is not None and loss < before
-
-
-def _loss_fell(record: dict[str, Any], history: list[dict[str, Any]]) -> bool:
-    """Whether this epoch's validation loss is the lowest yet. On a small validation split
-    a score such as accuracy moves in steps of whole examples and can sit on a lucky early
-    peak while the loss still falls; early stopping waits while either improves (the
-    epoch kept is still the one with the best score)."""
-    loss = _val_loss(record)
-    before = [v for v in map(_val_loss, history) if v is not None]
-    return loss is not None and (not before or loss < min(before))
-
-
-def _stops(config: Config, epoch: int, stale: int) -> bool:
-    """Early stopping: `patience` epochs without a better validation score or a lower
-    validation loss, once the run has reached `min_epochs`."""
-    train = config.train
-    return 0 < typing.cast(int, train.patience) <= stale and epoch >= (train.min_epochs or 0)
-
-
 def _epochs(model, task, train, val, config, run_dir, labels, generator, progress, device, steps, stepper,
             metric, result, blender, loaders, logger, resume=None) -> None:
     start, stale = time.monotonic(), (resume or {}).get("stale", 0)
     first = (resume or {}).get("epoch", 0) + 1
-    if resume is not None and _stops(config, first - 1, stale):
-        return  # it had stopped early already
-    for epoch in range(first, config.train.epochs + 1):
-        progress.epoch_start(epoch, config.train.epochs, steps)
+    cycle = typing.cast(int, config.train.epochs)
+    end = cycle * max(1, math.ceil((first - 1) / cycle))  # the last epoch of the learning-rate cycle the run is in
+
+    def more(epoch: int) -> bool:  # the cycle has ended, validation was still improving: one more
+        return another_cycle(config.train, epoch, stale, len(val) > 0)
+
+    if resume is not None and (stops(config, first - 1, stale) or first - 1 == end and not more(end)):
+        return  # it had stopped early already, or ended its last cycle
+    epoch = first - 1
+    while epoch < end or more(epoch):
+        epoch += 1
+        if epoch > end:
+            end += cycle
+            LOG.info("validation still improving at epoch %d: another learning-rate cycle, to epoch %d", epoch - 1, end)
+        progress.epoch_start(epoch, end, steps)
         train_loss = train_one_epoch(model, task, train, config, stepper, device, generator, progress, loader=loaders[0])
         record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": stepper.scheduler.get_last_lr()[0]}
         if len(val):
@@ -373,10 +348,10 @@ def _epochs(model, task, train, val, config, run_dir, labels, generator, progres
         # without a validation split there is nothing to select on: the last epoch is "best"
         meta = {"epoch": epoch, "metric": f"val_{metric}" if value is not None else "none (no validation split)",
                 "value": value}
-        if value is None or _better(task, metric, value, result.best_metric) or _tie_won_on_loss(record, value, result):
+        if value is None or better(task, metric, value, result.best_metric) or tie_won_on_loss(record, value, result):
             result.best_epoch, result.best_metric, stale = epoch, value, 0
             runs.save_weights(model, run_dir / "best.safetensors", meta)
-        elif _loss_fell(record, result.history):
+        elif loss_fell(record, result.history):
             stale = 0  # not a better score, but a lower validation loss: still learning
         else:
             stale += 1
@@ -391,5 +366,5 @@ def _epochs(model, task, train, val, config, run_dir, labels, generator, progres
                 if key != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     logger.add_scalar(key.replace("_", "/", 1) if key.startswith(("val_", "train_")) else key, v, epoch)
             logger.flush()
-        if value is not None and _stops(config, epoch, stale):
+        if value is not None and stops(config, epoch, stale):
             break

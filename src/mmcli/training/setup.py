@@ -46,6 +46,11 @@ def pick_device(name: str) -> torch.device:
 # take them; AV-MNIST's 120 steps an epoch reach their best within 13. The cap keeps a
 # tiny set from training for hundreds of epochs.
 BUDGET_STEPS, MIN_EPOCHS, MAX_EPOCHS = 1500, 12, 30
+# A run with a derived budget that is still improving on validation when its learning rate
+# has decayed (early stopping has not ended it) trains another cycle of the same epochs,
+# from a warm restart (SGDR, Loshchilov and Hutter, 2017), at most MAX_CYCLES in all:
+# mdi-icons' image model with crops stood at 53 % after 30 epochs, 61 % after 100.
+MAX_CYCLES = 3
 
 
 def budget(n_train: int, cfg: TrainConfig, max_epochs: int | None = None) -> tuple[int, int]:
@@ -72,7 +77,8 @@ def stop_floor(epochs: int, cfg: TrainConfig) -> int:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int):
-    """AdamW (no weight decay on biases and norms) with linear warm-up then cosine decay.
+    """AdamW (no weight decay on biases and norms) with linear warm-up then cosine decay over
+    `cfg.epochs`, begun again for each further cycle (`another_cycle`).
     Parameters that start trained (`model.trained_prefixes`: a warm start, pretrained
     weights) learn at `cfg.trained_lr_scale` times the learning rate."""
     trained = tuple(getattr(model, "trained_prefixes", ())) if cfg.trained_lr_scale != 1.0 else ()  # a bare module: none
@@ -89,10 +95,11 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: in
         fused=devices <= {"cpu", "cuda"} or None,  # one kernel for all parameters, where torch has it
     )
     assert cfg.epochs is not None, "the budget is derived before the optimizer is made"
-    total = max(1, cfg.epochs * steps_per_epoch)
+    total = max(1, cfg.epochs * steps_per_epoch)  # one cycle's steps; another cycle restarts the schedule
     warmup = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
 
     def factor(step: int) -> float:
+        step = step % total if (cfg.max_cycles or 1) > 1 else step
         if step < warmup:
             return (step + 1) / (warmup + 1)
         progress = (step - warmup) / max(1, total - warmup)
