@@ -106,3 +106,21 @@ def test_a_run_interrupted_around_a_restart_resumes_into_the_same_cycles(toy_sma
     monkeypatch.setattr(loop, "_save_checkpoint", save)
     resume(tmp_path / "stopped")
     assert records(tmp_path / "stopped") == records(tmp_path / "plain")
+
+
+def test_a_validation_score_that_is_not_a_number_starts_no_cycle(toy_small, tmp_path, monkeypatch):
+    """A validation split can give no score (verification's EER with one example per
+    identity is NaN): nothing then says the run is still improving."""
+    from mmcli.heads.classification import Classification
+    from mmcli.training.api import train
+
+    score = Classification.score
+
+    def nan_accuracy(self, *args, **kwargs):
+        return {**score(self, *args, **kwargs), "accuracy": float("nan")}
+
+    monkeypatch.setattr(Classification, "score", nan_accuracy)
+    config = {"data": {"manifest": str(toy_small)}, "model": {"modalities": ["image", "text"]},
+              "train": {"epochs": 2, "max_cycles": 3, "seed": 3, "patience": 50}}
+    train(from_dict(config), tmp_path / "run")
+    assert [r["epoch"] for r in records(tmp_path / "run")] == [1, 2]

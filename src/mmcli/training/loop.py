@@ -325,7 +325,8 @@ def _epochs(model, task, train, val, config, run_dir, labels, generator, progres
     end = cycle * max(1, math.ceil((first - 1) / cycle))  # the last epoch of the learning-rate cycle the run is in
 
     def more(epoch: int) -> bool:  # the cycle has ended, validation was still improving: one more
-        return another_cycle(config.train, epoch, stale, len(val) > 0)
+        last = result.history[-1].get(f"val_{metric}") if result.history else None  # NaN or none: no signal
+        return another_cycle(config.train, epoch, stale, isinstance(last, (int, float)) and math.isfinite(last))
 
     if resume is not None and (stops(config, first - 1, stale) or first - 1 == end and not more(end)):
         return  # it had stopped early already, or ended its last cycle
