@@ -58,6 +58,32 @@ def toy_1200(tmp_path_factory) -> Path:
     return make_toy(tmp_path_factory.mktemp("toy1200") / "toy", n=1200, seed=11)
 
 
+def stop_at_checkpoint_and_resume(monkeypatch, config: dict, out: Path, epoch: int, written: bool) -> None:
+    """Train `config` (a config dict) into `out`, interrupted as Ctrl-C would be at epoch
+    `epoch`'s checkpoint: once it is written, or (`written` false) just before, when only
+    that epoch's weights are; then resume the run to its end."""
+    from mmcli.config import from_dict
+    from mmcli.errors import Interrupted
+    from mmcli.training import loop
+    from mmcli.training.api import resume, train
+
+    save = loop._save_checkpoint
+
+    def stopped(run_dir, at, *args):
+        if at == epoch and not written:
+            assert (run_dir / "last.safetensors").is_file()
+            raise KeyboardInterrupt
+        save(run_dir, at, *args)
+        if at == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_save_checkpoint", stopped)
+    with pytest.raises(Interrupted):
+        train(from_dict(config), out)
+    monkeypatch.setattr(loop, "_save_checkpoint", save)
+    resume(out)
+
+
 def write_own_manifest(folder: Path, n: int = 36, fmt: str = "csv") -> Path:
     """A user's own data: PNG photos, WAV clips at 8 kHz and captions; label from colour."""
     import soundfile

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import write_own_manifest
+from conftest import stop_at_checkpoint_and_resume, write_own_manifest
 from mmcli.config import Config, TrainConfig, from_dict
 from mmcli.training.setup import MAX_CYCLES, make_optimizer
 from mmcli.training.stopping import another_cycle, stops
@@ -85,26 +85,13 @@ def test_a_run_still_improving_trains_another_cycle_from_a_warm_restart(tmp_path
 
 @pytest.mark.parametrize("stop_after", [2, 3])  # at the end of the first cycle; inside the second
 def test_a_run_interrupted_around_a_restart_resumes_into_the_same_cycles(toy_small, tmp_path, monkeypatch, stop_after):
-    from mmcli.errors import Interrupted
-    from mmcli.training import loop
-    from mmcli.training.api import resume, train
+    from mmcli.training.api import train
 
     config = {"data": {"manifest": str(toy_small)}, "model": {"modalities": ["image", "text"]},
               "train": {"epochs": 2, "max_cycles": 2, "seed": 3, "patience": 50}}
     train(from_dict(config), tmp_path / "plain")
     assert len(records(tmp_path / "plain")) == 4
-    save = loop._save_checkpoint
-
-    def stopped(run_dir, epoch, *args):
-        save(run_dir, epoch, *args)
-        if epoch == stop_after:
-            raise KeyboardInterrupt  # after the epoch's checkpoint
-
-    monkeypatch.setattr(loop, "_save_checkpoint", stopped)
-    with pytest.raises(Interrupted):
-        train(from_dict(config), tmp_path / "stopped")
-    monkeypatch.setattr(loop, "_save_checkpoint", save)
-    resume(tmp_path / "stopped")
+    stop_at_checkpoint_and_resume(monkeypatch, config, tmp_path / "stopped", epoch=stop_after, written=True)
     assert records(tmp_path / "stopped") == records(tmp_path / "plain")
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -12,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+
+from conftest import stop_at_checkpoint_and_resume
 
 ARGS = ["--epochs", "6", "--seed", "3", "--modalities", "image,text", "--set", "train.patience=0"]
 
@@ -100,24 +100,10 @@ def test_a_kill_between_the_weights_and_the_checkpoint_resumes_from_the_checkpoi
     checkpoint is not. The resumed run must pair epoch 1's checkpoint with epoch 1's
     weights (which the checkpoint holds), and end as the uninterrupted run."""
     from mmcli.config import from_dict
-    from mmcli.errors import Interrupted
-    from mmcli.training import loop
-    from mmcli.training.api import resume, train
+    from mmcli.training.api import train
 
     config = {"data": {"manifest": str(toy_small)}, "model": {"modalities": ["image", "text"]},
               "train": {"epochs": 3, "seed": 3, "patience": 0}}
     train(from_dict(config), tmp_path / "plain")
-    save = loop._save_checkpoint
-
-    def killed_at_epoch_2(run_dir, epoch, *args):
-        if epoch == 2:
-            assert (run_dir / "last.safetensors").is_file()
-            raise KeyboardInterrupt  # after last.safetensors of epoch 2, before its checkpoint
-        save(run_dir, epoch, *args)
-
-    monkeypatch.setattr(loop, "_save_checkpoint", killed_at_epoch_2)
-    with pytest.raises(Interrupted):
-        train(from_dict(config), tmp_path / "killed")
-    monkeypatch.setattr(loop, "_save_checkpoint", save)
-    resume(tmp_path / "killed")
+    stop_at_checkpoint_and_resume(monkeypatch, config, tmp_path / "killed", epoch=2, written=False)
     assert metrics(tmp_path / "killed") == metrics(tmp_path / "plain")
