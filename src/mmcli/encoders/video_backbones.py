@@ -35,7 +35,11 @@ VIDEO_ARCHS = {
     "swin3d_t": "Swin3D-T (Liu et al., 2022), video Swin transformer on the whole clip, 768 features",
     "mvit_v1_b": "MViT-B (Fan et al., 2021), multiscale vision transformer on the whole clip, 768 features",
 }
-MIN_FRAMES = {"s3d": 5}  # fewer frames leave nothing after S3D's temporal strides
+# Clips shorter than this are padded with their last frame. S3D: fewer than 5 frames leave
+# nothing after its temporal strides, and exactly 5 make torch 2.14's oneDNN backward of its
+# first temporal convolution (7x1x1 at stride 2) free memory twice on some CPUs (seen on AMD
+# EPYC: "double free or corruption", the process dies); 6 and more train.
+MIN_FRAMES = {"s3d": 6}
 
 
 class _Permute(nn.Module):
