@@ -328,8 +328,8 @@ def _epochs(model, task, train, val, config, run_dir, labels, generator, progres
         last = result.history[-1].get(f"val_{metric}") if result.history else None  # NaN or none: no signal
         return another_cycle(config.train, epoch, stale, isinstance(last, (int, float)) and math.isfinite(last))
 
-    if resume is not None and (stops(config, first - 1, stale) or first - 1 == end and not more(end)):
-        return  # it had stopped early already, or ended its last cycle
+    if resume is not None and stops(config, first - 1, stale):
+        return  # it had stopped early already (one that ended its last cycle does not enter the loop)
     epoch = first - 1
     while epoch < end or more(epoch):
         epoch += 1

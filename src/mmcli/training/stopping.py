@@ -52,8 +52,9 @@ def stops(config: Config, epoch: int, stale: int) -> bool:
 
 def another_cycle(cfg: TrainConfig, epoch: int, stale: int, validated: bool) -> bool:
     """Whether a run that has just finished epoch `epoch` begins another learning-rate cycle:
-    at the end of a cycle, with cycles left, a validation split, and a validation score or
-    loss that improved within the last `patience` epochs (early stopping had not ended it)."""
+    at the end of a cycle, with cycles left, a validation score to go by (`validated`), and a
+    validation score or loss that improved within the last `patience` epochs (early stopping
+    had not ended it)."""
     epochs = typing.cast(int, cfg.epochs)
     return (validated and epoch % epochs == 0 and epoch < epochs * (cfg.max_cycles or 1)
             and stale < typing.cast(int, cfg.patience))
