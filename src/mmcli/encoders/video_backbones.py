@@ -36,10 +36,12 @@ VIDEO_ARCHS = {
     "mvit_v1_b": "MViT-B (Fan et al., 2021), multiscale vision transformer on the whole clip, 768 features",
 }
 # Clips shorter than this are padded with their last frame. S3D: fewer than 5 frames leave
-# nothing after its temporal strides, and exactly 5 make torch 2.14's oneDNN backward of its
-# first temporal convolution (7x1x1 at stride 2) free memory twice on some CPUs (seen on AMD
-# EPYC: "double free or corruption", the process dies); 6 and more train.
-MIN_FRAMES = {"s3d": 6}
+# nothing after its temporal strides, and on some CPUs (seen on AMD EPYC) torch 2.14's oneDNN
+# backward of its first temporal convolution (7x1x1 at stride 2) corrupts memory on 5 to 7
+# steps: 5 kill the process ("double free or corruption"), 6 and 7 give non-finite weight
+# gradients in 1 of 3 to 1 of 7 backward passes; 8 (data.video_frames' default) and 10 gave
+# none in 50 and 20 passes.
+MIN_FRAMES = {"s3d": 8}
 
 
 class _Permute(nn.Module):
