@@ -80,6 +80,8 @@ def test_a_run_still_improving_trains_another_cycle_from_a_warm_restart(tmp_path
     assert [r["epoch"] for r in got] == [1, 2, 3, 4, 5, 6]  # patience 50 is never spent: both cycles
     rates = [r["lr"] for r in got]  # each epoch's record holds the rate its next step uses
     assert rates[:3] == rates[3:] and rates[0] > rates[1]  # the second cycle repeats the first's decay
+    said = [line for line in result.output.splitlines() if "another learning-rate cycle" in line]
+    assert said == ["train: still improving at epoch 3: another learning-rate cycle, to epoch 6"]  # the console says why
 
 
 
