@@ -234,3 +234,29 @@ def test_an_interrupted_preprocess_leaves_no_cache_entry(tmp_path, monkeypatch):
     monkeypatch.setattr(decode, "decode_audio", real)
     again = RUNNER.invoke(app, ["preprocess", str(manifest), "--cache-dir", str(cache)])
     assert again.exit_code == 0, again.output
+
+
+def test_labels_joined_like_a_multilabel_target_suggest_the_multilabel_task(tmp_path):
+    """Rows whose labels are sets ('cat|small'): trained as one class each, a test row with a
+    new combination fails; the error and, where training goes on, a warning say --task multilabel."""
+    folder = tmp_path / "own"
+    manifest = write_own_manifest(folder, n=36)
+    rows = rows_of(manifest)
+    for i, row in enumerate(rows):
+        row["label"] = f"{row['label']}|{'small' if i % 2 else 'large'}"
+        row["split"] = "test" if i >= 30 else "train"
+    rows[-1]["label"] = "cat|large|striped"  # a combination no training row has
+    write_rows(manifest, rows)
+    train = ["--modalities", "caption", "--epochs", "1", "--out"]
+    failed = RUNNER.invoke(app, ["train", str(manifest), *train, str(tmp_path / "failed")])
+    assert failed.exit_code == 2, failed.output
+    assert "labels unseen in training" in failed.output and "use --task multilabel" in failed.output, failed.output
+    assert "row 36, column 'label'" in failed.output, failed.output
+    assert failed.output.count("use --task multilabel") == 1, failed.output  # in the error, not also in a warning
+    rows[-1]["label"] = "cat|large"
+    write_rows(manifest, rows)
+    warned = RUNNER.invoke(app, ["train", str(manifest), *train, str(tmp_path / "warned")])
+    assert warned.exit_code == 0, warned.output
+    assert "6 of the 6 distinct training labels hold '|'" in warned.output, warned.output
+    single = RUNNER.invoke(app, ["train", str(write_own_manifest(tmp_path / "plain", n=12)), *train, str(tmp_path / "single")])
+    assert single.exit_code == 0 and "--task multilabel" not in single.output, single.output

@@ -155,7 +155,10 @@ def prepare_training(config: Config, cache_dir: str | None = None, workers: int 
         logging.getLogger("mmcli").warning(
             "%s: only one class ('%s') in the training data: the model can only predict it, so its accuracy "
             "(1.0) and other metrics mean nothing; is '%s' the label column?", table.source, labels[0], config.data.label)
-    _check_targets(task, table, splits, labels)  # before fit_state: it reads only usable values
+    doubt = task.doubt(train_values)
+    _check_targets(task, table, splits, labels, doubt=doubt)  # before fit_state: it reads only usable values
+    if report and doubt:  # usable, but perhaps not as meant
+        logging.getLogger("mmcli").warning("%s, column '%s': %s", table.source, config.data.label, doubt)
     state = task.fit_state(train_values, labels)
     tokenizers = fit_tokenizers(config, table, modalities, train_rows)
     if report:  # a derived limit said what it cuts as it was derived
@@ -184,16 +187,18 @@ def warn_cutoffs(config: Config, table: Table, modalities: list[str], tokenizers
                 name, cut, len(have), limit)
 
 
-def _check_targets(task, table: Table, splits: list[str], labels: list[str], rows: list[int] | None = None) -> None:
+def _check_targets(task, table: Table, splits: list[str], labels: list[str], rows: list[int] | None = None,
+                   doubt: str | None = None) -> None:
     """Every row's target must be usable by the task (a number for regression, a label seen
-    in training for classification); all problems are reported at once. `rows`: the row of
-    the data each row of `table` came from, where `table` is a subset."""
+    in training for classification); all problems are reported at once, with the task's
+    `doubt` about the targets where it has one. `rows`: the row of the data each row of
+    `table` came from, where `table` is a subset."""
     problems = task.check(task.target_values(table), splits, labels)
     if problems:
         column = task.config.data.label
         bad = [BadRow(table.source, (i if rows is None else rows[i]) + 1, column, reason) for i, reason in problems]
         what = "labels unseen in training" if task.name == "classification" else f"targets the {task.name} task cannot use"
-        raise DataError(f"{table.source}: {what}", bad)
+        raise DataError(f"{table.source}: {what}" + (f"; {doubt}" if doubt else ""), bad)
 
 
 def fitted_file(name: str, kind: str) -> str:

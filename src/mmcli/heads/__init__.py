@@ -59,6 +59,11 @@ class Task(ABC):
         """(row index, reason) for every value this task cannot use."""
         return []
 
+    def doubt(self, train_values: list[str]) -> str | None:
+        """Why the training targets look meant for another task (said in a warning, and in
+        the error where `check` finds unusable values), or None."""
+        return None
+
     @abstractmethod
     def encode(self, values: list[str], names: list[str]):
         """The targets of `values` as the tensor the loss reads."""

@@ -69,6 +69,18 @@ class Classification(Task):
         known = set(names)
         return [(i, f"label '{v}' ({where[i]}) never occurs in the training split") for i, v in enumerate(values) if v not in known]
 
+    def doubt(self, train_values: list[str]) -> str | None:
+        """Labels joined by the multi-label separator ('cat|dog'), most of them: each is taken
+        as one class here, and a test set whose combinations are new cannot be scored."""
+        separator = self.config.data.label_separator if self.config is not None else "|"
+        distinct = sorted(set(train_values))
+        joined = [v for v in distinct if separator in v]
+        if len(joined) < 2 or 2 * len(joined) < len(distinct):
+            return None
+        return (f"{len(joined)} of the {len(distinct)} distinct training labels hold '{separator}' (such as "
+                f"'{joined[0]}'), and each is one class to --task classification: if a row names several labels, "
+                "use --task multilabel")
+
     def encode(self, values: list[str], names: list[str]) -> torch.Tensor:
         index = {label: i for i, label in enumerate(names)}
         return torch.tensor([index.get(v, -1) for v in values], dtype=torch.long)
