@@ -282,3 +282,22 @@ def test_threshold_stays_at_half_when_nothing_is_found():
     logits = torch.tensor([[-5.0], [-6.0], [-4.0]])  # never above any threshold
     targets = torch.tensor([[1.0], [0.0], [1.0]])
     assert MultiLabel().after_fit(logits, targets, ["a"]) == {"thresholds": [0.5]}
+
+
+def test_the_multilabel_prior_is_the_best_constant_label_set_not_no_label():
+    """No label is on half the examples: each label's frequency scored at 0.5 would predict
+    nothing (micro-F1 0, a baseline every model passes). The prior predicts the k most
+    frequent labels, k best for the training split's micro-F1: here 2 (140 / 275)."""
+    from mmcli.config import from_dict
+    from mmcli.heads import make_task
+
+    task = make_task(from_dict({"model": {"task": "multilabel"}}), {})
+    targets = torch.zeros(100, 3)
+    targets[:40, 0] = 1  # 40 %
+    targets[40:70, 1] = 1  # 30 %
+    targets[:5, 2] = 1  # 5 %
+    outputs = task.prior_outputs(targets, 3, 100)
+    assert (torch.sigmoid(outputs) >= 0.5).tolist() == [[True, True, False]] * 100  # the same set for every example
+    scores = task.evaluate(outputs, targets, ["a", "b", "c"])
+    assert scores["micro_f1"] == pytest.approx(2 * 70 / (2 * 100 + 75))  # k=1 gives 80 / 175, k=3 150 / 375
+    assert (task.prior_outputs(torch.zeros(10, 3), 3, 4).sigmoid() < 0.5).all()  # no label in training: none
