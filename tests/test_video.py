@@ -3,7 +3,8 @@ it, decoded into the cache, trained with the temporal encoder, corrupted, predic
 file outside the data, searched and captioned, and a frozen per-frame backbone's features
 read from the feature cache on a second run. Clips are made here, written as real MP4
 files through PyAV: a square that moves left or right (one frame cannot tell which) with a
-tone whose pitch says the same."""
+tone whose pitch says the same. A clip to the left is a clip to the right played backwards,
+the same frames: only their order says the direction."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def _clip(direction: str, rng: np.random.Generator, start: int | None = None) ->
     x0 = int(rng.integers(0, 4)) if start is None else start
     row = int(rng.integers(4, SIZE - 12))
     for t in range(FRAMES):
-        x = x0 + 2 * t if direction == "right" else SIZE - 8 - x0 - 2 * t
+        x = x0 + 2 * (t if direction == "right" else FRAMES - 1 - t)  # the same places, in the other order
         frames[t, row:row + 8, x:x + 8] = 255
     seconds = FRAMES / FPS
     tone = 440.0 if direction == "right" else 880.0
