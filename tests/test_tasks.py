@@ -66,6 +66,11 @@ def test_multilabel_learns_more_than_the_label_prior_and_predicts_label_lists(ta
     prior_map = sum(v["support"] for v in scores["per_label"].values()) / (len(scores["per_label"]) * scores["n_examples"])
     assert scores["mean_average_precision"] > prior_map + 0.25, (scores["mean_average_precision"], prior_map)
     target = json.loads((out / "target.json").read_text())
+    # the kept epoch was chosen by its validation micro-F1 with the thresholds it was then given
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    kept = max(records, key=lambda r: r["val_micro_f1"])
+    val = json.loads(ok(run("evaluate", out, "--split", "val", "--json")).stdout)
+    assert kept["val_micro_f1"] == pytest.approx(val["micro_f1"], abs=1e-6), (kept, val["micro_f1"])
     names = json.loads((out / "labels.json").read_text())
     assert names == sorted(names) and "odd" in names and len(target["thresholds"]) == len(names)
     preds = jsonl(ok(run("predict", out, tags, "--format", "jsonl")).stdout)
@@ -301,3 +306,23 @@ def test_the_multilabel_prior_is_the_best_constant_label_set_not_no_label():
     scores = task.evaluate(outputs, targets, ["a", "b", "c"])
     assert scores["micro_f1"] == pytest.approx(2 * 70 / (2 * 100 + 75))  # k=1 gives 80 / 175, k=3 150 / 375
     assert (task.prior_outputs(torch.zeros(10, 3), 3, 4).sigmoid() < 0.5).all()  # no label in training: none
+
+
+def test_a_multilabel_epoch_is_scored_with_the_thresholds_it_would_be_kept_with():
+    """Probabilities that rank every label right but stay below 0.5 predict nothing at 0.5;
+    validation scores an epoch with the thresholds after_fit would choose on those rows,
+    so such an epoch is not taken for one that learnt nothing. The test split keeps the
+    run's own thresholds (score)."""
+    from types import SimpleNamespace
+
+    from mmcli.config import from_dict
+    from mmcli.heads import make_task
+
+    task = make_task(from_dict({"model": {"task": "multilabel"}}), {})
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    probs = 0.1 + 0.3 * targets  # 0.4 where the label is on, 0.1 where it is off
+    outputs = torch.logit(probs)
+    data = SimpleNamespace(labels=targets)
+    assert task.score(outputs, data, ["a", "b"])["micro_f1"] == 0.0
+    assert task.validation_score(outputs, data, ["a", "b"])["micro_f1"] == pytest.approx(1.0)
+    assert task.score(outputs, data, ["a", "b"])["micro_f1"] == 0.0  # scoring validation chose nothing for the run

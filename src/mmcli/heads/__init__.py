@@ -83,6 +83,11 @@ class Task(ABC):
         photo's five caption rows are scored as one photo with five references."""
         return self.evaluate(outputs, data.labels, names)
 
+    def validation_score(self, outputs, data, names: list[str]) -> dict[str, Any]:
+        """The metrics of an epoch on the validation split, which the kept epoch is chosen
+        by: `score`, unless what `after_fit` chooses there changes them (multilabel)."""
+        return self.score(outputs, data, names)
+
     @abstractmethod
     def predict(self, outputs, names: list[str], top_k: int) -> list[dict[str, Any]]:
         """One JSON object per example, as `mmcli predict` writes them."""

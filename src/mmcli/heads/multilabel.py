@@ -86,6 +86,15 @@ class MultiLabel(Task):
             chosen.append(round(best, 4))
         return {"thresholds": chosen}
 
+    def validation_score(self, outputs, data, names: list[str]) -> dict[str, Any]:
+        """With the thresholds this epoch's model would get if training ended here (chosen on
+        these rows, as `after_fit` chooses them for the kept epoch). At 0.5 an epoch whose
+        probabilities rank the labels well but stay below 0.5 would score as predicting
+        no label, and the epoch kept would be the one nearest to always naming the most
+        frequent labels."""
+        tuned = type(self)(self.config, {**self.state, **self.after_fit(outputs, data.labels, names)})
+        return tuned.score(outputs, data, names)
+
     def average(self, outputs: list[torch.Tensor], weights: list[float] | None = None) -> torch.Tensor:
         """Each label's predicted probability averaged, as logits (sigmoid gives it back)."""
         probs = mixed(torch.stack([torch.sigmoid(o.float()) for o in outputs]), weights)

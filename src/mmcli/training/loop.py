@@ -340,7 +340,7 @@ def _epochs(model, task, train, val, config, run_dir, labels, generator, progres
         train_loss = train_one_epoch(model, task, train, config, stepper, device, generator, progress, loader=loaders[0])
         record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": stepper.scheduler.get_last_lr()[0]}
         if len(val):
-            scores = task.score(predict_logits(model, val, config, device, loaders[1]), val, labels)
+            scores = task.validation_score(predict_logits(model, val, config, device, loaders[1]), val, labels)
             record.update({f"val_{k}": v for k, v in scores.items() if isinstance(v, (int, float))})
         if blender is not None:
             record["blend_weights"] = blender.step(model, task, train, val, config, device)
