@@ -2,6 +2,8 @@
 scratch folder (nothing is copied: the manifests point at the files where they are).
 
 - `mdi-icons`: the set's own manifest (image + name -> one of 61 categories).
+- `mdi-icons-multilabel`: its `multilabel.csv` (image + name -> every category of the
+  icon, `|`-joined in the column `categories`; compared with `--task multilabel`).
 - `coco-super`: COCO-mini's 159 photos, one row per caption (photo + caption -> the
   supercategory of the photo's largest object; 795 rows), split by photo as COCO splits
   them: train2017 photos train (mmcli draws its validation rows from them), val2017 photos test.
@@ -72,7 +74,8 @@ def spoken_coco_super(shared: Path, out: Path) -> Path:
 
 
 def build(shared: Path, out: Path) -> dict[str, Path]:
-    sets = {"mdi-icons": shared / "mdi-icons" / "manifest.csv", "coco-super": coco_super(shared, out),
+    sets = {"mdi-icons": shared / "mdi-icons" / "manifest.csv", "mdi-icons-multilabel": shared / "mdi-icons" / "multilabel.csv",
+            "coco-super": coco_super(shared, out),
             "spoken-coco-super": spoken_coco_super(shared, out)}
     avmnist = out / "avmnist"
     if not (avmnist / "manifest.csv").is_file():
