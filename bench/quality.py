@@ -15,7 +15,7 @@ six times the cost). With `--ludwig VENV` (a virtual environment with Ludwig 0.1
 bench/peers/README.md), the sets that have Ludwig configs (mdi-icons) also run through
 Ludwig's text, image and concat models on the split of the comparison's seed 0
 (bench/peers/run_ludwig.sh), and its table follows mmcli's.
-Takes about an hour with 5 seeds on 2 cores (docs/results.md has the measured tables).
+Takes more than an hour with 5 seeds on 2 cores (docs/results.md has the measured tables and walls).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main() -> None:
         prior = next((row["prior"] for row in summary if row.get("prior") is not None), None)
         if prior is not None:  # the bar below which nothing was learnt (docs/compare.md#the-table)
             above = [row["variant"] for row in summary if row.get("above_prior")]
-            print(f"\nlabel prior {pct(prior)}; significantly above it: {', '.join(above) or 'no variant (nothing learnt)'}")
+            print(f"\nlabel prior {pct(prior)}; above it on every seed: {', '.join(above) or 'no variant (nothing learnt)'}")
         if args.ludwig and name in LUDWIG_SETS:
             splits = next((out / "runs").glob("unimodal-*-seed*/splits.json"))  # every variant shares the split
             subprocess.run(["bash", str(Path(__file__).parent / "peers" / "run_ludwig.sh"), str(args.ludwig),

@@ -258,5 +258,9 @@ def test_labels_joined_like_a_multilabel_target_suggest_the_multilabel_task(tmp_
     warned = RUNNER.invoke(app, ["train", str(manifest), *train, str(tmp_path / "warned")])
     assert warned.exit_code == 0, warned.output
     assert "6 of the 6 distinct training labels hold '|'" in warned.output, warned.output
+    other = write_own_manifest(tmp_path / "other", n=12)
+    set_cell("label", "dog|striped")(other.parent, other)  # evaluated on other data: the same hint
+    later = RUNNER.invoke(app, ["evaluate", str(tmp_path / "warned"), "--data", str(other)])
+    assert later.exit_code == 2 and "use --task multilabel" in later.output, later.output
     single = RUNNER.invoke(app, ["train", str(write_own_manifest(tmp_path / "plain", n=12)), *train, str(tmp_path / "single")])
     assert single.exit_code == 0 and "--task multilabel" not in single.output, single.output

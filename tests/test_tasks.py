@@ -301,11 +301,46 @@ def test_the_multilabel_prior_is_the_best_constant_label_set_not_no_label():
     targets[:40, 0] = 1  # 40 %
     targets[40:70, 1] = 1  # 30 %
     targets[:5, 2] = 1  # 5 %
-    outputs = task.prior_outputs(targets, 3, 100)
-    assert (torch.sigmoid(outputs) >= 0.5).tolist() == [[True, True, False]] * 100  # the same set for every example
-    scores = task.evaluate(outputs, targets, ["a", "b", "c"])
+    def named(metric):  # the label set the prior names for every example, scored on that metric
+        outputs = task.prior_outputs(targets, 3, 100, metric)
+        chosen = (torch.sigmoid(outputs) >= 0.5).tolist()
+        assert all(row == chosen[0] for row in chosen)
+        return chosen[0], task.evaluate(outputs, targets, ["a", "b", "c"])
+
+    chosen, scores = named("micro_f1")
+    assert chosen == [True, True, False]
     assert scores["micro_f1"] == pytest.approx(2 * 70 / (2 * 100 + 75))  # k=1 gives 80 / 175, k=3 150 / 375
-    assert (task.prior_outputs(torch.zeros(10, 3), 3, 4).sigmoid() < 0.5).all()  # no label in training: none
+    chosen, scores = named("subset_accuracy")
+    assert chosen == [True, False, False] and scores["subset_accuracy"] == pytest.approx(0.35)  # 35 rows are {a}
+    chosen, scores = named("macro_f1")
+    assert chosen == [True, True, True]  # each label on: its F1 2p / (1 + p) beats 0
+    rates, scores = named("loss")
+    assert rates == [False, False, False]  # the frequencies themselves: the lowest constant cross-entropy
+    assert torch.sigmoid(task.prior_outputs(targets, 3, 1, "loss"))[0].tolist() == pytest.approx([0.40, 0.30, 0.05])
+    assert (task.prior_outputs(torch.zeros(10, 3), 3, 4, "micro_f1").sigmoid() < 0.5).all()  # no label in training
+    assert (task.prior_outputs(torch.zeros(0, 3), 3, 4, "micro_f1").sigmoid() < 0.5).all()  # nor any training row
+
+
+def test_labels_written_as_json_lists_also_suggest_the_multilabel_task():
+    from mmcli.config import from_dict
+    from mmcli.heads import make_task
+
+    task = make_task(from_dict({}), {})
+    assert "use --task multilabel" in task.doubt(['["dog", "cat"]', '["dog"]', '["cat", "bird"]'])
+    assert task.doubt(["dog", "cat", "bird|fish"]) is None  # one label of three holds the separator
+
+
+def test_a_task_s_rules_are_part_of_a_run_s_fingerprint(monkeypatch):
+    """Multi-label runs kept their epoch at 0.5 before the rule changed: a comparison must
+    not reuse them as if they were trained now."""
+    from mmcli.config import from_dict
+    from mmcli.heads.multilabel import MultiLabel
+    from mmcli.training.api import fingerprint
+
+    config = from_dict({"model": {"task": "multilabel"}})
+    now = fingerprint(config, "data")
+    monkeypatch.setattr(MultiLabel, "rules", None)
+    assert fingerprint(config, "data") != now
 
 
 def test_a_multilabel_epoch_is_scored_with_the_thresholds_it_would_be_kept_with():

@@ -324,7 +324,7 @@ def data_for_run(run: LoadedRun, data: str | None, split: str | None, cache_dir:
     table = table.subset(chosen.rows)
     values = task.target_values(table)
     if require_label and values is not None:
-        _check_targets(task, table, ["given"] * len(table), run.labels, chosen.rows)
+        _check_targets(task, table, ["given"] * len(table), run.labels, chosen.rows, doubt=task.doubt(run.labels))
     sources = table_sources(table, list(table.modalities))  # of the clean rows: a corruption differs per row
     if transform is not None:  # drop or corrupt a modality (robustness evaluation)
         table = transform(table)

@@ -58,6 +58,11 @@ class _Epochs:
     def epoch_end(self, record: dict[str, Any]) -> None:
         self.events.put((self.k, int(record.get("epoch", 0)), self.epochs))
 
+    def cycle_start(self, last: int, end: int) -> None:
+        from mmcli.training.stopping import log_cycle
+
+        log_cycle(last, end)
+
 
 def _worker_init(out: str, cache_dir: str | None, parent: int, events: Any = None) -> None:
     import signal

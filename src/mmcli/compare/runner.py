@@ -190,10 +190,21 @@ def list_cells(plan: Plan, pool: DataPool, specs: dict[str, Any]) -> None:
 
 
 def _baseline(task, data: RunData) -> dict[str, float] | None:
-    """The metrics of the training label prior on the test split: v(empty set) of attribution."""
+    """The metrics of the training label prior on the test split: v(empty set) of attribution;
+    each metric that of the prior's best answer for it (multi-label: a label set per metric)."""
     train, test = data.part("train"), data.part("test")
-    outputs = task.prior_outputs(train.labels, task.n_outputs(data.labels), len(test))
-    return None if outputs is None else _scalars(task.evaluate(outputs, test.labels, data.labels))
+
+    def scored(metric: str | None) -> dict[str, float] | None:
+        outputs = task.prior_outputs(train.labels, task.n_outputs(data.labels), len(test), metric)
+        return None if outputs is None else _scalars(task.evaluate(outputs, test.labels, data.labels))
+
+    scores = scored(None)
+    if scores is not None:
+        for metric in task.metrics:
+            value = (scored(metric) or {}).get(metric)
+            if value is not None:
+                scores[metric] = value
+    return scores
 
 
 def _scalars(scores: dict[str, Any]) -> dict[str, float]:

@@ -42,6 +42,7 @@ class Task(ABC):
     robustness_metric: ClassVar[str | None] = None  # evaluate --robustness's metric where the run's is lower-is-better
     length_percentile: ClassVar[float] = 95.0  # a derived length limit covers this share of the clips (mmcli.data.lengths)
     max_epochs: ClassVar[int | None] = None  # the most epochs a derived budget gives (None: training.setup.MAX_EPOCHS)
+    rules: ClassVar[str | None] = None  # how it trains or keeps its epoch where no config key says (part of a run's fingerprint)
 
     def __init__(self, config=None, state: dict[str, Any] | None = None):
         self.config = config
@@ -134,9 +135,10 @@ class Task(ABC):
         """Sampling weight of each training example (train.sampler=weighted); tasks with `has_classes`."""
         raise NotImplementedError(f"the {self.name} task has no classes to balance")
 
-    def prior_outputs(self, train_targets, n_outputs: int, n: int):
+    def prior_outputs(self, train_targets, n_outputs: int, n: int, metric: str | None = None):
         """Outputs of a model that sees nothing and predicts the training prior, for n
-        examples: the baseline v(empty set) of modality attribution; None: no such baseline."""
+        examples: the baseline v(empty set) of modality attribution; None: no such baseline.
+        `metric`: the one it is scored on, where the best such answer depends on it."""
         return None
 
     def check_state(self, where: str) -> None:

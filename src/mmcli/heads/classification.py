@@ -72,9 +72,11 @@ class Classification(Task):
     def doubt(self, train_values: list[str]) -> str | None:
         """Labels joined by the multi-label separator ('cat|dog'), most of them: each is taken
         as one class here, and a test set whose combinations are new cannot be scored."""
+        from mmcli.heads.multilabel import split_labels
+
         separator = self.config.data.label_separator if self.config is not None else "|"
         distinct = sorted(set(train_values))
-        joined = [v for v in distinct if separator in v]
+        joined = [v for v in distinct if len(split_labels(v, separator)) > 1]  # 'a|b', or a JSON list
         if len(joined) < 2 or 2 * len(joined) < len(distinct):
             return None
         return (f"{len(joined)} of the {len(distinct)} distinct training labels hold '{separator}' (such as "
@@ -130,7 +132,7 @@ class Classification(Task):
         counts = torch.bincount(targets.clamp(min=0)).float()
         return 1.0 / counts[targets.clamp(min=0)]
 
-    def prior_outputs(self, train_labels: torch.Tensor, n_outputs: int, n: int) -> torch.Tensor:
+    def prior_outputs(self, train_labels: torch.Tensor, n_outputs: int, n: int, metric: str | None = None) -> torch.Tensor:
         """Outputs of a model that sees no input: the log of the training label prior, so it
         predicts the most frequent training class (the baseline of modality attribution)."""
         counts = torch.bincount(train_labels[train_labels >= 0], minlength=n_outputs).double()

@@ -39,6 +39,7 @@ def split_labels(value: str, separator: str) -> list[str]:
 class MultiLabel(Task):
     name = "multilabel"
     default_metric = "micro_f1"
+    rules = "epochs scored with their own validation thresholds"  # since 2026-12-07: runs kept at 0.5 train again
     metrics = ("micro_f1", "macro_f1", "mean_average_precision", "subset_accuracy", "loss")
     lower_is_better = ("loss",)
 
@@ -174,27 +175,45 @@ class MultiLabel(Task):
                         "top": {names[j]: round(row_p[j], 6) for j in top}})
         return out
 
-    def prior_outputs(self, train_targets: torch.Tensor, n_outputs: int, n: int) -> torch.Tensor:
-        """The best answer that sees no input: one label set for every example, the k labels
-        most frequent in training, k chosen for the training split's micro-F1 (as
-        transcription's baseline is the best constant transcript). Each label's frequency
-        alone, scored at 0.5, would predict no label wherever none is on half the examples
-        (micro-F1 0, a floor any model passes). As logits at the default threshold 0.5: a
-        chosen label's probability is 0.5 + rate / 2, another's rate / 2."""
-        y = train_targets.float()
+    def prior_outputs(self, train_targets: torch.Tensor, n_outputs: int, n: int, metric: str | None = None) -> torch.Tensor:
+        """The best answer that sees no input, for the metric it is scored on: one label set
+        for every example, chosen on the training split (as transcription's baseline is the
+        best constant transcript). micro-F1: the k most frequent labels, k best for the
+        training split's micro-F1; macro-F1: every label seen in training; subset accuracy:
+        the most frequent training label set; loss and mean average precision: each label's
+        training frequency. That frequency alone, scored at 0.5, predicts no label wherever
+        none is on half the examples: micro-F1 0, a floor any model passes. As logits at the
+        default threshold 0.5: a chosen label's probability is 0.5 + rate / 2, another's rate / 2."""
+        y = (train_targets > 0.5).float()
         rate = y.mean(dim=0) if len(y) else torch.zeros(n_outputs)
-        order = torch.argsort(rate, descending=True, stable=True).tolist()
-        counts, positives = y.sum(dim=0), float(y.sum())
-        best_k, best, hits = 0, 0.0, 0.0
-        for k, j in enumerate(order, start=1):
-            hits += float(counts[j])
-            f1 = 2 * hits / (len(y) * k + positives)
-            if f1 > best + 1e-12:
-                best_k, best = k, f1
-        chosen = torch.zeros(n_outputs, dtype=torch.bool)
-        chosen[order[:best_k]] = True
-        probs = (rate / 2 + 0.5 * chosen.float()).clamp(1e-4, 1 - 1e-4)
+        if metric not in ("micro_f1", "macro_f1", "subset_accuracy"):
+            probs = rate.clamp(1e-4, 1 - 1e-4)
+        else:
+            probs = (rate / 2 + 0.5 * _constant_set(y, rate, metric).float()).clamp(1e-4, 1 - 1e-4)
         return torch.log(probs / (1 - probs)).expand(n, n_outputs).clone()
+
+
+def _constant_set(y: torch.Tensor, rate: torch.Tensor, metric: str) -> torch.Tensor:
+    """The label set (a mask) that `MultiLabel.prior_outputs` names for every example."""
+    if metric == "macro_f1":  # each label's F1 alone: always on (2p / (1 + p)) beats never (0)
+        return rate > 0
+    if metric == "subset_accuracy":
+        if not len(y):
+            return torch.zeros_like(rate, dtype=torch.bool)
+        sets, counts = torch.unique(y.bool(), dim=0, return_counts=True)
+        return sets[int(torch.argmax(counts))]  # ties: the first in unique's order
+    order = torch.argsort(rate, descending=True, stable=True).tolist()
+    counts, positives = y.sum(dim=0), float(y.sum())
+    best_k, best, hits = 0, 0.0, 0.0
+    for k, j in enumerate(order, start=1):
+        hits += float(counts[j])
+        denominator = len(y) * k + positives
+        f1 = 2 * hits / denominator if denominator else 0.0
+        if f1 > best + 1e-12:
+            best_k, best = k, f1
+    chosen = torch.zeros_like(rate, dtype=torch.bool)
+    chosen[order[:best_k]] = True
+    return chosen
 
 
 TASKS.register("multilabel", "several labels per example; sigmoid + BCE; micro/macro-F1, mAP, subset accuracy")(MultiLabel)

@@ -133,7 +133,7 @@ class Regression(Task):
     def predict(self, outputs: torch.Tensor, names: list[str], top_k: int) -> list[dict[str, Any]]:
         return [{"value": round(v, 6)} for v in self.values(outputs).tolist()]
 
-    def prior_outputs(self, train_targets: torch.Tensor, n_outputs: int, n: int) -> torch.Tensor:
+    def prior_outputs(self, train_targets: torch.Tensor, n_outputs: int, n: int, metric: str | None = None) -> torch.Tensor:
         """The training mean (0 on the standardised scale): the baseline that sees no input."""
         return train_targets.float().mean().expand(n, 1).clone()
 

@@ -109,7 +109,6 @@ class FitBar:
         self._bar: Progress | None = None
         self._task: Any = None
         self.last_shown = ""
-        self._end = 0  # the last epoch of the learning-rate cycle shown so far
 
     def __enter__(self) -> "FitBar":
         self._bar = _progress(transient=True)
@@ -123,13 +122,15 @@ class FitBar:
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
         description = f"{self.label} epoch {epoch}/{epochs}"
         assert self._bar is not None, "FitBar is used as a context manager"
-        if self.logger and self._end and epochs > self._end:  # mmcli.training.stopping.another_cycle
-            self.logger(f"{self.label}: still improving at epoch {epoch - 1}: another learning-rate cycle, to epoch {epochs}")
-        self._end = epochs
         if self._task is None:
             self._task = self._bar.add_task(description, total=batches, info="")
         else:
             self._bar.reset(self._task, total=batches, description=description, info="")
+
+    def cycle_start(self, last: int, end: int) -> None:
+        from mmcli.training.stopping import cycle_note, log_cycle
+
+        self.logger(f"{self.label}: {cycle_note(last, end)}") if self.logger else log_cycle(last, end)
 
     def batch_end(self, loss: float) -> None:
         assert self._bar is not None, "FitBar is used as a context manager"

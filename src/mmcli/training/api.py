@@ -59,8 +59,13 @@ def variant_of(config: Config, modalities: list[str]) -> str:
 
 
 def fingerprint(config: Config, data_key: str) -> str:
-    """What makes two runs the same run: the resolved config, the data and mmcli's version."""
-    text = json.dumps({"config": config.to_dict(), "data": data_key, "mmcli": __version__}, sort_keys=True)
+    """What makes two runs the same run: the resolved config, the data, mmcli's version and
+    its task's rules (what no config key records: mmcli.heads.Task.rules)."""
+    from mmcli.heads import TASKS
+
+    rules = TASKS.get(config.model.task).rules
+    text = json.dumps({"config": config.to_dict(), "data": data_key, "mmcli": __version__,
+                       **({"rules": rules} if rules else {})}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -7,7 +7,6 @@ as `.safetensors` (atomically) with `metrics.jsonl` one line per epoch.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 import typing
@@ -23,22 +22,24 @@ from mmcli.data.dataset import Encoded, n_batches
 from mmcli.data.loader import Loader
 from mmcli.errors import ConfigError, RunFailed, writing
 from mmcli.training.setup import make_optimizer, pick_device
-from mmcli.training.stopping import another_cycle, better, loss_fell, stops, tie_won_on_loss
+from mmcli.training.stopping import another_cycle, better, log_cycle, loss_fell, stops, tie_won_on_loss
 from mmcli.heads.base import TaskHead
 from mmcli.models import Model
-
-LOG = logging.getLogger("mmcli")
 
 
 class FitProgress(Protocol):
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None: ...
     def batch_end(self, loss: float) -> None: ...
     def epoch_end(self, record: dict[str, Any]) -> None: ...
+    def cycle_start(self, last: int, end: int) -> None: ...  # another learning-rate cycle, after epoch `last`
 
 
 class NoProgress:
     def epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
         pass
+
+    def cycle_start(self, last: int, end: int) -> None:
+        log_cycle(last, end)
 
     def batch_end(self, loss: float) -> None:
         pass
@@ -335,7 +336,7 @@ def _epochs(model, task, train, val, config, run_dir, labels, generator, progres
         epoch += 1
         if epoch > end:
             end += cycle
-            LOG.info("validation still improving at epoch %d: another learning-rate cycle, to epoch %d", epoch - 1, end)
+            progress.cycle_start(epoch - 1, end)
         progress.epoch_start(epoch, end, steps)
         train_loss = train_one_epoch(model, task, train, config, stepper, device, generator, progress, loader=loaders[0])
         record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": stepper.scheduler.get_last_lr()[0]}

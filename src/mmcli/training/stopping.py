@@ -58,3 +58,15 @@ def another_cycle(cfg: TrainConfig, epoch: int, stale: int, validated: bool) -> 
     epochs = typing.cast(int, cfg.epochs)
     return (validated and epoch % epochs == 0 and epoch < epochs * (cfg.max_cycles or 1)
             and stale < typing.cast(int, cfg.patience))
+
+
+def cycle_note(last: int, end: int) -> str:
+    """What a run says when another learning-rate cycle begins after epoch `last`."""
+    return f"still improving at epoch {last}: another learning-rate cycle, to epoch {end}"
+
+
+def log_cycle(last: int, end: int) -> None:
+    """The INFO record of a new cycle, for a progress display that does not show it itself."""
+    import logging
+
+    logging.getLogger("mmcli").info("validation %s", cycle_note(last, end))
