@@ -52,6 +52,14 @@ def price(toy_small) -> Path:
     return derived(toy_small, "price", lambda p, rng: f"{(10 if p[2] == 'large' else 2) + (5 if p[0] == 'red' else 0) + rng.gauss(0, 0.5):.3f}")
 
 
+def bare_task(name: str):
+    """A task of `name` as a run's config makes it, with no state fitted yet."""
+    from mmcli.config import from_dict
+    from mmcli.heads import make_task
+
+    return make_task(from_dict({"model": {"task": name}}), {})
+
+
 def jsonl(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
@@ -293,10 +301,7 @@ def test_the_multilabel_prior_is_the_best_constant_label_set_not_no_label():
     """No label is on half the examples: each label's frequency scored at 0.5 would predict
     nothing (micro-F1 0, a baseline every model passes). The prior predicts the k most
     frequent labels, k best for the training split's micro-F1: here 2 (140 / 275)."""
-    from mmcli.config import from_dict
-    from mmcli.heads import make_task
-
-    task = make_task(from_dict({"model": {"task": "multilabel"}}), {})
+    task = bare_task("multilabel")
     targets = torch.zeros(100, 3)
     targets[:40, 0] = 1  # 40 %
     targets[40:70, 1] = 1  # 30 %
@@ -322,10 +327,7 @@ def test_the_multilabel_prior_is_the_best_constant_label_set_not_no_label():
 
 
 def test_labels_written_as_json_lists_also_suggest_the_multilabel_task():
-    from mmcli.config import from_dict
-    from mmcli.heads import make_task
-
-    task = make_task(from_dict({}), {})
+    task = bare_task("classification")
     assert "use --task multilabel" in task.doubt(['["dog", "cat"]', '["dog"]', '["cat", "bird"]'])
     assert task.doubt(["dog", "cat", "bird|fish"]) is None  # one label of three holds the separator
 
@@ -350,10 +352,7 @@ def test_a_multilabel_epoch_is_scored_with_the_thresholds_it_would_be_kept_with(
     run's own thresholds (score)."""
     from types import SimpleNamespace
 
-    from mmcli.config import from_dict
-    from mmcli.heads import make_task
-
-    task = make_task(from_dict({"model": {"task": "multilabel"}}), {})
+    task = bare_task("multilabel")
     targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
     probs = 0.1 + 0.3 * targets  # 0.4 where the label is on, 0.1 where it is off
     outputs = torch.logit(probs)

@@ -130,7 +130,10 @@ class FitBar:
     def cycle_start(self, last: int, end: int) -> None:
         from mmcli.training.stopping import cycle_note, log_cycle
 
-        self.logger(f"{self.label}: {cycle_note(last, end)}") if self.logger else log_cycle(last, end)
+        if self.logger:
+            self.logger(f"{self.label}: {cycle_note(last, end)}")
+        else:
+            log_cycle(last, end)
 
     def batch_end(self, loss: float) -> None:
         assert self._bar is not None, "FitBar is used as a context manager"
