@@ -40,6 +40,18 @@ def isolated_cache(tmp_path_factory) -> Path:
         os.environ["MMCLI_CACHE_DIR"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_ensemble_folds():
+    """The comparisons of the tests plan no cross-fitted ensemble weights (5 more runs per
+    member on every small set, `--ensemble-folds`' default): tests/test_crossfit.py asks for
+    them. Planning runs in the test's process, so this reaches every in-process comparison."""
+    from mmcli.compare import crossfit
+
+    default, crossfit.FOLDS = crossfit.FOLDS, 0
+    yield
+    crossfit.FOLDS = default
+
+
 @pytest.fixture(scope="session")
 def toy_small(tmp_path_factory) -> Path:
     """A 240-example toy set (20 per class): files plus manifest.csv."""

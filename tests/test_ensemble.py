@@ -233,9 +233,11 @@ def test_the_ensemble_is_the_average_of_the_saved_unimodal_outputs(cmp):
     assert e["mean"] == pytest.approx(np.mean([_by_hand(cmp, s, ["image", "text"]) for s in seeds]))
     report = (cmp / "report.md").read_text()
     assert "| multimodal:ensemble | 2 |" in report and "average of the other modalities' runs" in report
-    # the toy's 24 validation rows are too few to weigh the members on: equal weights, and the report says why
-    assert plan["val_sources"] == 24 and all(r["weights"] == "" for r in results(cmp))
-    assert "with equal weights (chosen on the validation split only where it holds at least 30 sources)" in report
+    # the toy's 24 validation rows are too few to weigh the members on, and these tests plan no folds
+    # (tests/conftest.py; tests/test_crossfit.py has them): equal weights, and the report says why
+    assert plan["val_sources"] == 24 and plan["folds"] == 0 and all(r["weights"] == "" for r in results(cmp))
+    assert ("with equal weights (chosen on the validation split only where it holds at least 30 sources, else on "
+            "out-of-fold predictions unless --ensemble-folds is 0)") in report
     with open(cmp / "per_class.csv", newline="") as handle:
         assert any(r["variant"] == "multimodal:ensemble" for r in csv.DictReader(handle))
 

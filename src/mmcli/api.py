@@ -244,7 +244,8 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, m
 def compare(items: Sequence[str] | None = None, *, data: str | Path | None = None, modalities: str | Sequence[str] | None = None,
             config: str | Path | None = None, task: str | None = None, encoders: Mapping[str, str] | Sequence[str] | None = None,
             seeds: int = 1, epochs: int | None = None, metric: str | None = None, reference: str | None = None,
-            warm_start: bool = True, corrupt: Sequence[str] | None = None, seed: int | None = None,
+            warm_start: bool = True, ensemble_folds: int | None = None, corrupt: Sequence[str] | None = None,
+            seed: int | None = None,
             out: str | Path | None = None, overwrite: bool = False, jobs: int = 1, set: Sequence[str] | None = None,
             cache_dir: str | Path | None = None, workers: int = 1):
     """`mmcli compare` in Python: the same arguments; returns mmcli.compare.collect.CompareResult
@@ -261,4 +262,4 @@ def compare(items: Sequence[str] | None = None, *, data: str | Path | None = Non
     folder = Path(out) if out is not None else Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     return run_compare(cfg, list(items or []), seeds, folder, metric, None if cache_dir is None else str(cache_dir),
                        overwrite, workers, jobs=jobs, command="mmcli.compare(...)", reference=reference,
-                       warm_start=warm_start, corruptions=list(corrupt or []))
+                       warm_start=warm_start, corruptions=list(corrupt or []), folds=ensemble_folds)

@@ -30,6 +30,7 @@ def compare(
     metric: Annotated[Optional[str], typer.Option("--metric", help="Metric of the summary, the statistics and the verdicts (default: the task's, accuracy for classification).", show_default=False)] = None,
     reference: Annotated[Optional[str], typer.Option("--reference", help="Test every variant against this one, paired by seed (default: the best unimodal variant); also with --collect.", show_default=False)] = None,
     warm_start: Annotated[bool, typer.Option("--warm-start/--no-warm-start", help="Start each fused run's encoders and per-modality heads from the unimodal runs of its seed (UMT, Du et al. 2023; docs/fusion.md), so the weaker modality's encoder is trained too; --no-warm-start trains every run from scratch.")] = True,
+    ensemble_folds: Annotated[Optional[int], typer.Option("--ensemble-folds", min=0, help="Where the validation split holds fewer than 30 sources, choose multimodal:ensemble's weights on out-of-fold predictions: each unimodal run it averages is trained again this many times, each time without one fold of the training split (docs/compare.md); 0: equal weights there. Default: 5.", show_default=False)] = None,
     tune: Annotated[bool, typer.Option("--tune", help="Before the runs, give every trained variant the same small search on the validation split (first seed): by default the learning rate x {1/3, 1, 3} and the weight decay x {1, 10}; each variant's best setting is used for all its seeds and reported in report.md and summary.json. The test split is never seen by the search.")] = False,
     tune_space: Annotated[Optional[list[str]], typer.Option("--tune-space", help="A key and the values to search, KEY=V1,V2,... (train.* or model.*; repeat for a grid over several keys); implies --tune and replaces the default space.", show_default=False)] = None,
     tune_trials: Annotated[Optional[int], typer.Option("--tune-trials", min=1, help="Search this many points of the grid, drawn with the base seed (the same for every variant); default: the whole grid. Implies --tune.", show_default=False)] = None,
@@ -55,7 +56,8 @@ def compare(
         _refuse_ignored(collect_dir, job, items=items, data=data, modalities=modalities, config=config, task=task, epochs=epochs, metric=metric,
                         seed=seed, sets=sets, print_jobs=print_jobs, overwrite=overwrite, seeds=seeds != 1, encoder=encoders,
                         reference=reference if job is not None else None, no_warm_start=not warm_start,
-                        tune=tune or bool(tune_space) or tune_trials is not None, corrupt=corrupt)
+                        tune=tune or bool(tune_space) or tune_trials is not None, corrupt=corrupt,
+                        ensemble_folds=ensemble_folds is not None)
     if collect_dir is not None:
         return _collect(collect_dir, reference)
     if job is not None:
@@ -65,27 +67,28 @@ def compare(
     n_jobs = _jobs(jobs, cfg.train.device)
     out = out or Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     command = _command_line(ctx)
-    search = _tune_request(tune, tune_space, tune_trials)
+    plan_options = {"reference": reference, "warm_start": warm_start, "tune": _tune_request(tune, tune_space, tune_trials),
+                    "folds": ensemble_folds}
     if print_jobs and corrupt:
         raise UsageError("--corrupt scores the runs of a comparison that mmcli runs itself; with --print-jobs, "
                          "use mmcli evaluate RUN --corrupt on the finished runs")
     if print_jobs:
-        _print_jobs(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, command, n_jobs, reference,
-                    warm_start, search)
-        return
-    _run(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, n_jobs, command, reference, warm_start,
-         search, corrupt or [])
+        return _print_jobs(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, command, n_jobs,
+                           plan_options)
+    _run(cfg, items or [], seeds, metric, out, overwrite, cache_arg(cache_dir), workers, n_jobs, command, plan_options,
+         corrupt or [])
 
 
 def _run_job(out: Optional[Path], job: int, cache_dir: str | None) -> None:
     """--job K: one run of the comparison planned in --out."""
+    from mmcli.compare.crossfit import label
     from mmcli.compare.runner import run_job
     from mmcli.reporting.console import log
 
     if out is None:
         raise UsageError("--job needs --out: the comparison folder that --print-jobs planned")
     result, reused = run_job(out, job, cache_dir)
-    log(f"job {job}: {result['variant']} seed {result['seed']} {'already finished' if reused else 'finished'}")
+    log(f"job {job}: {label(result)} {'already finished' if reused else 'finished'}")
 
 
 def _tune_request(tune: bool, space: list[str] | None, trials: int | None) -> dict | None:
@@ -110,7 +113,8 @@ def _collect(collect_dir: Path, reference: str | None) -> None:
 
 def _refuse_ignored(collect_dir, job, **given) -> None:
     """--collect and --job read the plan saved in the folder: options they would ignore are an error."""
-    flags = {"items": "variants", "sets": "--set", "print_jobs": "--print-jobs", "no_warm_start": "--no-warm-start"}
+    flags = {"items": "variants", "sets": "--set", "print_jobs": "--print-jobs", "no_warm_start": "--no-warm-start",
+             "ensemble_folds": "--ensemble-folds"}
     named = [flags.get(k, f"--{k}") for k, v in given.items() if v]
     if collect_dir is not None and job is not None:
         named.append("--job")
@@ -158,8 +162,7 @@ def _command_line(ctx: typer.Context) -> str:
     return shlex.join(words)
 
 
-def _print_jobs(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, command, jobs, reference, warm_start,
-                tune) -> None:
+def _print_jobs(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, command, jobs, plan_options) -> None:
     from mmcli.compare.parallel import threads_per_job
     from mmcli.compare.runner import job_commands, make_plan, prepare_out, write_plan
     from mmcli.compare.tune import tune_plan
@@ -167,7 +170,7 @@ def _print_jobs(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, c
 
     with task_bar("preprocessing") as update:  # each job runs with the threads a --jobs run would give it
         plan, pool = make_plan(cfg, items, seeds, metric, cache_dir, workers, update, command,
-                               threads_per_job(jobs) if jobs > 1 else 0, reference, warm_start, tune)
+                               threads_per_job(jobs) if jobs > 1 else 0, **plan_options)
     prepare_out(out, overwrite)
     tune_plan(plan, pool, out, say=log)  # the search runs here, before the jobs are handed out
     write_plan(out, plan)
@@ -175,8 +178,9 @@ def _print_jobs(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, c
         print(line)
 
 
-def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, command, reference, warm_start, tune,
+def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, command, plan_options,
          corrupt: list[str]) -> None:
+    from mmcli.compare.crossfit import label
     from mmcli.compare.runner import run_compare
     from mmcli.reporting.console import FitBar, log, task_bar
 
@@ -201,16 +205,16 @@ def _run(cfg, items, seeds, metric, out, overwrite, cache_dir, workers, jobs, co
 
         def on_done(done: int, total: int, result: dict) -> None:
             if parallel:
-                training.pop(f"{result['variant']} seed {result['seed']}", None)
+                training.pop(label(result), None)
                 show(done, total)
                 name = metric
                 value = result["scores"].get(name)
                 score = "" if value is None else f": {name} {value:.4f}"
-                log(f"[{done}/{total}] {result['variant']} seed {result['seed']}{score} ({result['seconds']:.0f} s)")
+                log(f"[{done}/{total}] {label(result)}{score} ({result['seconds']:.0f} s)")
 
         result = run_compare(cfg, items, seeds, out, metric, cache_dir, overwrite, workers, on_run,
-                             None if parallel else bar, update, jobs, command, on_done, reference, warm_start, tune, log,
-                             corrupt, on_epoch if parallel else None)
+                             None if parallel else bar, update, jobs, command, on_done, say=log, corruptions=corrupt,
+                             on_epoch=on_epoch if parallel else None, **plan_options)
     names = ["results.csv", "summary.csv", "summary.json", "report.md", "compare.png"]
     names += ["attribution.json"] if result.attribution else []
     log(f"results in {out} ({', '.join(names)})")

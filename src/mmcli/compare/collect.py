@@ -20,7 +20,7 @@ from typing import Any
 
 from mmcli import ledger, runs
 from mmcli.compare import attribution as attr
-from mmcli.compare import degraded
+from mmcli.compare import crossfit, degraded
 from mmcli.compare import ensemble, report, resample, stats
 from mmcli.compare.runner import Plan, load_plan, read_cell
 from mmcli.compare.variants import Variant, subset_variant
@@ -55,10 +55,11 @@ def collect(out: Path, plan: Plan | None = None, reused: set[int] | None = None,
     for k, cell in enumerate(plan.cells):
         found = read_cell(out, cell)
         if found is None:
-            result.missing.append(f"job {k}: {cell['variant']} seed {cell['seed']}")
+            result.missing.append(f"job {k}: {crossfit.label(cell)}")
         else:
             saved[k] = found
-    pairs = [(plan.cells[k], r, None if reused is None else k in reused) for k, r in saved.items()]
+    pairs = [(plan.cells[k], r, None if reused is None else k in reused) for k, r in saved.items()
+             if not crossfit.is_fold(plan.cells[k])]  # a fold run only weighs the ensemble
     pairs += [(cell, r, None) for cell, r in ensemble.results(out, plan, saved)]  # computed, never run
     result.results = [_row(plan, cell, r, again) for cell, r, again in pairs]
     result.summary = summarise(result.results, plan, reference, resample.gather(out, plan, [(c, r) for c, r, _ in pairs]))
@@ -87,6 +88,7 @@ def _row(plan: Plan, cell: dict[str, Any], r: dict[str, Any], reused: bool | Non
     row.update(degraded.row_fields(plan, r))
     row.update({"best_epoch": r.get("best_epoch"), "seconds": r.get("seconds"), "run": cell["run"], "reused": reused})
     row["weights"] = r.get("weights")  # the ensemble's, chosen on the validation split (None: equal, or a run)
+    row[ensemble.WEIGHED_ON] = r.get(ensemble.WEIGHED_ON)  # ... or on out-of-fold outputs (mmcli.compare.crossfit)
     return row
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmcli import runs
-from mmcli.compare import ensemble, stats
+from mmcli.compare import crossfit, ensemble, stats
 
 if TYPE_CHECKING:
     from mmcli.compare.runner import Plan
@@ -40,7 +40,7 @@ def complete(out: Path, plan: Plan, cache_dir: str | None = None) -> None:
 
     for cell in plan.cells:
         saved = read_cell(out, cell)
-        if saved is None or not plan.corruptions:
+        if saved is None or not plan.corruptions or crossfit.is_fold(cell):  # a fold run only weighs the ensemble
             continue
         have = saved.setdefault(KEY, {})
         reads = plan.variant(cell["variant"]).modalities

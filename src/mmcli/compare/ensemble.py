@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmcli import runs
+from mmcli.compare import crossfit
 from mmcli.compare.variants import ENSEMBLE, Variant
 from mmcli.compare.variants import ensemble_members as members  # modality -> the unimodal variant it averages
 from mmcli.errors import UsageError
@@ -37,6 +38,7 @@ LOG = logging.getLogger("mmcli")
 NAME = f"multimodal:{ENSEMBLE}"
 OUTPUTS = "compare-outputs.npz"
 ROWS = "resample"  # in an ensemble's result (never written): its test rows, for mmcli.compare.resample
+WEIGHED_ON = "weighed_on"  # in an ensemble's result: "validation", "out-of-fold", or None (equal weights)
 FLAG = "outputs"  # in a plan's cell: an ensemble reads this run's outputs; in its result: the file
 
 
@@ -130,8 +132,9 @@ def results(out: Path, plan: Plan, saved: dict[int, dict[str, Any]]) -> list[tup
         if not is_ensemble(v):
             continue
         for i in range(plan.seeds):
-            ks: dict[str, Any] = {m: next((k for k, c in enumerate(plan.cells) if c["variant"] == name and c["seed_index"] == i), None)
-                  for m, name in members(v).items()}
+            ks: dict[str, Any] = {m: next((k for k, c in enumerate(plan.cells) if c["variant"] == name
+                                           and c["seed_index"] == i and not crossfit.is_fold(c)), None)
+                                  for m, name in members(v).items()}
             if not all(k in saved for k in ks.values()):
                 continue  # the runs that are missing are named by collect
             loaded = {m: load(out / plan.cells[k]["run"]) for m, k in ks.items()}
@@ -139,13 +142,27 @@ def results(out: Path, plan: Plan, saved: dict[int, dict[str, Any]]) -> list[tup
                 continue
             first = plan.cells[ks[v.modalities[0]]]
             cell = {"variant": v.name, "seed_index": i, "seed": first["seed"], "run": None}
-            result = score(plan, typing.cast(dict, loaded), out / first["run"])
+            result = score(plan, typing.cast(dict, loaded), out / first["run"], _out_of_fold(out, plan, saved, ks))
             if plan.corruptions:
                 result["corrupted"] = _degraded(plan, typing.cast(dict, loaded),
                                                 {m: out / plan.cells[k]["run"] for m, k in ks.items()},
                                                 *task_files(out / first["run"]), result["weights"])
             pairs.append((cell, result))
     return pairs
+
+
+def _out_of_fold(out: Path, plan: Plan, saved: dict[int, dict[str, Any]],
+                 ks: dict[str, int]) -> dict[str, dict[str, Any]] | None:
+    """Each member's out-of-fold outputs (`crossfit.out_of_fold`), or None unless every
+    member has them, for the same rows."""
+    index = {id(c): k for k, c in enumerate(plan.cells)}
+
+    def loaded_of(cell: dict[str, Any]) -> dict[str, Any] | None:
+        return load(out / cell["run"]) if index[id(cell)] in saved else None
+
+    fit = {m: crossfit.out_of_fold(plan, loaded_of, plan.cells[k]) for m, k in ks.items()}
+    rows = {tuple(f["val_ids"]) if f else None for f in fit.values()}
+    return typing.cast(dict, fit) if len(rows) == 1 and None not in rows else None
 
 
 def load(folder: Path) -> dict[str, Any] | None:
@@ -169,8 +186,11 @@ def task_files(run: Path) -> tuple[list[str], dict[str, Any]]:
                                                        if k != "task"}
 
 
-def score(plan: Plan, loaded: dict[str, dict[str, Any]], first_run: Path) -> dict[str, Any]:
-    """The ensemble's test scores, per-class scores and its scores without each modality."""
+def score(plan: Plan, loaded: dict[str, dict[str, Any]], first_run: Path,
+          fit: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The ensemble's test scores, per-class scores and its scores without each modality.
+    `fit`: per member, its out-of-fold outputs on the training split, which the weights are
+    chosen on instead of the validation split (`mmcli.compare.crossfit`)."""
     from mmcli.compare.runner import _scalars
 
     mods = list(loaded)
@@ -180,15 +200,17 @@ def score(plan: Plan, loaded: dict[str, dict[str, Any]], first_run: Path) -> dic
                 raise UsageError(f"the unimodal runs in {first_run.parent} scored different {split} rows "
                                  "(a folder of another comparison?); rerun the comparison with --overwrite")
     names, state = task_files(first_run)
-    weights = choose_weights(plan, loaded, names, state)
+    weights = choose_weights(plan, loaded, names, state, fit)
     task, outputs = _combined(plan, loaded, mods, names, state, _shares(weights, mods), "test")
     full = task.evaluate(outputs, loaded[mods[0]]["test_targets"], names)
     without = {}  # the ensemble of the other modalities' runs, weighed again among themselves
     for m in mods:
         others = {o: loaded[o] for o in mods if o != m}
-        without[m] = _scalars(evaluate(plan, others, list(others), names, state, choose_weights(plan, others, names, state)))
+        weighed = choose_weights(plan, others, names, state, fit and {o: fit[o] for o in others})
+        without[m] = _scalars(evaluate(plan, others, list(others), names, state, weighed))
     return {"family": "multimodal", "scores": _scalars(full), "per_class": full.get("per_class"),
             "without": without if len(mods) > 1 else {}, "best_epoch": None, "seconds": None, "weights": weights,
+            WEIGHED_ON: None if weights is None else "out-of-fold" if fit else "validation",
             ROWS: _test_rows(loaded[mods[0]], task, outputs)}
 
 
@@ -202,23 +224,25 @@ def _test_rows(first: dict[str, Any], task: Any, outputs: Any) -> dict[str, Any]
 
 
 def choose_weights(plan: Plan, loaded: dict[str, dict[str, Any]], names: list[str],
-                   state: dict[str, Any]) -> dict[str, float] | None:
+                   state: dict[str, Any], fit: dict[str, dict[str, Any]] | None = None) -> dict[str, float] | None:
     """Each member's weight in the average, chosen on the validation split: the weights on a
     grid over the simplex (steps of 1/20 for two members, 1/10 for more) whose average,
     with the task's validation choices made for it as `evaluate` makes them, scores best
-    on the comparison's metric, the most even among equals. None (equal weights) where the
-    validation split holds fewer than FEW_VALIDATION sources: on COCO-mini's 6 validation
-    photos the chosen weights did worse on the test photos than equal ones (46.1 -> 34.5 %),
-    while on mdi-icons' 399 validation icons they took the ensemble from 0.7 points below
-    the name model to 0.4 above it."""
+    on the comparison's metric, the most even among equals. On mdi-icons' 399 validation
+    icons they took the ensemble from 0.7 points below the name model to 0.4 above it.
+    `fit` (the members' out-of-fold outputs, in the form of `loaded`'s validation split):
+    chosen on those instead. Without it, None (equal weights) where the validation split
+    holds fewer than FEW_VALIDATION sources: on COCO-mini's 6 validation photos the chosen
+    weights did worse on the test photos than equal ones (46.1 -> 34.5 %)."""
     import itertools
     import math
 
     from mmcli.data.splits import FEW_VALIDATION
 
     mods = list(loaded)
-    if len(mods) < 2 or (plan.val_sources or 0) < FEW_VALIDATION:
+    if len(mods) < 2 or (not fit and (plan.val_sources or 0) < FEW_VALIDATION):
         return None
+    loaded = {m: {**loaded[m], **fit[m]} for m in mods} if fit else loaded
     steps = 20 if len(mods) == 2 else 10
     best: tuple[float, float, tuple[float, ...]] | None = None
     for head in itertools.product(range(steps + 1), repeat=len(mods) - 1):

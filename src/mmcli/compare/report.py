@@ -86,10 +86,14 @@ def _ensemble_weights(result: CompareResult, plan: Plan) -> str:
         return "with equal weights (this comparison was planned by an mmcli that did not weigh them)."
     if not weights:
         return ("with equal weights (chosen on the validation split only where it holds at least "
-                f"{FEW_VALIDATION} sources).")
+                f"{FEW_VALIDATION} sources, else on out-of-fold predictions unless --ensemble-folds is 0).")
     said = "; ".join((f"`{v}` " if len(names) > 1 else "") + f"seed {s}: " + ", ".join(f"{m} {w:.2f}" for m, w in ws.items())
                      for (v, s), ws in sorted(weights.items()))
-    return f"each weighted as the validation split chose (the best {result.metric} of the average, the most even among equals): {said}."
+    folded = any(r.get(ensemble.WEIGHED_ON) == "out-of-fold" for r in result.results if r["variant"] in names)
+    where = (f"on out-of-fold predictions of the training split, the validation split holding fewer than {FEW_VALIDATION} "
+             f"sources ({plan.folds} folds: each unimodal run trained again without each fold, which it then predicted)"
+             if folded else "on the validation split")
+    return f"each weighted as chosen {where} (the best {result.metric} of the average, the most even among equals): {said}."
 
 
 def _tuning_section(plan: Plan) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from mmcli import ledger, runs
-from mmcli.compare import degraded, ensemble, warm
+from mmcli.compare import crossfit, degraded, ensemble, warm
 from mmcli.compare.locking import job_lock
 from mmcli.compare.outdir import prepare_out  # noqa: F401 (the CLI imports it from here)
 from mmcli.compare.pool import DataPool
@@ -59,6 +59,7 @@ class Plan:
     tuned: dict[str, Any] = field(default_factory=dict)  # variant -> {"values", "score", "trial", "trials"}
     corruptions: list[str] = field(default_factory=list)  # --corrupt: each run also scored so (compare.degraded)
     val_sources: int | None = None  # sources in the validation split (the ensemble weighs on it; old plans: None)
+    folds: int = 0  # --ensemble-folds where the validation split is small (compare.crossfit; old plans: 0)
 
     def base_config(self) -> Config:
         return from_dict(self.config)
@@ -105,7 +106,7 @@ def shared_data(base: Config, cache_dir: str | None, workers: int = 1, progress=
 def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, cache_dir: str | None,
               workers: int = 1, progress=None, command: str = "", threads: int = 0,
               reference: str | None = None, warm_start: bool = True,
-              tune: dict[str, Any] | None = None) -> tuple[Plan, DataPool]:
+              tune: dict[str, Any] | None = None, folds: int | None = None) -> tuple[Plan, DataPool]:
     """Check the request, prepare the data once and list every cell with its fingerprint.
     `tune` ({"space": {key: values} or None for the default, "trials": N or None}): the cells
     are listed again by `compare.tune.tune_plan` once the search has chosen each variant's values."""
@@ -154,7 +155,8 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
     check_reference(reference, variants)
     plan = Plan(variants, seeds, metric, metric not in task.lower_is_better, base.to_dict(), list(data.modalities),
                 baseline=_baseline(data.task, data), command=command, threads=threads, reference=reference, kinds=kinds,
-                warm_start=warm_start, tune=tune, val_sources=data.val_sources)
+                warm_start=warm_start, tune=tune, val_sources=data.val_sources,
+                folds=crossfit.FOLDS if folds is None else folds)
     pool = DataPool(base, kinds, cache_dir, data)
     list_cells(plan, pool, data.specs)
     return plan, pool
@@ -187,6 +189,7 @@ def list_cells(plan: Plan, pool: DataPool, specs: dict[str, Any]) -> None:
     if plan.warm_start:
         warm.link(plan, configs, specs)
     ensemble.mark_cells(plan)
+    crossfit.add_cells(plan, pool.get(base))
 
 
 def _baseline(task, data: RunData) -> dict[str, float] | None:
@@ -251,7 +254,7 @@ def run_cell(plan: Plan, pool: DataPool, k: int, out: Path, fit_progress=None,
     variant = plan.variant(cell["variant"])
     cfg = variant_config(plan.base_config(), variant, cell["seed_index"], plan.kinds, plan.tuned_values(variant.name))
     data = pool.get(cfg)
-    if f"{planned_fingerprint(cfg, data)}-t{plan.threads}" != cell["fingerprint"].split("-w")[0]:
+    if f"{planned_fingerprint(cfg, data)}-t{plan.threads}" != crossfit.base_fingerprint(cell["fingerprint"]):
         raise UsageError(f"job {k} ({cell['variant']} seed {cell['seed']}): the data, its files or mmcli changed "
                          f"since the comparison in {out} was planned; plan it again (rerun the compare command)")
     if plan.threads:
@@ -266,8 +269,11 @@ def run_cell(plan: Plan, pool: DataPool, k: int, out: Path, fit_progress=None,
         if saved is not None:
             return saved, True
         clean_partials(folder)
+        if crossfit.is_fold(cell):  # the member's encoders, trained without one fold of the training split
+            cfg, data = crossfit.fold_run(cfg, data, cell)
         outcome = train(cfg, folder, overwrite=True, data=data, progress=fit_progress, cache_dir=cache_dir)
         result = {"fingerprint": cell["fingerprint"], "variant": variant.name, "family": variant.family,
+                  **crossfit.tag(cell),
                   "seed": cell["seed"], "best_epoch": outcome.result.best_epoch,
                   "seconds": round(outcome.result.seconds, 2), **_test_scores(outcome, cfg)}
         # what the test-set resampling reads (mmcli.compare.resample), and for a unimodal run what
@@ -275,7 +281,7 @@ def run_cell(plan: Plan, pool: DataPool, k: int, out: Path, fit_progress=None,
         result[ensemble.FLAG] = ensemble.save_outputs(folder, outcome, cfg, ("val", "test") if variant.family == "unimodal"
                                                       else ("test",))
         runs.write_json(folder / RESULT, result)
-    LOG.info("job %d (%s seed %d): %s %.4f, best epoch %d, %.1f s", k, variant.name, cell["seed"], plan.metric,
+    LOG.info("job %d (%s): %s %.4f, best epoch %d, %.1f s", k, crossfit.label(cell), plan.metric,
              result["scores"].get(plan.metric, float("nan")), result["best_epoch"], result["seconds"])
     return result, False
 
@@ -313,7 +319,7 @@ def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric:
                 preprocess_progress=None, jobs: int = 1, command: str = "", on_done: Callable[[int, int, dict], Any] | None = None,
                 reference: str | None = None, warm_start: bool = True, tune: dict[str, Any] | None = None,
                 say: Callable[[str], Any] | None = None, corruptions: list[str] | None = None,
-                on_epoch: Callable[[str, int, int, int, int], Any] | None = None):
+                on_epoch: Callable[[str, int, int, int, int], Any] | None = None, folds: int | None = None):
     """Plan, search (--tune), run every unfinished cell (in `jobs` processes), then collect
     the results.
 
@@ -326,7 +332,7 @@ def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric:
     from mmcli.compare.tune import tune_plan
 
     plan, data = make_plan(config, items, seeds, metric, cache_dir, workers, preprocess_progress, command,
-                           threads_per_job(jobs) if jobs > 1 else 0, reference, warm_start, tune)
+                           threads_per_job(jobs) if jobs > 1 else 0, reference, warm_start, tune, folds)
     plan.corruptions = degraded.check(corruptions or [], plan.kinds)
     prepare_out(out, overwrite)
     tune_plan(plan, data, out, fit_progress, say)
@@ -338,7 +344,7 @@ def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric:
     if jobs > 1:
         def epoch(k: int, finished: int, epochs: int) -> None:
             if on_epoch is not None:
-                on_epoch(f"{plan.cells[k]['variant']} seed {plan.cells[k]['seed']}", finished, epochs, done, total)
+                on_epoch(crossfit.label(plan.cells[k]), finished, epochs, done, total)
 
         for k, result in run_parallel(out, plan, cache_dir, todo, jobs, epoch if on_epoch is not None else None):
             done += 1
@@ -348,7 +354,7 @@ def run_compare(config: Config, items: list[str], seeds: int, out: Path, metric:
         for k in todo:
             cell = plan.cells[k]
             if on_run:
-                on_run(done, total, f"{cell['variant']} seed {cell['seed']}")
+                on_run(done, total, crossfit.label(cell))
             result, _ = run_cell(plan, data, k, out, fit_progress, cache_dir)
             done += 1
             if on_done:
