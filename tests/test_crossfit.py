@@ -73,7 +73,7 @@ def test_folds_keep_a_source_whole_deal_each_label_evenly_and_never_hold_out_a_r
     label_of = {grouped.groups[i]: values[i] for i in train}
     dealt = Counter((label_of[g], next(iter(f))) for g, f in by_source.items())
     assert {dealt[("a", k)] for k in range(3)} == {4} and {dealt[("b", k)] for k in range(3)} == {3}
-    assert dealt[("c", -1)] == 1  # one source of 'c': held out, no model would have seen its label
+    assert dealt[("c", -1)] == 1  # one source of 'c': never held out, or no model would have seen its label
     assert folds(grouped, 3, seed=0) == fold_of and folds(grouped, 3, seed=1) != fold_of
 
 
@@ -124,6 +124,11 @@ def test_a_small_validation_split_weighs_the_ensemble_on_out_of_fold_predictions
     average = best * _softmax(test["image"]["test_outputs"]) + (1 - best) * _softmax(test["text"]["test_outputs"])
     assert float(ensemble["value"]) == pytest.approx((average.argmax(1) == test["image"]["test_targets"]).mean())
     assert "out-of-fold predictions" in (out / "report.md").read_text()
+    # a fold run without its result (--collect before every --job finished): equal weights, and said
+    (runs / "unimodal-text-seed0-fold2" / "compare-result.json").unlink()
+    collected = ok("compare", "--collect", out)
+    assert "fold runs that choose the ensemble's weights have not all finished" in collected.output
+    assert results(out)[-1]["weights"] == "" and "have not all finished" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("folds_given, jobs", [("0", 2), ("4", 2 + 2 * 4)])
@@ -141,3 +146,30 @@ def test_ensemble_folds_with_collect_is_refused_as_the_plan_decides(tmp_path):
 
     result = CliRunner().invoke(app, ["compare", "--collect", str(tmp_path), "--ensemble-folds", "3"])
     assert result.exit_code == 2 and "drop --ensemble-folds" in result.output
+
+
+def test_too_few_sources_to_hold_out_keep_the_validation_split_s_choice(grouped):
+    """grouped: 21 training sources can be held out ('c''s only source cannot)."""
+    from types import SimpleNamespace
+
+    from mmcli.compare.crossfit import wanted
+    from mmcli.compare.variants import ensemble_variant
+
+    plan = SimpleNamespace(folds=5, variants=[ensemble_variant(["note", "tag"])], val_sources=0)
+    assert wanted(plan, grouped)
+    assert not wanted(SimpleNamespace(**{**vars(plan), "folds": 11}), grouped)  # 21 < 2 per fold
+    assert not wanted(SimpleNamespace(**{**vars(plan), "val_sources": 25}), grouped)  # no more than validation has
+    assert not wanted(SimpleNamespace(**{**vars(plan), "val_sources": 30}), grouped)  # validation large enough
+    assert not wanted(SimpleNamespace(**{**vars(plan), "folds": 0}), grouped)
+    assert not wanted(SimpleNamespace(**{**vars(plan), "variants": [ensemble_variant(["note"])]}), grouped)
+
+
+@pytest.mark.parametrize("given", ["1", "-2"])
+def test_one_fold_or_fewer_is_refused(toy_small, tmp_path, given):
+    from typer.testing import CliRunner
+
+    from mmcli.cli import app
+
+    result = CliRunner().invoke(app, ["compare", "--data", str(toy_small), "--ensemble-folds", given, "--print-jobs",
+                                      "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 2 and ("give 0 (equal weights" in result.output or "greater than or equal to 0" in result.output)

@@ -237,7 +237,7 @@ def test_the_ensemble_is_the_average_of_the_saved_unimodal_outputs(cmp):
     # (tests/conftest.py; tests/test_crossfit.py has them): equal weights, and the report says why
     assert plan["val_sources"] == 24 and plan["folds"] == 0 and all(r["weights"] == "" for r in results(cmp))
     assert ("with equal weights (chosen on the validation split only where it holds at least 30 sources, else on "
-            "out-of-fold predictions unless --ensemble-folds is 0)") in report
+            "out-of-fold predictions where the training split has enough, unless --ensemble-folds is 0)") in report
     with open(cmp / "per_class.csv", newline="") as handle:
         assert any(r["variant"] == "multimodal:ensemble" for r in csv.DictReader(handle))
 

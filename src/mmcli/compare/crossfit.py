@@ -10,9 +10,14 @@ below the caption model (p 0.005 over 5 seeds).
 So where validation is small, `compare` cross-fits (Chernozhukov et al., 2018; the
 "stacking" of Wolpert, 1992): the training split's sources are dealt into `--ensemble-folds`
 folds (FOLDS, 5), stratified by label, and each member is trained again as many times, each time without one
-fold, which it then predicts. Every training source is then predicted once by a model
-that did not train on it, and the weights are chosen on those out-of-fold predictions,
-as on a validation split as large as the training split. On COCO-mini's photos + captions
+fold, which it then predicts. Every training source that can be held out (all but a
+label's only source) is then predicted once by a model that did not train on it, and the
+weights are chosen on those out-of-fold predictions, as on a validation split almost as
+large as the training split. Only where those sources number at least 2 per fold and more
+than the validation split's: else the validation split (or equal weights) stays. The
+tokenizers and the target's statistics stay those of the whole training split, so every
+fold's outputs are on the member's scale; a fold's held-out texts were counted in its
+vocabulary, but never trained on. On COCO-mini's photos + captions
 (74 training photos, 5 seeds) the caption model scored 46.7 % out of fold and the image
 model 27.7 %, the chosen image weights were 0.25-0.50, and the ensemble rose from 46.2 to
 49.5 % (the caption model: 51.1 %; -1.6, p 0.42; docs/results.md). The members' own
@@ -22,7 +27,9 @@ A fold run is a cell of the plan like any other (resumable, run by `--jobs` and
 `--job K`), with `FOLD` = [k, folds] in its cell and result: its test split is fold k of
 the training split, its validation split the comparison's, and the comparison's test rows
 it never sees. A source whose label has fewer than 2 training sources is never held out,
-so every held-out label was seen in training.
+so every held-out label was seen in training. A plan with fold cells whose out-of-fold
+outputs are not all there yet (`--collect` before every `--job`) gives equal weights and
+says so.
 """
 
 from __future__ import annotations
@@ -52,10 +59,22 @@ def label(cell: dict[str, Any]) -> str:
     return f"{cell['variant']} seed {cell['seed']}" + (f" fold {fold[0] + 1}/{fold[1]}" if fold else "")
 
 
+def count(folds: int | None) -> int:
+    """--ensemble-folds as given (None: FOLDS), checked: 0 (no folds) or 2 or more."""
+    from mmcli.errors import UsageError
+
+    folds = FOLDS if folds is None else folds
+    if folds == 1 or folds < 0:
+        raise UsageError(f"--ensemble-folds {folds}: give 0 (equal weights where validation is small) or 2 or more")
+    return folds
+
+
 def wanted(plan: Plan, data: RunData) -> bool:
     """Whether the plan's ensembles weigh on out-of-fold predictions: an ensemble of two or
     more members, a validation split of fewer than FEW_VALIDATION sources, a task that
-    splits by rows (not verification's identities) and at least 2 * FOLDS training sources."""
+    splits by rows (not verification's identities), and training sources that the folds
+    can hold out (a label's second source and more) at least 2 per fold and more than the
+    validation split holds: fewer would weigh on less than the validation split offers."""
     from mmcli.compare import ensemble
     from mmcli.data.splits import FEW_VALIDATION
 
@@ -63,7 +82,9 @@ def wanted(plan: Plan, data: RunData) -> bool:
         return False
     if (plan.val_sources or 0) >= FEW_VALIDATION or data.task.disjoint_labels:
         return False
-    return len(_sources(data)) >= 2 * plan.folds
+    fold_of = folds(data, plan.folds, 0)  # how many are held out does not depend on the seed
+    held = {data.groups[i] if data.groups is not None else -1 - i for i, f in fold_of.items() if f >= 0}
+    return len(held) >= max(2 * plan.folds, (plan.val_sources or 0) + 1)
 
 
 def add_cells(plan: Plan, data: RunData) -> None:

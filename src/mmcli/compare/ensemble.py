@@ -154,15 +154,23 @@ def results(out: Path, plan: Plan, saved: dict[int, dict[str, Any]]) -> list[tup
 def _out_of_fold(out: Path, plan: Plan, saved: dict[int, dict[str, Any]],
                  ks: dict[str, int]) -> dict[str, dict[str, Any]] | None:
     """Each member's out-of-fold outputs (`crossfit.out_of_fold`), or None unless every
-    member has them, for the same rows."""
+    member has them (said where the plan has fold runs that have not all finished)."""
     index = {id(c): k for k, c in enumerate(plan.cells)}
 
     def loaded_of(cell: dict[str, Any]) -> dict[str, Any] | None:
         return load(out / cell["run"]) if index[id(cell)] in saved else None
 
+    if not any(crossfit.is_fold(c) for c in plan.cells):
+        return None
     fit = {m: crossfit.out_of_fold(plan, loaded_of, plan.cells[k]) for m, k in ks.items()}
-    rows = {tuple(f["val_ids"]) if f else None for f in fit.values()}
-    return typing.cast(dict, fit) if len(rows) == 1 and None not in rows else None
+    if any(f is None for f in fit.values()):
+        LOG.warning("%s seed %d: the fold runs that choose the ensemble's weights have not all finished; equal weights "
+                    "until they have (run the missing jobs, then --collect)", NAME, plan.cells[next(iter(ks.values()))]["seed"])
+        return None
+    if len({tuple(typing.cast(dict, f)["val_ids"]) for f in fit.values()}) > 1:
+        raise UsageError(f"the fold runs in {out} predicted different rows (a folder of another comparison?); rerun the "
+                         "comparison with --overwrite")
+    return typing.cast(dict, fit)
 
 
 def load(folder: Path) -> dict[str, Any] | None:

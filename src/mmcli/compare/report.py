@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmcli.compare import degraded, ensemble, stats
+from mmcli.compare import crossfit, degraded, ensemble, stats
 from mmcli.data.splits import FEW_VALIDATION
 
 if TYPE_CHECKING:
@@ -84,9 +84,13 @@ def _ensemble_weights(result: CompareResult, plan: Plan) -> str:
     weights = {(r["variant"], r["seed"]): r["weights"] for r in result.results if r["variant"] in names and r.get("weights")}
     if not weights and plan.val_sources is None:
         return "with equal weights (this comparison was planned by an mmcli that did not weigh them)."
+    if not weights and any(crossfit.is_fold(c) for c in plan.cells):
+        return ("with equal weights: the fold runs that choose them on out-of-fold predictions (the validation split "
+                f"holding fewer than {FEW_VALIDATION} sources) have not all finished.")
     if not weights:
         return ("with equal weights (chosen on the validation split only where it holds at least "
-                f"{FEW_VALIDATION} sources, else on out-of-fold predictions unless --ensemble-folds is 0).")
+                f"{FEW_VALIDATION} sources, else on out-of-fold predictions where the training split has enough, "
+                "unless --ensemble-folds is 0).")
     said = "; ".join((f"`{v}` " if len(names) > 1 else "") + f"seed {s}: " + ", ".join(f"{m} {w:.2f}" for m, w in ws.items())
                      for (v, s), ws in sorted(weights.items()))
     folded = any(r.get(ensemble.WEIGHED_ON) == "out-of-fold" for r in result.results if r["variant"] in names)

@@ -119,6 +119,7 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
 
     if seeds < 1:
         raise UsageError("--seeds must be at least 1")
+    folds = crossfit.count(folds)
     task = make_task(config)
     if task.crossmodal:
         raise UsageError(f"compare runs ablations for classification, multilabel and regression; train the {task.name} "
@@ -155,8 +156,7 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
     check_reference(reference, variants)
     plan = Plan(variants, seeds, metric, metric not in task.lower_is_better, base.to_dict(), list(data.modalities),
                 baseline=_baseline(data.task, data), command=command, threads=threads, reference=reference, kinds=kinds,
-                warm_start=warm_start, tune=tune, val_sources=data.val_sources,
-                folds=crossfit.FOLDS if folds is None else folds)
+                warm_start=warm_start, tune=tune, val_sources=data.val_sources, folds=folds)
     pool = DataPool(base, kinds, cache_dir, data)
     list_cells(plan, pool, data.specs)
     return plan, pool
@@ -249,13 +249,13 @@ def run_cell(plan: Plan, pool: DataPool, k: int, out: Path, fit_progress=None,
     cell = plan.cells[k]
     saved = read_cell(out, cell)
     if saved is not None:
-        LOG.info("job %d (%s seed %d): finished before, reused", k, cell["variant"], cell["seed"])
+        LOG.info("job %d (%s): finished before, reused", k, crossfit.label(cell))
         return saved, True
     variant = plan.variant(cell["variant"])
     cfg = variant_config(plan.base_config(), variant, cell["seed_index"], plan.kinds, plan.tuned_values(variant.name))
     data = pool.get(cfg)
     if f"{planned_fingerprint(cfg, data)}-t{plan.threads}" != crossfit.base_fingerprint(cell["fingerprint"]):
-        raise UsageError(f"job {k} ({cell['variant']} seed {cell['seed']}): the data, its files or mmcli changed "
+        raise UsageError(f"job {k} ({crossfit.label(cell)}): the data, its files or mmcli changed "
                          f"since the comparison in {out} was planned; plan it again (rerun the compare command)")
     if plan.threads:
         import torch
