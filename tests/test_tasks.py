@@ -103,6 +103,23 @@ def test_a_multilabel_comparison_tests_the_ensemble_with_the_test_split_drawn_ag
     assert all(r["delta_resampled_low"] <= r["delta_resampled_high"] for r in tested)
 
 
+@pytest.mark.parametrize("fixture, task, metric", [("tags", "multilabel", "micro_f1"), ("price", "regression", "mae")])
+def test_the_ensemble_cross_fits_its_weights_for_every_task_that_has_one(request, tmp_path, fixture, task, metric):
+    """Fold runs of a task that splits at random (no stratification): every training source
+    held out once, and the weights chosen on their outputs (tests/test_crossfit.py: classification)."""
+    out = tmp_path / "cmp"
+    ok(run("compare", "unimodal:text", "unimodal:image", "multimodal:ensemble", "--data", request.getfixturevalue(fixture),
+           "--modalities", "image,text", "--task", task, "--metric", metric, "--epochs", "1", "--ensemble-folds", "2",
+           "--out", out, "--quiet"))
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["variant"] for r in rows] == ["unimodal:text", "unimodal:image", "multimodal:ensemble"]
+    assert rows[-1]["weighed_on"] == "out-of-fold" and sum(json.loads(rows[-1]["weights"]).values()) == pytest.approx(1)
+    splits = {f: json.loads((out / "runs" / f"unimodal-text-seed0{f}" / "splits.json").read_text())["splits"]
+              for f in ("", "-fold1", "-fold2")}
+    assert sorted(splits["-fold1"]["test"]["ids"] + splits["-fold2"]["test"]["ids"]) == sorted(splits[""]["train"]["ids"])
+
+
 def test_multilabel_reads_json_lists():
     from mmcli.heads.multilabel import split_labels
 
