@@ -132,7 +132,12 @@ def test_frozen_features_are_computed_once_and_train_like_the_full_model(toy_sma
     shutil.rmtree(features_dir(None), ignore_errors=True)
     cached = run("cached", True)
     entries = sorted(features_dir(None).iterdir())
-    assert len(entries) == 2  # the image features of the training and the validation split
+    assert len(entries) == 3  # the image features of the training, validation and test splits (scored after training)
+    from mmcli.evaluation.api import evaluate_run
+
+    scored = json.loads((tmp_path / "cached" / "eval-test.json").read_text())
+    again_full = evaluate_run(tmp_path / "cached", save=False)  # the backbone run on the images
+    assert abs(scored["accuracy"] - again_full["accuracy"]) <= 1 / 48  # float16 features: at most one of 48 flips
     stamps = [p.stat().st_mtime_ns for p in entries]
     again = run("again", True)
     assert [p.stat().st_mtime_ns for p in sorted(features_dir(None).iterdir())] == stamps  # read, not written
@@ -147,7 +152,7 @@ def test_frozen_features_are_computed_once_and_train_like_the_full_model(toy_sma
 
     other = tmp_path / "other-cache"
     shutil.copytree(features_dir(None), other / "features")
-    assert clean(other)[0] == 2 and not (other / "features").exists()
+    assert clean(other)[0] == 3 and not (other / "features").exists()
     # the key holds the encoder's options: the same weights built otherwise are another entry
     from mmcli.training.features import _digest
 

@@ -60,12 +60,14 @@ def has_outputs(folder: Path, cell: dict[str, Any], saved: dict[str, Any]) -> bo
     return not cell.get(FLAG) or (saved.get(FLAG) == OUTPUTS and (folder / OUTPUTS).is_file())
 
 
-def save_outputs(folder: Path, outcome, cfg, splits: tuple[str, ...] = ("val", "test")) -> str:
+def save_outputs(folder: Path, outcome, cfg, splits: tuple[str, ...] = ("val", "test"),
+                 cache_dir: str | None = None) -> str:
     """The run's raw outputs (logits; regression: standardised values), row ids and targets
     on `splits`, and the test rows' sources, as one .npz written atomically into its folder."""
     import numpy as np
     import torch
 
+    from mmcli.training.features import cached_part
     from mmcli.training.loop import predict_logits
     from mmcli.training.setup import pick_device
 
@@ -73,7 +75,8 @@ def save_outputs(folder: Path, outcome, cfg, splits: tuple[str, ...] = ("val", "
     arrays = {}
     for split in splits:
         part = outcome.data.part(split)
-        outputs = predict_logits(outcome.model, part, cfg, device) if len(part) else torch.empty(0)
+        outputs = (predict_logits(outcome.model, cached_part(outcome.model, part, cfg, device, cache_dir), cfg, device)
+                   if len(part) else torch.empty(0))
         arrays.update({f"{split}_ids": np.array(part.ids, dtype=str), f"{split}_outputs": outputs.numpy(),
                        f"{split}_targets": part.labels.numpy()})
     source = outcome.data.source_of("test")  # the test rows' sources: the resampling draws them (mmcli.compare.resample)

@@ -275,28 +275,29 @@ def run_cell(plan: Plan, pool: DataPool, k: int, out: Path, fit_progress=None,
         result = {"fingerprint": cell["fingerprint"], "variant": variant.name, "family": variant.family,
                   **crossfit.tag(cell),
                   "seed": cell["seed"], "best_epoch": outcome.result.best_epoch,
-                  "seconds": round(outcome.result.seconds, 2), **_test_scores(outcome, cfg)}
+                  "seconds": round(outcome.result.seconds, 2), **_test_scores(outcome, cfg, cache_dir)}
         # what the test-set resampling reads (mmcli.compare.resample), and for a unimodal run what
         # multimodal:ensemble averages, now or in a later plan (it weighs them on the validation split)
         result[ensemble.FLAG] = ensemble.save_outputs(folder, outcome, cfg, ("val", "test") if variant.family == "unimodal"
-                                                      else ("test",))
+                                                      else ("test",), cache_dir)
         runs.write_json(folder / RESULT, result)
     LOG.info("job %d (%s): %s %.4f, best epoch %d, %.1f s", k, crossfit.label(cell), plan.metric,
              result["scores"].get(plan.metric, float("nan")), result["best_epoch"], result["seconds"])
     return result, False
 
 
-def _test_scores(outcome, cfg: Config) -> dict[str, Any]:
+def _test_scores(outcome, cfg: Config, cache_dir: str | None = None) -> dict[str, Any]:
     """Scalar test metrics, per-class scores, and the metrics with each modality missing."""
     import torch
 
+    from mmcli.training.features import cached_part
     from mmcli.training.loop import predict_logits
     from mmcli.training.setup import pick_device
 
     rd: RunData = outcome.data
     task = rd.task
-    test = rd.part("test")
     device = pick_device(cfg.train.device)
+    test = cached_part(outcome.model, rd.part("test"), cfg, device, cache_dir)
     scores = outcome.test_scores or task.score(predict_logits(outcome.model, test, cfg, device), test, rd.labels)
     without = {}
     if len(rd.modalities) > 1:

@@ -193,8 +193,8 @@ def _fit_and_publish(model, task, data: RunData, config: Config, work: Path, fin
     try:
         result = fit(model, task, data.part("train"), data.part("val"), config, work, data.labels, generator, progress,
                      cache_dir=cache_dir, resume=resume)
-        task = _after_fit(model, task, data, config, work)
-        scores = _score_test(model, task, data, config, work, result) if evaluate_test else None
+        task = _after_fit(model, task, data, config, work, cache_dir)
+        scores = _score_test(model, task, data, config, work, result, cache_dir) if evaluate_test else None
         info.update({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(result.seconds, 2),
                      "best_epoch": result.best_epoch, "parameters": count_parameters(model),
                      "examples_per_rank": result.examples_per_rank})
@@ -255,25 +255,33 @@ def resume(run: Path, cache_dir: str | None = None, progress: FitProgress | None
         return _fit_and_publish(model, task, data, config, work, run, generator, progress, info, True, checkpoint, cache_dir)
 
 
-def _after_fit(model, task, data: RunData, config: Config, run_dir: Path):
+def _after_fit(model, task, data: RunData, config: Config, run_dir: Path, cache_dir: str | None = None):
     """Load the best weights; let the task choose what it chooses on validation
     (multi-label thresholds), saved into target.json; return the task with that state."""
+    from mmcli.training.features import cached_part
+
     runs.load_weights(model, run_dir / "best.safetensors")
     val = data.part("val")
     if not len(val):
         return task
-    update = task.after_fit(predict_logits(model, val, config, pick_device(config.train.device)), val.labels, data.labels)
+    device = pick_device(config.train.device)
+    update = task.after_fit(predict_logits(model, cached_part(model, val, config, device, cache_dir), config, device),
+                            val.labels, data.labels)
     if update:
         data.target_state.update(update)
         runs.write_json(run_dir / "target.json", {"task": config.model.task, **data.target_state})
     return data.task
 
 
-def _score_test(model, task, data: RunData, config: Config, run_dir: Path, result: FitResult) -> dict | None:
+def _score_test(model, task, data: RunData, config: Config, run_dir: Path, result: FitResult,
+                cache_dir: str | None = None) -> dict | None:
+    from mmcli.training.features import cached_part
+
     test_part = data.part("test")
     if not len(test_part):
         return None
-    logits = predict_logits(model, test_part, config, pick_device(config.train.device))
+    device = pick_device(config.train.device)
+    logits = predict_logits(model, cached_part(model, test_part, config, device, cache_dir), config, device)
     scores = task.score(logits, test_part, data.labels)
     for warning in task.final_warnings(scores):
         logging.getLogger("mmcli").warning("test split: %s", warning)
