@@ -159,7 +159,7 @@ def test_a_frozen_per_frame_backbone_reads_its_features_from_the_cache_the_secon
     shutil.rmtree(features_dir(None), ignore_errors=True)
     first = run("first")
     entries = sorted(features_dir(None).iterdir())
-    assert len(entries) == 2  # the training and the validation split's frame features
+    assert len(entries) == 3  # the training, validation and test split's frame features (scored after training)
     stamps = [p.stat().st_mtime_ns for p in entries]
     again = run("again")
     assert [p.stat().st_mtime_ns for p in sorted(features_dir(None).iterdir())] == stamps  # read, not written
