@@ -139,6 +139,20 @@ def test_ensemble_folds_sets_how_many_runs_the_plan_adds(toy_small, tmp_path, fo
     assert len(lines) == jobs
 
 
+def test_the_fold_runs_are_announced_once_also_with_tune(toy_small, tmp_path):
+    """--tune lists the plan's cells again after its search: the warning stays one."""
+    from typer.testing import CliRunner
+
+    from mmcli.cli import app
+
+    result = CliRunner().invoke(app, ["compare", "multimodal:ensemble", "--data", str(toy_small), "--modalities",
+                                      "image,text", "--epochs", "1", "--ensemble-folds", "2", "--tune-space",
+                                      "train.lr=0.001,0.003", "--print-jobs", "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("chosen on out-of-fold predictions of the training split instead, 4 more runs") == 1
+    assert sum("--job" in line for line in result.output.splitlines()) == 2 + 4
+
+
 def test_ensemble_folds_with_collect_is_refused_as_the_plan_decides(tmp_path):
     from typer.testing import CliRunner
 

@@ -100,9 +100,15 @@ def add_cells(plan: Plan, data: RunData) -> None:
         for k in range(n):
             plan.cells.append({**cell, "run": f"{cell['run']}-fold{k + 1}", FOLD: [k, n],
                                "fingerprint": f"{cell['fingerprint']}-x{k}of{n}"})
-    LOG.warning("the validation split holds %s sources, too few to weigh multimodal:ensemble's members on: their "
-                "weights are chosen on out-of-fold predictions of the training split instead, %d more runs (%d folds "
-                "of each member; --ensemble-folds 0: equal weights)", plan.val_sources or 0, len(members) * n, n)
+
+
+def announce(plan: Plan) -> None:
+    """Say once, when the comparison is planned, that its fold runs are coming and why."""
+    added = sum(is_fold(c) for c in plan.cells)
+    if added:
+        LOG.warning("the validation split holds %s sources, too few to weigh multimodal:ensemble's members on: their "
+                    "weights are chosen on out-of-fold predictions of the training split instead, %d more runs (%d "
+                    "folds of each member; --ensemble-folds 0: equal weights)", plan.val_sources or 0, added, plan.folds)
 
 
 def tag(cell: dict[str, Any]) -> dict[str, Any]:

@@ -159,6 +159,7 @@ def make_plan(config: Config, items: list[str], seeds: int, metric: str | None, 
                 warm_start=warm_start, tune=tune, val_sources=data.val_sources, folds=folds)
     pool = DataPool(base, kinds, cache_dir, data)
     list_cells(plan, pool, data.specs)
+    crossfit.announce(plan)  # here, not in list_cells: --tune lists the cells again after its search
     return plan, pool
 
 
