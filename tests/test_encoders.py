@@ -13,6 +13,7 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -363,3 +364,25 @@ def test_list_encoders_shows_modality_and_pretrained_source(cli):
     assert "Hugging Face" in lines["text.hf"][2]
     assert lines["audio.crnn"][1] == "audio" and lines["audio.crnn"][2] == "no"
     assert {"text.bilstm", "text.transformer", "tabular.mlp"} <= set(lines)
+
+
+def test_with_corrupt_a_frozen_encoder_s_clean_scores_come_from_the_whole_encoder_as_the_degraded_ones(
+        toy_small, tmp_path, cli):
+    """compare scores a frozen encoder's test split from its cached float16 features, but with
+    --corrupt the degraded scores come from the whole encoder (evaluate_run): then the clean
+    ones do too, so the two differ by the degradation alone."""
+    from mmcli.evaluation.api import evaluate_run
+
+    out = tmp_path / "cmp"
+    result = cli("compare", "unimodal:image", "--data", toy_small, "--modalities", "image", "--epochs", "2", "--jobs", "1",
+                 "--set", "model.encoder_options.image.trainable=false", "--corrupt", "image:blur@0.5", "--out", out,
+                 "--quiet")
+    assert result.exit_code == 0, result.output
+    with open(out / "results.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    kept: dict = {}
+    whole = evaluate_run(out / "runs" / "unimodal-image-seed0", save=False, outputs=kept)
+    assert float(row["value"]) == whole["accuracy"]
+    saved = np.load(out / "runs" / "unimodal-image-seed0" / "compare-outputs.npz")  # what the ensemble averages
+    assert saved["test_ids"].tolist() == list(kept["ids"])
+    assert np.array_equal(saved["test_outputs"], kept["outputs"].numpy())  # the same computation, not float16 features

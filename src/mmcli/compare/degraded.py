@@ -33,6 +33,18 @@ def check(specs: list[str], kinds: dict[str, str]) -> list[str]:
     return list(dict.fromkeys(str(parse(s, kinds)) for s in specs))
 
 
+def scoring_config(plan: Plan, config):
+    """The config a run's clean test scores and saved outputs are made with. With --corrupt,
+    without the frozen-feature cache (its features are float16): `evaluate_run` scores the
+    degraded inputs with the whole encoder, so clean and degraded then differ by the
+    degradation alone, not by a row that float16 rounding moved."""
+    if not plan.corruptions or not config.train.feature_cache:
+        return config
+    scoring = config.copy()
+    scoring.train.feature_cache = False
+    return scoring
+
+
 def complete(out: Path, plan: Plan, cache_dir: str | None = None) -> None:
     """Score every finished run under each of the plan's corruptions it lacks."""
     from mmcli.compare.runner import RESULT, read_cell

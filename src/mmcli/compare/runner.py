@@ -273,13 +273,13 @@ def run_cell(plan: Plan, pool: DataPool, k: int, out: Path, fit_progress=None,
         if crossfit.is_fold(cell):  # the member's encoders, trained without one fold of the training split
             cfg, data = crossfit.fold_run(cfg, data, cell)
         outcome = train(cfg, folder, overwrite=True, data=data, progress=fit_progress, cache_dir=cache_dir)
+        scoring = degraded.scoring_config(plan, cfg)  # with --corrupt: the whole encoder, as the degraded scores
         result = {"fingerprint": cell["fingerprint"], "variant": variant.name, "family": variant.family,
-                  **crossfit.tag(cell),
-                  "seed": cell["seed"], "best_epoch": outcome.result.best_epoch,
-                  "seconds": round(outcome.result.seconds, 2), **_test_scores(outcome, cfg, cache_dir)}
+                  **crossfit.tag(cell), "seed": cell["seed"], "best_epoch": outcome.result.best_epoch,
+                  "seconds": round(outcome.result.seconds, 2), **_test_scores(outcome, scoring, cache_dir)}
         # what the test-set resampling reads (mmcli.compare.resample), and for a unimodal run what
         # multimodal:ensemble averages, now or in a later plan (it weighs them on the validation split)
-        result[ensemble.FLAG] = ensemble.save_outputs(folder, outcome, cfg, ("val", "test") if variant.family == "unimodal"
+        result[ensemble.FLAG] = ensemble.save_outputs(folder, outcome, scoring, ("val", "test") if variant.family == "unimodal"
                                                       else ("test",), cache_dir)
         runs.write_json(folder / RESULT, result)
     LOG.info("job %d (%s): %s %.4f, best epoch %d, %.1f s", k, crossfit.label(cell), plan.metric,
@@ -299,7 +299,8 @@ def _test_scores(outcome, cfg: Config, cache_dir: str | None = None) -> dict[str
     task = rd.task
     device = pick_device(cfg.train.device)
     test = cached_part(outcome.model, rd.part("test"), cfg, device, cache_dir)
-    scores = outcome.test_scores or task.score(predict_logits(outcome.model, test, cfg, device), test, rd.labels)
+    trained = outcome.test_scores if cfg.train.feature_cache or not rd.config.train.feature_cache else None
+    scores = trained or task.score(predict_logits(outcome.model, test, cfg, device), test, rd.labels)
     without = {}
     if len(rd.modalities) > 1:
         for m in rd.modalities:

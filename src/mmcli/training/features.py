@@ -8,7 +8,10 @@ and the preprocessed inputs themselves, so any change to the encoder, its weight
 preprocessing gives a new entry. Training then runs only the projection, the fusion and
 the head on the stored features, and so do the predictions a run and `compare` make after
 training (`cached_part`: the validation and test splits); `mmcli evaluate` and `predict`
-run the whole encoder. `train.feature_cache: false` turns this off.
+run the whole encoder in float32, so a score they give may differ from the run's
+`eval-test.json` by a row that float16 rounding moved (`compare --corrupt` scores the clean
+test split with the whole encoder too, as it scores the degraded one).
+`train.feature_cache: false` turns this off.
 """
 
 from __future__ import annotations
