@@ -83,8 +83,8 @@ def wanted(plan: Plan, data: RunData) -> bool:
     if (plan.val_sources or 0) >= FEW_VALIDATION or data.task.disjoint_labels:
         return False
     fold_of = folds(data, plan.folds, 0)  # how many are held out does not depend on the seed
-    held = {data.groups[i] if data.groups is not None else -1 - i for i, f in fold_of.items() if f >= 0}
-    return len(held) >= max(2 * plan.folds, (plan.val_sources or 0) + 1)
+    held = sum(fold_of[rows[0]] >= 0 for rows in _sources(data).values())
+    return held >= max(2 * plan.folds, (plan.val_sources or 0) + 1)
 
 
 def add_cells(plan: Plan, data: RunData) -> None:

@@ -158,13 +158,13 @@ def _out_of_fold(out: Path, plan: Plan, saved: dict[int, dict[str, Any]],
                  ks: dict[str, int]) -> dict[str, dict[str, Any]] | None:
     """Each member's out-of-fold outputs (`crossfit.out_of_fold`), or None unless every
     member has them (said where the plan has fold runs that have not all finished)."""
+    if not any(crossfit.is_fold(c) for c in plan.cells):
+        return None
     index = {id(c): k for k, c in enumerate(plan.cells)}
 
     def loaded_of(cell: dict[str, Any]) -> dict[str, Any] | None:
         return load(out / cell["run"]) if index[id(cell)] in saved else None
 
-    if not any(crossfit.is_fold(c) for c in plan.cells):
-        return None
     fit = {m: crossfit.out_of_fold(plan, loaded_of, plan.cells[k]) for m, k in ks.items()}
     if any(f is None for f in fit.values()):
         LOG.warning("%s seed %d: the fold runs that choose the ensemble's weights have not all finished; equal weights "

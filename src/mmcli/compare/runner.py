@@ -299,7 +299,7 @@ def _test_scores(outcome, cfg: Config, cache_dir: str | None = None) -> dict[str
     task = rd.task
     device = pick_device(cfg.train.device)
     test = cached_part(outcome.model, rd.part("test"), cfg, device, cache_dir)
-    trained = outcome.test_scores if cfg.train.feature_cache or not rd.config.train.feature_cache else None
+    trained = outcome.test_scores if cfg.train.feature_cache == rd.config.train.feature_cache else None  # scored alike
     scores = trained or task.score(predict_logits(outcome.model, test, cfg, device), test, rd.labels)
     without = {}
     if len(rd.modalities) > 1:
