@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mmcli import ledger
+from mmcli.compare.crossfit import label
 
 
 @contextmanager
@@ -15,5 +16,5 @@ def job_lock(path: Path, k: int, cell: dict[str, Any]) -> Iterator[None]:
     the --print-jobs batch still runs) stops with a message instead of deleting the first
     one's work. The lock is the operating system's, so a killed process releases it; the
     lock file says which process holds it, and proves itself mmcli's to `--overwrite`."""
-    with ledger.hold(path, f"job {k} ({cell['variant']} seed {cell['seed']}) is running in another process"):
+    with ledger.hold(path, f"job {k} ({label(cell)}) is running in another process"):
         yield
