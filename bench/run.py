@@ -12,7 +12,8 @@
    whole run; and a whole comparison (its runs score the test split several times).
 
 4. The data road and the loop (bench/scale.py): preprocessing with 2 workers against 1,
-   peak memory at 10N examples against N, an epoch over the cache against decoding the
+   peak memory at 10N examples against N, the frozen-feature cache's peak memory against
+   the way it was built before, an epoch over the cache against decoding the
    files, mmcli's epoch against a minimal hand-written loop, batched predict against one
    example at a time.
 
@@ -26,7 +27,7 @@
    sequential requests (micro-batching).
 
 `make bench` runs all but `compare` (about 8 minutes on 2 cores); `python bench/run.py
-NAME ...` runs the named ones (startup, preprocess, memory, cache, loop, predict, frozen,
+NAME ...` runs the named ones (startup, preprocess, memory, cache_memory, cache, loop, predict, frozen,
 video_memory, video_cache, serve, compare).
 """
 

@@ -3,6 +3,8 @@ by side in one run on the built-in toy data. Called from bench/run.py.
 
 - preprocess: throughput with --workers 2 against --workers 1 (fresh caches);
 - memory: peak memory of preprocessing 10N examples against N (target: under 1.3);
+- cache_memory: the frozen-feature cache's peak memory while it computes a split, against
+  the way it was built before (float32 batches joined, then converted);
 - cache: a training epoch over the cache against one that also decodes the raw files;
 - loop: an epoch of mmcli's loop against a minimal hand-written PyTorch loop on the same
   model, data and batch size (target: at most 1.05);
@@ -78,6 +80,68 @@ def memory() -> list[Row]:
     small, big = peaks[N // 2], peaks[5 * N]
     return [(f"preprocess peak memory: {5 * N} vs {N // 2} examples (target < 1.3)", f"{big:.0f} MiB", f"{small:.0f} MiB",
              f"{big / small:.2f}")]
+
+
+CACHE_PEAK = """
+import sys, torch
+from dataclasses import replace
+from mmcli.config import from_dict
+from mmcli.data.dataset import iterate
+from mmcli.encoders import ENCODERS, ModalitySpec
+from mmcli.pipeline import prepare_training
+from mmcli.training import features
+from mmcli.training.loop import eval_batch_size
+
+def joined_then_converted(encoder, name, part, config, device):  # the cache before 2026-12-07
+    raws, masks = [], []
+    for batch in iterate(part, config.data, eval_batch_size(config, part.kinds)):
+        raw, mask = encoder.features(batch.inputs[name].to(device), batch.lengths.get(name))
+        raws.append(raw.float().cpu())
+        masks.append(mask.cpu())
+    raw = torch.cat(raws)
+    return raw.to(torch.float16), torch.cat(masks)
+
+REPEAT = 24000
+
+def status(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
+
+toy, cache, how = sys.argv[1:4]
+torch.set_num_threads(2)
+config = from_dict({"data": {"manifest": toy + "/manifest.csv"}, "model": {"modalities": ["image"]}})
+data = prepare_training(config, cache_dir=cache, report=False)
+one = data.part("train")
+k = REPEAT // len(one)  # the training split many times over: a split whose features fill memory
+part = replace(one, ids=one.ids * k, inputs={"image": one.inputs["image"].repeat(k, 1, 1, 1)}, lengths={},
+               present={"image": one.present["image"].repeat(k)}, labels=None, sources={})
+encoder = ENCODERS.get("image.cnn")(ModalitySpec("image", "image", image_size=64), 8).eval()
+compute = features._compute if how == "now" else joined_then_converted
+with torch.no_grad():
+    compute(encoder, "image", one, config, torch.device("cpu"))  # torch's own buffers, allocated once
+    open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) from here on
+    before = status("VmRSS")
+    raw, mask = compute(encoder, "image", part, config, torch.device("cpu"))
+print(status("VmHWM") - before, raw.nelement() * raw.element_size() // 1024)
+"""
+
+
+def cache_memory() -> list[Row]:
+    """The frozen-feature cache: the memory that computing a split's features takes above
+    what the process held before, as a multiple of the stored (float16) features, for the
+    cache as it is and as it was (float32 batches joined, then converted): the small CNN,
+    frozen, over the toy training split repeated to 24,000 images (16 tokens of 128
+    features each, 94 MiB in float16)."""
+    n = N
+    with tempfile.TemporaryDirectory(prefix="mmcli-bench-") as tmp:
+        toy = _toy(tmp, n)
+        peaks = {}
+        for how in ("now", "before"):
+            out = subprocess.run([sys.executable, "-c", CACHE_PEAK, toy, os.path.join(tmp, "cache"), how], check=True,
+                                 capture_output=True, text=True, env=_env(tmp))
+            extra, size = (int(v) for v in out.stdout.strip().splitlines()[-1].split())
+            peaks[how] = extra / size
+    return [("feature cache: peak memory / stored features (24,000 images; lower is better)",
+             f"{peaks['now']:.1f}x", f"{peaks['before']:.1f}x", f"{peaks['before'] / peaks['now']:.1f}x less")]
 
 
 def _prepared(tmp: str, n: int):
@@ -234,7 +298,7 @@ def predict() -> list[Row]:
              f"{n / single:.0f}/s", f"{single / batched:.1f}x")]
 
 
-BENCHMARKS = {"preprocess": preprocess, "memory": memory, "cache": cache, "loop": loop, "predict": predict}
+BENCHMARKS = {"preprocess": preprocess, "memory": memory, "cache_memory": cache_memory, "cache": cache, "loop": loop, "predict": predict}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or BENCHMARKS:

@@ -386,3 +386,40 @@ def test_with_corrupt_a_frozen_encoder_s_clean_scores_come_from_the_whole_encode
     saved = np.load(out / "runs" / "unimodal-image-seed0" / "compare-outputs.npz")  # what the ensemble averages
     assert saved["test_ids"].tolist() == list(kept["ids"])
     assert np.array_equal(saved["test_outputs"], kept["outputs"].numpy())  # the same computation, not float16 features
+
+
+def test_cached_features_join_batches_of_different_lengths_and_keep_float32_where_float16_overflows(toy_small, tmp_path):
+    """The cache stores each batch in float16 as it comes and joins the batches into one
+    tensor padded to the longest batch: row by row the same features as the encoder gives
+    each clip alone; a split whose features float16 cannot hold is stored in float32."""
+    from mmcli.data.dataset import iterate
+    from mmcli.training.api import train
+    from mmcli.training.features import _compute
+    from mmcli.training.loop import eval_batch_size
+
+    config = from_dict({"data": {"manifest": str(toy_small)}, "model": {"modalities": ["audio"]},
+                        "train": {"epochs": 1}, "eval": {"batch_size": 4}})
+    outcome = train(config, tmp_path / "run")
+    part, encoder = outcome.data.part("val"), outcome.model.encoders["audio"].eval()
+    raw, mask = _compute(encoder, "audio", part, config, torch.device("cpu"))
+    assert raw.dtype == torch.float16 and mask.dtype == torch.bool and len(raw) == len(mask) == len(part)
+    widths, start = set(), 0
+    with torch.no_grad():
+        for batch in iterate(part, config.data, eval_batch_size(config, part.kinds)):
+            alone, alone_mask = encoder.features(batch.inputs["audio"], batch.lengths.get("audio"))
+            rows, width = slice(start, start + len(alone)), alone.shape[1]
+            widths.add(width)
+            assert torch.allclose(raw[rows, :width].float(), alone, rtol=1e-2, atol=1e-3)
+            assert torch.equal(mask[rows, :width], alone_mask) and not mask[rows, width:].any()
+            assert not raw[rows, width:].any()  # padded with zeros to the longest batch
+            start += len(alone)
+    assert len(widths) > 1  # the batches really differ in length
+
+    class Loud(torch.nn.Module):  # the same encoder with features beyond float16's 65504
+        def features(self, x, lengths=None):
+            out, m = encoder.features(x, lengths)
+            return out * 1e6 + 1e6, m
+
+    loud, _ = _compute(Loud(), "audio", part, config, torch.device("cpu"))
+    assert loud.dtype == torch.float32 and torch.isfinite(loud).all()
+    assert torch.allclose(loud[mask], (raw[mask].float() * 1e6 + 1e6), rtol=1e-2)

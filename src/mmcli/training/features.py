@@ -57,22 +57,53 @@ def _digest(encoder, name: str, part: Encoded, config: Config) -> str:
 
 @torch.no_grad()
 def _compute(encoder, name: str, part: Encoded, config: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    from mmcli.training.loop import eval_batch_size
-
+    """The split's features in float16 (half the memory), or in float32 where float16 cannot
+    hold them. Each batch is stored in the cache's dtype as soon as it is computed, and the
+    batches are moved one by one into the one tensor that is saved: the peak is 2.2 times
+    the stored features, where float32 batches joined and then converted took 5.8 times
+    (`python bench/run.py cache_memory`, docs/performance.md)."""
     was_training = encoder.training
     encoder.eval()
+    try:
+        batches = _batches(encoder, name, part, config, device, torch.float16)
+        if batches is None:  # a value beyond float16's range: the whole split in float32
+            batches = _batches(encoder, name, part, config, device, torch.float32)
+    finally:
+        encoder.train(was_training)
+    assert batches is not None
+    raws, masks = batches
+    return _joined(raws, 0.0), _joined(masks, False)
+
+
+def _batches(encoder, name: str, part: Encoded, config: Config, device: torch.device, dtype: torch.dtype):
+    """The raw features and masks of each batch on the CPU, the features in `dtype`; None
+    where float16 overflows and float32 does not."""
+    from mmcli.training.loop import eval_batch_size
+
     raws, masks = [], []
     for batch in iterate(part, config.data, eval_batch_size(config, part.kinds)):
         raw, mask = encoder.features(batch.inputs[name].to(device), batch.lengths.get(name))
-        raws.append(raw.float().cpu())
+        stored = raw.to(dtype).cpu()
+        if dtype == torch.float16 and not torch.isfinite(stored).all() and torch.isfinite(raw).all():
+            return None
+        raws.append(stored)
         masks.append(mask.cpu())
-    encoder.train(was_training)
-    width = max(r.shape[1] for r in raws)  # text and audio batches are padded to their own longest
-    pad = lambda t, v: torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1]), value=v) if t.dim() == 3 else \
-        torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v)  # noqa: E731
-    raw = torch.cat([pad(r, 0.0) for r in raws])
-    half = raw.to(torch.float16)  # half the memory; kept in float32 where float16 cannot hold the values
-    return (half if torch.isfinite(half).all() or not torch.isfinite(raw).all() else raw), torch.cat([pad(m, False) for m in masks])
+    return raws, masks
+
+
+def _joined(pieces: list, fill: float | bool) -> torch.Tensor:
+    """The batches ([B, T, ...]) in one tensor, each padded along its tokens to the longest
+    batch (text and audio batches are padded to their own longest); a batch is released
+    from `pieces` once copied."""
+    first = pieces[0]
+    out = torch.full((sum(len(p) for p in pieces), max(p.shape[1] for p in pieces), *first.shape[2:]), fill,
+                     dtype=first.dtype)
+    start = 0
+    for i, piece in enumerate(pieces):
+        out[start:start + len(piece), :piece.shape[1]] = piece
+        start += len(piece)
+        pieces[i] = None
+    return out
 
 
 def _load_or_compute(encoder, name: str, part: Encoded, config: Config, device, folder: Path):
