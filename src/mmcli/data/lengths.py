@@ -20,10 +20,11 @@ seeds: 85.9 % at the 95th percentile, 86.2 % at the 99th, higher on every seed).
   A preprocessed cache given as DATA keeps the length its spectrograms were made with.
 - Tokens: the training split's texts, counted with the tokenizer fitted on them, without
   truncation or padding (a pretrained tokenizer's special tokens count, as it adds them).
-  The vocabulary mmcli fits holds every training word, while a new text's unseen words are
-  spelled in characters: its training texts are counted with their words seen once spelled
-  (`mmcli.data.text.unseen_counts`), or the limit cuts the validation and test texts that
-  the training texts say it keeps whole (mdi-icons' names: 5.5 % of the test names cut).
+  The vocabulary mmcli fits makes a new text's unseen word one `[UNK]`, as many tokens as
+  a training text's word, so the training texts stand for the new ones. (When unseen
+  words were spelled in characters, a limit counted on the training texts cut 5.5 % of
+  mdi-icons' test names, and the training texts were counted with their words seen once
+  spelled.)
 
 Data without audio (or text) never uses the limit; it gets the former default (2 s, 32
 tokens), so a saved config is complete and cache keys of such data do not change.
@@ -142,23 +143,20 @@ def resolve_cached_seconds(config: DataConfig, table) -> None:
     LOG.info("data.max_seconds=%g s (the length of the spectrograms in the cache %s)", config.max_seconds, table.key)
 
 
-def resolve_tokens(config: DataConfig, tokenizers: dict, texts: dict[str, list[str]],
-                   counted: dict[str, list[int]] | None = None) -> None:
+def resolve_tokens(config: DataConfig, tokenizers: dict, texts: dict[str, list[str]]) -> None:
     """Set config.text_max_len, where unset, from the training texts of each text modality
     (`texts`: name -> its training texts), and every tokenizer's length to it: the largest
-    of the modalities' limits, so that each is covered. `counted`: a modality's token
-    counts where they are not what its tokenizer makes of its training texts."""
+    of the modalities' limits, so that each is covered."""
     from mmcli.data.text import set_max_len, token_counts
 
     if config.text_max_len is not None:
         return
-    counts = {n: (counted or {}).get(n) or token_counts(tokenizers[n], t) for n, t in texts.items() if t}
+    counts = {n: token_counts(tokenizers[n], t) for n, t in texts.items() if t}
     limits = {n: derive(c, TOKENS, 1, TEXT_PERCENTILE) for n, c in counts.items()}
     config.text_max_len = int(max((lim.value for lim in limits.values()), default=UNUSED_TOKENS))
     for name, c in counts.items():
         limit = Limit(config.text_max_len, len(c), sum(1 for n in c if n > config.text_max_len), limits[name].capped)
-        as_new = " counted as new texts (their words seen once spelled)" if name in (counted or {}) else ""
-        _report(f"data.text_max_len={config.text_max_len} tokens", limit, f"training texts of '{name}'{as_new}",
+        _report(f"data.text_max_len={config.text_max_len} tokens", limit, f"training texts of '{name}'",
                 "--set data.text_max_len=TOKENS", TEXT_PERCENTILE)
     for tokenizer in tokenizers.values():
         set_max_len(tokenizer, config.text_max_len)

@@ -64,14 +64,11 @@ class Text(kinds.ModalityKind):
         return text_mod.fit_tokenizer(texts, config.data.vocab_size, max_len)
 
     def finish_fit(self, config: Config, fitted: dict[str, Any], present: dict[str, list]) -> None:
-        """An unset data.text_max_len is derived from every text modality's training texts,
-        counted as new texts would be by the tokenizers mmcli fits (`text.unseen_counts`)."""
+        """An unset data.text_max_len is derived from every text modality's training texts
+        (a new text's unseen word is one token, as a training word is)."""
         from mmcli.data import lengths
-        from mmcli.data import text as text_mod
 
-        own = {n for n in present if brought_tokenizer(config, n) is None and pretrained_model(config, n) is None}
-        lengths.resolve_tokens(config.data, fitted, present,
-                               {n: text_mod.unseen_counts(t, config.data.vocab_size) for n, t in present.items() if n in own and t})
+        lengths.resolve_tokens(config.data, fitted, present)
 
     def fit_key(self, config: Config, name: str) -> str | None:
         if brought_tokenizer(config, name) is not None:  # its model: the encoder's backbone_config
