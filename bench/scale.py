@@ -118,7 +118,8 @@ encoder = ENCODERS.get("image.cnn")(ModalitySpec("image", "image", image_size=64
 compute = features._compute if how == "now" else joined_then_converted
 with torch.no_grad():
     compute(encoder, "image", one, config, torch.device("cpu"))  # torch's own buffers, allocated once
-    open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) from here on
+    with open("/proc/self/clear_refs", "w") as handle:  # the peak (VmHWM) from here on
+        handle.write("5")
     before = status("VmRSS")
     raw, mask = compute(encoder, "image", part, config, torch.device("cpu"))
 print(status("VmHWM") - before, raw.nelement() * raw.element_size() // 1024)

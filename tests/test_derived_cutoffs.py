@@ -104,7 +104,7 @@ def test_an_unseen_word_is_one_unknown_token_never_a_known_word_it_begins_with(t
     assert token_counts(tokenizer, texts) == [2, 2, 2]
     assert [t for t in tokenizer.encode("carry tag allergy c").tokens if t != "[PAD]"] == ["[UNK]", "tag", "[UNK]", "c"]
     assert not any(t.startswith("##") for t in tokenizer.get_vocab())
-    assert fit_tokenizer(texts, 2 + 12 + 1, 16).get_vocab_size() == 15  # the cap counts the characters too
+    assert fit_tokenizer(texts, 15, 16).get_vocab_size() == 15  # [PAD], [UNK], 11 characters and 2 words: the cap counts all
     rng = random.Random(0)
     rows = [{"id": f"r{i}", "name": f"{['cat', 'dog'][i % 2]} {''.join(rng.choice('abcdefghij') for _ in range(10))}",
              "label": ["cat", "dog"][i % 2]} for i in range(40)]
@@ -230,3 +230,21 @@ def test_transcription_keeps_every_clip_whole(tmp_path, caplog):
     assert "cuts 1 of them" in chosen["classification"][1]
     assert chosen["transcription"][0] == 3.0 and "100th percentile" in chosen["transcription"][1]
     assert "cuts 0 of them" in chosen["transcription"][1]
+
+
+def test_a_text_run_s_fingerprint_holds_the_tokenizer_s_revision(toy_small, tmp_path, monkeypatch):
+    """A comparison resumed after mmcli's tokenizer changed trains its text runs again
+    (their vocabulary, and so their embedding rows, differ), and keeps its other runs."""
+    from mmcli.config import from_dict
+    from mmcli.data import text
+    from mmcli.pipeline import prepare_training
+    from mmcli.training.api import data_fingerprint
+
+    data = prepare_training(from_dict({"data": {"manifest": str(toy_small)}}), cache_dir=str(tmp_path), report=False)
+    configs = {m: from_dict({"data": {"manifest": str(toy_small)}, "model": {"modalities": m.split(",")}})
+               for m in ("audio", "text", "audio,text")}
+    before = {m: data_fingerprint(c, data) for m, c in configs.items()}
+    monkeypatch.setattr(text, "TOKENIZER_REVISION", text.TOKENIZER_REVISION + 1)
+    after = {m: data_fingerprint(c, data) for m, c in configs.items()}
+    assert after["audio"] == before["audio"]
+    assert after["text"] != before["text"] and after["audio,text"] != before["audio,text"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,17 @@ def test_init_from_refuses_what_does_not_fit(unimodal, toy_small, tmp_path):
     # another encoder size
     err = refused(f"model.init_from.audio={unimodal['audio']}", "model.feature_dim=32")
     assert "model.init_from.audio" in err and "shape" in err
+    # a text run whose tokenizer numbered the words otherwise (as before unseen words were one
+    # [UNK]: a '##' piece per character), even where the embedding has the same number of rows
+    older = tmp_path / "older-text"
+    shutil.copytree(unimodal["text"], older)
+    tokenizer = json.loads((older / "tokenizer-text.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[-2:]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (older / "tokenizer-text.json").write_text(json.dumps(tokenizer))
+    err = refused(f"model.init_from.text={older}")
+    assert "model.init_from.text" in err and "another vocabulary" in err
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 PAD, UNK = "[PAD]", "[UNK]"
+TOKENIZER_REVISION = 2  # 2 (2026-12-07): an unseen word is one [UNK], no longer spelled; in every text run's fingerprint
 
 
 def _pipeline():

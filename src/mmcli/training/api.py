@@ -58,21 +58,31 @@ def variant_of(config: Config, modalities: list[str]) -> str:
     return f"multimodal:{fusion_choice(config, modalities)}"
 
 
-def fingerprint(config: Config, data_key: str) -> str:
-    """What makes two runs the same run: the resolved config, the data, mmcli's version and
-    its task's rules (what no config key records: mmcli.heads.Task.rules)."""
+def fingerprint(config: Config, data_key: str, texts: bool = False) -> str:
+    """What makes two runs the same run: the resolved config, the data, mmcli's version,
+    its task's rules (what no config key records: mmcli.heads.Task.rules) and, for a run
+    that reads texts (`texts`), the revision of the tokenizer mmcli fits, so that a
+    comparison resumed after that changed trains its text runs again."""
+    from mmcli.data.text import TOKENIZER_REVISION
     from mmcli.heads import TASKS
 
     rules = TASKS.get(config.model.task).rules
     text = json.dumps({"config": config.to_dict(), "data": data_key, "mmcli": __version__,
-                       **({"rules": rules} if rules else {})}, sort_keys=True)
+                       **({"rules": rules} if rules else {}), **({"tokenizer": TOKENIZER_REVISION} if texts else {})},
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def data_fingerprint(config: Config, data: RunData) -> str:
+    """`fingerprint` of a run on `data`, with the tokenizer's revision where it reads texts."""
+    modalities = chosen_modalities(config, list(data.table.modalities))
+    return fingerprint(config, data.table.key, texts=any(m in data.tokenizers for m in modalities))
 
 
 def planned_fingerprint(config: Config, data: RunData) -> str:
     """A compare cell's identity before it trains: `config` with the encoders that the data
     chooses for it (encoders.from_data.text_encoder_defaults), so a rule's choice is part of it."""
-    return fingerprint(text_encoder_defaults(config, data, log=False), data.table.key)
+    return data_fingerprint(text_encoder_defaults(config, data, log=False), data)
 
 
 def _run_data(config: Config, data: RunData | None, cache_dir, workers, progress) -> RunData:
@@ -163,7 +173,7 @@ def train(config: Config, out: Path | None = None, overwrite: bool = False, cach
                  f"{count_parameters(model):,}", "/".join(str(n) for n in data.counts().values()),
                  pick_device(config.train.device), _threads())
     info = runs.provenance(argv)
-    info.update({"variant": variant, "data_key": data.table.key, "fingerprint": fingerprint(config, data.table.key),
+    info.update({"variant": variant, "data_key": data.table.key, "fingerprint": data_fingerprint(config, data),
                  "world_size": here.size})
     if config.model.crossmodal == "align" and config.train.align_epochs:
         from mmcli.training.align import align_encoders

@@ -98,6 +98,7 @@ def _joined(pieces: list, fill: float | bool) -> torch.Tensor:
     first = pieces[0]
     out = torch.full((sum(len(p) for p in pieces), max(p.shape[1] for p in pieces), *first.shape[2:]), fill,
                      dtype=first.dtype)
+    del first
     start = 0
     for i, piece in enumerate(pieces):
         out[start:start + len(piece), :piece.shape[1]] = piece

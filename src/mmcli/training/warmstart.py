@@ -39,6 +39,7 @@ def warm_start(model, init_from: dict[str, str], data) -> dict[str, list[str]]:
         state = _read(folder, key)
         _check_labels(folder, key, data.labels)
         _check_rows(folder, key, data)
+        _check_vocabulary(folder, key, modality, data)
         loaded[modality] = _load(model, modality, state, folder, key)
         LOG.info("%s: %s from %s", key, " and ".join(loaded[modality]), folder)
     mark_trained(model, init_from)
@@ -83,6 +84,26 @@ def _check_rows(folder: Path, key: str, data) -> None:
     if leaked:
         raise ConfigError(f"{key}: {folder} learnt from {len(leaked)} rows of this run's validation and test splits "
                           f"(e.g. {', '.join(map(str, leaked[:3]))}); warm-start from a run on the same split")
+
+
+def _check_vocabulary(folder: Path, key: str, modality: str, data) -> None:
+    """A text encoder's embedding rows are its tokenizer's ids: RUN must have read the
+    modality with this run's vocabulary, token for token (one fitted before mmcli's
+    tokenizer changed, or on other training texts, would shift every word's row)."""
+    import json
+
+    tokenizer = data.tokenizers.get(modality)
+    path = folder / f"tokenizer-{modality}.json"
+    if tokenizer is None or getattr(tokenizer, "pretrained", False) or not path.is_file():
+        return
+    try:
+        theirs = json.loads(path.read_text(encoding="utf-8"))["model"]["vocab"]
+    except (OSError, ValueError, KeyError, TypeError):
+        theirs = None
+    if theirs != tokenizer.get_vocab(with_added_tokens=False):
+        raise ConfigError(f"{key}: {folder} read '{modality}' with another vocabulary than this run's ({path.name}: "
+                          "trained on other texts, or before mmcli's tokenizer changed); warm-start from a run on "
+                          "the same data, trained with this version")
 
 
 def _load(model, modality: str, state: dict, folder: Path, key: str) -> list[str]:
