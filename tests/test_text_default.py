@@ -95,15 +95,15 @@ def test_the_choice_is_saved_and_the_run_predicts_with_it(tmp_path, cli, caplog)
 def test_compare_fingerprints_follow_the_choice(tmp_path):
     """A comparison planned when the rule chose `bag` is not reused by one where the data
     makes it choose `transformer`, and equals one that sets `bag` itself."""
-    from mmcli.training.api import fingerprint, planned_fingerprint
+    from mmcli.training.api import data_fingerprint, planned_fingerprint
 
     config, data = prepared(texts_data(tmp_path / "d", 3), tmp_path / "cache")
     explicit = config.copy()
     explicit.model.encoders = {"note": "bag", "tag": "bag"}
-    assert planned_fingerprint(config, data) == fingerprint(explicit, data.table.key)
-    assert planned_fingerprint(config, data) != fingerprint(config, data.table.key)
+    assert planned_fingerprint(config, data) == data_fingerprint(explicit, data)
+    assert planned_fingerprint(config, data) != data_fingerprint(config, data)
     tag_only = config.copy()
     tag_only.model.modalities = ["tag"]  # the rule sets the encoders of the modalities a variant reads, no other
     explicit = tag_only.copy()
     explicit.model.encoders = {"tag": "bag"}
-    assert planned_fingerprint(tag_only, data) == fingerprint(explicit, data.table.key)
+    assert planned_fingerprint(tag_only, data) == data_fingerprint(explicit, data)
