@@ -97,7 +97,7 @@ def load_tokenizer(path: Path, max_len: int, pretrained: bool = False):
         raise UsageError(f"{path.parent}: run folder has no {path.name}")
     try:
         if not pretrained:
-            return _wordpiece(_own_vocab(path), max_len)
+            return _wordpiece(own_vocab(path), max_len)
         return PretrainedTokenizer(Tokenizer.from_file(str(path)), max_len)
     except UsageError:
         raise
@@ -107,7 +107,7 @@ def load_tokenizer(path: Path, max_len: int, pretrained: bool = False):
         raise UsageError(f"{path}: not a tokenizer file ({str(exc)[:200]})") from None
 
 
-def _own_vocab(path: Path) -> dict[str, int]:
+def own_vocab(path: Path) -> dict[str, int]:
     """The WordPiece vocabulary of a tokenizer file mmcli wrote: token -> id, the ids
     0..n-1 with [PAD] 0 and [UNK] 1, as `fit_tokenizer` numbers them."""
     import json

@@ -95,10 +95,8 @@ def _joined(pieces: list, fill: float | bool) -> torch.Tensor:
     """The batches ([B, T, ...]) in one tensor, each padded along its tokens to the longest
     batch (text and audio batches are padded to their own longest); a batch is released
     from `pieces` once copied."""
-    first = pieces[0]
-    out = torch.full((sum(len(p) for p in pieces), max(p.shape[1] for p in pieces), *first.shape[2:]), fill,
-                     dtype=first.dtype)
-    del first
+    out = torch.full((sum(len(p) for p in pieces), max(p.shape[1] for p in pieces), *pieces[0].shape[2:]), fill,
+                     dtype=pieces[0].dtype)
     start = 0
     for i, piece in enumerate(pieces):
         out[start:start + len(piece), :piece.shape[1]] = piece

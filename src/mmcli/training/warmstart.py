@@ -90,15 +90,16 @@ def _check_vocabulary(folder: Path, key: str, modality: str, data) -> None:
     """A text encoder's embedding rows are its tokenizer's ids: RUN must have read the
     modality with this run's vocabulary, token for token (one fitted before mmcli's
     tokenizer changed, or on other training texts, would shift every word's row)."""
-    import json
+    from mmcli.data.text import own_vocab
+    from mmcli.errors import UsageError
 
     tokenizer = data.tokenizers.get(modality)
     path = folder / f"tokenizer-{modality}.json"
     if tokenizer is None or getattr(tokenizer, "pretrained", False) or not path.is_file():
         return
     try:
-        theirs = json.loads(path.read_text(encoding="utf-8"))["model"]["vocab"]
-    except (OSError, ValueError, KeyError, TypeError):
+        theirs = own_vocab(path)
+    except UsageError:  # not a vocabulary mmcli wrote: not this run's either
         theirs = None
     if theirs != tokenizer.get_vocab(with_added_tokens=False):
         raise ConfigError(f"{key}: {folder} read '{modality}' with another vocabulary than this run's ({path.name}: "
